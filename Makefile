@@ -1,0 +1,23 @@
+# Set-up and the two everyday jobs. Everything installs into ./.venv from PyPI.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Editable install: generates the gRPC stubs and compiles the Cython kernels in place.
+install: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: install
+	$(BIN)/iotstream demo
+
+test: install
+	bash tests/run
+
+clean:
+	rm -rf $(VENV) build *.egg-info iotstream-data ext/*.so ext/*.c proto/iotstream/v1/*_pb2*.py*

@@ -1,0 +1,3 @@
+"""iotstream: telemetry pipeline for device fleets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from iotstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Build: generate the gRPC stubs from proto/ and compile the Cython kernels in ext/.
+
+The repository keeps one folder per component (ingest/, processor/, ext/, clickhouse/) and installs them
+as subpackages of `iotstream`; the generated `*_pb2*.py` land in proto/iotstream/v1 as `iotstream.v1`.
+"""
+
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+ROOT = Path(__file__).parent
+PROTO_DIR = ROOT / "proto"
+STUB_DIR = PROTO_DIR / "iotstream" / "v1"
+
+
+def generate_stubs() -> None:
+    from grpc_tools import protoc  # build-time dependency (pyproject [build-system])
+
+    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in STUB_DIR.glob("*.proto"))
+    include = Path(protoc.__file__).parent / "_proto"
+    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={PROTO_DIR}",
+            f"--pyi_out={PROTO_DIR}", f"--grpc_python_out={PROTO_DIR}", *protos]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed on {protos}")
+    (STUB_DIR / "__init__.py").write_text('"""Generated protobuf and gRPC stubs (not committed)."""\n')
+
+
+# Every build (wheel, sdist, editable) runs this file, so the stubs exist before packages are collected.
+generate_stubs()
+
+extensions = [
+    Extension("iotstream.ext._rolling", ["ext/_rolling.pyx"], extra_compile_args=["-O3"]),
+]
+
+setup(
+    packages=["iotstream", "iotstream.v1", "iotstream.ingest", "iotstream.processor", "iotstream.ext",
+              "iotstream.clickhouse"],
+    package_dir={
+        "iotstream": "iotstream",
+        "iotstream.v1": "proto/iotstream/v1",
+        "iotstream.ingest": "ingest",
+        "iotstream.processor": "processor",
+        "iotstream.ext": "ext",
+        "iotstream.clickhouse": "clickhouse",
+    },
+    package_data={"iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
+                  "iotstream.ext": ["*.pyi"]},
+    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
+)

@@ -1,0 +1,56 @@
+"""Shared fixtures: an embedded server on a loopback port, running its own event loop in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from iotstream.server import Config, EmbeddedServer
+from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
+
+
+class ServerThread:
+    """An EmbeddedServer on port 0; `call` runs a coroutine on its loop from the test's thread."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = EmbeddedServer(config)
+        self.port = self.call(self.server.start())
+        self.target = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.ingest = ingest_pb2_grpc.IngestStub(self.channel)
+        self.query = query_pb2_grpc.QueryStub(self.channel)
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def sql(self, text: str, params: dict | None = None) -> list[dict]:
+        """Rows of a query on this server's store; `$db` names its database."""
+        store = self.server.store
+        return store.backend.query(store._sql(text), params).to_pylist()
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory) -> str:
+    # chDB fixes one data path per process, so every in-process server shares it, each with its own database.
+    return str(tmp_path_factory.mktemp("chdb"))
+
+
+@pytest.fixture
+def server(chdb_dir):
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12]))
+    yield srv
+    srv.stop()

@@ -1,0 +1,33 @@
+"""Rolling statistics kernels: the compiled ``_rolling`` module, or its pure-Python twin ``rolling_py``.
+
+The compiled module is picked at import time; if it is missing (not built, or built for another Python)
+the twin is used and a warning is logged. ``IOTSTREAM_PURE_PYTHON=1`` forces the twin. ``IMPLEMENTATION``
+says which one is in use ("cython" or "python"). Both give bit-identical results and snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ._common import FLAG_ZSCORE
+
+logger = logging.getLogger(__name__)
+
+if os.environ.get("IOTSTREAM_PURE_PYTHON", "") not in ("", "0"):
+    from .rolling_py import RollingStats
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from ._rolling import RollingStats
+    except ImportError as exc:
+        logger.warning("iotstream.ext: compiled kernels unavailable (%s); using the pure-Python twin, "
+                       "which is about two orders of magnitude slower", exc)
+        from .rolling_py import RollingStats
+
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "cython"
+
+__all__ = ["FLAG_ZSCORE", "IMPLEMENTATION", "RollingStats"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import time
 from collections.abc import AsyncIterator
 
@@ -21,6 +22,10 @@ from .validate import Limits, accepted_only, validate
 
 SERVICE = "iotstream.v1.Ingest"
 MAX_INFLIGHT_PER_STREAM = 64  # batches read ahead of their acks; past this the stream is not read
+
+
+def fingerprint(raw: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
 
 class BadRequest(Exception):
@@ -68,9 +73,9 @@ class IngestService:
         if verdict.n_accepted == 0:
             return None, ack
         payload = raw if not verdict.rejections else accepted_only(batch, verdict).SerializeToString()
-        # Protobuf merges concatenated messages, so appending sets received_ms without re-encoding.
-        payload += pb.ReadingBatch(received_ms=now_ms).SerializeToString()
-        return await self.queue.put(payload, verdict.n_accepted), ack
+        # Protobuf merges concatenated messages, so appending sets these fields without re-encoding.
+        payload += pb.ReadingBatch(received_ms=now_ms, fingerprint=fingerprint(raw)).SerializeToString()
+        return await self.queue.put(payload, verdict.n_accepted, batch.device_id), ack
 
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         try:

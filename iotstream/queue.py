@@ -30,8 +30,9 @@ class LocalQueue:
         self.closed = True
         self._changed.set()
 
-    async def put(self, payload: bytes, readings: int) -> asyncio.Future:
-        """Queue a batch; returns the future that resolves when the batch is durable."""
+    async def put(self, payload: bytes, readings: int, key: str = "") -> asyncio.Future:
+        """Queue a batch; returns the future that resolves when the batch is durable. (`key`, the
+        device id, orders batches in Kafka; one local queue keeps every batch in order anyway.)"""
         # An oversized batch still goes in alone, so it cannot wait forever.
         while self.depth > 0 and self.depth + readings > self.max_readings:
             self._changed.clear()

@@ -39,13 +39,16 @@ class Columns:
 
 def decode_batches(payloads: list[bytes]) -> Columns:
     """Raises google.protobuf.message.DecodeError on a payload that is not a ReadingBatch."""
+    return to_columns([pb.ReadingBatch.FromString(p) for p in payloads])
+
+
+def to_columns(batches: list[pb.ReadingBatch]) -> Columns:
     device_ids: list[str] = []
     device_slot: dict[str, int] = {}
     metric_names: list[str] = []
     metric_slot: dict[str, int] = {}
     parts = {"device": [], "metric": [], "time": [], "values": [], "received": []}
-    for payload in payloads:
-        batch = pb.ReadingBatch.FromString(payload)
+    for batch in batches:
         n = len(batch.values)
         if n == 0:
             continue

@@ -23,10 +23,14 @@ async def run(queue, processor) -> None:
         if not items:
             return
         token = batch_token([it.payload for it in items])
+        prepared = None
         while True:
             try:
-                # The processing runs in a worker thread so the event loop keeps serving streams.
-                await asyncio.to_thread(processor.process, [it.payload for it in items], token)
+                # The work runs in a worker thread so the event loop keeps serving streams. The state
+                # advances once (prepare); only the inserts are retried.
+                if prepared is None:
+                    prepared = await asyncio.to_thread(processor.prepare, [it.payload for it in items])
+                await asyncio.to_thread(processor.write, prepared, token)
                 break
             except StorageError as exc:
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]

@@ -100,3 +100,14 @@ def assert_still_serving(server):
     health = health_pb2_grpc.HealthStub(server.channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     assert server.ingest.Send(make_batch("dev-after", [5.0]), timeout=10).accepted == 1
+
+
+def test_resent_batch_is_stored_once(server):
+    batch = make_batch("dev-resend", [1.0, 2.0, 3.0], seq=5)
+    first = server.ingest.Send(batch, timeout=10)
+    again = list(server.ingest.Stream(iter([batch]), timeout=10))  # a new stream after a lost ack
+    assert first.accepted == again[0].accepted == 3
+    assert len(stored(server, "dev-resend")) == 3
+    changed = make_batch("dev-resend", [1.0, 2.0, 4.0], seq=5)  # same seq, other readings: a new batch
+    assert server.ingest.Send(changed, timeout=10).accepted == 3
+    assert len(stored(server, "dev-resend")) == 6

@@ -6,15 +6,30 @@ import math
 
 import numpy as np
 
-FLAG_ZSCORE = 1
+FLAG_ZSCORE = 1       # |z| over the count window above the slot's z_threshold
+FLAG_THRESHOLD = 2    # value outside the slot's static [lo, hi]
+FLAG_RATE = 4         # |rate of change| per second above the slot's max_rate
+FLAG_STUCK = 8        # same value for stuck_count readings or for stuck_ms
+FLAG_ROBUST = 16      # |robust z| (median/MAD) above the slot's robust_threshold
+FLAG_LATE = 64        # timestamp older than the slot's newest one (informational, not an anomaly)
+FLAG_SILENCE = 128    # slot not heard from for silence_ms (from RollingStats.silent, never from update)
+FLAG_NAMES = {FLAG_ZSCORE: "zscore", FLAG_THRESHOLD: "threshold", FLAG_RATE: "rate", FLAG_STUCK: "stuck",
+              FLAG_ROBUST: "robust", FLAG_LATE: "late", FLAG_SILENCE: "silence"}
+ANOMALY_FLAGS = FLAG_ZSCORE | FLAG_THRESHOLD | FLAG_RATE | FLAG_STUCK | FLAG_ROBUST
+
+NEVER = -(2**63)  # timestamp sentinel: no reading yet
 
 # Per-slot state columns. The Cython module mirrors this order in a cdef enum and refuses to import
 # when the two disagree; snapshots name the columns, so a layout change still loads old snapshots.
-FLOAT_FIELDS = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev"]
-INT_FIELDS = ["pos", "nfill", "nobs", "nsame"]
+FLOAT_FIELDS = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean", "ewm_var"]
+INT_FIELDS = ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n"]
 FLOAT_DEFAULTS = {"shift": 0.0, "mean": 0.0, "cmean": 0.0, "ssqdm": 0.0, "cssq": 0.0, "sabs": 0.0,
-                  "prev": math.nan}
-INT_DEFAULTS = {"pos": 0, "nfill": 0, "nobs": 0, "nsame": 0}
+                  "prev": math.nan, "rprev": math.nan, "ewm_mean": math.nan, "ewm_var": math.nan}
+INT_DEFAULTS = {"pos": 0, "nfill": 0, "nobs": 0, "nsame": 0, "last_ts": NEVER, "prev_ts": NEVER,
+                "run_ts": NEVER, "ewm_n": 0}
+# Per-slot detector settings (float64; counts and milliseconds are whole numbers).
+PARAM_FIELDS = ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count", "stuck_ms",
+                "silence_ms"]
 
 
 def new_fstate(n: int) -> np.ndarray:
@@ -36,7 +51,7 @@ def new_istate(n: int) -> np.ndarray:
 def params_of(stats) -> dict:
     """Constructor arguments that a snapshot must carry."""
     return {"window": int(stats.window), "min_count": int(stats.min_count),
-            "z_threshold": float(stats.z_threshold)}
+            "ewm_alpha": float(stats.ewm_alpha), **{k: float(v) for k, v in stats.defaults.items()}}
 
 
 def check_params(window, min_count, z_threshold, capacity) -> tuple[int, int, float, int]:
@@ -56,6 +71,61 @@ def check_params(window, min_count, z_threshold, capacity) -> tuple[int, int, fl
         msg = f"capacity must be >= 1, got {capacity}"
         raise ValueError(msg)
     return window, min(max(min_count, 2), window), z_threshold, capacity
+
+
+def check_detectors(z_threshold: float, **kw) -> dict[str, float]:
+    """Validated per-slot detector settings (``PARAM_FIELDS`` minus z_threshold) with their defaults.
+
+    robust_threshold: |robust z| limit (inf turns the robust detector off); lo, hi: static limits;
+    max_rate: largest |change| per second; stuck_count / stuck_ms: identical readings in a row / for that
+    long (0 = off); silence_ms: gap after which ``silent()`` reports the slot (0 = off).
+    """
+    out = {"robust_threshold": 8.0, "lo": -math.inf, "hi": math.inf, "max_rate": math.inf,
+           "stuck_count": 0.0, "stuck_ms": 0.0, "silence_ms": 0.0}
+    out["z_threshold"] = float(z_threshold)
+    for k, v in kw.items():
+        if k not in out:
+            msg = f"unknown detector setting {k!r}; known: {sorted(out)}"
+            raise TypeError(msg)
+        if v is not None:
+            out[k] = float(v)
+    for k in ("z_threshold", "robust_threshold", "max_rate"):
+        if not out[k] > 0.0:
+            msg = f"{k} must be > 0 (inf turns it off), got {out[k]!r}"
+            raise ValueError(msg)
+    for k in ("stuck_count", "stuck_ms", "silence_ms"):
+        if not (0.0 <= out[k] < math.inf and out[k] == int(out[k])):
+            msg = f"{k} must be a non-negative whole number (0 turns it off), got {out[k]!r}"
+            raise ValueError(msg)
+    if not out["lo"] <= out["hi"]:
+        msg = f"lo must be <= hi, got lo={out['lo']!r}, hi={out['hi']!r}"
+        raise ValueError(msg)
+    return out
+
+
+def check_alpha(ewm_alpha) -> float:
+    a = float(ewm_alpha)
+    if not 0.0 < a <= 1.0:
+        msg = f"ewm_alpha must be in (0, 1], got {a!r}"
+        raise ValueError(msg)
+    return a
+
+
+def new_pstate(n: int, detectors: dict[str, float]) -> np.ndarray:
+    """Detector settings for ``n`` slots, all set to ``detectors``."""
+    a = np.empty((n, len(PARAM_FIELDS)), dtype=np.float64)
+    for j, name in enumerate(PARAM_FIELDS):
+        a[:, j] = detectors[name]
+    return a
+
+
+def new_sorted(n: int, window: int) -> np.ndarray:
+    return np.full((n, window), np.nan)
+
+
+def sorted_from_buf(buf: np.ndarray) -> np.ndarray:
+    """The sorted real values of each ring (NaN-padded at the end), for snapshots that lack them."""
+    return np.sort(buf, axis=1)
 
 
 def check_slot(slot) -> int:
@@ -90,8 +160,14 @@ def grown_size(nslots: int, need: int) -> int:
     return nslots
 
 
-def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], window: int):
-    """Validated ``(fstate, istate, buf)`` from a loaded snapshot, columns remapped to this layout."""
+def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], window: int,
+                  detectors: dict[str, float]):
+    """Validated ``(fstate, istate, pstate, buf, sorted)`` from a loaded snapshot, in this layout.
+
+    Columns are matched by name; a snapshot from an older layout gets defaults for the new columns,
+    its slots get ``detectors`` when it has no per-slot settings, and the sorted windows are rebuilt
+    from the rings when missing.
+    """
     from ._snapshot import remap
 
     fs = np.ascontiguousarray(remap(arrays["fstate"], fields["fstate"], FLOAT_FIELDS, FLOAT_DEFAULTS),
@@ -99,8 +175,24 @@ def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], w
     gs = np.ascontiguousarray(remap(arrays["istate"], fields["istate"], INT_FIELDS, INT_DEFAULTS),
                               dtype=np.int64)
     buf = np.ascontiguousarray(arrays["buf"], dtype=np.float64)
-    if not (fs.shape[0] == gs.shape[0] == buf.shape[0] >= 1 and buf.shape[1] == window):
-        msg = (f"inconsistent snapshot shapes: fstate {fs.shape}, istate {gs.shape}, buf {buf.shape} "
-               f"for window={window}")
+    n = buf.shape[0]
+    if "pstate" in arrays:
+        ps = remap(arrays["pstate"], fields["pstate"], PARAM_FIELDS, detectors)
+    else:
+        ps = new_pstate(n, detectors)
+    ps = np.ascontiguousarray(ps, dtype=np.float64)
+    srt = arrays["sorted"] if "sorted" in arrays else sorted_from_buf(buf)
+    srt = np.ascontiguousarray(srt, dtype=np.float64)
+    if not (fs.shape[0] == gs.shape[0] == ps.shape[0] == srt.shape[0] == n >= 1
+            and buf.shape[1] == srt.shape[1] == window):
+        msg = (f"inconsistent snapshot shapes: fstate {fs.shape}, istate {gs.shape}, pstate {ps.shape}, "
+               f"buf {buf.shape}, sorted {srt.shape} for window={window}")
         raise ValueError(msg)
-    return fs, gs, buf
+    return fs, gs, ps, buf, srt
+
+
+def silent_slots(last_ts: np.ndarray, silence_ms: np.ndarray, now_ms: int) -> np.ndarray:
+    """Slots heard from at least once whose silence_ms (> 0) has elapsed by ``now_ms``."""
+    heard = last_ts != NEVER
+    gap = np.where(heard, now_ms - np.where(heard, last_ts, 0), 0)
+    return np.flatnonzero(heard & (silence_ms > 0) & (gap >= silence_ms)).astype(np.int64)

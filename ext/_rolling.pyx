@@ -1,13 +1,17 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
 # distutils: extra_compile_args = -ffp-contract=off
-"""Rolling statistics over many keys at once: the compiled twin of ``rolling_py``.
+"""Rolling statistics and anomaly detectors over many keys at once: the compiled twin of ``rolling_py``.
 
-Every reading of a batch is ``(slot, ts_ms, value)``; per slot the kernel keeps a count window of the last
-``window`` readings in a ring buffer and the window's Welford state. The loop runs without the GIL and
-touches only C scalars and memoryviews; all Python work (validation, growing the state, allocating the
-outputs) happens before it. ``rolling_py`` performs the same floating-point operations in the same order,
-so both produce bit-identical results and snapshots (``tests/unit/test_rolling.py`` checks this).
-``-ffp-contract=off`` keeps the C compiler from fusing multiply-adds, which would break that parity.
+Every reading of a batch is ``(slot, ts_ms, value)``. Per slot the kernel keeps a count window of the last
+``window`` readings (a ring buffer plus the same values kept sorted), its Welford mean/variance, an EWMA and
+EW variance, and the little history the detectors need. The loop runs without the GIL and touches only C
+scalars and memoryviews; all Python work (validation, growing the state, allocating the outputs) happens
+before it. ``rolling_py`` performs the same floating-point operations in the same order, so both produce
+bit-identical results and snapshots (``tests/unit/test_rolling*.py`` check this). ``-ffp-contract=off``
+keeps the C compiler from fusing multiply-adds, which would break that parity.
+
+Min and max come from the sorted window rather than from two monotonic deques: the sorted window is
+needed anyway for the median and MAD of the robust z-score, and it gives min/max at no extra memory.
 """
 
 import math
@@ -15,26 +19,40 @@ import math
 import numpy as np
 
 from libc.math cimport INFINITY, NAN, fabs, log1p, sqrt
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport INT64_MIN, int64_t, uint8_t
+from libc.string cimport memmove
 
 from . import _snapshot
 from ._common import (
+    FLAG_LATE,
+    FLAG_RATE,
+    FLAG_ROBUST,
+    FLAG_STUCK,
+    FLAG_THRESHOLD,
     FLAG_ZSCORE,
     FLOAT_FIELDS,
     INT_FIELDS,
+    NEVER,
+    PARAM_FIELDS,
+    check_alpha,
     check_batch,
+    check_detectors,
     check_params,
     check_slot,
     grown_size,
     new_fstate,
     new_istate,
+    new_pstate,
+    new_sorted,
     params_of,
     restore_state,
+    silent_slots,
 )
 
 ctypedef double float64_t
 
-# Column layout of the per-slot state (same names and order in rolling_py.FLOAT_FIELDS / INT_FIELDS).
+# Column layout of the per-slot state (same names and order as _common.FLOAT_FIELDS / INT_FIELDS /
+# PARAM_FIELDS; checked at import).
 cdef enum:
     F_SHIFT = 0     # K: values are stored relative to it, so 1e12 + tiny noise stays exact
     F_MEAN = 1      # mean of (x - K) over the window
@@ -43,22 +61,49 @@ cdef enum:
     F_CSSQ = 4      # Kahan compensation of F_SSQDM
     F_SABS = 5      # sum of |updates| to F_SSQDM since the last recompute: the scale of its rounding error
     F_PREV = 6      # last real value added
-    NF = 7
+    F_RPREV = 7     # last real value that was not late (rate of change is measured from it)
+    F_EWM_MEAN = 8
+    F_EWM_VAR = 9
+    NF = 10
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
     I_NSAME = 3     # length of the run of identical real values ending at F_PREV (GH#42064 idea)
-    NI = 4
+    I_LAST_TS = 4   # newest timestamp seen (NEVER before the first reading)
+    I_PREV_TS = 5   # timestamp of F_RPREV
+    I_RUN_TS = 6    # timestamp of the first reading of the current run of identical values
+    I_EWM_N = 7     # real values seen by the EWMA
+    NI = 8
+    P_ZTHR = 0
+    P_RTHR = 1
+    P_LO = 2
+    P_HI = 3
+    P_MAX_RATE = 4
+    P_STUCK_N = 5
+    P_STUCK_MS = 6
+    P_SILENCE_MS = 7
+    NP = 8
 
 cdef enum:
-    Z_FLAG = 1      # FLAG_ZSCORE, as a C constant for the nogil loop
+    # flag bits as C constants for the nogil loop (checked against _common at import)
+    Z_FLAG = 1
+    THRESHOLD_FLAG = 2
+    RATE_FLAG = 4
+    STUCK_FLAG = 8
+    ROBUST_FLAG = 16
+    LATE_FLAG = 64
 
-if [FLOAT_FIELDS.index(n) for n in ("shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev")] != [
-        F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV] or len(FLOAT_FIELDS) != NF or [
-        INT_FIELDS.index(n) for n in ("pos", "nfill", "nobs", "nsame")] != [I_POS, I_NFILL, I_NOBS, I_NSAME] \
-        or len(INT_FIELDS) != NI:
+cdef int64_t C_NEVER = INT64_MIN
+
+if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
+                     "ewm_var"] or len(FLOAT_FIELDS) != NF
+        or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n"]
+        or len(INT_FIELDS) != NI
+        or PARAM_FIELDS != ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count",
+                            "stuck_ms", "silence_ms"] or len(PARAM_FIELDS) != NP):
     raise ImportError("iotstream.ext._rolling was compiled against a different state layout than _common")
-if FLAG_ZSCORE != Z_FLAG:
+if ((FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_LATE)
+        != (Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, LATE_FLAG) or NEVER != C_NEVER):
     raise ImportError("iotstream.ext._rolling was compiled with different flag bits than _common")
 
 # Recompute the window from the ring buffer when the accumulated rounding error of ssqdm may exceed
@@ -71,6 +116,9 @@ cdef double DRIFT_RATIO = 1e8
 cdef double TINY_SSQDM = 1e-280
 cdef double HUGE_SSQDM = 1e280
 cdef double DBL_MAX = 1.7976931348623157e308
+# Consistency constants of the robust scale for normal data: sigma = 1.4826 MAD = 1.2533 mean|x - median|.
+cdef double MAD_SCALE = 1.4826
+cdef double MEANAD_SCALE = 1.2533
 
 
 # ----------------------------------------------------------------------
@@ -247,23 +295,156 @@ cdef inline float64_t calc_z(float64_t val, const float64_t *f, const int64_t *g
     return scaled_z(dev, f, g, b, window)
 
 
-cdef inline float64_t calc_score(float64_t z, float64_t k) noexcept nogil:
-    """u / (1 + u) with u = log1p(|z| / k): 0 at z = 0, 0.5 at |z| = z_threshold, < 1 even for inf."""
-    cdef float64_t a, u
-    if z != z:
+# ----------------------------------------------------------------------
+# Sorted window: min, max, median, MAD
+
+cdef inline int64_t bisect_left(const float64_t *s, int64_t n, float64_t x) noexcept nogil:
+    cdef int64_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if s[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline int64_t bisect_right(const float64_t *s, int64_t n, float64_t x) noexcept nogil:
+    cdef int64_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if x < s[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+cdef inline void remove_sorted(float64_t val, float64_t *s, int64_t n) noexcept nogil:
+    """Remove one copy of ``val`` from the first ``n`` entries (the slot held it)."""
+    cdef int64_t i = bisect_left(s, n, val)
+    memmove(&s[i], &s[i + 1], (n - 1 - i) * sizeof(float64_t))
+    s[n - 1] = NAN
+
+
+cdef inline void insert_sorted(float64_t val, float64_t *s, int64_t n) noexcept nogil:
+    cdef int64_t i = bisect_right(s, n, val)
+    memmove(&s[i + 1], &s[i], (n - i) * sizeof(float64_t))
+    s[i] = val
+
+
+cdef inline float64_t calc_median(const float64_t *s, int64_t n) noexcept nogil:
+    if n == 0:
+        return NAN
+    if n % 2:
+        return s[n // 2]
+    return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
+
+
+cdef inline float64_t kth_dev(const float64_t *s, int64_t n, float64_t med, int64_t k) noexcept nogil:
+    """k-th smallest |s_i - med| (0-based): the deviations left of the median, read leftwards, and right
+    of it, read rightwards, are two ascending lists; binary-search how many come from the left one."""
+    cdef:
+        int64_t p = n // 2, nb = n - n // 2, lo, hi, a, bb
+        float64_t res = 0.0
+    lo = k + 1 - nb if k + 1 > nb else 0
+    hi = k + 1 if k + 1 < p else p
+    while lo < hi:
+        a = (lo + hi) // 2
+        bb = k + 1 - a
+        # A[a] = med - s[p - 1 - a], B[bb - 1] = s[p + bb - 1] - med
+        if bb > 0 and s[p + bb - 1] - med > med - s[p - 1 - a]:
+            lo = a + 1
+        else:
+            hi = a
+    bb = k + 1 - lo
+    if lo > 0:
+        res = med - s[p - lo]
+    if bb > 0 and s[p + bb - 1] - med > res:
+        res = s[p + bb - 1] - med
+    return res
+
+
+cdef float64_t calc_mad(const float64_t *s, int64_t n, float64_t med) noexcept nogil:
+    """Median absolute deviation from the median (unscaled)."""
+    cdef int64_t k0 = (n - 1) // 2, k1 = n // 2
+    if n == 0:
+        return NAN
+    if k0 == k1:
+        return kth_dev(s, n, med, k0)
+    return 0.5 * kth_dev(s, n, med, k0) + 0.5 * kth_dev(s, n, med, k1)
+
+
+cdef float64_t calc_rz(float64_t val, const float64_t *s, int64_t n, int64_t minp) noexcept nogil:
+    """Robust z of ``val`` against the window before it: (val - median) / (1.4826 MAD).
+
+    When more than half the window is one value (MAD = 0) the scale falls back to 1.2533 times the mean
+    absolute deviation from the median; a constant window gives 0 or +-inf like the plain z.
+    """
+    cdef float64_t med, mad, acc = 0.0, dev
+    cdef int64_t j
+    if n < minp or val != val:
+        return NAN
+    med = calc_median(s, n)
+    dev = val - med
+    mad = calc_mad(s, n, med)
+    if mad > 0.0:
+        return dev / (MAD_SCALE * mad)
+    for j in range(n):
+        acc += fabs(s[j] - med)
+    mad = MEANAD_SCALE * (acc / n)
+    if mad > 0.0:
+        return dev / mad
+    if dev == 0.0:
         return 0.0
-    a = fabs(z) / k
+    return INFINITY if dev > 0.0 else -INFINITY
+
+
+# ----------------------------------------------------------------------
+# EWMA and EW variance (West 1979 incremental form)
+
+cdef inline void add_ewm(float64_t val, float64_t *f, int64_t *g, float64_t alpha, float64_t oma) noexcept nogil:
+    cdef float64_t diff, incr
+    if val != val:
+        return
+    if g[I_EWM_N] == 0:
+        f[F_EWM_MEAN] = val
+        f[F_EWM_VAR] = 0.0
+    else:
+        diff = val - f[F_EWM_MEAN]
+        incr = alpha * diff
+        f[F_EWM_MEAN] = f[F_EWM_MEAN] + incr
+        f[F_EWM_VAR] = oma * (f[F_EWM_VAR] + diff * incr)
+    g[I_EWM_N] += 1
+
+
+# ----------------------------------------------------------------------
+# Combined score
+
+cdef inline float64_t calc_score(float64_t e, float64_t em1) noexcept nogil:
+    """u / (1 + u) with u = log1p((e - 1) e): 0 at e = 0, 0.5 at e = 1 (a detector at its threshold),
+    strictly increasing, and below 1 even for e = inf (e is clamped to DBL_MAX), so it never saturates."""
+    cdef float64_t a, u
+    if not (e > 0.0):
+        return 0.0
+    a = em1 * e
     if a > DBL_MAX:
         a = DBL_MAX
     u = log1p(a)
     return u / (1.0 + u)
 
 
-cdef inline void step(float64_t val, float64_t *f, int64_t *g, float64_t *b, int64_t window) noexcept nogil:
-    """Slide the slot's count window by one reading."""
+# ----------------------------------------------------------------------
+# One reading
+
+cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b, float64_t *srt,
+                      int64_t window, float64_t alpha, float64_t oma) noexcept nogil:
+    """Slide the slot's count window by one reading and update the running state."""
     cdef float64_t old
     if g[I_NFILL] == window:
         old = b[g[I_POS]]
+        if old == old:
+            remove_sorted(old, srt, g[I_NOBS])
         remove_var(old, f, g)
     else:
         g[I_NFILL] += 1
@@ -271,16 +452,94 @@ cdef inline void step(float64_t val, float64_t *f, int64_t *g, float64_t *b, int
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
+    if val == val:
+        insert_sorted(val, srt, g[I_NOBS])
     add_var(val, f, g)
     if unstable_var(f, g):
         recompute_var(f, g, b, window)
+    add_ewm(val, f, g, alpha, oma)
+    if val == val and g[I_NSAME] == 1:
+        # a new run starts on the slot's clock: a late reading does not wind the stuck timer back
+        g[I_RUN_TS] = ts if ts > g[I_LAST_TS] else g[I_LAST_TS]
+    if ts > g[I_LAST_TS]:
+        g[I_LAST_TS] = ts
+
+
+cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b,
+                           float64_t *srt, const float64_t *p, int64_t window, int64_t minp,
+                           float64_t alpha, float64_t oma, float64_t em1, float64_t *z_out,
+                           float64_t *score_out) noexcept nogil:
+    """Score one reading against its slot's state, then add it; returns the flags."""
+    cdef:
+        uint8_t flags = 0
+        float64_t z, rz = NAN, e = 0.0, x, rate, ex, span, bound
+        int64_t dt
+    z = calc_z(val, f, g, b, window, minp)
+    x = fabs(z) / p[P_ZTHR]
+    if x > e:
+        e = x
+    if fabs(z) > p[P_ZTHR]:
+        flags |= Z_FLAG
+    if p[P_RTHR] < INFINITY:
+        rz = calc_rz(val, srt, g[I_NOBS], minp)
+        x = fabs(rz) / p[P_RTHR]
+        if x > e:
+            e = x
+        if fabs(rz) > p[P_RTHR]:
+            flags |= ROBUST_FLAG
+    if g[I_LAST_TS] != C_NEVER and ts < g[I_LAST_TS]:
+        # late: scored and kept in the count window, but no rate is measured from or to it
+        flags |= LATE_FLAG
+    elif val == val:
+        if g[I_PREV_TS] != C_NEVER and ts > g[I_PREV_TS] and p[P_MAX_RATE] < INFINITY:
+            dt = ts - g[I_PREV_TS]
+            rate = (val - f[F_RPREV]) * 1000.0 / dt
+            x = fabs(rate) / p[P_MAX_RATE]
+            if x > e:
+                e = x
+            if fabs(rate) > p[P_MAX_RATE]:
+                flags |= RATE_FLAG
+        f[F_RPREV] = val
+        g[I_PREV_TS] = ts
+    if val == val and (val < p[P_LO] or val > p[P_HI]):
+        if val > p[P_HI]:
+            ex = val - p[P_HI]
+            bound = p[P_HI]
+        else:
+            ex = p[P_LO] - val
+            bound = p[P_LO]
+        span = p[P_HI] - p[P_LO]
+        if not (span < INFINITY):
+            span = fabs(bound)
+        if span == 0.0:
+            span = 1.0
+        x = 1.0 + ex / span
+        if x > e:
+            e = x
+        flags |= THRESHOLD_FLAG
+    step(val, ts, f, g, b, srt, window, alpha, oma)
+    if val == val:
+        x = 0.0
+        if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
+            x = g[I_NSAME] / p[P_STUCK_N]
+        if (p[P_STUCK_MS] > 0.0 and g[I_NSAME] >= 2 and g[I_RUN_TS] != C_NEVER
+                and ts - g[I_RUN_TS] >= p[P_STUCK_MS]):
+            if (ts - g[I_RUN_TS]) / p[P_STUCK_MS] > x:
+                x = (ts - g[I_RUN_TS]) / p[P_STUCK_MS]
+        if x > 0.0:
+            flags |= STUCK_FLAG
+            if x > e:
+                e = x
+    z_out[0] = z
+    score_out[0] = calc_score(e, em1)
+    return flags
 
 
 # ----------------------------------------------------------------------
 # Python face
 
 cdef class RollingStats:
-    """Per-slot rolling mean/variance and z-score detector over count windows.
+    """Per-slot rolling statistics and anomaly detectors over count windows.
 
     Parameters
     ----------
@@ -288,31 +547,57 @@ cdef class RollingStats:
         Readings per count window (NaN readings take a position but are not counted, like pandas
         ``rolling(window, min_periods)``).
     min_count : int
-        Real values the window needs before z is defined (clamped to [2, window]).
+        Real values the window needs before z and robust z are defined (clamped to [2, window]).
     z_threshold : float
-        ``|z|`` above which FLAG_ZSCORE is set; the score is 0.5 exactly there.
+        Default ``|z|`` above which FLAG_ZSCORE is set.
     capacity : int
-        Slots allocated up front; the state grows to fit any larger slot.
+        Slots allocated up front; the state grows (doubling) to fit any larger slot.
+    ewm_alpha : float
+        Weight of the newest reading in the EWMA and EW variance.
+    robust_threshold, lo, hi, max_rate, stuck_count, stuck_ms, silence_ms
+        Default detector settings of every slot (see ``_common.check_detectors``); ``configure`` changes
+        them per slot, e.g. from the per-metric rules file.
+
+    ``update`` returns ``(z, score, flags)`` per reading. z is the plain z-score against the window before
+    the reading: NaN below ``min_count`` real values or for a NaN reading; for a constant window 0 for the
+    same value and +-inf for any other. score is the combined score in [0, 1): each detector's evidence is
+    normalised so that its threshold is 1 (``|z|/z_threshold``, ``|robust z|/robust_threshold``,
+    ``|rate|/max_rate``, and for a violated static limit or stuck run ``1 + excess/span`` and
+    ``run/stuck_count``), the largest counts, and ``score = u/(1+u)`` with ``u = log1p((e-1) x)``: 0.5
+    exactly at a threshold, strictly increasing, never 1. A reading older than the slot's newest one is
+    flagged FLAG_LATE, scored, and added to the count window like any other (the window is in arrival
+    order), but no rate of change is measured to or from it, and for the stuck timer it counts as
+    arriving at the slot's newest timestamp.
     """
 
     cdef readonly int64_t window
     cdef readonly int64_t min_count
     cdef readonly double z_threshold
-    cdef double _k
+    cdef readonly double ewm_alpha
+    cdef readonly dict defaults
+    cdef double _oma
+    cdef double _em1
     cdef object _fstate
     cdef object _istate
+    cdef object _pstate
     cdef object _buf
+    cdef object _sorted
 
     def __init__(self, window: int = 100, min_count: int = 20, z_threshold: float = 6.0,
-                 capacity: int = 1024):
+                 capacity: int = 1024, *, ewm_alpha: float = 0.05, **detectors):
         window, min_count, z_threshold, capacity = check_params(window, min_count, z_threshold, capacity)
         self.window = window
         self.min_count = min_count
         self.z_threshold = z_threshold
-        self._k = z_threshold / (math.e - 1.0)
+        self.ewm_alpha = check_alpha(ewm_alpha)
+        self.defaults = check_detectors(z_threshold, **detectors)
+        self._oma = 1.0 - self.ewm_alpha
+        self._em1 = math.e - 1.0
         self._fstate = new_fstate(capacity)
         self._istate = new_istate(capacity)
+        self._pstate = new_pstate(capacity, self.defaults)
         self._buf = np.full((capacity, window), np.nan)
+        self._sorted = new_sorted(capacity, window)
 
     @property
     def nslots(self) -> int:
@@ -320,10 +605,12 @@ cdef class RollingStats:
 
     def _grow(self, need):
         n = self._fstate.shape[0]
-        new = grown_size(n, need)
-        self._fstate = np.concatenate([self._fstate, new_fstate(new - n)])
-        self._istate = np.concatenate([self._istate, new_istate(new - n)])
-        self._buf = np.concatenate([self._buf, np.full((new - n, self.window), np.nan)])
+        extra = grown_size(n, need) - n
+        self._fstate = np.concatenate([self._fstate, new_fstate(extra)])
+        self._istate = np.concatenate([self._istate, new_istate(extra)])
+        self._pstate = np.concatenate([self._pstate, new_pstate(extra, self.defaults)])
+        self._buf = np.concatenate([self._buf, np.full((extra, self.window), np.nan)])
+        self._sorted = np.concatenate([self._sorted, new_sorted(extra, self.window)])
 
     def update(self, slots, ts_ms, values):
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
@@ -333,35 +620,53 @@ cdef class RollingStats:
             self._grow(int(sl.max()) + 1)
         z_out = np.empty(n, dtype=np.float64)
         score_out = np.empty(n, dtype=np.float64)
-        flags_out = np.zeros(n, dtype=np.uint8)
+        flags_out = np.empty(n, dtype=np.uint8)
         cdef:
             const int64_t[::1] s_v = sl
+            const int64_t[::1] t_v = ts
             const float64_t[::1] x_v = vals
             float64_t[::1] z_v = z_out
             float64_t[::1] sc_v = score_out
             uint8_t[::1] fl_v = flags_out
             float64_t[:, ::1] fs = self._fstate
             int64_t[:, ::1] gs = self._istate
+            const float64_t[:, ::1] ps = self._pstate
             float64_t[:, ::1] bs = self._buf
+            float64_t[:, ::1] ss = self._sorted
             int64_t window = self.window, minp = self.min_count, s
-            float64_t zthr = self.z_threshold, k = self._k, val, z
-            float64_t *f
-            int64_t *g
-            float64_t *b
+            float64_t alpha = self.ewm_alpha, oma = self._oma, em1 = self._em1
         with nogil:
             for i in range(n):
                 s = s_v[i]
-                val = x_v[i]
-                f = &fs[s, 0]
-                g = &gs[s, 0]
-                b = &bs[s, 0]
-                z = calc_z(val, f, g, b, window, minp)
-                z_v[i] = z
-                sc_v[i] = calc_score(z, k)
-                if fabs(z) > zthr:
-                    fl_v[i] = Z_FLAG
-                step(val, f, g, b, window)
+                fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
+                                 window, minp, alpha, oma, em1, &z_v[i], &sc_v[i])
         return z_out, score_out, flags_out
+
+    def configure(self, slots, **detectors) -> None:
+        """Set detector settings (``robust_threshold``, ``lo``, ``hi``, ...) for the given slots."""
+        sl = check_batch(slots, np.zeros(np.size(slots), np.int64), np.zeros(np.size(slots)))[0]
+        if len(sl) and sl.max() >= self._fstate.shape[0]:
+            self._grow(int(sl.max()) + 1)
+        if not detectors:
+            return
+        for k in detectors:
+            if k not in self.defaults:
+                msg = f"unknown detector setting {k!r}; known: {sorted(self.defaults)}"
+                raise TypeError(msg)
+        for k, v in check_detectors(**{**self.defaults, **detectors}).items():
+            if k in detectors:
+                self._pstate[sl, PARAM_FIELDS.index(k)] = v
+
+    def settings(self, slot) -> dict:
+        """The detector settings of one slot."""
+        s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return dict(self.defaults)
+        return {k: float(self._pstate[s, j]) for j, k in enumerate(PARAM_FIELDS)}
+
+    def silent(self, now_ms) -> np.ndarray:
+        """Slots heard from before whose ``silence_ms`` (> 0) has passed by ``now_ms`` (timer-driven)."""
+        return silent_slots(self._istate[:, I_LAST_TS], self._pstate[:, P_SILENCE_MS], int(now_ms))
 
     def mean(self, slot) -> float:
         """Mean of the real values in the slot's window; NaN when it has none."""
@@ -388,17 +693,69 @@ cdef class RollingStats:
             return 0
         return int(self._istate[s, I_NOBS])
 
+    def min(self, slot) -> float:
+        """Smallest real value in the slot's window; NaN when it has none."""
+        s = check_slot(slot)
+        if s >= self._fstate.shape[0] or self._istate[s, I_NOBS] == 0:
+            return math.nan
+        return float(self._sorted[s, 0])
+
+    def max(self, slot) -> float:
+        """Largest real value in the slot's window; NaN when it has none."""
+        s = check_slot(slot)
+        if s >= self._fstate.shape[0] or self._istate[s, I_NOBS] == 0:
+            return math.nan
+        return float(self._sorted[s, self._istate[s, I_NOBS] - 1])
+
+    def median(self, slot) -> float:
+        """Median of the real values in the slot's window; NaN when it has none."""
+        cdef int64_t s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return math.nan
+        cdef float64_t[:, ::1] ss = self._sorted
+        return calc_median(&ss[s, 0], self._istate[s, I_NOBS])
+
+    def mad(self, slot) -> float:
+        """Median absolute deviation from the median (unscaled); NaN when the window has no value."""
+        cdef int64_t s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return math.nan
+        cdef float64_t[:, ::1] ss = self._sorted
+        cdef int64_t n = self._istate[s, I_NOBS]
+        return calc_mad(&ss[s, 0], n, calc_median(&ss[s, 0], n))
+
+    def ewm_mean(self, slot) -> float:
+        """Exponentially weighted mean (weight ``ewm_alpha`` on the newest real value); NaN before any."""
+        s = check_slot(slot)
+        return math.nan if s >= self._fstate.shape[0] else float(self._fstate[s, F_EWM_MEAN])
+
+    def ewm_var(self, slot) -> float:
+        """Exponentially weighted variance (West's incremental form, not bias-corrected)."""
+        s = check_slot(slot)
+        return math.nan if s >= self._fstate.shape[0] else float(self._fstate[s, F_EWM_VAR])
+
+    def last_ts(self, slot) -> int | None:
+        """Newest timestamp seen for the slot (ms), None if never heard from."""
+        s = check_slot(slot)
+        if s >= self._fstate.shape[0] or self._istate[s, I_LAST_TS] == C_NEVER:
+            return None
+        return int(self._istate[s, I_LAST_TS])
+
     def to_bytes(self) -> bytes:
         """Snapshot of the whole state (versioned; loads in either twin)."""
-        return _snapshot.dump("RollingStats", params_of(self), {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS},
-                              {"fstate": self._fstate, "istate": self._istate, "buf": self._buf})
+        return _snapshot.dump(
+            "RollingStats", params_of(self),
+            {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
+            {"fstate": self._fstate, "istate": self._istate, "pstate": self._pstate, "buf": self._buf,
+             "sorted": self._sorted})
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:
-        """Restore a snapshot made by ``to_bytes`` of either twin."""
+        """Restore a snapshot made by ``to_bytes`` of either twin (or of an older layout)."""
         params, fields, arrays = _snapshot.load(data, "RollingStats")
         cdef RollingStats self = cls(capacity=1, **params)
-        self._fstate, self._istate, self._buf = restore_state(fields, arrays, self.window)
+        (self._fstate, self._istate, self._pstate, self._buf,
+         self._sorted) = restore_state(fields, arrays, self.window, self.defaults)
         return self
 
     def __reduce__(self):
@@ -407,5 +764,3 @@ cdef class RollingStats:
     def __repr__(self) -> str:
         return (f"RollingStats(window={self.window}, min_count={self.min_count}, "
                 f"z_threshold={self.z_threshold!r}, nslots={self.nslots})")
-
-

@@ -3,41 +3,60 @@
 Python floats are IEEE doubles and ``math.sqrt`` / ``math.log1p`` are the C library's, so every result
 and every snapshot is bit-identical to the compiled module. Used when the extension is missing, when
 ``IOTSTREAM_PURE_PYTHON=1``, and as the reference in parity tests. Per-slot state lives in plain lists
-(one row of floats, one row of ints, one ring buffer per slot); the arrays only appear in snapshots.
+(rows of floats and ints, a ring buffer and a sorted list per slot); arrays only appear in snapshots.
+See ``_rolling.pyx`` for what each statistic and detector means.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort_right
 
 import numpy as np
 
 from . import _snapshot
 from ._common import (
+    FLAG_LATE,
+    FLAG_RATE,
+    FLAG_ROBUST,
+    FLAG_STUCK,
+    FLAG_THRESHOLD,
     FLAG_ZSCORE,
     FLOAT_FIELDS,
     INT_FIELDS,
+    NEVER,
+    PARAM_FIELDS,
+    check_alpha,
     check_batch,
+    check_detectors,
     check_params,
     check_slot,
     grown_size,
     new_fstate,
     new_istate,
+    new_pstate,
+    new_sorted,
     params_of,
     restore_state,
+    silent_slots,
 )
 
 __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
-F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV = range(7)
-I_POS, I_NFILL, I_NOBS, I_NSAME = range(4)
-assert FLOAT_FIELDS[F_PREV] == "prev" and INT_FIELDS[I_NSAME] == "nsame"
+(F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN,
+ F_EWM_VAR) = range(len(FLOAT_FIELDS))
+I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N = range(len(INT_FIELDS))
+P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS = range(len(PARAM_FIELDS))
+assert FLOAT_FIELDS[F_EWM_VAR] == "ewm_var" and INT_FIELDS[I_EWM_N] == "ewm_n"
+assert PARAM_FIELDS[P_SILENCE_MS] == "silence_ms"
 
 RECOMPUTE_RATIO = 1e4
 DRIFT_RATIO = 1e8
 TINY_SSQDM = 1e-280
 HUGE_SSQDM = 1e280
 DBL_MAX = 1.7976931348623157e308
+MAD_SCALE = 1.4826
+MEANAD_SCALE = 1.2533
 NAN = math.nan
 INF = math.inf
 
@@ -196,114 +215,354 @@ def calc_z(val: float, f: list, g: list, b: list, minp: int) -> float:
     return scaled_z(dev, f, g, b)
 
 
-def calc_score(z: float, k: float) -> float:
-    if z != z:
+# ----------------------------------------------------------------------
+# Sorted window: min, max, median, MAD
+
+def calc_median(s: list, n: int) -> float:
+    if n == 0:
+        return NAN
+    if n % 2:
+        return s[n // 2]
+    return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
+
+
+def kth_dev(s: list, n: int, med: float, k: int) -> float:
+    p = n // 2
+    nb = n - n // 2
+    lo = k + 1 - nb if k + 1 > nb else 0
+    hi = k + 1 if k + 1 < p else p
+    while lo < hi:
+        a = (lo + hi) // 2
+        bb = k + 1 - a
+        if bb > 0 and s[p + bb - 1] - med > med - s[p - 1 - a]:
+            lo = a + 1
+        else:
+            hi = a
+    bb = k + 1 - lo
+    res = 0.0
+    if lo > 0:
+        res = med - s[p - lo]
+    if bb > 0 and s[p + bb - 1] - med > res:
+        res = s[p + bb - 1] - med
+    return res
+
+
+def calc_mad(s: list, n: int, med: float) -> float:
+    if n == 0:
+        return NAN
+    k0 = (n - 1) // 2
+    k1 = n // 2
+    if k0 == k1:
+        return kth_dev(s, n, med, k0)
+    return 0.5 * kth_dev(s, n, med, k0) + 0.5 * kth_dev(s, n, med, k1)
+
+
+def calc_rz(val: float, s: list, n: int, minp: int) -> float:
+    if n < minp or val != val:
+        return NAN
+    med = calc_median(s, n)
+    dev = val - med
+    mad = calc_mad(s, n, med)
+    if mad > 0.0:
+        return dev / (MAD_SCALE * mad)
+    acc = 0.0
+    for j in range(n):
+        acc += abs(s[j] - med)
+    mad = MEANAD_SCALE * (acc / n)
+    if mad > 0.0:
+        return dev / mad
+    if dev == 0.0:
         return 0.0
-    a = abs(z) / k
+    return INF if dev > 0.0 else -INF
+
+
+# ----------------------------------------------------------------------
+# EWMA and EW variance
+
+def add_ewm(val: float, f: list, g: list, alpha: float, oma: float) -> None:
+    if val != val:
+        return
+    if g[I_EWM_N] == 0:
+        f[F_EWM_MEAN] = val
+        f[F_EWM_VAR] = 0.0
+    else:
+        diff = val - f[F_EWM_MEAN]
+        incr = alpha * diff
+        f[F_EWM_MEAN] = f[F_EWM_MEAN] + incr
+        f[F_EWM_VAR] = oma * (f[F_EWM_VAR] + diff * incr)
+    g[I_EWM_N] += 1
+
+
+# ----------------------------------------------------------------------
+# Combined score
+
+def calc_score(e: float, em1: float) -> float:
+    if not (e > 0.0):
+        return 0.0
+    a = em1 * e
     if a > DBL_MAX:
         a = DBL_MAX
     u = math.log1p(a)
     return u / (1.0 + u)
 
 
-def step(val: float, f: list, g: list, b: list, window: int) -> None:
+# ----------------------------------------------------------------------
+# One reading
+
+def step(val: float, ts: int, f: list, g: list, b: list, srt: list, window: int, alpha: float,
+         oma: float) -> None:
     if g[I_NFILL] == window:
-        remove_var(b[g[I_POS]], f, g)
+        old = b[g[I_POS]]
+        if old == old:
+            srt.pop(bisect_left(srt, old))
+        remove_var(old, f, g)
     else:
         g[I_NFILL] += 1
     b[g[I_POS]] = val
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
+    if val == val:
+        insort_right(srt, val)
     add_var(val, f, g)
     if unstable_var(f, g):
         recompute_var(f, g, b)
+    add_ewm(val, f, g, alpha, oma)
+    if val == val and g[I_NSAME] == 1:
+        g[I_RUN_TS] = ts if ts > g[I_LAST_TS] else g[I_LAST_TS]
+    if ts > g[I_LAST_TS]:
+        g[I_LAST_TS] = ts
+
+
+def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, window: int, minp: int,
+           alpha: float, oma: float, em1: float) -> tuple[float, float, int]:
+    """Score one reading against its slot's state, then add it; returns ``(z, score, flags)``."""
+    flags = 0
+    e = 0.0
+    z = calc_z(val, f, g, b, minp)
+    x = abs(z) / p[P_ZTHR]
+    if x > e:
+        e = x
+    if abs(z) > p[P_ZTHR]:
+        flags |= FLAG_ZSCORE
+    if p[P_RTHR] < INF:
+        rz = calc_rz(val, srt, g[I_NOBS], minp)
+        x = abs(rz) / p[P_RTHR]
+        if x > e:
+            e = x
+        if abs(rz) > p[P_RTHR]:
+            flags |= FLAG_ROBUST
+    if g[I_LAST_TS] != NEVER and ts < g[I_LAST_TS]:
+        flags |= FLAG_LATE
+    elif val == val:
+        if g[I_PREV_TS] != NEVER and ts > g[I_PREV_TS] and p[P_MAX_RATE] < INF:
+            dt = ts - g[I_PREV_TS]
+            rate = (val - f[F_RPREV]) * 1000.0 / dt
+            x = abs(rate) / p[P_MAX_RATE]
+            if x > e:
+                e = x
+            if abs(rate) > p[P_MAX_RATE]:
+                flags |= FLAG_RATE
+        f[F_RPREV] = val
+        g[I_PREV_TS] = ts
+    if val == val and (val < p[P_LO] or val > p[P_HI]):
+        if val > p[P_HI]:
+            ex = val - p[P_HI]
+            bound = p[P_HI]
+        else:
+            ex = p[P_LO] - val
+            bound = p[P_LO]
+        span = p[P_HI] - p[P_LO]
+        if not (span < INF):
+            span = abs(bound)
+        if span == 0.0:
+            span = 1.0
+        x = 1.0 + ex / span
+        if x > e:
+            e = x
+        flags |= FLAG_THRESHOLD
+    step(val, ts, f, g, b, srt, window, alpha, oma)
+    if val == val:
+        x = 0.0
+        if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
+            x = g[I_NSAME] / p[P_STUCK_N]
+        if (p[P_STUCK_MS] > 0.0 and g[I_NSAME] >= 2 and g[I_RUN_TS] != NEVER
+                and ts - g[I_RUN_TS] >= p[P_STUCK_MS]):
+            if (ts - g[I_RUN_TS]) / p[P_STUCK_MS] > x:
+                x = (ts - g[I_RUN_TS]) / p[P_STUCK_MS]
+        if x > 0.0:
+            flags |= FLAG_STUCK
+            if x > e:
+                e = x
+    return z, calc_score(e, em1), flags
 
 
 # ----------------------------------------------------------------------
 # Python face
 
 class RollingStats:
-    """Per-slot rolling mean/variance and z-score detector over count windows (see ``_rolling.pyx``)."""
+    """Per-slot rolling statistics and anomaly detectors over count windows (see ``_rolling.pyx``)."""
 
     def __init__(self, window: int = 100, min_count: int = 20, z_threshold: float = 6.0,
-                 capacity: int = 1024):
+                 capacity: int = 1024, *, ewm_alpha: float = 0.05, **detectors):
         window, min_count, z_threshold, capacity = check_params(window, min_count, z_threshold, capacity)
         self.window = window
         self.min_count = min_count
         self.z_threshold = z_threshold
-        self._k = z_threshold / (math.e - 1.0)
-        self._set_state(new_fstate(capacity), new_istate(capacity), np.full((capacity, window), np.nan))
+        self.ewm_alpha = check_alpha(ewm_alpha)
+        self.defaults = check_detectors(z_threshold, **detectors)
+        self._oma = 1.0 - self.ewm_alpha
+        self._em1 = math.e - 1.0
+        self._set_state(new_fstate(capacity), new_istate(capacity), new_pstate(capacity, self.defaults),
+                        np.full((capacity, window), np.nan), new_sorted(capacity, window))
 
-    def _set_state(self, fs: np.ndarray, gs: np.ndarray, buf: np.ndarray) -> None:
-        self._f = fs.tolist()
-        self._g = gs.tolist()
-        self._b = buf.tolist()
+    def _set_state(self, fs, gs, ps, buf, srt) -> None:
+        self._fs = fs.tolist()
+        self._gs = gs.tolist()
+        self._ps = ps.tolist()
+        self._bs = buf.tolist()
+        self._ss = [[v for v in row if v == v] for row in srt.tolist()]
 
     @property
     def nslots(self) -> int:
-        return len(self._f)
+        return len(self._fs)
 
     def _grow(self, need: int) -> None:
-        n = len(self._f)
+        n = len(self._fs)
         extra = grown_size(n, need) - n
-        self._f.extend(new_fstate(extra).tolist())
-        self._g.extend(new_istate(extra).tolist())
-        self._b.extend([NAN] * self.window for _ in range(extra))
+        self._fs.extend(new_fstate(extra).tolist())
+        self._gs.extend(new_istate(extra).tolist())
+        self._ps.extend(new_pstate(extra, self.defaults).tolist())
+        self._bs.extend([NAN] * self.window for _ in range(extra))
+        self._ss.extend([] for _ in range(extra))
 
     def update(self, slots, ts_ms, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
-        sl, _ts, vals = check_batch(slots, ts_ms, values)
+        sl, ts, vals = check_batch(slots, ts_ms, values)
         n = len(sl)
-        if n and sl.max() >= len(self._f):
+        if n and sl.max() >= len(self._fs):
             self._grow(int(sl.max()) + 1)
         z_out = [0.0] * n
         sc_out = [0.0] * n
         fl_out = [0] * n
-        fs, gs, bs = self._f, self._g, self._b
-        window, minp, zthr, k = self.window, self.min_count, self.z_threshold, self._k
-        for i, (s, val) in enumerate(zip(sl.tolist(), vals.tolist(), strict=True)):
-            f = fs[s]
-            g = gs[s]
-            b = bs[s]
-            z = calc_z(val, f, g, b, minp)
-            z_out[i] = z
-            sc_out[i] = calc_score(z, k)
-            if abs(z) > zthr:
-                fl_out[i] = FLAG_ZSCORE
-            step(val, f, g, b, window)
+        fs, gs, ps, bs, ss = self._fs, self._gs, self._ps, self._bs, self._ss
+        window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
+        for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
+            z_out[i], sc_out[i], fl_out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s], window,
+                                                    minp, alpha, oma, em1)
         return (np.array(z_out, dtype=np.float64), np.array(sc_out, dtype=np.float64),
                 np.array(fl_out, dtype=np.uint8))
 
+    def configure(self, slots, **detectors) -> None:
+        """Set detector settings (``robust_threshold``, ``lo``, ``hi``, ...) for the given slots."""
+        sl = check_batch(slots, np.zeros(np.size(slots), np.int64), np.zeros(np.size(slots)))[0]
+        if len(sl) and sl.max() >= len(self._fs):
+            self._grow(int(sl.max()) + 1)
+        if not detectors:
+            return
+        for k in detectors:
+            if k not in self.defaults:
+                msg = f"unknown detector setting {k!r}; known: {sorted(self.defaults)}"
+                raise TypeError(msg)
+        for k, v in check_detectors(**{**self.defaults, **detectors}).items():
+            if k in detectors:
+                j = PARAM_FIELDS.index(k)
+                for s in sl.tolist():
+                    self._ps[s][j] = v
+
+    def settings(self, slot) -> dict:
+        """The detector settings of one slot."""
+        s = check_slot(slot)
+        if s >= len(self._fs):
+            return dict(self.defaults)
+        return dict(zip(PARAM_FIELDS, self._ps[s], strict=True))
+
+    def silent(self, now_ms) -> np.ndarray:
+        """Slots heard from before whose ``silence_ms`` (> 0) has passed by ``now_ms`` (timer-driven)."""
+        last = np.array([g[I_LAST_TS] for g in self._gs], dtype=np.int64)
+        sil = np.array([p[P_SILENCE_MS] for p in self._ps], dtype=np.float64)
+        return silent_slots(last, sil, int(now_ms))
+
+    def _slot(self, slot) -> int | None:
+        s = check_slot(slot)
+        return s if s < len(self._fs) else None
+
     def mean(self, slot) -> float:
         """Mean of the real values in the slot's window; NaN when it has none."""
-        s = check_slot(slot)
-        return calc_mean(self._f[s], self._g[s]) if s < len(self._f) else NAN
+        s = self._slot(slot)
+        return NAN if s is None else calc_mean(self._fs[s], self._gs[s])
 
     def var(self, slot) -> float:
         """Sample variance (ddof=1) of the slot's window; NaN below 2 real values."""
-        s = check_slot(slot)
-        return calc_var(self._f[s], self._g[s]) if s < len(self._f) else NAN
+        s = self._slot(slot)
+        return NAN if s is None else calc_var(self._fs[s], self._gs[s])
 
     def count(self, slot) -> int:
         """Real (non-NaN) values in the slot's window."""
-        s = check_slot(slot)
-        return int(self._g[s][I_NOBS]) if s < len(self._f) else 0
+        s = self._slot(slot)
+        return 0 if s is None else int(self._gs[s][I_NOBS])
+
+    def min(self, slot) -> float:
+        """Smallest real value in the slot's window; NaN when it has none."""
+        s = self._slot(slot)
+        return NAN if s is None or not self._ss[s] else self._ss[s][0]
+
+    def max(self, slot) -> float:
+        """Largest real value in the slot's window; NaN when it has none."""
+        s = self._slot(slot)
+        return NAN if s is None or not self._ss[s] else self._ss[s][-1]
+
+    def median(self, slot) -> float:
+        """Median of the real values in the slot's window; NaN when it has none."""
+        s = self._slot(slot)
+        return NAN if s is None else calc_median(self._ss[s], len(self._ss[s]))
+
+    def mad(self, slot) -> float:
+        """Median absolute deviation from the median (unscaled); NaN when the window has no value."""
+        s = self._slot(slot)
+        if s is None:
+            return NAN
+        srt = self._ss[s]
+        return calc_mad(srt, len(srt), calc_median(srt, len(srt)))
+
+    def ewm_mean(self, slot) -> float:
+        """Exponentially weighted mean (weight ``ewm_alpha`` on the newest real value); NaN before any."""
+        s = self._slot(slot)
+        return NAN if s is None else self._fs[s][F_EWM_MEAN]
+
+    def ewm_var(self, slot) -> float:
+        """Exponentially weighted variance (West's incremental form, not bias-corrected)."""
+        s = self._slot(slot)
+        return NAN if s is None else self._fs[s][F_EWM_VAR]
+
+    def last_ts(self, slot) -> int | None:
+        """Newest timestamp seen for the slot (ms), None if never heard from."""
+        s = self._slot(slot)
+        if s is None or self._gs[s][I_LAST_TS] == NEVER:
+            return None
+        return int(self._gs[s][I_LAST_TS])
 
     def to_bytes(self) -> bytes:
         """Snapshot of the whole state (versioned; loads in either twin)."""
+        w = self.window
+        srt = np.full((len(self._ss), w), np.nan)
+        for i, row in enumerate(self._ss):
+            srt[i, :len(row)] = row
         return _snapshot.dump(
-            "RollingStats", params_of(self), {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS},
-            {"fstate": np.array(self._f, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
-             "istate": np.array(self._g, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
-             "buf": np.array(self._b, dtype=np.float64).reshape(-1, self.window)})
+            "RollingStats", params_of(self),
+            {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
+            {"fstate": np.array(self._fs, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
+             "istate": np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
+             "pstate": np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
+             "buf": np.array(self._bs, dtype=np.float64).reshape(-1, w),
+             "sorted": srt})
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:
-        """Restore a snapshot made by ``to_bytes`` of either twin."""
+        """Restore a snapshot made by ``to_bytes`` of either twin (or of an older layout)."""
         params, fields, arrays = _snapshot.load(data, "RollingStats")
         self = cls(capacity=1, **params)
-        self._set_state(*restore_state(fields, arrays, self.window))
+        self._set_state(*restore_state(fields, arrays, self.window, self.defaults))
         return self
 
     def __reduce__(self):

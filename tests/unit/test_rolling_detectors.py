@@ -1,0 +1,261 @@
+"""Window min/max/median/MAD, EWMA, and the detectors of iotstream.ext on crafted series; both twins."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from iotstream.ext import _common, _snapshot, rolling_py
+from iotstream.ext._common import (
+    FLAG_LATE,
+    FLAG_RATE,
+    FLAG_ROBUST,
+    FLAG_STUCK,
+    FLAG_THRESHOLD,
+    FLAG_ZSCORE,
+)
+
+try:
+    from iotstream.ext import _rolling
+except ImportError:
+    _rolling = None
+
+needs_cython = pytest.mark.skipif(_rolling is None, reason="iotstream.ext._rolling is not built")
+IMPLS = [pytest.param("cython", marks=needs_cython), "python"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    return _rolling if request.param == "cython" else rolling_py
+
+
+def feed(stats, values, ts=None, slot=0):
+    values = np.asarray(values, dtype=np.float64)
+    ts = np.arange(len(values), dtype=np.int64) * 1000 if ts is None else np.asarray(ts, dtype=np.int64)
+    return stats.update(np.full(len(values), slot, np.int64), ts, values)
+
+
+def stream(seed, n=8000, keys=12):
+    rng = np.random.default_rng(seed)
+    slots = rng.integers(0, keys, n).astype(np.int64)
+    ts = np.cumsum(rng.integers(0, 2000, n)).astype(np.int64)
+    late = rng.random(n) < 0.02
+    ts[late] -= rng.integers(1, 5000, late.sum())
+    values = np.round(rng.standard_normal(n) * 10 ** rng.uniform(-1, 2, keys)[slots], 1)
+    values[rng.random(n) < 0.03] = np.nan
+    for _ in range(20):  # stuck runs on even slots
+        i = rng.integers(n - 200)
+        j = i + rng.integers(3, 200)
+        run = np.flatnonzero(slots[i:j] % 2 == 0) + i
+        values[run] = 7.0
+    return slots, ts, values
+
+
+# ----------------------------------------------------------------------
+# Window order statistics and EWMA against numpy
+
+def test_order_statistics_match_numpy(impl):
+    window = 25
+    slots, ts, values = stream(1)
+    stats = impl.RollingStats(window=window, min_count=3)
+    for a in range(0, len(values), 611):
+        stats.update(slots[a:a + 611], ts[a:a + 611], values[a:a + 611])
+        upto = min(a + 611, len(values))
+        for key in range(12):
+            w = values[:upto][slots[:upto] == key][-window:]
+            real = w[~np.isnan(w)]
+            if len(real) == 0:
+                assert math.isnan(stats.min(key)) and math.isnan(stats.median(key))
+                continue
+            assert stats.min(key) == real.min() and stats.max(key) == real.max()
+            assert stats.median(key) == pytest.approx(np.median(real), rel=1e-15, abs=1e-15)
+            med = np.median(real)
+            assert stats.mad(key) == pytest.approx(np.median(np.abs(real - med)), rel=1e-14, abs=1e-14)
+
+
+def test_ewm_matches_recurrence(impl):
+    alpha = 0.1
+    stats = impl.RollingStats(window=10, min_count=2, ewm_alpha=alpha)
+    vals = np.random.default_rng(2).standard_normal(500) * 3 + 5
+    vals[::17] = np.nan
+    feed(stats, vals)
+    mean, var = math.nan, math.nan
+    for x in vals:
+        if math.isnan(x):
+            continue
+        if math.isnan(mean):
+            mean, var = x, 0.0
+        else:
+            var = (1 - alpha) * (var + alpha * (x - mean) ** 2)
+            mean = mean + alpha * (x - mean)
+    assert stats.ewm_mean(0) == pytest.approx(mean, rel=1e-12)
+    assert stats.ewm_var(0) == pytest.approx(var, rel=1e-10)
+    assert math.isnan(stats.ewm_mean(5)) and math.isnan(stats.ewm_var(10**6))
+
+
+# ----------------------------------------------------------------------
+# Detectors on crafted series
+
+def test_static_thresholds(impl):
+    stats = impl.RollingStats(window=10, min_count=5, robust_threshold=math.inf)
+    stats.configure([3], lo=0.0, hi=10.0)
+    z, score, flags = feed(stats, [5.0, -0.5, 10.0, 10.5, 20.0, np.nan, 0.0], slot=3)
+    assert list(flags & FLAG_THRESHOLD) == [0, 2, 0, 2, 2, 0, 0]
+    assert score[1] > 0.5 and score[3] > 0.5 and score[4] > score[3]
+    assert stats.settings(3)["hi"] == 10.0 and stats.settings(4)["hi"] == math.inf
+
+
+def test_rate_of_change(impl):
+    stats = impl.RollingStats(window=10, min_count=5, max_rate=2.0, robust_threshold=math.inf)
+    # 1/s, then 3 units in 1 s, then 3 units in 2 s (1.5/s), then a late reading, then 4 units in 1 s
+    ts = [0, 1000, 2000, 3000, 5000, 4000, 6000]
+    vals = [0.0, 1.0, 2.0, 5.0, 8.0, 100.0, 12.0]
+    _, score, flags = feed(stats, vals, ts)
+    assert list(flags & FLAG_RATE) == [0, 0, 0, 4, 0, 0, 4]
+    assert flags[5] & FLAG_LATE and not flags[5] & FLAG_RATE
+    # rate of the last reading is measured from the last reading that was not late: (12-8)/1 s
+    assert score[6] == pytest.approx(rolling_py.calc_score(2.0, math.e - 1))
+    assert stats.last_ts(0) == 6000
+
+
+def test_stuck_sensor_by_count_and_time(impl):
+    stats = impl.RollingStats(window=20, min_count=50 // 5, stuck_count=4, robust_threshold=math.inf)
+    _, _, flags = feed(stats, [1.0, 2.0, 2.0, np.nan, 2.0, 2.0, 2.0, 3.0])
+    assert list(flags & FLAG_STUCK) == [0, 0, 0, 0, 0, 8, 8, 0]
+    stats = impl.RollingStats(window=20, min_count=10, stuck_ms=5000, robust_threshold=math.inf)
+    _, _, flags = feed(stats, [4.0, 4.0, 4.0, 4.0, 4.0], ts=[0, 1000, 4999, 5000, 9000])
+    assert list(flags & FLAG_STUCK) == [0, 0, 0, 8, 8]
+
+
+def test_zscore_and_robust_z(impl):
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal(60)
+    stats = impl.RollingStats(window=60, min_count=20, z_threshold=6.0, robust_threshold=8.0)
+    feed(stats, base)
+    med = np.median(base)
+    scale = 1.4826 * np.median(np.abs(base - med))
+    probe = med + 9 * scale
+    snap = stats.to_bytes()
+    z, score, flags = feed(stats, [probe], ts=[10**6])
+    assert flags[0] & FLAG_ROBUST
+    assert score[0] > 0.5
+    assert bool(flags[0] & FLAG_ZSCORE) == bool(abs(z[0]) > 6.0)
+    # heavy outliers in the window inflate the std (masking the next one) but barely move median/MAD
+    masked = impl.RollingStats.from_bytes(snap)
+    feed(masked, [50.0, -50.0, 60.0], ts=[1, 2, 3])
+    z, _, flags = feed(masked, [probe], ts=[10**6])
+    assert abs(z[0]) < 6.0 and flags[0] & FLAG_ROBUST
+
+
+def test_robust_z_with_quantized_values(impl):
+    """More than half the window one value (MAD = 0): the mean absolute deviation takes over."""
+    stats = impl.RollingStats(window=20, min_count=10, z_threshold=100.0, robust_threshold=8.0)
+    feed(stats, [1.0] * 15 + [2.0] * 5)
+    assert stats.mad(0) == 0.0
+    _, score, flags = feed(stats, [2.0, 9.0], ts=[10**5, 10**5 + 1])
+    assert not flags[0] & FLAG_ROBUST and flags[1] & FLAG_ROBUST and score[1] > 0.5
+
+
+def test_late_readings(impl):
+    stats = impl.RollingStats(window=5, min_count=2, robust_threshold=math.inf)
+    _, _, flags = feed(stats, [1.0, 2.0, 3.0, 4.0], ts=[1000, 3000, 2000, 3000])
+    assert list(flags & FLAG_LATE) == [0, 0, FLAG_LATE, 0]
+    assert stats.last_ts(0) == 3000 and stats.count(0) == 4 and stats.mean(0) == 2.5
+
+
+def test_silence_is_timer_driven(impl):
+    stats = impl.RollingStats(window=5, min_count=2)
+    stats.configure([1, 2], silence_ms=10_000)
+    stats.update([0, 1, 2, 1], [0, 0, 0, 5_000], [1.0, 1.0, 1.0, np.nan])
+    assert list(stats.silent(9_999)) == []
+    assert list(stats.silent(10_000)) == [2]
+    assert list(stats.silent(15_000)) == [1, 2]
+    assert stats.last_ts(7) is None
+
+
+def test_configure_validation(impl):
+    stats = impl.RollingStats(window=5)
+    with pytest.raises(TypeError, match="unknown detector setting 'hight'"):
+        stats.configure([0], hight=3.0)
+    with pytest.raises(ValueError, match="lo must be <= hi"):
+        stats.configure([0], lo=5.0, hi=1.0)
+    with pytest.raises(ValueError, match="stuck_count"):
+        stats.configure([0], stuck_count=2.5)
+    with pytest.raises(ValueError, match="ewm_alpha"):
+        impl.RollingStats(ewm_alpha=0.0)
+    stats.configure([40], max_rate=3.0)
+    assert stats.nslots >= 41 and stats.settings(40)["max_rate"] == 3.0
+
+
+def test_score_combines_detectors_monotonically(impl):
+    stats = impl.RollingStats(window=10, min_count=5, robust_threshold=math.inf)
+    stats.configure([0], lo=0.0, hi=10.0)
+    feed(stats, [5.0] * 3)
+    snap = stats.to_bytes()
+    scores = []
+    for v in [10.0, 10.5, 12.0, 20.0, 1e6, 1e300]:
+        s = impl.RollingStats.from_bytes(snap)
+        scores.append(feed(s, [v], ts=[10**5])[1][0])
+    assert scores[0] == 0.0 and np.all(np.diff(scores) > 0) and scores[-1] < 1.0
+    assert scores[1] == pytest.approx(rolling_py.calc_score(1.05, math.e - 1))
+
+
+# ----------------------------------------------------------------------
+# Parity and snapshots with every detector on
+
+def full_detectors(impl):
+    stats = impl.RollingStats(window=16, min_count=4, z_threshold=3.0, capacity=4, ewm_alpha=0.2,
+                              robust_threshold=4.0, max_rate=5.0, stuck_count=5, stuck_ms=4000,
+                              silence_ms=3000)
+    stats.configure(np.arange(0, 12, 3), lo=-0.3, hi=0.3)
+    return stats
+
+
+@needs_cython
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parity_all_detectors(seed):
+    slots, ts, values = stream(seed)
+    c, p = full_detectors(_rolling), full_detectors(rolling_py)
+    split = len(values) // 3
+    oc = [c.update(slots[:split], ts[:split], values[:split])]
+    op = [p.update(slots[:split], ts[:split], values[:split])]
+    c2 = _rolling.RollingStats.from_bytes(p.to_bytes())  # cross-restore midway
+    p2 = rolling_py.RollingStats.from_bytes(c.to_bytes())
+    oc.append(c2.update(slots[split:], ts[split:], values[split:]))
+    op.append(p2.update(slots[split:], ts[split:], values[split:]))
+    for i in range(3):
+        np.testing.assert_array_equal(np.concatenate([oc[0][i], oc[1][i]]),
+                                      np.concatenate([op[0][i], op[1][i]]))
+    assert c2.to_bytes() == p2.to_bytes()
+    flags = np.concatenate([oc[0][2], oc[1][2]])
+    for bit in (FLAG_ZSCORE, FLAG_ROBUST, FLAG_RATE, FLAG_STUCK, FLAG_THRESHOLD, FLAG_LATE):
+        assert (flags & bit).any(), bit
+    for key in range(13):
+        for name in ("mean", "var", "count", "min", "max", "median", "mad", "ewm_mean", "ewm_var",
+                     "last_ts"):
+            assert repr(getattr(c2, name)(key)) == repr(getattr(p2, name)(key)), (name, key)
+    np.testing.assert_array_equal(c2.silent(int(ts.max()) + 5000), p2.silent(int(ts.max()) + 5000))
+
+
+def test_loads_stage1_snapshot(impl):
+    """A snapshot of the first layout (7 float and 4 int columns, no settings, no sorted windows)."""
+    slots, ts, values = stream(9, n=3000, keys=6)
+    new = impl.RollingStats(window=12, min_count=4)
+    new.update(slots, ts, values)
+    raw = _snapshot.load(new.to_bytes(), "RollingStats")[2]
+    old_f = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev"]
+    old_i = ["pos", "nfill", "nobs", "nsame"]
+    legacy = _snapshot.dump(
+        "RollingStats", {"window": 12, "min_count": 4, "z_threshold": 6.0},
+        {"fstate": old_f, "istate": old_i},
+        {"fstate": raw["fstate"][:, [_common.FLOAT_FIELDS.index(n) for n in old_f]],
+         "istate": raw["istate"][:, [_common.INT_FIELDS.index(n) for n in old_i]], "buf": raw["buf"]})
+    back = impl.RollingStats.from_bytes(legacy)
+    for key in range(6):
+        for name in ("mean", "var", "count", "min", "max", "median", "mad"):
+            assert repr(getattr(back, name)(key)) == repr(getattr(new, name)(key))
+    z1, _, _ = back.update(slots, ts + 10**7, values)
+    z2, _, _ = new.update(slots, ts + 10**7, values)
+    np.testing.assert_array_equal(z1, z2)

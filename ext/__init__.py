@@ -10,7 +10,19 @@ from __future__ import annotations
 import logging
 import os
 
-from ._common import FLAG_ZSCORE
+from ._common import (
+    ANOMALY_FLAGS,
+    FLAG_LATE,
+    FLAG_NAMES,
+    FLAG_RATE,
+    FLAG_ROBUST,
+    FLAG_SILENCE,
+    FLAG_STUCK,
+    FLAG_THRESHOLD,
+    FLAG_ZSCORE,
+)
+from .episodes import Episode, EpisodeEvent, EpisodeTracker
+from .rules import RuleBook, Rules, load_rules, parse_rules
 
 logger = logging.getLogger(__name__)
 
@@ -30,4 +42,6 @@ else:
     else:
         IMPLEMENTATION = "cython"
 
-__all__ = ["FLAG_ZSCORE", "IMPLEMENTATION", "RollingStats"]
+__all__ = ["ANOMALY_FLAGS", "FLAG_LATE", "FLAG_NAMES", "FLAG_RATE", "FLAG_ROBUST", "FLAG_SILENCE",
+           "FLAG_STUCK", "FLAG_THRESHOLD", "FLAG_ZSCORE", "IMPLEMENTATION", "Episode", "EpisodeEvent",
+           "EpisodeTracker", "RollingStats", "RuleBook", "Rules", "load_rules", "parse_rules"]

@@ -7,10 +7,25 @@ FLAG_ZSCORE: int
 
 class RollingStats:
     window: int  # int64_t, readonly
-    min_count: int  # int64_t, readonly (clamped to >= 2)
-    z_threshold: float  # double, readonly
+    min_count: int  # int64_t, readonly (clamped to [2, window])
+    z_threshold: float  # double, readonly (default per-slot z threshold)
+    ewm_alpha: float  # double, readonly
+    defaults: dict[str, float]  # default per-slot detector settings (_common.PARAM_FIELDS)
     def __init__(
-        self, window: int = ..., min_count: int = ..., z_threshold: float = ..., capacity: int = ...
+        self,
+        window: int = ...,
+        min_count: int = ...,
+        z_threshold: float = ...,
+        capacity: int = ...,
+        *,
+        ewm_alpha: float = ...,
+        robust_threshold: float = ...,
+        lo: float = ...,
+        hi: float = ...,
+        max_rate: float = ...,
+        stuck_count: int = ...,
+        stuck_ms: int = ...,
+        silence_ms: int = ...,
     ) -> None: ...
     @property
     def nslots(self) -> int: ...
@@ -21,12 +36,34 @@ class RollingStats:
         values: npt.ArrayLike,  # const float64_t[::1]
     ) -> tuple[
         npt.NDArray[np.float64],  # z
-        npt.NDArray[np.float64],  # score in [0, 1)
-        npt.NDArray[np.uint8],  # flags
+        npt.NDArray[np.float64],  # combined score in [0, 1)
+        npt.NDArray[np.uint8],  # flags (FLAG_* bits)
     ]: ...
+    def configure(
+        self,
+        slots: npt.ArrayLike,  # int64
+        *,
+        z_threshold: float = ...,
+        robust_threshold: float = ...,
+        lo: float = ...,
+        hi: float = ...,
+        max_rate: float = ...,
+        stuck_count: int = ...,
+        stuck_ms: int = ...,
+        silence_ms: int = ...,
+    ) -> None: ...
+    def settings(self, slot: int) -> dict[str, float]: ...
+    def silent(self, now_ms: int) -> npt.NDArray[np.int64]: ...
     def mean(self, slot: int) -> float: ...
     def var(self, slot: int) -> float: ...
     def count(self, slot: int) -> int: ...
+    def min(self, slot: int) -> float: ...
+    def max(self, slot: int) -> float: ...
+    def median(self, slot: int) -> float: ...
+    def mad(self, slot: int) -> float: ...
+    def ewm_mean(self, slot: int) -> float: ...
+    def ewm_var(self, slot: int) -> float: ...
+    def last_ts(self, slot: int) -> int | None: ...
     def to_bytes(self) -> bytes: ...
     @classmethod
     def from_bytes(cls, data: bytes) -> RollingStats: ...

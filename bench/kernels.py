@@ -1,0 +1,163 @@
+"""Kernel micro-benchmark: rolling statistics + all detectors, Cython vs pure-Python twin vs numpy.
+
+    python bench/kernels.py --json          # one JSON object on stdout
+    python bench/kernels.py                 # the same figures as a table
+
+Every figure is updates (readings) per second, single-threaded, with every detector on (z, robust z,
+static limits, rate of change, stuck by count and time), window 100, in steady state: the windows are
+filled before timing. ``numpy`` is the vectorised way one would write the same windowed statistics
+without a kernel: readings are taken in rounds of at most one per key, and each round gathers the keys'
+windows and reduces them with nanmean/nanvar/nanmedian/nanmin/nanmax. The twin and numpy are measured
+for a fixed time budget and extrapolated. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from iotstream.ext import rolling_py
+except ImportError:  # run from a checkout without installing: ext/ is the package iotstream.ext
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from iotstream.ext import rolling_py
+
+try:
+    from iotstream.ext import _rolling
+except ImportError:
+    _rolling = None
+
+WINDOW = 100
+DETECTORS = {"z_threshold": 6.0, "robust_threshold": 8.0, "lo": -50.0, "hi": 50.0, "max_rate": 20.0,
+             "stuck_count": 30, "stuck_ms": 600_000}
+
+
+def signals(keys: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` readings over ``keys`` keys, interleaved at random: noisy sines with dropouts and spikes."""
+    rng = np.random.default_rng(seed)
+    slots = rng.integers(0, keys, n).astype(np.int64)
+    ts = np.arange(n, dtype=np.int64) * max(1, 1_000_000 // max(n, 1)) + 1_700_000_000_000
+    phase = rng.uniform(0, 2 * np.pi, keys)[slots]
+    values = 10 * np.sin(ts / 60_000 + phase) + rng.standard_normal(n)
+    values[rng.random(n) < 0.01] = np.nan
+    values[rng.random(n) < 0.001] += 40
+    return slots, ts, values
+
+
+def new_stats(module, keys: int):
+    return module.RollingStats(window=WINDOW, min_count=20, capacity=keys, **{
+        k: v for k, v in DETECTORS.items()})
+
+
+def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: bool) -> float:
+    stats = new_stats(module, keys)
+    if warm:  # fill every window first, so removals, recomputes and full sorted windows are measured
+        ws, wt, wv = signals(keys, keys * WINDOW, seed=1)
+        for a in range(0, len(wv), 1 << 16):
+            stats.update(ws[a:a + (1 << 16)], wt[a:a + (1 << 16)] - 10**9, wv[a:a + (1 << 16)])
+    slots, ts, values = signals(keys, n, seed=2)
+    done = 0
+    t0 = time.perf_counter()
+    for a in range(0, n, batch):
+        stats.update(slots[a:a + batch], ts[a:a + batch], values[a:a + batch])
+        done += len(values[a:a + batch])
+        if time.perf_counter() - t0 > budget_s:
+            break
+    return done / (time.perf_counter() - t0)
+
+
+def bench_numpy(keys: int, budget_s: float) -> float:
+    """Rounds of one reading per key: gather windows, reduce, score, write the ring."""
+    rng = np.random.default_rng(3)
+    buf = rng.standard_normal((keys, WINDOW))
+    pos = np.zeros(keys, dtype=np.int64)
+    prev = np.zeros(keys)
+    prev_ts = np.zeros(keys, dtype=np.int64)
+    run = np.zeros(keys, dtype=np.int64)
+    ar = np.arange(keys)
+    done = 0
+    t0 = time.perf_counter()
+    r = 0
+    while time.perf_counter() - t0 < budget_s:
+        slots = rng.permutation(keys)  # one reading per key this round
+        x = 10 * np.sin(r / 60 + slots) + rng.standard_normal(keys)
+        ts = np.full(keys, r * 1000, dtype=np.int64)
+        w = buf[slots]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.nanmean(w, axis=1)
+            std = np.nanstd(w, axis=1, ddof=1)
+            z = (x - mean) / std
+            med = np.nanmedian(w, axis=1)
+            mad = np.nanmedian(np.abs(w - med[:, None]), axis=1)
+            rz = (x - med) / (1.4826 * mad)
+            _ = np.nanmin(w, axis=1), np.nanmax(w, axis=1)
+            rate = (x - prev[slots]) * 1000.0 / (ts - prev_ts[slots])
+        same = x == prev[slots]
+        run[slots] = np.where(same, run[slots] + 1, 1)
+        flags = ((np.abs(z) > 6) * 1 | (np.abs(rz) > 8) * 16 | ((x < -50) | (x > 50)) * 2
+                 | (np.abs(rate) > 20) * 4 | (run[slots] >= 30) * 8)
+        e = np.fmax(np.abs(z) / 6, np.abs(rz) / 8)
+        u = np.log1p((math.e - 1) * np.nan_to_num(e))
+        _ = u / (1 + u), flags
+        buf[slots, pos[slots]] = x
+        pos[slots] = (pos[slots] + 1) % WINDOW
+        prev[slots], prev_ts[slots] = x, ts
+        done += keys
+        r += 1
+    del ar
+    return done / (time.perf_counter() - t0)
+
+
+def run(quick: bool) -> dict:
+    budget = 1.0 if quick else 3.0
+    by_keys = {}
+    for keys in (1_000, 100_000):
+        row = {}
+        if _rolling is not None:
+            n = 2_000_000 if quick else 10_000_000
+            row["cython"] = bench_kernel(_rolling, keys, n, 1 << 16, budget, warm=True)
+        else:
+            row["cython"] = None
+        # the twin is ~100x slower: warm windows only where that stays within seconds
+        row["python"] = bench_kernel(rolling_py, keys, 200_000, 4096, budget / 2, warm=keys <= 1_000)
+        row["numpy"] = bench_numpy(keys, budget)
+        by_keys[str(keys)] = {f"{k}_updates_per_s": (round(v) if v else v) for k, v in row.items()}
+    top = by_keys["1000"]
+    c, p = top["cython_updates_per_s"], top["python_updates_per_s"]
+    return {
+        **top,
+        "cython_vs_python": round(c / p, 1) if c else None,
+        "by_keys": by_keys,
+        "config": {"window": WINDOW, "min_count": 20, "detectors": DETECTORS, "batch": 1 << 16,
+                   "threads": 1, "steady_state": True},
+        "machine": {"python": platform.python_version(), "numpy": np.__version__,
+                    "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--quick", action="store_true", help="shorter runs (about 10 s in all)")
+    args = ap.parse_args(argv)
+    res = run(args.quick)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{'keys':>8} {'cython/s':>14} {'python/s':>12} {'numpy/s':>12}")
+    for keys, row in res["by_keys"].items():
+        print(f"{keys:>8} {row['cython_updates_per_s'] or 0:>14,} {row['python_updates_per_s']:>12,} "
+              f"{row['numpy_updates_per_s']:>12,}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -83,12 +83,16 @@ class ServerProcess:
 
     kafka: bootstrap servers for `serve --kafka` (only once the CLI has that flag).
     cpus: taskset CPU list for the server, e.g. "0".
+    module: run `python -m MODULE --port P --data-dir D` instead (the peers in bench/), which must answer
+    gRPC health checks, or GET /healthz when `http` is set.
     """
 
     kafka: str | None = None
     cpus: str | None = None
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    module: str | None = None
+    http: bool = False
     port: int = 0
     proc: subprocess.Popen | None = None
 
@@ -99,8 +103,13 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.data_dir = tempfile.mkdtemp(prefix="iotstream-bench-")
         self.port = free_port()
-        cmd = [*taskset(self.cpus), PYTHON, "-m", "iotstream", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", os.path.join(self.data_dir, "data"), *self.extra_args]
+        data = os.path.join(self.data_dir, "data")
+        if self.module:
+            cmd = [*taskset(self.cpus), PYTHON, "-m", self.module, "--port", str(self.port), "--data-dir", data,
+                   *self.extra_args]
+        else:
+            cmd = [*taskset(self.cpus), PYTHON, "-m", "iotstream", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--data-dir", data, *self.extra_args]
         if self.kafka:
             if not serve_supports_kafka():
                 raise SystemExit("`iotstream serve` has no --kafka option yet; run without --kafka")
@@ -113,6 +122,8 @@ class ServerProcess:
         return self
 
     def _wait_serving(self, timeout: float) -> None:
+        if self.http:
+            return self._wait_http(timeout)
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -130,6 +141,23 @@ class ServerProcess:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"iotstream serve not SERVING after {timeout} s:\n{self.log_tail()}")
+
+    def _wait_http(self, timeout: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.target}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.module} not ready after {timeout} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -137,7 +137,8 @@ def run(quick: bool) -> dict:
         "cython_vs_python": round(c / p, 1) if c else None,
         "by_keys": by_keys,
         "config": {"window": WINDOW, "min_count": 20, "detectors": DETECTORS, "batch": 1 << 16,
-                   "threads": 1, "steady_state": True},
+                   "threads": 1, "steady_state": True,
+                   "python_windows_warm": {"1000": True, "100000": False}},
         "machine": {"python": platform.python_version(), "numpy": np.__version__,
                     "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }

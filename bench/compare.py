@@ -61,7 +61,7 @@ def measure(name: str, args) -> dict:
     spec = SERVERS[name]
     extra = ["--kafka", args.kafka] if args.kafka and spec["module"] == "bench.fastapi_peer" else []
     server = ServerProcess(kafka=args.kafka if name == "ingest" else None, cpus=args.server_cpus,
-                           module=spec["module"], http=spec["http"], extra_args=extra)
+                           module=spec["module"], http=spec["http"], extra_args=extra, chdb_lock=not args.as_is)
     out = {}
     with server:
         target = f"http://{server.target}/ingest" if spec["http"] else f"grpc://{server.target}"
@@ -73,6 +73,7 @@ def measure(name: str, args) -> dict:
             r["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
             r["server_cpu_share"] = round(r["server_cpu_s"] / wall, 2)  # cores busy, whole run incl. warm-up
             r["server_rss_mb"] = round(server.rss_bytes() / 2**20, 1)
+            r["server_workaround"] = server.workaround
             out[str(size)] = r
             print(f"{name:<9} {size:>5} readings/msg: {r['messages_per_s']:>9,.0f} msg/s {r['readings_per_s']:>12,.0f} "
                   f"readings/s  ack p50 {r['ack_p50_ms']} ms p99 {r['ack_p99_ms']} ms  errors {r['errors']}  "
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="ingest and the FastAPI peer hand over to Kafka")
     ap.add_argument("--server-cpus", default="0", help="taskset CPUs for the servers (default 0; '' unpinned)")
     ap.add_argument("--loadgen-cpus", default="1", help="taskset CPUs for the load generator (default 1)")
+    ap.add_argument("--as-is", action="store_true",
+                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out", help="JSON path (default bench/results/compare.json)")
     args = ap.parse_args(argv)
 

@@ -93,8 +93,19 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     module: str | None = None
     http: bool = False
+    # Start `iotstream serve` through bench/serve_locked.py (chDB statements serialized); see that module.
+    chdb_lock: bool = True
     port: int = 0
     proc: subprocess.Popen | None = None
+
+    @property
+    def workaround(self) -> str | None:
+        """What the benchmark changed about the server under test, for the results JSON."""
+        if self.module or not self.chdb_lock:
+            return None
+        from bench.serve_locked import NOTE
+
+        return NOTE
 
     @property
     def target(self) -> str:
@@ -108,7 +119,8 @@ class ServerProcess:
             cmd = [*taskset(self.cpus), PYTHON, "-m", self.module, "--port", str(self.port), "--data-dir", data,
                    *self.extra_args]
         else:
-            cmd = [*taskset(self.cpus), PYTHON, "-m", "iotstream", "serve", "--host", "127.0.0.1",
+            entry = ["bench.serve_locked"] if self.chdb_lock else ["iotstream"]
+            cmd = [*taskset(self.cpus), PYTHON, "-m", *entry, "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--data-dir", data, *self.extra_args]
         if self.kafka:
             if not serve_supports_kafka():

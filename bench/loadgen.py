@@ -136,6 +136,8 @@ async def grpc_stream(channel, device: str, args, meter: Meter, pacer: Pacer) ->
         await call.done_writing()
 
     task = asyncio.create_task(writer())
+    drain = asyncio.get_running_loop().call_at(
+        asyncio.get_running_loop().time() + (meter.end - time.perf_counter()) + args.drain_timeout, call.cancel)
     try:
         async for raw in call:
             ack = pb.Ack.FromString(raw)
@@ -144,7 +146,10 @@ async def grpc_stream(channel, device: str, args, meter: Meter, pacer: Pacer) ->
         await task
     except Exception as exc:  # grpc.aio.AioRpcError and friends: counted, the stream ends
         meter.error(exc)
+    except asyncio.CancelledError:  # the drain deadline passed with acks outstanding
+        meter.error(TimeoutError(f"{len(sent_at)} acks still outstanding {args.drain_timeout} s after the end"))
     finally:
+        drain.cancel()
         task.cancel()
 
 
@@ -160,7 +165,7 @@ async def grpc_send(channel, device: str, args, meter: Meter, pacer: Pacer) -> N
         msg = grpc_message(template, seq)
         t = time.perf_counter()
         try:
-            ack = pb.Ack.FromString(await send(msg, timeout=30))
+            ack = pb.Ack.FromString(await send(msg, timeout=args.drain_timeout))
             meter.ack(t, ack.accepted, len(ack.rejected))
         except Exception as exc:
             meter.error(exc)
@@ -221,7 +226,8 @@ async def run_http(args, meter: Meter, pacer: Pacer) -> None:
 
     workers = args.streams * args.window
     conn = aiohttp.TCPConnector(limit=workers)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
+    timeout = aiohttp.ClientTimeout(total=args.drain_timeout)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
         await asyncio.gather(*(http_worker(session, f"{args.prefix}-{i:05d}", args, meter, pacer)
                                for i in range(workers)))
 
@@ -268,6 +274,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default 1)")
     ap.add_argument("--rate", type=float, help="offered messages/s over all streams (default: closed loop)")
     ap.add_argument("--prefix", default="lg", help="device id prefix (default lg)")
+    ap.add_argument("--drain-timeout", type=float, default=30.0,
+                    help="seconds to wait for outstanding acks after the end, and per call (default 30)")
     ap.add_argument("--json", action="store_true", help="print only JSON (the default output anyway)")
     return ap.parse_args(argv)
 

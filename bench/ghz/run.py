@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where ghz gets the message types (default auto: reflection if it works)")
     ap.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 0 (default: unpinned)")
     ap.add_argument("--ghz-cpus", help="taskset CPU list for ghz, e.g. 1 (default: unpinned)")
+    ap.add_argument("--as-is", action="store_true",
+                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out-dir", default=str(RESULTS / "ghz"), help="where reports go (default bench/results/ghz)")
     ap.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     args = ap.parse_args(argv)
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = scenarios(args.only)
-    server = None if args.target else ServerProcess(kafka=args.kafka, cpus=args.server_cpus).start()
+    server = None if args.target else ServerProcess(kafka=args.kafka, cpus=args.server_cpus,
+                                                      chdb_lock=not args.as_is).start()
     target = args.target or server.target
     try:
         if server:
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ghz", "mode": "kafka" if args.kafka else "embedded",
         "descriptors": "proto files" if use_proto else "server reflection",
         "reflection_problem": problem if use_proto else None,
+        "server_workaround": server.workaround if server else None,
         "server_cpus": args.server_cpus, "ghz_cpus": args.ghz_cpus, "machine": machine(),
         "scenarios": results,
     }

@@ -1,0 +1,254 @@
+"""End to end: simulated devices -> ingest -> queue (local or Kafka) -> processor -> ClickHouse -> Query.
+
+    python bench/e2e.py [--kafka BOOTSTRAP] [--duration 20] [--rate READINGS/S] [--json]
+
+Starts `iotstream serve` (embedded, or `--kafka BOOTSTRAP`) in its own process and drives it with
+bench/loadgen.py in another (devices on long-lived Ingest/Stream calls, batches of --batch readings,
+closed loop, or open loop at --rate). Meanwhile this process:
+
+- samples the readings stored (Query/GetStats every second); `readings_per_s` is the growth of that count
+  over the measured interval, i.e. counted where rows became queryable, not where they were acked;
+- sends a marker reading every --marker-every seconds (Ingest/Send, its own device, a unique time) and
+  polls Query/GetHistory for it every --poll-ms; `queryable_p50_ms`/`queryable_p99_ms` are send-to-visible;
+- measures CPU seconds per component: the server process (and its threads grouped by OS thread name, e.g.
+  Python vs ClickHouse's pools vs gRPC's), the load generator process, this process (markers and polling),
+  and the Kafka broker when one listens on the bootstrap port.
+
+`ack_p50_ms`/`ack_p99_ms` are the load generator's send-to-Ack latencies of its batches. Prints one JSON
+object (with --json, only that) and writes bench/results/e2e.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    ServerProcess,
+    cpu_seconds,
+    machine,
+    pct,
+    self_cpu_seconds,
+    taskset,
+    write_result,
+)
+
+MARKER_DEVICE = "e2e-marker"
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per OS thread name of a process (/proc/PID/task/*/comm)."""
+    import psutil
+
+    out: collections.Counter[str] = collections.Counter()
+    for t in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        out[name] += t.user_time + t.system_time
+    return dict(out)
+
+
+def broker_pid(bootstrap: str | None) -> int | None:
+    """The process listening on the bootstrap's port on this machine, if any (the local Kafka broker)."""
+    if not bootstrap:
+        return None
+    import psutil
+
+    port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+    try:
+        for c in psutil.net_connections("tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return c.pid
+    except psutil.AccessDenied:
+        return None
+    return None
+
+
+class Probe:
+    """Markers and stored-row samples, on a gRPC channel of its own, in a thread with its own event loop."""
+
+    def __init__(self, target: str, marker_every: float, poll_ms: float):
+        self.target, self.marker_every, self.poll_s = target, marker_every, poll_ms / 1000
+        self.samples: list[tuple[float, int]] = []  # (perf_counter, readings stored)
+        self.markers: list[dict] = []
+        self.poll_errors = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.main()), daemon=True)
+
+    async def main(self) -> None:
+        import grpc
+
+        from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
+
+        async with grpc.aio.insecure_channel(self.target) as ch:
+            self.ingest, self.query = ingest_pb2_grpc.IngestStub(ch), query_pb2_grpc.QueryStub(ch)
+            tasks = [asyncio.create_task(self.sample_loop()), asyncio.create_task(self.marker_loop())]
+            while not self.stop.is_set():
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self.pending, return_exceptions=True)
+
+    async def sample_loop(self) -> None:
+        from iotstream.v1 import query_pb2 as qpb
+
+        while True:
+            try:
+                stats = await self.query.GetStats(qpb.GetStatsRequest(), timeout=10)
+                self.samples.append((time.perf_counter(), stats.readings))
+            except Exception:
+                self.poll_errors += 1
+            await asyncio.sleep(1.0)
+
+    async def marker_loop(self) -> None:
+        self.pending: list[asyncio.Task] = []
+        seq = 0
+        while True:
+            seq += 1
+            self.pending.append(asyncio.create_task(self.marker(seq)))
+            await asyncio.sleep(self.marker_every)
+
+    async def marker(self, seq: int) -> None:
+        from iotstream.v1 import ingest_pb2 as pb
+        from iotstream.v1 import query_pb2 as qpb
+
+        t_ms = time.time_ns() // 1_000_000
+        batch = pb.ReadingBatch(device_id=MARKER_DEVICE, seq=seq, base_time_ms=t_ms, time_offset_ms=[0],
+                                metric_names=["marker"], metric_index=[0], values=[float(seq)])
+        rec = {"seq": seq, "sent": time.perf_counter()}
+        self.markers.append(rec)
+        try:
+            await self.ingest.Send(batch, timeout=60)
+            rec["acked"] = time.perf_counter()
+        except Exception as exc:
+            rec["error"] = str(exc)[:200]
+            return
+        req = qpb.GetHistoryRequest(device_id=MARKER_DEVICE, metrics=["marker"], start_ms=t_ms, end_ms=t_ms + 1)
+        deadline = rec["sent"] + 60
+        while time.perf_counter() < deadline:
+            try:
+                reply = await self.query.GetHistory(req, timeout=10)
+                if any(float(seq) in s.values for s in reply.series):
+                    rec["visible"] = time.perf_counter()
+                    return
+            except Exception:
+                self.poll_errors += 1
+            await asyncio.sleep(self.poll_s)
+
+
+def rate_between(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float | None, int]:
+    """Readings/s stored between the samples nearest to t0 and t1 (interpolation-free: sample times)."""
+    inside = [s for s in samples if t0 <= s[0] <= t1]
+    if len(inside) < 2:
+        return None, 0
+    (a_t, a_n), (b_t, b_n) = inside[0], inside[-1]
+    return (b_n - a_n) / (b_t - a_t), b_n - a_n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run `iotstream serve --kafka BOOTSTRAP`")
+    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds (default 20)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
+    ap.add_argument("--batch", type=int, default=1000, help="readings per batch (default 1000)")
+    ap.add_argument("--streams", type=int, default=16, help="devices, one stream each (default 16)")
+    ap.add_argument("--window", type=int, default=8, help="batches in flight per stream (default 8)")
+    ap.add_argument("--rate", type=float, help="offered readings/s (default: closed loop, as fast as acked)")
+    ap.add_argument("--marker-every", type=float, default=0.5, help="seconds between markers (default 0.5)")
+    ap.add_argument("--poll-ms", type=float, default=10.0, help="marker poll interval (default 10)")
+    ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
+    ap.add_argument("--loadgen-cpus", help="taskset CPUs for the load generator (default: unpinned)")
+    ap.add_argument("--as-is", action="store_true",
+                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
+    ap.add_argument("--out", help="JSON path (default bench/results/e2e.json)")
+    ap.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = ap.parse_args(argv)
+
+    server = ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is).start()
+    workaround = server.workaround
+    broker = broker_pid(args.kafka)
+    try:
+        cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}",
+               "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
+               "--duration", str(args.duration), "--warmup", str(args.warmup), "--prefix", "e2e"]
+        if args.rate:
+            cmd += ["--rate", str(args.rate / args.batch)]
+        probe = Probe(server.target, args.marker_every, args.poll_ms)
+        probe.thread.start()
+        t_start = time.perf_counter()
+        lg = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        m0 = t_start + args.warmup
+        m1 = m0 + args.duration
+        # CPU over the measured interval only.
+        time.sleep(max(0.0, m0 - time.perf_counter()))
+        cpu = {"server": server.cpu_seconds(), "probe": self_cpu_seconds()}
+        threads0 = thread_cpu(server.proc.pid)
+        if broker:
+            cpu["kafka_broker"] = cpu_seconds(broker)
+        time.sleep(max(0.0, m1 - time.perf_counter()))
+        cpu1 = {"server": server.cpu_seconds(), "probe": self_cpu_seconds()}
+        threads1 = thread_cpu(server.proc.pid)
+        if broker:
+            cpu1["kafka_broker"] = cpu_seconds(broker)
+        out, err = lg.communicate(timeout=args.duration + 120)
+        time.sleep(1.5)  # one more stored-rows sample after the load stopped
+        probe.stop.set()
+        probe.thread.join(70)
+    finally:
+        server.stop()
+    if not out.strip():
+        raise SystemExit(f"load generator failed: {err.strip()[-2000:]}")
+    load = json.loads(out.strip().splitlines()[-1])
+    stored_rate, stored = rate_between(probe.samples, m0 - 0.5, m1 + 0.5)
+    in_window = [m for m in probe.markers if m0 <= m["sent"] < m1]
+    acked = [(m["acked"] - m["sent"]) * 1000 for m in in_window if "acked" in m]
+    visible = [(m["visible"] - m["sent"]) * 1000 for m in in_window if "visible" in m]
+    cpu_s = {k: round(cpu1[k] - cpu[k], 2) for k in cpu1}
+    cpu_s["load_generator"] = load["loadgen_cpu_s"]  # its whole run, warm-up included
+    threads = {k: round(threads1.get(k, 0) - threads0.get(k, 0), 2) for k in threads1}
+    result = {
+        "benchmark": "e2e", "mode": "kafka" if args.kafka else "embedded", "duration_s": args.duration,
+        "batch_readings": args.batch, "streams": args.streams, "window": args.window,
+        "offered_readings_per_s": args.rate,
+        "readings_per_s": round(stored_rate, 1) if stored_rate else None,
+        "readings_stored_in_window": stored,
+        "acked_readings_per_s": load["readings_per_s"],
+        "ack_p50_ms": load["ack_p50_ms"], "ack_p99_ms": load["ack_p99_ms"],
+        "queryable_p50_ms": pct(visible, 50), "queryable_p99_ms": pct(visible, 99),
+        "markers": len(in_window), "markers_visible": len(visible),
+        "marker_ack_p50_ms": pct(acked, 50), "marker_ack_p99_ms": pct(acked, 99),
+        "poll_errors": probe.poll_errors, "load_errors": load["errors"], "load_error_samples": load["error_samples"],
+        "cpu_s": cpu_s,
+        "cpu_cores": {k: round(v / args.duration, 2) for k, v in cpu_s.items() if k != "load_generator"},
+        "server_threads_cpu_s": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
+        "server_workaround": workaround,
+        "load_command": " ".join(cmd[cmd.index(PYTHON):]).replace(PYTHON, "python"),
+        "machine": machine(),
+    }
+    path = write_result("e2e", result, args.out)
+    if not args.json:
+        print(f"stored {result['readings_per_s'] or 0:,.0f} readings/s (acked {load['readings_per_s']:,.0f}/s); "
+              f"ack p50 {result['ack_p50_ms']} ms p99 {result['ack_p99_ms']} ms; queryable p50 "
+              f"{result['queryable_p50_ms']} ms p99 {result['queryable_p99_ms']} ms; cpu {cpu_s}", file=sys.stderr)
+        print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0 if result["readings_per_s"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,11 +6,14 @@ table names and fragments chosen from fixed sets in this file.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from importlib import resources
 
 import pyarrow as pa
+
+from . import rollups
 
 MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS $db.schema_migrations (name String, applied DateTime DEFAULT now())
@@ -19,23 +22,25 @@ ENGINE = MergeTree ORDER BY name
 
 _MS = "fromUnixTimestamp64Milli({%s:Int64}, 'UTC')"
 
-AGG_SQL = {  # AggFunc name -> SQL over `value`; the order is the column order of the result
-    "MIN": "min(value)",
-    "MAX": "max(value)",
-    "AVG": "avg(value)",
-    "SUM": "sum(value)",
-    "COUNT": "count()",
-    "STDDEV": "stddevSampStable(value)",
-    "P50": "quantileTDigest(0.5)(value)",
-    "P95": "quantileTDigest(0.95)(value)",
-    "P99": "quantileTDigest(0.99)(value)",
-}
-
 
 @dataclass(frozen=True)
 class StoreConfig:
-    # Rows older than this are dropped by TTL, so ingest must not accept older readings.
+    # Raw readings, 1-minute rollups and flagged readings older than this are dropped by TTL, so ingest
+    # must not accept older readings.
     retention_days: int = 30
+    # Hourly and daily rollups outlive the raw data.
+    long_retention_days: int = 730
+
+
+# table -> (TTL time expression, StoreConfig field with its days); see Store.apply_retention
+RETENTION = {
+    "readings": ("toDateTime(time)", "retention_days"),
+    "anomalies": ("toDateTime(time)", "retention_days"),
+    "rollup_1m": ("bucket", "retention_days"),
+    "rollup_1h": ("bucket", "long_retention_days"),
+    "rollup_1d": ("bucket", "long_retention_days"),
+}
+_TTL_DAYS = re.compile(r"\bTTL\b.*?toIntervalDay\((\d+)\)", re.S)
 
 
 def schema_files() -> list[tuple[str, str]]:
@@ -59,7 +64,8 @@ class Store:
 
     def _sql(self, text: str) -> str:
         # Table names are qualified with the database ($db): sessions of one chDB engine share `USE`.
-        return string.Template(text).substitute(db=self.db, retention_days=int(self.config.retention_days))
+        return string.Template(text).substitute(db=self.db, retention_days=int(self.config.retention_days),
+                                                long_retention_days=int(self.config.long_retention_days))
 
     def _query(self, sql: str, params: dict | None = None) -> pa.Table:
         return self.backend.query(self._sql(sql), params)
@@ -81,7 +87,27 @@ class Store:
                 self._command(statement)
             self._command("INSERT INTO $db.schema_migrations (name) VALUES ({n:String})", {"n": name})
             applied.append(name)
+        self.apply_retention()
         return applied
+
+    def apply_retention(self) -> list[str]:
+        """Bring each table's TTL to the configured days; returns the tables changed. Rows already stored
+        past a shorter limit go at the next merge rather than in a rewrite of every part now."""
+        rows = self._query("SELECT name, create_table_query AS ddl FROM system.tables WHERE database = {d:String}",
+                           {"d": self.db}).to_pylist()
+        changed = []
+        for row in rows:
+            if row["name"] not in RETENTION:
+                continue
+            expr, field = RETENTION[row["name"]]
+            days = int(getattr(self.config, field))
+            found = _TTL_DAYS.search(row["ddl"])
+            if found and int(found.group(1)) == days:
+                continue
+            self._command(f"ALTER TABLE $db.{row['name']} MODIFY TTL {expr} + INTERVAL {days} DAY "
+                          "SETTINGS materialize_ttl_after_modify = 0")
+            changed.append(row["name"])
+        return changed
 
     # ---- writes ---------------------------------------------------------------------------------
 
@@ -160,24 +186,15 @@ class Store:
         )
 
     def aggregate(self, device_ids: list[str], metrics: list[str], start_ms: int, end_ms: int,
-                  interval_ms: int, funcs: list[str], merge_devices: bool) -> pa.Table:
-        columns = ", ".join(f"{AGG_SQL[f]} AS {f.lower()}" for f in funcs)
-        device = "''" if merge_devices else "device_id"
-        return self._query(
-            f"""
-            SELECT {device} AS dev, metric,
-                   intDiv(toUnixTimestamp64Milli(time), {{iv:Int64}}) * {{iv:Int64}} AS bucket_ms,
-                   {columns}
-            FROM $db.readings
-            WHERE (empty({{devices:Array(String)}}) OR has({{devices:Array(String)}}, device_id))
-              AND (empty({{metrics:Array(String)}}) OR has({{metrics:Array(String)}}, metric))
-              AND time >= {_MS % "start"} AND time < {_MS % "end"}
-            GROUP BY dev, metric, bucket_ms
-            ORDER BY dev, metric, bucket_ms
-            """,
-            {"devices": device_ids, "metrics": metrics, "start": start_ms, "end": end_ms,
-             "iv": interval_ms},
-        )
+                  interval_ms: int, funcs: list[str], merge_devices: bool) -> tuple[pa.Table, list[str]]:
+        """Buckets of `interval_ms` over [start_ms, end_ms), and the tables read (see rollups.plan)."""
+        pieces = rollups.plan(start_ms, end_ms, interval_ms)
+        if not pieces:
+            pieces = [(rollups.RAW, start_ms, end_ms)]
+        sql, params = rollups.aggregate_sql(pieces, funcs, merge_devices, bool(device_ids), bool(metrics))
+        params.update(devices=device_ids, metrics=metrics, iv=interval_ms)
+        sources = list(dict.fromkeys(table for table, _, _ in pieces))
+        return self._query(sql, params), sources
 
     def anomalies(self, device_id: str, metric: str, kind: str, start_ms: int, end_ms: int,
                   after: tuple | None, limit: int) -> list:

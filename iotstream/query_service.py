@@ -39,8 +39,15 @@ def page_size(value: int, default: int, cap: int) -> int:
     return default if value == 0 else min(value, cap)
 
 
+MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01: past it, ClickHouse DateTime arithmetic overflows
+
+
 def time_range(start_ms: int, end_ms: int) -> tuple[int, int]:
     end = end_ms or time.time_ns() // 1_000_000 + 1
+    if not 0 <= start_ms <= MAX_TIME_MS:
+        raise InvalidArgument(f"start_ms: {start_ms} is outside [0, {MAX_TIME_MS}]")
+    if not 0 <= end <= MAX_TIME_MS:
+        raise InvalidArgument(f"end_ms: {end} is outside [0, {MAX_TIME_MS}]")
     if end <= start_ms:
         raise InvalidArgument(f"end_ms: {end} must be after start_ms {start_ms}")
     return start_ms, end
@@ -136,11 +143,11 @@ class QueryService(pb_grpc.QueryServicer):
             funcs = [pb.AggFunc.Name(f) for f in request.funcs if f != pb.AGG_FUNC_UNSPECIFIED] or \
                 ["AVG", "MIN", "MAX", "COUNT"]
             funcs = list(dict.fromkeys(funcs))
-            table = await self._run(context, self.store.aggregate, list(request.device_ids),
-                                    list(request.metrics), start, end, request.interval_ms, funcs,
-                                    request.merge_devices)
+            table, sources = await self._run(context, self.store.aggregate, list(request.device_ids),
+                                             list(request.metrics), start, end, request.interval_ms, funcs,
+                                             request.merge_devices)
             cols = {name: table.column(name).to_pylist() for name in table.column_names}
-            resp = pb.AggregateResponse()
+            resp = pb.AggregateResponse(sources=sources)
             for i in range(table.num_rows):
                 key = (cols["dev"][i], cols["metric"][i])
                 if not resp.series or (resp.series[-1].device_id, resp.series[-1].metric) != key:

@@ -20,6 +20,11 @@ class StorageError(RuntimeError):
     """ClickHouse refused or failed a statement."""
 
 
+# chDB runs one engine per process, and one statement at a time is all it survives: two parameterised
+# queries at once can swap parameters, and a query during an `INSERT ... FROM Python(table)` can hang both
+# (found by bench/e2e.py). Every ChdbBackend of the process shares this lock.
+_ENGINE_LOCK = threading.RLock()
+
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
 
 
@@ -59,10 +64,9 @@ class ChdbBackend:
             raise ValueError(f"bad database name {database!r}")
         self.path = path
         self.database = database
-        self._session = session.Session(path)
-        # One writer at a time keeps inserts large and ordered; reads run concurrently.
-        self._write_lock = threading.Lock()
-        self._session.query(f"CREATE DATABASE IF NOT EXISTS {database}")
+        with _ENGINE_LOCK:
+            self._session = session.Session(path)
+        self._run(f"CREATE DATABASE IF NOT EXISTS {database}", None, "CSV")
 
     def command(self, sql: str, params: dict | None = None) -> None:
         self._run(sql, params, "CSV")
@@ -73,15 +77,17 @@ class ChdbBackend:
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
         columns = ", ".join(data.column_names)
         sql = f"INSERT INTO {table} ({columns}){_settings_clause(token)} SELECT * FROM Python(data)"
-        with self._write_lock:
-            self._run(sql, None, "CSV")
+        self._run(sql, None, "CSV")
 
     def close(self) -> None:
-        self._session.close()
+        with _ENGINE_LOCK:
+            self._session.close()
 
     def _run(self, sql, params, fmt):
+        bound = {k: bind_text(v) for k, v in (params or {}).items()}
         try:
-            return self._session.query(sql, fmt, params={k: bind_text(v) for k, v in (params or {}).items()})
+            with _ENGINE_LOCK:
+                return self._session.query(sql, fmt, params=bound)
         except Exception as exc:  # chDB raises its own ChdbError; callers see one type
             raise StorageError(str(exc)) from exc
 

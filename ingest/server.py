@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import DecodeError
 
+from iotstream.queue import QueueUnavailable
 from iotstream.v1 import ingest_pb2 as pb
 
 from .validate import Limits, accepted_only, validate
@@ -80,8 +81,8 @@ class IngestService:
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         try:
             done, ack = await self.accept(request)
-        except BadRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (BadRequest, QueueUnavailable) as exc:
+            await abort_for(exc, context)
         return await durable(done, ack, context)
 
     async def Stream(self, request_iterator: AsyncIterator[bytes],
@@ -101,8 +102,8 @@ class IngestService:
         reader = asyncio.create_task(read())
         try:
             while (item := await pending.get()) is not None:
-                if isinstance(item, BadRequest):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+                if isinstance(item, (BadRequest, QueueUnavailable)):
+                    await abort_for(item, context)
                 if isinstance(item, Exception):
                     raise item
                 yield await durable(*item, context)
@@ -110,13 +111,19 @@ class IngestService:
             reader.cancel()
 
 
+async def abort_for(exc: Exception, context) -> None:
+    code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, BadRequest) else grpc.StatusCode.UNAVAILABLE
+    await context.abort(code, str(exc))
+
+
 async def durable(done: asyncio.Future | None, ack: pb.Ack, context) -> pb.Ack:
-    """The Ack, once its batch is stored; a batch that could not be stored ends the call unacked."""
+    """The Ack, once its batch is durable. A batch that could not be made durable ends the call with
+    UNAVAILABLE and no Ack, so the device resends it (and a resend is stored once)."""
     if done is not None:
         try:
             await done
         except Exception as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, f"batch seq={ack.seq} was not stored: {exc}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"batch seq={ack.seq} was not stored ({exc}); resend it")
     return ack
 
 

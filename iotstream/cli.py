@@ -13,34 +13,73 @@ import time
 DAY_MS = 86_400_000
 
 
-def cmd_serve(args) -> int:
-    from iotstream.server import Config, EmbeddedServer
+def node_config(args, roles):
+    from iotstream.kafka import KafkaConfig
+    from iotstream.server import Config
+
+    kafka = None
+    if getattr(args, "kafka", None):
+        kafka = KafkaConfig(bootstrap=args.kafka, namespace=args.namespace, partitions=args.partitions,
+                            group=getattr(args, "group", ""))
+    return Config(host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 0), roles=frozenset(roles),
+                  data_dir=getattr(args, "data_dir", "./iotstream-data"),
+                  clickhouse_url=getattr(args, "clickhouse", None), kafka=kafka,
+                  max_chunk_messages=getattr(args, "chunk_messages", 1000),
+                  snapshot_every_s=getattr(args, "snapshot_every", 5.0))
+
+
+def run_node(config, what: str) -> int:
+    """Run a Node until SIGINT/SIGTERM, then stop it gracefully."""
+    from iotstream.server import Node
 
     async def main():
-        server = EmbeddedServer(Config(host=args.host, port=args.port, data_dir=args.data_dir))
-        port = await server.start()
-        print(f"iotstream serving on {args.host}:{port} (embedded: local queue, ClickHouse data in "
-              f"{args.data_dir}); Ctrl-C stops", file=sys.stderr, flush=True)
+        node = Node(config)
+        port = await node.start()
+        where = f"serving on {config.host}:{port}" if port else "running"
+        queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
+        storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
+        print(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops", file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        print("stopping: draining acks and the queue", file=sys.stderr, flush=True)
-        await server.stop()
+        print(f"iotstream {what}: stopping (draining acks, queue and state)", file=sys.stderr, flush=True)
+        await node.stop()
 
+    try:
+        config.check()
+    except ValueError as exc:
+        print(f"iotstream {what}: {exc}", file=sys.stderr)
+        return 2
     asyncio.run(main())
     return 0
 
 
+def cmd_serve(args) -> int:
+    return run_node(node_config(args, ["ingest", "process", "query"]), "serve")
+
+
+def cmd_ingest(args) -> int:
+    return run_node(node_config(args, ["ingest"]), "ingest")
+
+
+def cmd_process(args) -> int:
+    return run_node(node_config(args, ["process"]), "process")
+
+
+def cmd_query_server(args) -> int:
+    return run_node(node_config(args, ["query"]), "query-server")
+
+
 def cmd_demo(args) -> int:
     """serve + simulate + query in one go, to see the whole path work."""
-    from iotstream.server import Config, EmbeddedServer
+    from iotstream.server import Config, Node
     from iotstream.simulate import run_fleet
     from iotstream.v1 import query_pb2 as pb
 
     async def main():
-        server = EmbeddedServer(Config(port=0, data_dir=args.data_dir))
+        server = Node(Config(port=0, data_dir=args.data_dir))
         port = await server.start()
         target = f"127.0.0.1:{port}"
         print(f"embedded server on {target}, data in {args.data_dir}", file=sys.stderr)
@@ -130,13 +169,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run ingest + processor + query in one process (embedded)",
-                       description="Run ingest, processor and query in one process, with an in-process "
-                                   "queue and embedded ClickHouse (chDB) storing data in --data-dir.")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=50051, help="gRPC port, 0 picks a free one (default 50051)")
-    s.add_argument("--data-dir", default="./iotstream-data", help="ClickHouse data folder (default ./iotstream-data)")
+    def listen(parser, port=50051):
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, default=port, help=f"gRPC port, 0 picks a free one (default {port})")
+
+    def kafka(parser, required):
+        parser.add_argument("--kafka", metavar="BOOTSTRAP", required=required,
+                            help="Kafka bootstrap servers, e.g. 127.0.0.1:9092" + ("" if required else
+                                 " (default: the in-process queue)"))
+        parser.add_argument("--namespace", default="iotstream",
+                            help="topics NS.readings/.state/.deadletter/.anomalies, group NS-processor "
+                                 "(default iotstream)")
+        parser.add_argument("--partitions", type=int, default=8,
+                            help="readings partitions when this node creates the topic (default 8)")
+
+    def storage(parser):
+        parser.add_argument("--data-dir", default="./iotstream-data",
+                            help="embedded ClickHouse (chDB) data folder, one process at a time (default ./iotstream-data)")
+        parser.add_argument("--clickhouse", metavar="URL", help="ClickHouse server instead, e.g. "
+                            "http://user:pass@host:8123/iotstream")
+
+    s = sub.add_parser("serve", help="run ingest + processor + query in one process",
+                       description="Run ingest, processor and query in one process: with the in-process queue "
+                                   "and embedded ClickHouse (chDB) by default, or with --kafka between them.")
+    listen(s)
+    kafka(s, required=False)
+    storage(s)
     s.set_defaults(fn=cmd_serve)
+
+    s = sub.add_parser("ingest", help="run the ingest role alone (distributed, needs --kafka)",
+                       description="The stateless gRPC ingest role: validates batches and hands them to Kafka; "
+                                   "an Ack means the batch is in Kafka. Run any number behind a load balancer.")
+    listen(s)
+    kafka(s, required=True)
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("process", help="run the processor role alone (distributed, needs --kafka)",
+                       description="One member of the processor consumer group: reads Kafka, runs the rolling "
+                                   "statistics, writes ClickHouse exactly once, snapshots its state to Kafka.")
+    kafka(s, required=True)
+    storage(s)
+    s.add_argument("--group", default="", help="consumer group (default NAMESPACE-processor)")
+    s.add_argument("--chunk-messages", type=int, default=1000,
+                   help="Kafka messages (batches) per ClickHouse insert at most (default 1000)")
+    s.add_argument("--snapshot-every", type=float, default=5.0,
+                   help="seconds between state snapshots per partition (default 5)")
+    s.set_defaults(fn=cmd_process)
+
+    s = sub.add_parser("query-server", help="run the Query gRPC service alone",
+                       description="Serve the Query RPCs over a ClickHouse server (--clickhouse) or an embedded "
+                                   "data folder that no other process has open.")
+    listen(s)
+    storage(s)
+    s.set_defaults(fn=cmd_query_server)
 
     s = sub.add_parser("demo", help="serve + simulate + query once, then stop",
                        description="Start the embedded server, stream a simulated fleet through it, print "

@@ -7,6 +7,10 @@ import collections
 from dataclasses import dataclass, field
 
 
+class QueueUnavailable(Exception):
+    """The queue stayed full (or its broker away) for longer than a device should wait."""
+
+
 @dataclass
 class Item:
     payload: bytes  # a serialized ReadingBatch holding only accepted readings

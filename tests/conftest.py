@@ -9,24 +9,26 @@ import uuid
 import grpc
 import pytest
 
-from iotstream.server import Config, EmbeddedServer
+from iotstream.server import Config, Node
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
+
+pytest_plugins = ["kafka_fixture"]
 
 
 class ServerThread:
-    """An EmbeddedServer on port 0; `call` runs a coroutine on its loop from the test's thread."""
+    """A Node with every role on port 0; `call` runs a coroutine on its loop from the test's thread."""
 
     def __init__(self, config: Config):
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = EmbeddedServer(config)
+        self.server = Node(config)
         self.port = self.call(self.server.start())
         self.target = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.target)
-        self.ingest = ingest_pb2_grpc.IngestStub(self.channel)
-        self.query = query_pb2_grpc.QueryStub(self.channel)
+        self.channel = grpc.insecure_channel(self.target) if self.port else None
+        self.ingest = ingest_pb2_grpc.IngestStub(self.channel) if self.port else None
+        self.query = query_pb2_grpc.QueryStub(self.channel) if self.port else None
 
     def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -37,7 +39,8 @@ class ServerThread:
         return store.backend.query(store._sql(text), params).to_pylist()
 
     def stop(self) -> None:
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
         self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

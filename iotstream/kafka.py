@@ -1,0 +1,147 @@
+"""Kafka between ingest and processor: topic layout, and the ingest side's producer queue.
+
+One Kafka message per accepted batch, keyed by device id, so one device's batches stay in order on one
+partition. The producer is idempotent with acks=all; a batch's Ack waits for its delivery report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from iotstream.queue import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Topics are `<namespace>.readings`, `.state` (compacted: per partition, the processor's latest state
+    snapshot and its chunk intents), `.deadletter` and `.anomalies`; the processors' consumer group is
+    `group`, by default `<namespace>-processor`."""
+
+    bootstrap: str
+    namespace: str = "iotstream"
+    partitions: int = 8
+    group: str = ""
+    # How long ingest waits for room in a full producer buffer before answering UNAVAILABLE.
+    unavailable_after_s: float = 30.0
+    # How long the producer keeps retrying a batch through a broker outage before giving up on it.
+    delivery_timeout_ms: int = 120_000
+    buffer_kbytes: int = 64 * 1024
+
+
+    @property
+    def topic(self) -> str:
+        return f"{self.namespace}.readings"
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.namespace}.state"
+
+    @property
+    def deadletter_topic(self) -> str:
+        return f"{self.namespace}.deadletter"
+
+    @property
+    def anomalies_topic(self) -> str:
+        return f"{self.namespace}.anomalies"
+
+    @property
+    def group_id(self) -> str:
+        return self.group or f"{self.namespace}-processor"
+
+
+STATE_MAX_BYTES = 64 * 1024 * 1024  # a partition snapshot holds every key's window
+
+
+def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet (an existing topic keeps its settings)."""
+    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
+    wanted = [
+        NewTopic(cfg.topic, cfg.partitions, 1),
+        # Short segments so compaction keeps the state topic (read whole on every assignment) small.
+        NewTopic(cfg.state_topic, 1, 1, config={"cleanup.policy": "compact", "segment.ms": "600000",
+                                                "min.cleanable.dirty.ratio": "0.1",
+                                                "max.message.bytes": str(STATE_MAX_BYTES)}),
+        NewTopic(cfg.deadletter_topic, 1, 1),
+        NewTopic(cfg.anomalies_topic, cfg.partitions, 1),
+    ]
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [t for t in wanted if t.topic not in existing]
+    for topic, future in (admin.create_topics(missing, request_timeout=timeout).items() if missing else []):
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another node created it first
+                raise
+
+
+class KafkaQueue:
+    """Same `put` as LocalQueue: returns a future resolved by the batch's delivery report.
+
+    The producer's buffer is bounded; when it is full, `put` waits (and so the ingest handler stops
+    reading its stream), and after `unavailable_after_s` raises QueueUnavailable.
+    """
+
+    def __init__(self, cfg: KafkaConfig):
+        self.cfg = cfg
+        self.depth = 0  # readings handed to the producer and not yet acknowledged by the broker
+        self.producer = Producer({
+            "bootstrap.servers": cfg.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "queue.buffering.max.kbytes": cfg.buffer_kbytes,
+            "delivery.timeout.ms": cfg.delivery_timeout_ms,
+        })
+        self._running = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self.producer.poll(0.05)  # runs the delivery callbacks
+
+    async def put(self, payload: bytes, readings: int, key: str = "") -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def delivered(err, _msg):  # on the poller thread
+            loop.call_soon_threadsafe(self._settle, done, err, readings)
+
+        give_up = time.monotonic() + self.cfg.unavailable_after_s
+        while True:
+            try:
+                self.producer.produce(self.cfg.topic, payload, key.encode(), on_delivery=delivered)
+                break
+            except BufferError:
+                if time.monotonic() > give_up:
+                    raise QueueUnavailable(f"Kafka producer buffer full for {self.cfg.unavailable_after_s:.0f} s "
+                                           f"(broker {self.cfg.bootstrap} away or too slow); retry later") from None
+                await asyncio.sleep(0.01)
+        self.depth += readings
+        return done
+
+    def _settle(self, done: asyncio.Future, err, readings: int) -> None:
+        self.depth -= readings
+        if done.done():
+            return
+        if err is None:
+            done.set_result(None)
+        else:
+            done.set_exception(KafkaException(err))
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Deliver what is buffered (up to `timeout`); returns how many messages are left undelivered."""
+        left = self.producer.flush(timeout)
+        self._running = False
+        self._poller.join()
+        return left

@@ -102,7 +102,7 @@ def cmd_demo(args) -> int:
         print(f"store:  {stats.readings:,} readings, {stats.devices} devices, {stats.anomalies} anomalies "
               f"({summary['injected_anomalies']} spikes injected)")
         for a in anomalies.anomalies:
-            print(f"  anomaly {a.device_id} {a.metric} value={a.value:.2f} z={a.zscore:+.1f} score={a.score:.3f}")
+            print(f"  anomaly {a.kind:<8} {a.device_id} {a.metric} value={a.value:.2f} z={a.zscore:+.1f} score={a.score:.3f}")
 
     asyncio.run(main())
     return 0

@@ -12,13 +12,14 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
-from iotstream.ext import FLAG_ZSCORE
+from iotstream.ext import ANOMALY_FLAGS, FLAG_NAMES
 from iotstream.v1 import ingest_pb2 as pb
 
 from .decode import Columns, to_columns
 from .state import PartitionState
 
-KINDS = {FLAG_ZSCORE: "zscore"}  # flag bit -> anomaly kind stored in ClickHouse
+# flag bit -> anomaly kind stored in ClickHouse (FLAG_LATE is information, not an anomaly)
+KINDS = {bit: name for bit, name in FLAG_NAMES.items() if bit & ANOMALY_FLAGS}
 
 
 @dataclass

@@ -24,6 +24,7 @@ def node_config(args, roles):
     return Config(host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 0), roles=frozenset(roles),
                   data_dir=getattr(args, "data_dir", "./iotstream-data"),
                   clickhouse_url=getattr(args, "clickhouse", None), kafka=kafka,
+                  rules_path=getattr(args, "rules", None),
                   max_chunk_messages=getattr(args, "chunk_messages", 1000),
                   snapshot_every_s=getattr(args, "snapshot_every", 5.0))
 
@@ -183,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--partitions", type=int, default=8,
                             help="readings partitions when this node creates the topic (default 8)")
 
+    def rules(parser):
+        parser.add_argument("--rules", metavar="FILE", help="detector rules, TOML (see README \"Detection rules\"; "
+                            "default: built-in rules)")
+
     def storage(parser):
         parser.add_argument("--data-dir", default="./iotstream-data",
                             help="embedded ClickHouse (chDB) data folder, one process at a time (default ./iotstream-data)")
@@ -195,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen(s)
     kafka(s, required=False)
     storage(s)
+    rules(s)
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("ingest", help="run the ingest role alone (distributed, needs --kafka)",
@@ -209,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "statistics, writes ClickHouse exactly once, snapshots its state to Kafka.")
     kafka(s, required=True)
     storage(s)
+    rules(s)
     s.add_argument("--group", default="", help="consumer group (default NAMESPACE-processor)")
     s.add_argument("--chunk-messages", type=int, default=1000,
                    help="Kafka messages (batches) per ClickHouse insert at most (default 1000)")

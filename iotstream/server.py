@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
+from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
 from iotstream.kafka import KafkaConfig, KafkaQueue, ensure_topics
 from iotstream.processor import Processor, embedded
@@ -59,13 +61,23 @@ class Config:
     shutdown_grace_s: float = 5.0
     max_chunk_messages: int = 1000
     snapshot_every_s: float = 5.0
+    rules_path: str | None = None  # detector rules (TOML); built-in defaults when None
+    silence_check_s: float = 10.0  # how often the processor looks for keys that went silent
 
     def check(self) -> None:
         if not self.roles or not self.roles <= ALL_ROLES:
             raise ValueError(f"roles must be a non-empty subset of {sorted(ALL_ROLES)}, not {sorted(self.roles)}")
+        if self.rules_path is not None:
+            load_rules_file(self.rules_path)  # fail now, naming the file, table and key
         if self.kafka is None and self.roles not in (ALL_ROLES, {QUERY}):
             raise ValueError("without Kafka, ingest and process must run together with query "
                              "(the queue is in-process): pass --kafka")
+
+
+def load_rules_file(path: str):
+    if not os.path.isfile(path):
+        raise ValueError(f"rules file {path!r} does not exist")
+    return load_rules(path)
 
 
 class Node:
@@ -96,13 +108,15 @@ class Node:
             await asyncio.to_thread(ensure_topics, cfg.kafka)
         if cfg.kafka is None and INGEST in roles:
             self.queue = LocalQueue(cfg.queue_readings)
-            self._tasks.append(asyncio.create_task(embedded.run(self.queue, Processor(self.store))))
+            processor = Processor(self.store, load_rules(cfg.rules_path))
+            self._tasks.append(asyncio.create_task(embedded.run(self.queue, processor, cfg.silence_check_s)))
         elif cfg.kafka is not None:
             if INGEST in roles:
                 self.queue = KafkaQueue(cfg.kafka)
             if PROCESS in roles:
                 self.kafka_processor = KafkaProcessor(cfg.kafka, self.store, cfg.max_chunk_messages,
-                                                      cfg.snapshot_every_s)
+                                                      cfg.snapshot_every_s, rules=load_rules(cfg.rules_path),
+                                                      silence_every_s=cfg.silence_check_s)
                 thread = threading.Thread(target=self.kafka_processor.run, name="kafka-processor", daemon=True)
                 thread.start()
                 self._tasks.append(thread)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 
 from iotstream.clickhouse import StorageError
 
@@ -12,14 +13,34 @@ log = logging.getLogger(__name__)
 
 MAX_READINGS_PER_INSERT = 200_000
 RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+SILENCE_EVERY_S = 10.0
 
 
-async def run(queue, processor) -> None:
+async def check_silence(processor, now_ms: int) -> None:
+    table = await asyncio.to_thread(processor.silence, now_ms)
+    if table.num_rows:
+        await asyncio.to_thread(processor.store.insert_anomalies, table)
+
+
+async def run(queue, processor, silence_every_s: float = SILENCE_EVERY_S) -> None:
     """Runs until the queue is closed and drained. A batch's ack future resolves only after its insert succeeded; a failed
     insert is retried with the same deduplication token, so a retry that did land is not stored twice."""
     attempt = 0
+    next_check = time.monotonic() + silence_every_s
     while True:
-        items = await queue.take(MAX_READINGS_PER_INSERT)
+        try:
+            items = await asyncio.wait_for(queue.take(MAX_READINGS_PER_INSERT),
+                                           max(0.0, next_check - time.monotonic()))
+        except TimeoutError:
+            items = None
+        if time.monotonic() >= next_check:  # the same task as the batches: the processor has one caller
+            next_check = time.monotonic() + silence_every_s
+            try:
+                await check_silence(processor, time.time_ns() // 1_000_000)
+            except StorageError as exc:
+                log.warning("silence check not stored: %s", exc)
+        if items is None:
+            continue
         if not items:
             return
         token = batch_token([it.payload for it in items])

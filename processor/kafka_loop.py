@@ -115,9 +115,10 @@ class Progress:
 
 class KafkaProcessor:
     def __init__(self, cfg: KafkaConfig, store, max_chunk_messages: int = 1000, snapshot_every_s: float = 5.0,
-                 session_timeout_ms: int = 10_000):
+                 session_timeout_ms: int = 10_000, rules=None, silence_every_s: float = 10.0):
         self.cfg = cfg
-        self.processor = Processor(store)
+        self.processor = Processor(store, rules)
+        self.silence_every_s = silence_every_s
         self.max_chunk_messages = max_chunk_messages
         self.snapshot_every_s = snapshot_every_s
         self.state_log = StateLog(cfg)
@@ -144,7 +145,7 @@ class KafkaProcessor:
                 state = PartitionState()
                 if committed >= 0:
                     log.warning("partition %d: no snapshot; resuming cold at committed offset %d", tp.partition, offset)
-            self.processor.partitions[tp.partition] = state
+            self.processor.adopt(tp.partition, state)
             self.runs[tp.partition] = PartitionRun(offset, replay, intents=list(replay))
             tp.offset = offset
             log.info("partition %d assigned: from offset %s, %d chunk(s) to replay", tp.partition, offset, len(replay))
@@ -172,8 +173,12 @@ class KafkaProcessor:
         """Consume until `stopping` is set; then snapshot, commit and leave the group."""
         self.consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+        next_check = time.monotonic() + self.silence_every_s
         try:
             while not self.stopping.is_set():
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.silence_every_s
+                    self._check_silence()
                 for msg in self.consumer.consume(self.max_chunk_messages, timeout=0.2):
                     if msg.error():
                         if msg.error().fatal():
@@ -240,6 +245,16 @@ class KafkaProcessor:
         p.dead_letters += len(prepared.undecodable)
         p.chunks += 1
         return True
+
+    def _check_silence(self) -> None:
+        table = self.processor.silence(time.time_ns() // 1_000_000)
+        if table.num_rows:
+            try:
+                self.processor.store.insert_anomalies(table)
+            except StorageError as exc:
+                log.warning("silence check not stored: %s", exc)
+                return
+            self._publish_anomalies(table)
 
     def _publish_anomalies(self, table) -> None:
         for row in table.to_pylist():

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
-from iotstream.ext import ANOMALY_FLAGS, FLAG_NAMES
+from iotstream.ext import ANOMALY_FLAGS, FLAG_NAMES, FLAG_SILENCE, RuleBook
 from iotstream.v1 import ingest_pb2 as pb
 
 from .decode import Columns, to_columns
@@ -33,12 +33,20 @@ class Prepared:
 class Processor:
     """Owns the state of the partitions it has been given. One caller at a time."""
 
-    def __init__(self, store):
+    def __init__(self, store, rules: RuleBook | None = None):
         self.store = store
+        self.rules = rules or RuleBook()
         self.partitions: dict[int, PartitionState] = {}
 
     def state(self, partition: int) -> PartitionState:
-        return self.partitions.setdefault(partition, PartitionState())
+        if partition not in self.partitions:
+            self.partitions[partition] = PartitionState()
+        return self.partitions[partition]
+
+    def adopt(self, partition: int, state: PartitionState) -> None:
+        """Take over a restored state; its keys get the current rules (the file may have changed)."""
+        configure(state, self.rules, state.slots)
+        self.partitions[partition] = state
 
     def prepare(self, payloads: list[bytes], partition: int = 0) -> Prepared:
         state = self.state(partition)
@@ -56,7 +64,7 @@ class Processor:
         cols = to_columns(batches)
         if len(cols) == 0:
             return Prepared(cols.readings_table(), empty_anomalies(), resent, undecodable)
-        z, score, flags = state.stats.update(key_slots(state, cols), cols.time_ms, cols.values)
+        z, score, flags = state.stats.update(key_slots(state, cols, self.rules), cols.time_ms, cols.values)
         return Prepared(cols.readings_table(), anomaly_table(cols, z, score, flags), resent, undecodable)
 
     def write(self, prepared: Prepared, token: str | None = None) -> None:
@@ -67,14 +75,50 @@ class Processor:
             self.store.insert_anomalies(prepared.anomalies, None if token is None else token + ":anomalies")
 
 
-def key_slots(state: PartitionState, cols: Columns) -> np.ndarray:
-    """State slot of each reading's (device, metric) key; looks up each distinct key once."""
+    def silence(self, now_ms: int) -> pa.Table:
+        """Anomalies for keys that just went silent (timer-driven; each silence is reported once)."""
+        rows = []
+        for state in self.partitions.values():
+            silent = set(state.stats.silent(now_ms).tolist())
+            fresh = silent - state.silenced
+            state.silenced = silent
+            if fresh:
+                keys = {slot: key for key, slot in state.slots.items() if slot in fresh}
+                rows += [(dev, metric, state.stats.last_ts(slot)) for slot, (dev, metric) in sorted(keys.items())]
+        return pa.table({
+            "device_id": pa.array([r[0] for r in rows], pa.string()), "metric": pa.array([r[1] for r in rows], pa.string()),
+            "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
+            "value": pa.array([float("nan")] * len(rows), pa.float64()),
+            "kind": pa.array([FLAG_NAMES[FLAG_SILENCE]] * len(rows), pa.string()),
+            "score": pa.array([0.5] * len(rows), pa.float64()),
+            "zscore": pa.array([float("nan")] * len(rows), pa.float64())}, schema=ANOMALY_SCHEMA)
+
+
+def configure(state: PartitionState, rules: RuleBook, keys) -> None:
+    """Apply each metric's rules to the slots of `keys` ((device, metric) pairs)."""
+    by_metric: dict[str, list[int]] = {}
+    for key in keys:
+        by_metric.setdefault(key[1], []).append(state.slots[key])
+    for metric, slots in by_metric.items():
+        rules.apply(state.stats, np.array(slots, dtype=np.int64), metric)
+
+
+def key_slots(state: PartitionState, cols: Columns, rules: RuleBook) -> np.ndarray:
+    """State slot of each reading's (device, metric) key; looks up each distinct key once, and gives
+    new keys their metric's rules."""
     n_metrics = len(cols.metric_names)
     codes, inverse = np.unique(cols.device.astype(np.int64) * n_metrics + cols.metric, return_inverse=True)
     lut = np.empty(len(codes), dtype=np.int64)
+    new = []
     for i, code in enumerate(codes.tolist()):
         key = (cols.device_ids[code // n_metrics], cols.metric_names[code % n_metrics])
-        lut[i] = state.slots.setdefault(key, len(state.slots))
+        slot = state.slots.get(key)
+        if slot is None:
+            slot = state.slots[key] = len(state.slots)
+            new.append(key)
+        lut[i] = slot
+    if new:
+        configure(state, rules, new)
     return lut[inverse]
 
 

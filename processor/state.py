@@ -25,6 +25,7 @@ class PartitionState:
         self.stats = stats or RollingStats()
         self.slots: dict[tuple[str, str], int] = slots or {}
         self.recent: dict[str, collections.deque] = recent or {}
+        self.silenced: set[int] = set()  # slots already reported silent (wall-clock driven, not snapshotted)
 
     def is_resend(self, device_id: str, seq: int, fingerprint: int) -> bool:
         """True when this (seq, fingerprint) was already seen for the device; else remember it."""

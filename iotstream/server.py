@@ -16,15 +16,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from iotstream import auth as authn
 from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
 from iotstream.kafka import KafkaConfig, KafkaQueue, ensure_topics
+from iotstream.metrics import Metrics
 from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
 from iotstream.queue import LocalQueue
 from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2, query_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -33,10 +36,12 @@ INGEST, PROCESS, QUERY = "ingest", "process", "query"
 ALL_ROLES = frozenset({INGEST, PROCESS, QUERY})
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["Query"].full_name
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE_BYTES = Limits().max_message_bytes
 # Devices sit behind NATs that forget idle flows after ~30-60 s: let them ping every 20 s.
+# `max_receive_message_length` is replaced by Config.limits.max_message_bytes (server_options()).
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
@@ -61,6 +66,15 @@ class Config:
     shutdown_grace_s: float = 5.0
     max_chunk_messages: int = 1000
     snapshot_every_s: float = 5.0
+    # Security and operations (README "Security and operations").
+    auth: bool = False  # every Ingest/Query call needs a bearer token (iotstream.auth)
+    tokens_file: str | None = None  # token registry as a file; None: the auth_tokens table in ClickHouse
+    auth_refresh_s: float = authn.REFRESH_S
+    tls: ServerTLS | None = None
+    metrics_port: int | None = None  # Prometheus /metrics; None: off, 0: a free port
+    metrics_host: str = "127.0.0.1"
+    health_every_s: float = 2.0  # probe Kafka / ClickHouse this often; NOT_SERVING while one is away
+    probe_timeout_s: float = 3.0
     rules_path: str | None = None  # detector rules (TOML); built-in defaults when None
     silence_check_s: float = 10.0  # how often the processor looks for keys that went silent
 
@@ -94,6 +108,14 @@ class Node:
         self.counters = Counters()
         self.kafka_processor: KafkaProcessor | None = None
         self._tasks: list = []
+        self.ingest: IngestService | None = None
+        self.auth: authn.Authenticator | None = None
+        self.metrics = Metrics()
+        self.metrics_port = 0
+        self.healthy: dict[str, bool] = {}  # dependency -> answered the last probe
+        self._auth_backend = None
+        self._background: list[asyncio.Task] = []
+        self._kafka_admin = None
 
     async def start(self) -> int:
         cfg = self.config
@@ -104,12 +126,19 @@ class Node:
             applied = await asyncio.to_thread(self.store.migrate)
             if applied:
                 log.info("schema migrations applied: %s", ", ".join(applied))
+            self.metrics.instrument_store(self.store)
         if cfg.kafka:
             await asyncio.to_thread(ensure_topics, cfg.kafka)
         if cfg.kafka is None and INGEST in roles:
             self.queue = LocalQueue(cfg.queue_readings)
             processor = Processor(self.store, load_rules(cfg.rules_path))
-            self._tasks.append(asyncio.create_task(embedded.run(self.queue, processor, cfg.silence_check_s)))
+            os.makedirs(cfg.data_dir, exist_ok=True)
+            state_file = embedded.StateFile(os.path.join(cfg.data_dir, f"processor-state-{cfg.database}.bin"),
+                                            cfg.snapshot_every_s)
+            if await asyncio.to_thread(state_file.load, processor):
+                log.info("rolling state restored from %s", state_file.path)
+            self._tasks.append(asyncio.create_task(
+                embedded.run(self.queue, processor, cfg.silence_check_s, state_file)))
         elif cfg.kafka is not None:
             if INGEST in roles:
                 self.queue = KafkaQueue(cfg.kafka)
@@ -120,16 +149,52 @@ class Node:
                 thread = threading.Thread(target=self.kafka_processor.run, name="kafka-processor", daemon=True)
                 thread.start()
                 self._tasks.append(thread)
+        if self.kafka_processor is not None:
+            self.metrics.watch_lag(cfg.kafka)
+        if INGEST in roles:
+            self.metrics.watch_ingest(self.counters, lambda: self.queue.depth if self.queue is not None else 0)
+        if cfg.metrics_port is not None:
+            tls = cfg.tls
+            self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port,
+                                                   tls.cert if tls else None, tls.key if tls else None)
+            log.info("metrics on http%s://%s:%d/metrics", "s" if tls else "", cfg.metrics_host, self.metrics_port)
+        if cfg.auth and (INGEST in roles or QUERY in roles):
+            await self._start_auth()
         if INGEST in roles or QUERY in roles:
             await self._start_grpc()
+        self._background.append(asyncio.create_task(self._watch_health()))
         return self.port
+
+    async def _start_auth(self) -> None:
+        cfg = self.config
+        backend = None
+        if not cfg.tokens_file:
+            backend = self.store.backend if self.store is not None else None
+            if backend is None:  # an ingest node: open the registry's database alone
+                backend = self._auth_backend = await asyncio.to_thread(
+                    open_backend, data_dir=cfg.data_dir, clickhouse_url=cfg.clickhouse_url, database=cfg.database)
+        registry = await asyncio.to_thread(authn.open_registry, cfg.tokens_file, backend)
+        self.auth = await asyncio.to_thread(authn.Authenticator, registry, cfg.auth_refresh_s,
+                                            lambda code: self.counters.count(f"{code}_CALLS"))
+        if not self.auth._known:
+            log.warning("auth is on but the token registry is empty: every call will be refused "
+                        "(add tokens with `iotstream devices add` / `iotstream tokens add`)")
+
+        async def refresh_tokens():
+            while True:
+                await asyncio.sleep(cfg.auth_refresh_s)
+                await asyncio.to_thread(self.auth.refresh)
+
+        self._background.append(asyncio.create_task(refresh_tokens()))
 
     async def _start_grpc(self) -> None:
         cfg = self.config
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        interceptors = [authn.AuthInterceptor(self.auth)] if self.auth is not None else []
+        self.server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         services = []
         if INGEST in cfg.roles:
-            add_to_server(IngestService(self.queue, cfg.limits, self.counters), self.server)
+            self.ingest = IngestService(self.queue, cfg.limits, self.counters, self.auth)
+            add_to_server(self.ingest, self.server)
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
             query_pb2_grpc.add_QueryServicer_to_server(
@@ -138,12 +203,70 @@ class Node:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls is not None:
+            self.port = self.server.add_secure_port(address, cfg.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+            raise OSError(f"cannot listen on {address}")
         await self.server.start()
+        self.services = services
         for name in ("", *services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    # ---- health -----------------------------------------------------------------------------------
+
+    def _probes(self) -> dict[str, tuple]:
+        """dependency -> (probe, services that need it). The embedded engine and the local queue live in
+        this process and need no probe."""
+        cfg, probes = self.config, {}
+        if cfg.kafka is not None:
+            from confluent_kafka.admin import AdminClient
+
+            if self._kafka_admin is None:
+                self._kafka_admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap})
+            admin, timeout = self._kafka_admin, cfg.probe_timeout_s
+
+            def kafka():
+                admin.list_topics(cfg.kafka.topic, timeout=timeout)
+
+            probes["kafka"] = (kafka, (INGEST_SERVICE,))
+        if cfg.clickhouse_url and self.store is not None:
+            backend = self.store.backend
+            probes["clickhouse"] = (lambda: backend.query("SELECT 1"), (QUERY_SERVICE,))
+        return probes
+
+    async def _watch_health(self) -> None:
+        probes = self._probes()
+        if not probes:
+            return
+        while True:
+            for name, (probe, _) in probes.items():
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(probe), self.config.probe_timeout_s + 1)
+                    ok = True
+                except Exception as exc:
+                    ok = False
+                    if self.healthy.get(name, True):
+                        log.warning("%s unreachable: reporting NOT_SERVING until it answers (%s)", name, exc,
+                                    extra={"dependency": name})
+                if ok and not self.healthy.get(name, True):
+                    log.info("%s answers again: SERVING", name, extra={"dependency": name})
+                self.healthy[name] = ok
+                self.metrics.up.labels(name).set(1 if ok else 0)
+            await self._publish_health(probes)
+            await asyncio.sleep(self.config.health_every_s)
+
+    async def _publish_health(self, probes) -> None:
+        if self.server is None:
+            return
+        down = {name for name, ok in self.healthy.items() if not ok}
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", not_serving if down else serving)
+        for service in self.services:
+            bad = any(service in needs for name, (_, needs) in probes.items() if name in down)
+            await self.health.set(service, not_serving if bad else serving)
 
     def live_stats(self) -> dict:
         return {"readings_per_s": self.counters.rate_per_s(),
@@ -151,10 +274,18 @@ class Node:
                 "rejected": dict(self.counters.rejected)}
 
     async def stop(self) -> None:
-        """Stop taking calls and let streams collect the acks of what is durable; then drain the queue
-        (anything still queued was never acked, but storing it saves the devices a resend)."""
+        """Drain in order: health says NOT_SERVING (load balancers move devices away); ingest stops reading
+        (new calls get UNAVAILABLE, open streams get the acks of what they sent once it is durable, then
+        UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the queue is
+        drained (anything still queued was never acked, but storing it saves the devices a resend), the
+        Kafka producer flushed, the processor commits and snapshots, and the store closes."""
+        for task in self._background:
+            task.cancel()
+        self._background = []
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
+            if self.ingest is not None:
+                self.ingest.drain()
             await self.server.stop(self.config.shutdown_grace_s)
             self.server = None
         if isinstance(self.queue, LocalQueue):
@@ -171,6 +302,15 @@ class Node:
         if self.store is not None:
             await asyncio.to_thread(self.store.backend.close)
             self.store = None
+        if self._auth_backend is not None:
+            await asyncio.to_thread(self._auth_backend.close)
+            self._auth_backend = None
+        await asyncio.to_thread(self.metrics.close)
+
+
+def server_options(cfg: Config) -> list[tuple[str, int]]:
+    size = cfg.limits.max_message_bytes
+    return [(k, size if k == "grpc.max_receive_message_length" else v) for k, v in SERVER_OPTIONS]
 
 
 EmbeddedServer = Node  # the all-roles default: `Node(Config())` is `iotstream serve`

@@ -52,3 +52,31 @@ def test_restart_keeps_acked_readings(tmp_path):
         assert stats(target).readings == 3000
     finally:
         stop_serve(proc)
+
+
+def test_rolling_state_survives_a_restart(tmp_path):
+    """A spike sent right after a restart is judged against the windows from before it."""
+    import time
+
+    from iotstream.v1 import ingest_pb2 as pb
+    from iotstream.v1 import ingest_pb2_grpc
+
+    proc, target = start_serve(tmp_path)
+    try:
+        _, fleet = asyncio.run(run_fleet(target, 2, 300, batch=50, seed=4, anomalies=0.0))
+    finally:
+        stop_serve(proc)
+    proc, target = start_serve(tmp_path)
+    try:
+        d = fleet[0]
+        spike = pb.ReadingBatch(device_id=d.device_id, seq=1000, base_time_ms=time.time_ns() // 1_000_000,
+                                time_offset_ms=[0], metric_names=["temperature"], metric_index=[0],
+                                values=[float(d.values[d.metric == 0][-1]) + 50.0])
+        with grpc.insecure_channel(target) as ch:
+            assert ingest_pb2_grpc.IngestStub(ch).Send(spike, timeout=30).accepted == 1
+            found = query_pb2_grpc.QueryStub(ch).ListAnomalies(
+                qpb.ListAnomaliesRequest(device_id=d.device_id, kind="zscore"), timeout=30)
+        # A cold window (no readings yet) would not judge it at all.
+        assert [(a.metric, a.time_ms) for a in found.anomalies] == [("temperature", spike.base_time_ms)]
+    finally:
+        stop_serve(proc)

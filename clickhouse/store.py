@@ -21,6 +21,9 @@ ENGINE = MergeTree ORDER BY name
 """
 
 _MS = "fromUnixTimestamp64Milli({%s:Int64}, 'UTC')"
+_DEVICE_COLUMNS = """toUnixTimestamp64Milli(min(first_time)) AS first_seen_ms,
+    toUnixTimestamp64Milli(max(last_time)) AS last_seen_ms,
+    toUnixTimestamp64Milli(max(last_stored)) AS last_stored_ms, sum(readings) AS readings"""
 
 
 @dataclass(frozen=True)
@@ -127,28 +130,36 @@ class Store:
                 (SELECT count() FROM $db.anomalies) AS anomalies,
                 (SELECT uniqExact(device_id) FROM $db.device_metrics) AS devices,
                 (SELECT count() FROM (SELECT device_id FROM $db.device_metrics GROUP BY device_id
-                                      HAVING max(last_time) >= {_MS % "since"})) AS devices_online
+                                      HAVING max(last_stored) >= {_MS % "since"})) AS devices_online
             """,
             {"since": online_since_ms},
         ).to_pylist()[0]
         return row
 
     def list_devices(self, prefix: str, status: int, online_since_ms: int, after: str, limit: int) -> list:
-        """status: 0 all, 1 online only, 2 offline only (DeviceStatus)."""
+        """Registry rows by device id after `after`; status: 0 all, 1 online only, 2 offline only
+        (DeviceStatus), online meaning stored since `online_since_ms`."""
         return self._query(
             f"""
-            SELECT device_id, toUnixTimestamp64Milli(max(last_time)) AS last_seen_ms
+            SELECT device_id, {_DEVICE_COLUMNS}
             FROM $db.device_metrics
             WHERE startsWith(device_id, {{prefix:String}}) AND device_id > {{after:String}}
             GROUP BY device_id
-            HAVING {{status:UInt8}} = 0 OR (({{status:UInt8}} = 1) = (max(last_time) >= {_MS % "since"}))
+            HAVING {{status:UInt8}} = 0 OR (({{status:UInt8}} = 1) = (max(last_stored) >= {_MS % "since"}))
             ORDER BY device_id
             LIMIT {{limit:UInt32}}
             """,
             {"prefix": prefix, "after": after, "status": status, "since": online_since_ms, "limit": limit},
         ).to_pylist()
 
+    def device(self, device_id: str) -> dict | None:
+        """The registry row of one device, or None if it never sent a reading."""
+        rows = self._query(f"SELECT {_DEVICE_COLUMNS} FROM $db.device_metrics WHERE device_id = {{d:String}}",
+                           {"d": device_id}).to_pylist()
+        return rows[0] if rows and rows[0]["readings"] else None
+
     def device_metrics(self, device_id: str) -> list:
+        """Newest value of each metric by reading time (argMax on time, whatever the arrival order)."""
         return self._query(
             """
             SELECT metric, toUnixTimestamp64Milli(max(last_time)) AS time_ms,

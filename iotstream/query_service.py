@@ -87,8 +87,7 @@ class QueryService(pb_grpc.QueryServicer):
             rows = await self._run(context, self.store.list_devices, request.id_prefix, int(request.status),
                                    since, after[0] if after else "", limit + 1)
             resp = pb.ListDevicesResponse(devices=[
-                pb.DeviceSummary(device_id=r["device_id"], last_seen_ms=r["last_seen_ms"],
-                                 status=self._status(r["last_seen_ms"])) for r in rows[:limit]])
+                pb.DeviceSummary(status=self._status(r["last_stored_ms"]), **r) for r in rows[:limit]])
             if len(rows) > limit:
                 resp.next_page_token = encode_token([rows[limit - 1]["device_id"]])
             return resp
@@ -98,15 +97,15 @@ class QueryService(pb_grpc.QueryServicer):
         async def build():
             if not request.device_id:
                 raise InvalidArgument("device_id: required")
-            rows = await self._run(context, self.store.device_metrics, request.device_id)
-            if not rows:
+            reg = await self._run(context, self.store.device, request.device_id)
+            if reg is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}")
+            rows = await self._run(context, self.store.device_metrics, request.device_id)
             anomalies = await self._run(context, self.store.device_anomalies, request.device_id)
-            last_seen = max(r["time_ms"] for r in rows)
             return pb.Device(
-                device_id=request.device_id, last_seen_ms=last_seen, status=self._status(last_seen),
+                device_id=request.device_id, status=self._status(reg["last_stored_ms"]),
                 latest=[pb.MetricValue(metric=r["metric"], time_ms=r["time_ms"], value=r["value"]) for r in rows],
-                readings=sum(r["readings"] for r in rows), anomalies=anomalies)
+                anomalies=anomalies, **reg)
         return await self._call(context, build)
 
     async def GetHistory(self, request: pb.GetHistoryRequest, context) -> pb.GetHistoryResponse:
@@ -185,5 +184,5 @@ class QueryService(pb_grpc.QueryServicer):
             stats.rejected.update(live["rejected"])
         return stats
 
-    def _status(self, last_seen_ms: int) -> int:
-        return pb.ONLINE if last_seen_ms >= now_ms() - self.silence_ms else pb.OFFLINE
+    def _status(self, last_stored_ms: int) -> int:
+        return pb.ONLINE if last_stored_ms >= now_ms() - self.silence_ms else pb.OFFLINE

@@ -1,8 +1,23 @@
-"""The gRPC ingest service: decode, validate, hand accepted readings to the queue, ack once durable.
+"""The gRPC ingest service: authenticate, decode, pace, validate, hand accepted readings to the queue, ack
+once durable.
 
 Handlers take the request as raw bytes (a generic handler without a deserializer) for two reasons: a
 fully accepted batch is forwarded to the queue byte for byte, and undecodable input gets a clear
 INVALID_ARGUMENT instead of gRPC's generic deserialization failure.
+
+What ends a call, and with which status (each one counted in `Counters` under the name in brackets):
+
+* bytes that are not a ReadingBatch: INVALID_ARGUMENT [MALFORMED_REQUEST_CALLS];
+* a message over `Limits.max_message_bytes`: RESOURCE_EXHAUSTED from gRPC itself [MESSAGE_TOO_LARGE_CALLS];
+* with auth on, a batch of another device than the token's: PERMISSION_DENIED [WRONG_DEVICE, readings];
+  no token or a bad one never reaches a handler (iotstream.auth.AuthInterceptor) [UNAUTHENTICATED_CALLS];
+* more open streams for one device than `max_streams_per_device`: RESOURCE_EXHAUSTED [TOO_MANY_STREAMS_CALLS];
+* a device over its rate for too long: RESOURCE_EXHAUSTED with trailing metadata `grpc-retry-pushback-ms`
+  [RATE_LIMITED, readings]; before that, its batches are only held back [THROTTLED_BATCHES];
+* the queue unavailable, or the server shutting down: UNAVAILABLE [QUEUE_UNAVAILABLE_CALLS, DRAINING_CALLS].
+
+On a stream, every batch before the one that ended the call has been acked (acks leave in order), so the
+device knows exactly what to resend.
 """
 
 from __future__ import annotations
@@ -10,19 +25,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from iotstream.auth import AuthError
 from iotstream.queue import QueueUnavailable
 from iotstream.v1 import ingest_pb2 as pb
 
+from .limits import DeviceLimiter, RateLimited, TooManyStreams
 from .validate import Limits, accepted_only, validate
+
+log = logging.getLogger(__name__)
 
 SERVICE = "iotstream.v1.Ingest"
 MAX_INFLIGHT_PER_STREAM = 64  # batches read ahead of their acks; past this the stream is not read
+
+# Call-level counters next to the per-reading RejectReason names (see the module docstring).
+MALFORMED_REQUEST_CALLS = "MALFORMED_REQUEST_CALLS"
+MESSAGE_TOO_LARGE_CALLS = "MESSAGE_TOO_LARGE_CALLS"
+WRONG_DEVICE = "WRONG_DEVICE"
+TOO_MANY_STREAMS_CALLS = "TOO_MANY_STREAMS_CALLS"
+RATE_LIMITED = "RATE_LIMITED"
+THROTTLED_BATCHES = "THROTTLED_BATCHES"
+QUEUE_UNAVAILABLE_CALLS = "QUEUE_UNAVAILABLE_CALLS"
+DRAINING_CALLS = "DRAINING_CALLS"
 
 
 def fingerprint(raw: bytes) -> int:
@@ -33,12 +63,22 @@ class BadRequest(Exception):
     """The client sent something that is not a ReadingBatch."""
 
 
+class WrongDevice(Exception):
+    """A batch for another device than the one the call's token belongs to."""
+
+
+class Draining(Exception):
+    """The server is shutting down."""
+
+
 class Counters:
-    """Accepted and rejected readings since start, and the accepted rate over the last minute."""
+    """Accepted and rejected readings since start, call-level refusals and throttles by reason, and the
+    accepted rate over the last minute."""
 
     def __init__(self):
         self.accepted = 0
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.throttled_s = 0.0  # total time batches were held back by rate limits
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=61)  # [second, count]
 
     def add(self, accepted: int, rejections) -> None:
@@ -50,23 +90,60 @@ class Counters:
             self._per_second.append([now, 0])
         self._per_second[-1][1] += accepted
 
+    def count(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] += n
+
     def rate_per_s(self) -> float:
         now = int(time.monotonic())
         return sum(n for sec, n in self._per_second if sec > now - 60) / 60.0
 
 
+def decode(raw: bytes) -> pb.ReadingBatch:
+    try:
+        return pb.ReadingBatch.FromString(raw)
+    except DecodeError as exc:
+        raise BadRequest(f"request is not a valid iotstream.v1.ReadingBatch ({exc})") from None
+
+
 class IngestService:
-    def __init__(self, queue, limits: Limits | None = None, counters: Counters | None = None):
+    def __init__(self, queue, limits: Limits | None = None, counters: Counters | None = None, auth=None):
         self.queue = queue
         self.limits = limits or Limits()
         self.counters = counters or Counters()
+        self.auth = auth  # iotstream.auth.Authenticator, or None: open (any caller may send for any device)
+        lim = self.limits
+        self.limiter = DeviceLimiter(lim.rate_readings_per_s, lim.burst_readings, lim.max_delay_s,
+                                     lim.reject_after_s, lim.max_streams_per_device)
+        self.draining = asyncio.Event()
+        self._readers: set[asyncio.Task] = set()
 
-    async def accept(self, raw: bytes) -> tuple[asyncio.Future | None, pb.Ack]:
-        """Validate and queue one batch; returns (durability future or None, the Ack to send)."""
-        try:
-            batch = pb.ReadingBatch.FromString(raw)
-        except DecodeError as exc:
-            raise BadRequest(f"request is not a valid iotstream.v1.ReadingBatch ({exc})") from None
+    def drain(self) -> None:
+        """Stop reading: new calls get UNAVAILABLE, open streams send the acks of what they have read and
+        then end with UNAVAILABLE (reconnect elsewhere or later)."""
+        self.draining.set()
+        for reader in list(self._readers):
+            reader.cancel()
+
+    def device_of(self, context) -> str | None:
+        """The device the call's token belongs to (None when auth is off). The interceptor has already
+        refused calls without a device token."""
+        if self.auth is None:
+            return None
+        return self.auth.identify(context.invocation_metadata()).subject
+
+    async def accept(self, raw: bytes, batch: pb.ReadingBatch | None = None,
+                     device: str | None = None) -> tuple[asyncio.Future | None, pb.Ack]:
+        """Check, pace, validate and queue one batch; returns (durability future or None, the Ack to send)."""
+        if self.draining.is_set():
+            raise Draining("server is shutting down; reconnect and resend what was not acked")
+        if batch is None:
+            batch = decode(raw)
+        if device is not None and batch.device_id != device:
+            exc = WrongDevice(f"batch seq={batch.seq} is for device {batch.device_id[:80]!r}, "
+                              f"but the token belongs to {device!r}")
+            exc.readings = len(batch.values)
+            raise exc
+        await self.pace(batch)
         now_ms = time.time_ns() // 1_000_000
         verdict = validate(batch, now_ms, self.limits)
         self.counters.add(verdict.n_accepted, verdict.rejections)
@@ -78,42 +155,99 @@ class IngestService:
         payload += pb.ReadingBatch(received_ms=now_ms, fingerprint=fingerprint(raw)).SerializeToString()
         return await self.queue.put(payload, verdict.n_accepted, batch.device_id), ack
 
+    async def pace(self, batch: pb.ReadingBatch) -> None:
+        """Hold the batch while its device is over its rate (the stream is not read meanwhile)."""
+        try:
+            delay = self.limiter.take(batch.device_id, len(batch.values))
+        except RateLimited as exc:
+            exc.readings = len(batch.values)
+            raise
+        if delay > 0:
+            self.counters.count(THROTTLED_BATCHES)
+            self.counters.throttled_s += delay
+            await asyncio.sleep(delay)
+
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         try:
-            done, ack = await self.accept(request)
-        except (BadRequest, QueueUnavailable) as exc:
-            await abort_for(exc, context)
+            done, ack = await self.accept(request, device=self.device_of(context))
+        except Exception as exc:
+            await self.end_call(exc, context)
         return await durable(done, ack, context)
 
     async def Stream(self, request_iterator: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
         # The reader runs ahead of the acks (pipelining) but at most MAX_INFLIGHT_PER_STREAM batches;
-        # acks leave in the order the batches came.
-        pending: asyncio.Queue = asyncio.Queue(maxsize=MAX_INFLIGHT_PER_STREAM)
+        # acks leave in the order the batches came. The queue between them is not bounded itself (the
+        # semaphore bounds it) so that an end marker always fits.
+        pending: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(MAX_INFLIGHT_PER_STREAM)
+        opened: list[str] = []
 
         async def read() -> None:
             try:
+                device = self.device_of(context)
+                if self.draining.is_set():
+                    raise Draining("server is shutting down; reconnect to another node or later")
+                if device is not None:
+                    self.limiter.open_stream(device)
+                    opened.append(device)
                 async for raw in request_iterator:
-                    await pending.put(await self.accept(raw))
+                    batch = decode(raw)
+                    if not opened:  # open mode: the stream belongs to its first batch's device
+                        self.limiter.open_stream(batch.device_id)
+                        opened.append(batch.device_id)
+                    await window.acquire()
+                    pending.put_nowait(await self.accept(raw, batch, device))
                 await pending.put(None)
+            except asyncio.CancelledError:  # drain(): no more reading; what was read still gets its ack
+                pending.put_nowait(Draining("server is shutting down; resend what was not acked"))
             except Exception as exc:  # handed to the writer, which ends the call with a status
-                await pending.put(exc)
+                pending.put_nowait(exc)
 
         reader = asyncio.create_task(read())
+        self._readers.add(reader)
         try:
             while (item := await pending.get()) is not None:
-                if isinstance(item, (BadRequest, QueueUnavailable)):
-                    await abort_for(item, context)
                 if isinstance(item, Exception):
-                    raise item
-                yield await durable(*item, context)
+                    await self.end_call(item, context)
+                ack = await durable(*item, context)
+                window.release()
+                yield ack
         finally:
+            self._readers.discard(reader)
             reader.cancel()
+            for d in opened:
+                self.limiter.close_stream(d)
+
+    async def end_call(self, exc: Exception, context) -> None:
+        """End the call with the status `exc` stands for, counting why."""
+        if isinstance(exc, AuthError):
+            code, reason = exc.code, f"{exc.code.name}_CALLS"
+        elif isinstance(exc, BadRequest):
+            code, reason = grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_CALLS
+        elif isinstance(exc, WrongDevice):
+            code, reason = grpc.StatusCode.PERMISSION_DENIED, WRONG_DEVICE
+        elif isinstance(exc, TooManyStreams):
+            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_STREAMS_CALLS
+        elif isinstance(exc, RateLimited):
+            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED
+            pushback = str(max(1, round(exc.retry_after_s * 1000)))
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", pushback),))
+        elif isinstance(exc, QueueUnavailable):
+            code, reason = grpc.StatusCode.UNAVAILABLE, QUEUE_UNAVAILABLE_CALLS
+        elif isinstance(exc, Draining):
+            code, reason = grpc.StatusCode.UNAVAILABLE, DRAINING_CALLS
+        elif _is_too_large(exc):
+            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE_CALLS
+        else:
+            raise exc
+        # WRONG_DEVICE and RATE_LIMITED count the batch's readings; the others count calls.
+        self.counters.count(reason, getattr(exc, "readings", 1))
+        await context.abort(code, str(exc))
 
 
-async def abort_for(exc: Exception, context) -> None:
-    code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, BadRequest) else grpc.StatusCode.UNAVAILABLE
-    await context.abort(code, str(exc))
+def _is_too_large(exc: Exception) -> bool:
+    return "larger than max" in str(exc) or "message too large" in str(exc).lower()
 
 
 async def durable(done: asyncio.Future | None, ack: pb.Ack, context) -> pb.Ack:

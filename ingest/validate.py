@@ -27,6 +27,14 @@ class Limits:
     max_future_ms: int = 5 * 60_000
     # Optional allow-list; None accepts any well-formed name.
     metrics: frozenset[str] | None = None
+    # Call-level limits (ingest/limits.py). A message over max_message_bytes ends its call with
+    # RESOURCE_EXHAUSTED before it is decoded.
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_streams_per_device: int = 8  # 0: no cap
+    rate_readings_per_s: float = 0.0  # per device; 0: no rate limit
+    burst_readings: int = 0  # bucket size; 0: one second of rate
+    max_delay_s: float = 5.0  # the most debt a device may run up, in seconds of its rate
+    reject_after_s: float = 30.0  # held back this long without a break: batches are refused
 
 
 @dataclass

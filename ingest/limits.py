@@ -1,0 +1,118 @@
+"""Per-device limits: a token bucket over readings that slows a device down before it refuses it, and a
+cap on the streams a device holds open at once.
+
+A batch takes its readings from its device's bucket. While the bucket has them, nothing happens. When it
+runs dry, the bucket goes into debt and the batch is held back until the debt is paid (`delay`): the
+ingest handler stops reading that stream meanwhile, so gRPC flow control slows the device down and
+nothing is lost. Only when the device stays over its rate for `reject_after_s` without a break, or when
+its concurrent calls would pile up more than `max_delay_s` of debt, is a batch refused (RateLimited) with
+the time after which a resend will pass, which the handler returns as `grpc-retry-pushback-ms`. A device
+that flushes an offline backlog over one stream is therefore paced, and refused only after
+`reject_after_s` of pacing; what it had acked is stored, and what was refused it resends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+
+class RateLimited(Exception):
+    """The device is over its rate for too long; resend after `retry_after_s`."""
+
+    def __init__(self, device: str, retry_after_s: float, why: str):
+        super().__init__(f"device {device!r} {why}; resend after {retry_after_s * 1000:.0f} ms")
+        self.retry_after_s = retry_after_s
+
+
+class TooManyStreams(Exception):
+    """The device already holds its maximum of concurrent streams."""
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # readings per second
+    burst: float  # bucket size, readings
+    max_delay_s: float
+    reject_after_s: float
+    level: float = math.nan
+    updated: float = 0.0
+    throttled_since: float | None = None  # start of the current stretch of held-back batches
+
+    def __post_init__(self):
+        if math.isnan(self.level):
+            self.level = self.burst
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.burst, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def take(self, n: int, now: float, device: str = "") -> float:
+        """Take `n` readings; returns how long to hold the batch (0: pass now). Raises RateLimited when the
+        device has been held back for `reject_after_s` without a break, or the debt would pass
+        `max_delay_s` (then nothing is taken)."""
+        self._refill(now)
+        after = self.level - n
+        if after >= 0:
+            self.level, self.throttled_since = after, None
+            return 0.0
+        if self.throttled_since is not None and now - self.throttled_since >= self.reject_after_s:
+            raise RateLimited(device, -after / self.rate,
+                              f"stayed over {self.rate:g} readings/s for {self.reject_after_s:g} s")
+        if -after > self.max_delay_s * self.rate:
+            raise RateLimited(device, (-after - self.max_delay_s * self.rate) / self.rate,
+                              f"is over {self.rate:g} readings/s by more than {self.max_delay_s:g} s of readings")
+        if self.throttled_since is None:
+            self.throttled_since = now
+        self.level = after
+        return -after / self.rate
+
+    def idle(self, now: float) -> bool:
+        return self.level + (now - self.updated) * self.rate >= self.burst
+
+
+class DeviceLimiter:
+    """Buckets and open-stream counts of every device seen (idle buckets are forgotten)."""
+
+    SWEEP_EVERY = 10_000
+
+    def __init__(self, rate: float = 0.0, burst: float = 0.0, max_delay_s: float = 5.0,
+                 reject_after_s: float = 30.0, max_streams: int = 0, clock=time.monotonic):
+        self.rate = rate
+        self.burst = burst or max(rate, 1.0)
+        self.max_delay_s = max_delay_s
+        self.reject_after_s = reject_after_s
+        self.max_streams = max_streams
+        self.clock = clock
+        self.buckets: dict[str, TokenBucket] = {}
+        self.streams: dict[str, int] = {}
+        self._takes = 0
+
+    def take(self, device: str, n: int) -> float:
+        """Seconds to hold a batch of `n` readings of `device` (0 without a rate limit)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        bucket = self.buckets.get(device)
+        if bucket is None:
+            bucket = self.buckets[device] = TokenBucket(self.rate, self.burst, self.max_delay_s,
+                                                        self.reject_after_s, updated=now)
+        self._takes += 1
+        if self._takes % self.SWEEP_EVERY == 0:
+            self.buckets = {d: b for d, b in self.buckets.items() if d == device or not b.idle(now)}
+        return bucket.take(n, now, device)
+
+    def open_stream(self, device: str) -> None:
+        count = self.streams.get(device, 0)
+        if self.max_streams and count >= self.max_streams:
+            raise TooManyStreams(f"device {device!r} already has {count} open streams (limit {self.max_streams}); "
+                                 "close one first")
+        self.streams[device] = count + 1
+
+    def close_stream(self, device: str) -> None:
+        count = self.streams.get(device, 0) - 1
+        if count > 0:
+            self.streams[device] = count
+        else:
+            self.streams.pop(device, None)

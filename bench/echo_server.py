@@ -31,8 +31,8 @@ class EchoIngest(pb_grpc.IngestServicer):
         return pb.Ack(seq=request.seq, accepted=len(request.values))
 
 
-async def serve(host: str, port: int) -> None:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+async def serve(host: str, port: int, extra: list[tuple[str, int]] = ()) -> None:
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, *extra])
     pb_grpc.add_IngestServicer_to_server(EchoIngest(), server)
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
@@ -51,8 +51,11 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=50052)
     ap.add_argument("--data-dir", help="ignored")
+    ap.add_argument("--grpc-option", action="append", default=[], metavar="KEY=INT",
+                    help="extra server channel argument, e.g. grpc.server.max_pending_requests=20000")
     args = ap.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    extra = [(k, int(v)) for k, v in (o.split("=", 1) for o in args.grpc_option)]
+    asyncio.run(serve(args.host, args.port, extra))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""Fleet scale: thousands of long-lived, mostly idle device streams against one server process.
+
+    python bench/fleet.py [--streams 10000] [--per-connection 100] [--interval 10] [--batch 10]
+                          [--duration 30] [--kafka BOOTSTRAP] [--json]
+
+Real fleets keep a stream open per device and trickle a small batch every few seconds. This opens
+--streams Ingest/Stream calls from this process, spread over ceil(streams / per-connection) client
+connections (HTTP/2 caps concurrent streams per connection; the server allows 1,000, devices behind one
+NAT rarely share a connection at all), against `iotstream serve` in its own process, so the server's RSS
+is its own. Each device sends one batch of --batch readings when it connects, then one every --interval
+seconds (start times spread evenly), and reads its Acks.
+
+Reported (one JSON object, also bench/results/fleet.json):
+- connect_s: from the first channel opened until every stream had its first Ack (so: connected end to end),
+  and connect_p99_ms per stream;
+- rss_bytes_per_stream: (server RSS with the fleet connected and trickling - RSS before it, after a warm-up
+  on one stream) / streams; the same from USS (pages only this process holds);
+- ack_p50_ms / ack_p99_ms of the steady-state batches (sent after the whole fleet connected);
+- server CPU seconds and cores over the steady state, and this client's CPU, for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import ServerProcess, machine, pct, write_result  # noqa: E402
+from bench.loadgen import grpc_message, grpc_template  # noqa: E402
+
+# Client side of the NAT story: ping every 30 s on an idle connection (NATs drop idle flows after 30-60 s;
+# the server accepts pings 20 s apart), and give up on a silent peer after 10 s.
+CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.keepalive_time_ms", 30_000),
+                  ("grpc.keepalive_timeout_ms", 10_000), ("grpc.keepalive_permit_without_calls", 1),
+                  ("grpc.http2.max_pings_without_data", 0)]
+
+
+class Fleet:
+    def __init__(self, args):
+        self.args = args
+        self.first_ack: list[float] = []
+        self.connect_ms: list[float] = []
+        self.steady_from = math.inf
+        self.steady_ack_ms: list[float] = []
+        self.acked = self.errors = self.retries = 0
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.error_samples: list[str] = []
+        self.stop = asyncio.Event()
+
+    async def device(self, channel, i: int, t0: float) -> None:
+        """Connect (retrying a refused stream after a jittered backoff, as device firmware does), then
+        trickle until told to stop."""
+        for attempt in range(self.args.connect_attempts):
+            outcome = await self.stream(channel, i, t0)
+            if outcome is None:
+                return
+            self.refused[outcome] += 1
+            if attempt + 1 < self.args.connect_attempts:
+                self.retries += 1
+                await asyncio.sleep(random.uniform(0.5, 1.5) * 2 ** attempt)
+        self.errors += 1
+
+    async def stream(self, channel, i: int, t0: float) -> str | None:
+        """None once the stream ended normally; the status name if it was refused before its first Ack."""
+        from iotstream.v1 import ingest_pb2 as pb
+
+        args = self.args
+        call = channel.stream_stream("/iotstream.v1.Ingest/Stream")()
+        template = grpc_template(f"fleet-{i:05d}", args.batch, i)
+        sent_at: collections.deque[float] = collections.deque()
+
+        async def writer() -> None:
+            seq = 1
+            sent_at.append(time.perf_counter())
+            await call.write(grpc_message(template, seq))
+            # Spread the fleet's sends evenly over the interval.
+            await asyncio.sleep(args.interval * (i % 1000) / 1000)
+            while not self.stop.is_set():
+                seq += 1
+                sent_at.append(time.perf_counter())
+                await call.write(grpc_message(template, seq))
+                try:
+                    await asyncio.wait_for(self.stop.wait(), args.interval)
+                except TimeoutError:
+                    pass
+            await call.done_writing()
+
+        task = asyncio.create_task(writer())
+        first = True
+        try:
+            async for raw in call:
+                now = time.perf_counter()
+                sent = sent_at.popleft()
+                pb.Ack.FromString(raw)
+                self.acked += 1
+                if first:
+                    self.first_ack.append(now)
+                    self.connect_ms.append((now - t0) * 1000)
+                    first = False
+                elif sent >= self.steady_from:
+                    self.steady_ack_ms.append((now - sent) * 1000)
+            await task
+            return None
+        except Exception as exc:
+            # A failed write says only "execute_batch failed" (grpc/grpc#36066); the call's code says more.
+            try:
+                code = (await asyncio.wait_for(call.code(), 5)).name
+            except Exception:
+                code = type(exc).__name__
+            if first:
+                return code
+            self.errors += 1
+            if len(self.error_samples) < 3:
+                self.error_samples.append(f"{code}: {exc}"[:300])
+            return None
+        finally:
+            task.cancel()
+
+
+async def warm_up(target: str, batch: int) -> None:
+    """One stream, a few batches: loads every code path and the store before the baseline RSS."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(target) as ch:
+        call = ch.stream_stream("/iotstream.v1.Ingest/Stream")()
+        template = grpc_template("fleet-warmup", batch, 0)
+        for seq in range(1, 21):
+            await call.write(grpc_message(template, seq))
+        await call.done_writing()
+        async for _ in call:
+            pass
+
+
+async def run(args, server: ServerProcess) -> dict:
+    import grpc
+
+    await warm_up(server.target, args.batch)
+    await asyncio.sleep(2.0)
+    import psutil
+
+    proc = psutil.Process(server.proc.pid)
+    rss0, uss0 = proc.memory_info().rss, proc.memory_full_info().uss
+    fleet = Fleet(args)
+    n_conn = math.ceil(args.streams / args.per_connection)
+    t0 = time.perf_counter()
+    channels = [grpc.aio.insecure_channel(server.target, options=CLIENT_OPTIONS) for _ in range(n_conn)]
+    await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), args.connect_timeout)
+    devices = []
+    for i in range(args.streams):
+        devices.append(asyncio.create_task(fleet.device(channels[i // args.per_connection], i, t0)))
+        if args.connect_rate and i % 100 == 99:  # arrivals paced in groups of 100
+            await asyncio.sleep(max(0.0, t0 + (i + 1) / args.connect_rate - time.perf_counter()))
+    deadline = t0 + args.connect_timeout
+    while len(fleet.first_ack) + fleet.errors < args.streams and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    connected = len(fleet.first_ack)
+    connect_s = (max(fleet.first_ack) - t0) if fleet.first_ack else None
+    fleet.steady_from = time.perf_counter()
+    cpu0, self0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
+    rss_samples = []
+    end = fleet.steady_from + args.duration
+    while time.perf_counter() < end:
+        await asyncio.sleep(min(2.0, max(0.0, end - time.perf_counter())))
+        rss_samples.append(proc.memory_info().rss)
+    uss1 = proc.memory_full_info().uss
+    cpu1, self1 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
+    steady = time.perf_counter() - fleet.steady_from
+    fleet.stop.set()
+    await asyncio.wait(devices, timeout=60)
+    for ch in channels:
+        await ch.close()
+    rss1 = max(rss_samples) if rss_samples else proc.memory_info().rss
+    sent_per_s = args.streams / args.interval
+    return {
+        "benchmark": "fleet", "server": "echo" if args.echo else "iotstream",
+        "mode": "kafka" if args.kafka else "embedded",
+        "streams": args.streams, "connections": n_conn, "streams_per_connection": args.per_connection,
+        "interval_s": args.interval, "batch_readings": args.batch, "duration_s": round(steady, 1),
+        "streams_connected": connected, "connect_s": round(connect_s, 2) if connect_s else None,
+        "connect_p50_ms": pct(fleet.connect_ms, 50), "connect_p99_ms": pct(fleet.connect_ms, 99),
+        "rss_before_bytes": rss0, "rss_fleet_bytes": rss1,
+        "rss_bytes_per_stream": round((rss1 - rss0) / max(connected, 1)),
+        "uss_bytes_per_stream": round((uss1 - uss0) / max(connected, 1)),
+        "offered_batches_per_s": round(sent_per_s, 1), "offered_readings_per_s": round(sent_per_s * args.batch, 1),
+        "acked_batches": fleet.acked, "steady_batches": len(fleet.steady_ack_ms),
+        "ack_p50_ms": pct(fleet.steady_ack_ms, 50), "ack_p99_ms": pct(fleet.steady_ack_ms, 99),
+        "ack_max_ms": pct(fleet.steady_ack_ms, 100),
+        "server_cpu_s": round(cpu1 - cpu0, 2), "server_cores": round((cpu1 - cpu0) / steady, 3),
+        "client_cpu_s": round(self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime, 2),
+        "connect_rate": args.connect_rate or "all at once", "connect_retries": fleet.retries,
+        "refused_by_status": dict(fleet.refused),
+        "errors": fleet.errors, "error_samples": fleet.error_samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=10_000, help="device streams (default 10000)")
+    ap.add_argument("--per-connection", type=int, default=100, help="streams per client connection (default 100)")
+    ap.add_argument("--interval", type=float, default=10.0, help="seconds between a device's batches (default 10)")
+    ap.add_argument("--batch", type=int, default=10, help="readings per batch (default 10)")
+    ap.add_argument("--duration", type=float, default=30.0, help="steady-state seconds measured (default 30)")
+    ap.add_argument("--connect-timeout", type=float, default=120.0, help="give the fleet this long to connect")
+    ap.add_argument("--connect-rate", type=float, default=2000.0,
+                    help="new streams per second (default 2000); 0 opens them all at once, a reconnect storm")
+    ap.add_argument("--connect-attempts", type=int, default=6,
+                    help="tries per device when a stream is refused, with jittered exponential backoff (default 6)")
+    ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run `iotstream serve --kafka BOOTSTRAP`")
+    ap.add_argument("--echo", action="store_true",
+                    help="measure bench/echo_server.py instead: what gRPC alone costs per stream (the floor)")
+    ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
+    ap.add_argument("--as-is", action="store_true",
+                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
+    ap.add_argument("--out", help="JSON path (default bench/results/fleet.json)")
+    ap.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = ap.parse_args(argv)
+    if args.per_connection > 1000:
+        ap.error("--per-connection above the server's grpc.max_concurrent_streams (1000) would queue streams")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
+
+    with ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is,
+                       module="bench.echo_server" if args.echo else None) as server:
+        result = asyncio.run(run(args, server))
+        result["server_workaround"] = server.workaround
+    result["machine"] = machine()
+    path = write_result("fleet", result, args.out)
+    if not args.json:
+        print(f"{result['streams_connected']:,}/{args.streams:,} streams connected in {result['connect_s']} s; "
+              f"{result['rss_bytes_per_stream']:,} B RSS per stream; ack p50 {result['ack_p50_ms']} ms "
+              f"p99 {result['ack_p99_ms']} ms; server {result['server_cores']} cores; wrote {path}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0 if result["streams_connected"] == args.streams and not result["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

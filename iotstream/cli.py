@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,7 +27,41 @@ def node_config(args, roles):
                   clickhouse_url=getattr(args, "clickhouse", None), kafka=kafka,
                   rules_path=getattr(args, "rules", None),
                   max_chunk_messages=getattr(args, "chunk_messages", 1000),
-                  snapshot_every_s=getattr(args, "snapshot_every", 5.0))
+                  snapshot_every_s=getattr(args, "snapshot_every", 5.0), **security_config(args, roles))
+
+
+def security_config(args, roles) -> dict:
+    """Config fields for auth, TLS, metrics and limits from the flags `security` and `metrics` add."""
+    from iotstream.ingest import Limits
+    from iotstream.tls import ServerTLS
+
+    out = {"metrics_port": getattr(args, "metrics_port", None),
+           "metrics_host": getattr(args, "metrics_host", "127.0.0.1")}
+    if not hasattr(args, "tls_cert"):
+        return out
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("iotstream: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("iotstream: --tls-client-ca needs --tls-cert and --tls-key")
+    distributed = set(roles) != {"ingest", "process", "query"}
+    auth = args.auth or (distributed and not args.insecure_no_auth)
+    limits = Limits(max_readings=args.max_batch_readings, max_message_bytes=args.max_message_bytes,
+                    max_streams_per_device=args.max_streams_per_device, rate_readings_per_s=args.rate_limit,
+                    burst_readings=args.rate_burst, reject_after_s=args.rate_reject_after)
+    return {**out, "auth": auth, "tokens_file": args.tokens_file, "limits": limits,
+            "tls": ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None}
+
+
+def warn_open(config, what: str) -> None:
+    """Say loudly what a node without auth or TLS exposes."""
+    if not config.auth and ("ingest" in config.roles or "query" in config.roles):
+        line = "=" * 100
+        print(f"{line}\nWARNING: iotstream {what} runs WITHOUT AUTHENTICATION: anyone who reaches "
+              f"{config.host}:{config.port} can send readings\nas any device and read everything. Fine for a "
+              f"local demo; otherwise pass --auth (and --tls-cert/--tls-key).\n{line}", file=sys.stderr, flush=True)
+    elif config.tls is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"WARNING: iotstream {what}: tokens travel in plain text on {config.host}; pass --tls-cert/--tls-key",
+              file=sys.stderr, flush=True)
 
 
 def run_node(config, what: str) -> int:
@@ -36,7 +71,10 @@ def run_node(config, what: str) -> int:
     async def main():
         node = Node(config)
         port = await node.start()
+        warn_open(config, what)
         where = f"serving on {config.host}:{port}" if port else "running"
+        if node.metrics_port:
+            where += f", metrics on {config.metrics_host}:{node.metrics_port}"
         queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
         storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
         print(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops", file=sys.stderr, flush=True)
@@ -112,9 +150,12 @@ def cmd_demo(args) -> int:
 def cmd_simulate(args) -> int:
     from iotstream.simulate import run_fleet
 
+    from iotstream.tls import client_tls
+
+    tokens = json.loads(open(args.tokens).read()) if args.tokens else None
     summary, _ = asyncio.run(run_fleet(args.target, args.devices, args.readings, args.batch, args.rate,
                                        args.anomalies, args.seed, args.interval_ms, args.prefix,
-                                       progress=True))
+                                       progress=True, tokens=tokens, tls=client_tls(args)))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -150,11 +191,15 @@ def cmd_query(args) -> int:
             page_size=args.limit, page_token=args.page_token)),
         "stats": lambda: ("GetStats", pb.GetStatsRequest()),
     }
+    from iotstream.auth import bearer
+    from iotstream.tls import channel as open_channel
+    from iotstream.tls import client_tls
+
     method, request = requests[args.what]()
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args.target, client_tls(args)) as channel:
         stub = pb_grpc.QueryStub(channel)
         try:
-            reply = getattr(stub, method)(request, timeout=args.timeout)
+            reply = getattr(stub, method)(request, timeout=args.timeout, metadata=bearer(args.token))
         except grpc.RpcError as exc:
             print(f"iotstream query {args.what}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -165,9 +210,53 @@ def cmd_query(args) -> int:
     return 0
 
 
+def token_registry(args):
+    from iotstream import auth
+
+    if args.tokens_file:
+        return auth.FileTokens(args.tokens_file), None
+    from iotstream.clickhouse import open_backend
+
+    backend = open_backend(data_dir=args.data_dir, clickhouse_url=args.clickhouse, database=args.database)
+    return auth.ClickHouseTokens(backend), backend
+
+
+def cmd_tokens(args) -> int:
+    """devices add|revoke|list and tokens add|revoke|list: the token registry, straight in its store."""
+    role = "device" if args.command == "devices" else getattr(args, "role", None)
+    registry, backend = token_registry(args)
+    try:
+        if args.action == "add":
+            made = {name: registry.add(role, name) for name in args.names}
+            if args.json:
+                print(json.dumps(made))
+            else:
+                for name, token in made.items():
+                    print(f"{role} {name}: {token}")
+                print("Shown once; only its SHA-256 is stored. Send it as 'authorization: Bearer <token>'.",
+                      file=sys.stderr)
+        elif args.action == "revoke":
+            for name in args.names:
+                n = registry.revoke(role, name)
+                print(f"{role} {name}: {n} token(s) revoked" if n else f"{role} {name}: no live token",
+                      file=sys.stderr)
+        else:
+            for r in registry.list():
+                if (r["role"] == "device") != (args.command == "devices"):
+                    continue
+                row = {"role": r["role"], "subject": r["subject"], "sha256_prefix": r["token_sha256"][:12]}
+                print(json.dumps(row) if args.json else f"{r['role']:<7} {r['subject']}  sha256:{r['token_sha256'][:12]}")
+    finally:
+        if backend is not None:
+            backend.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iotstream", description="Telemetry pipeline for device fleets.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log lines as text (default) or one JSON object per line")
     sub = p.add_subparsers(dest="command", required=True)
 
     def listen(parser, port=50051):
@@ -194,6 +283,46 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--clickhouse", metavar="URL", help="ClickHouse server instead, e.g. "
                             "http://user:pass@host:8123/iotstream")
 
+    def security(parser, default_auth: bool):
+        g = parser.add_argument_group("auth and TLS")
+        if default_auth:
+            g.add_argument("--insecure-no-auth", action="store_true",
+                           help="serve without checking tokens (auth is on by default for this role)")
+            parser.set_defaults(auth=False)
+        else:
+            g.add_argument("--auth", action="store_true",
+                           help="check a bearer token on every Ingest/Query call (default: open, for a local demo)")
+            parser.set_defaults(insecure_no_auth=False)
+        g.add_argument("--tokens-file", help="token registry as a file (default: the auth_tokens table in ClickHouse)")
+        g.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key turns TLS on")
+        g.add_argument("--tls-key", help="server private key (PEM)")
+        g.add_argument("--tls-client-ca", help="CA (PEM) client certificates must chain to: mutual TLS")
+        g = parser.add_argument_group("limits")
+        g.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024,
+                       help="largest gRPC message accepted (default 8 MiB)")
+        g.add_argument("--max-batch-readings", type=int, default=10_000,
+                       help="readings per batch; past it readings are rejected (default 10000)")
+        g.add_argument("--max-streams-per-device", type=int, default=8,
+                       help="concurrent streams one device may hold, 0 = no cap (default 8)")
+        g.add_argument("--rate-limit", type=float, default=0.0,
+                       help="readings/s per device; over it batches are held back (default 0 = no limit)")
+        g.add_argument("--rate-burst", type=int, default=0, help="token bucket size in readings (default: 1 s of rate)")
+        g.add_argument("--rate-reject-after", type=float, default=30.0,
+                       help="held back this many seconds without a break: refuse with a retry delay (default 30)")
+
+    def metrics(parser):
+        parser.add_argument("--metrics-port", type=int, default=None,
+                            help="serve Prometheus /metrics on this port (0 picks one; default off)")
+        parser.add_argument("--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
+
+    def client(parser):
+        g = parser.add_argument_group("auth and TLS")
+        g.add_argument("--tls", action="store_true", help="TLS with the system's CA roots")
+        g.add_argument("--tls-ca", help="CA (PEM) to trust for the server's certificate; implies TLS")
+        g.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+        g.add_argument("--tls-key", help="client private key (PEM)")
+        g.add_argument("--tls-server-name", help="name to check the server certificate against")
+
     s = sub.add_parser("serve", help="run ingest + processor + query in one process",
                        description="Run ingest, processor and query in one process: with the in-process queue "
                                    "and embedded ClickHouse (chDB) by default, or with --kafka between them.")
@@ -201,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     kafka(s, required=False)
     storage(s)
     rules(s)
+    security(s, default_auth=False)
+    metrics(s)
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("ingest", help="run the ingest role alone (distributed, needs --kafka)",
@@ -208,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an Ack means the batch is in Kafka. Run any number behind a load balancer.")
     listen(s)
     kafka(s, required=True)
+    if "--data-dir" not in s._option_string_actions:
+        storage(s)  # where the token registry is, unless --tokens-file
+    security(s, default_auth=True)
+    metrics(s)
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("process", help="run the processor role alone (distributed, needs --kafka)",
@@ -221,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Kafka messages (batches) per ClickHouse insert at most (default 1000)")
     s.add_argument("--snapshot-every", type=float, default=5.0,
                    help="seconds between state snapshots per partition (default 5)")
+    metrics(s)
     s.set_defaults(fn=cmd_process)
 
     s = sub.add_parser("query-server", help="run the Query gRPC service alone",
@@ -228,7 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "data folder that no other process has open.")
     listen(s)
     storage(s)
+    security(s, default_auth=True)
+    metrics(s)
     s.set_defaults(fn=cmd_query_server)
+
+    for command, what in (("devices", "device tokens"), ("tokens", "reader and admin tokens")):
+        d = sub.add_parser(command, help=f"add, revoke or list {what}",
+                           description=f"Manage {what} in the registry the servers read (the auth_tokens table "
+                                       "in ClickHouse, or --tokens-file). A token is printed once; only its "
+                                       "SHA-256 is stored. Running servers pick changes up within 5 s.")
+        acts = d.add_subparsers(dest="action", required=True)
+        for action in ("add", "revoke", "list"):
+            a = acts.add_parser(action, help=f"{action} {what}")
+            if action != "list":
+                if command == "tokens":
+                    a.add_argument("role", choices=["reader", "admin"])
+                a.add_argument("names", nargs="+", metavar="DEVICE_ID" if command == "devices" else "NAME")
+            storage(a)
+            a.add_argument("--database", default="iotstream", help="ClickHouse database (default iotstream)")
+            a.add_argument("--tokens-file", help="a tokens file instead of ClickHouse")
+            a.add_argument("--json", action="store_true", help="JSON output ({name: token} for add)")
+            a.set_defaults(fn=cmd_tokens)
 
     s = sub.add_parser("demo", help="serve + simulate + query once, then stop",
                        description="Start the embedded server, stream a simulated fleet through it, print "
@@ -253,12 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval-ms", type=int, default=1000, help="time between a device's samples (default 1000)")
     s.add_argument("--prefix", default="sim", help="device id prefix (default 'sim')")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    s.add_argument("--tokens", help="JSON file {device_id: token} (as printed by `devices add --json`)")
+    client(s)
     s.set_defaults(fn=cmd_simulate)
 
     q = sub.add_parser("query", help="call the Query service", description="Call one Query RPC and print the reply as JSON.")
     q.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT (default 127.0.0.1:50051)")
     q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
     q.add_argument("--json", action="store_true", help="one JSON object on one line")
+    q.add_argument("--token", default=os.environ.get("IOTSTREAM_TOKEN"),
+                   help="reader or admin token (default $IOTSTREAM_TOKEN)")
+    client(q)
     qs = q.add_subparsers(dest="what", required=True)
 
     def paged(parser):
@@ -301,9 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from iotstream import logs
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     return args.fn(args)
 
 

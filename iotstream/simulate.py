@@ -12,7 +12,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from iotstream.v1 import ingest_pb2 as pb
@@ -93,8 +92,9 @@ class RateLimit:
             await asyncio.sleep(delay)
 
 
-async def stream_device(stub, data: DeviceData, batch_size: int, tally: Tally, limit: RateLimit) -> None:
-    call = stub.Stream()
+async def stream_device(stub, data: DeviceData, batch_size: int, tally: Tally, limit: RateLimit,
+                        token: str | None = None) -> None:
+    call = stub.Stream(metadata=(("authorization", f"Bearer {token}"),) if token else None)
     sent_at: dict[int, float] = {}
     window = asyncio.Semaphore(MAX_INFLIGHT)
     items = batches(data, batch_size)
@@ -123,19 +123,26 @@ async def stream_device(stub, data: DeviceData, batch_size: int, tally: Tally, l
 
 async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, rate: float | None = None,
                     anomalies: float = 0.001, seed: int = 0, interval_ms: int = 1000, prefix: str = "sim",
-                    progress: bool = False) -> tuple[dict, list[DeviceData]]:
-    """Stream every device's readings and wait for every ack; returns (summary, the generated data)."""
+                    progress: bool = False, tokens: dict[str, str] | None = None,
+                    tls=None) -> tuple[dict, list[DeviceData]]:
+    """Stream every device's readings and wait for every ack; returns (summary, the generated data).
+
+    `tokens` maps device ids to their bearer tokens (servers with auth on); `tls` is an
+    iotstream.tls.ClientTLS (servers with TLS on)."""
+    from iotstream.tls import aio_channel
+
     rng = np.random.default_rng(seed)
     end_ms = time.time_ns() // 1_000_000
     fleet = [device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng)
              for i in range(devices)]
-    channels = [grpc.aio.insecure_channel(target) for _ in range(math.ceil(devices / STREAMS_PER_CHANNEL))]
+    channels = [aio_channel(target, tls) for _ in range(math.ceil(devices / STREAMS_PER_CHANNEL))]
     tally, limit = Tally(), RateLimit(rate)
     started = time.perf_counter()
     reporter = asyncio.create_task(report_progress(tally, devices * readings)) if progress else None
     try:
         stubs = [pb_grpc.IngestStub(ch) for ch in channels]
-        await asyncio.gather(*(stream_device(stubs[i // STREAMS_PER_CHANNEL], d, batch, tally, limit)
+        await asyncio.gather(*(stream_device(stubs[i // STREAMS_PER_CHANNEL], d, batch, tally, limit,
+                                             (tokens or {}).get(d.device_id))
                                for i, d in enumerate(fleet)))
     finally:
         if reporter:

@@ -22,6 +22,12 @@ from libc.math cimport INFINITY, NAN, fabs, log1p, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
+cdef extern from *:
+    """
+    #define IOTS_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    """
+    void prefetch "IOTS_PREFETCH"(const void *p) noexcept nogil
+
 from . import _snapshot
 from ._common import (
     FLAG_LATE,
@@ -119,6 +125,10 @@ cdef double DBL_MAX = 1.7976931348623157e308
 # Consistency constants of the robust scale for normal data: sigma = 1.4826 MAD = 1.2533 mean|x - median|.
 cdef double MAD_SCALE = 1.4826
 cdef double MEANAD_SCALE = 1.2533
+# prefetch distances of update's loop, in readings
+cdef enum:
+    PF_FAR = 16
+    PF_NEAR = 8
 
 
 # ----------------------------------------------------------------------
@@ -299,25 +309,30 @@ cdef inline float64_t calc_z(float64_t val, const float64_t *f, const int64_t *g
 # Sorted window: min, max, median, MAD
 
 cdef inline int64_t bisect_left(const float64_t *s, int64_t n, float64_t x) noexcept nogil:
-    cdef int64_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if s[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """First index whose value is >= x (``bisect.bisect_left``), branch-free: the loop runs
+    ceil(log2 n) times whatever the data, and the compiler turns the step into a conditional move."""
+    cdef const float64_t *base = s
+    cdef int64_t half
+    if n == 0:
+        return 0
+    while n > 1:
+        half = n >> 1
+        base = base + half if base[half] < x else base
+        n -= half
+    return (base - s) + (base[0] < x)
 
 
 cdef inline int64_t bisect_right(const float64_t *s, int64_t n, float64_t x) noexcept nogil:
-    cdef int64_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if x < s[mid]:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    """First index whose value is > x (``bisect.bisect_right``), branch-free like ``bisect_left``."""
+    cdef const float64_t *base = s
+    cdef int64_t half
+    if n == 0:
+        return 0
+    while n > 1:
+        half = n >> 1
+        base = base + half if base[half] <= x else base
+        n -= half
+    return (base - s) + (base[0] <= x)
 
 
 cdef inline void remove_sorted(float64_t val, float64_t *s, int64_t n) noexcept nogil:
@@ -333,6 +348,22 @@ cdef inline void insert_sorted(float64_t val, float64_t *s, int64_t n) noexcept 
     s[i] = val
 
 
+cdef inline void replace_sorted(float64_t old, float64_t val, float64_t *s, int64_t n) noexcept nogil:
+    """``remove_sorted(old)`` then ``insert_sorted(val)`` in one pass over the first ``n`` entries.
+
+    The result is the same array, but only the entries between the two positions move (a window slid
+    by one reading usually moves a few, not half of them twice)."""
+    cdef int64_t i = bisect_left(s, n, old), j
+    if old <= val:
+        # s[i] = old is counted by bisect_right, so val lands at j >= i once s[i] is gone
+        j = bisect_right(s, n, val) - 1
+        memmove(&s[i], &s[i + 1], (j - i) * sizeof(float64_t))
+    else:
+        j = bisect_right(s, n, val)  # <= i: everything <= val comes before old
+        memmove(&s[j + 1], &s[j], (i - j) * sizeof(float64_t))
+    s[j] = val
+
+
 cdef inline float64_t calc_median(const float64_t *s, int64_t n) noexcept nogil:
     if n == 0:
         return NAN
@@ -341,38 +372,51 @@ cdef inline float64_t calc_median(const float64_t *s, int64_t n) noexcept nogil:
     return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
 
 
-cdef inline float64_t kth_dev(const float64_t *s, int64_t n, float64_t med, int64_t k) noexcept nogil:
+cdef inline float64_t kth_dev(const float64_t *s, int64_t n, float64_t med, int64_t k,
+                             float64_t *next_dev) noexcept nogil:
     """k-th smallest |s_i - med| (0-based): the deviations left of the median, read leftwards, and right
-    of it, read rightwards, are two ascending lists; binary-search how many come from the left one."""
+    of it, read rightwards, are two ascending lists; binary-search how many come from the left one.
+
+    With ``next_dev`` also stores the (k+1)-th smallest: the smaller head of the two remaining lists."""
     cdef:
         int64_t p = n // 2, nb = n - n // 2, lo, hi, a, bb
-        float64_t res = 0.0
+        bint take
+        float64_t res = 0.0, nxt
     lo = k + 1 - nb if k + 1 > nb else 0
     hi = k + 1 if k + 1 < p else p
     while lo < hi:
         a = (lo + hi) // 2
-        bb = k + 1 - a
-        # A[a] = med - s[p - 1 - a], B[bb - 1] = s[p + bb - 1] - med
-        if bb > 0 and s[p + bb - 1] - med > med - s[p - 1 - a]:
-            lo = a + 1
-        else:
-            hi = a
+        bb = k + 1 - a  # >= 1 here, since a < hi <= k + 1
+        # A[a] = med - s[p - 1 - a], B[bb - 1] = s[p + bb - 1] - med; written for conditional moves
+        take = s[p + bb - 1] - med > med - s[p - 1 - a]
+        lo = a + 1 if take else lo
+        hi = hi if take else a
     bb = k + 1 - lo
     if lo > 0:
         res = med - s[p - lo]
     if bb > 0 and s[p + bb - 1] - med > res:
         res = s[p + bb - 1] - med
+    if next_dev != NULL:
+        # the split (lo from A, bb from B) is valid, so everything left in either list is >= res
+        nxt = INFINITY
+        if lo < p:
+            nxt = med - s[p - 1 - lo]
+        if bb < nb and s[p + bb] - med < nxt:
+            nxt = s[p + bb] - med
+        next_dev[0] = nxt
     return res
 
 
 cdef float64_t calc_mad(const float64_t *s, int64_t n, float64_t med) noexcept nogil:
     """Median absolute deviation from the median (unscaled)."""
     cdef int64_t k0 = (n - 1) // 2, k1 = n // 2
+    cdef float64_t d0, d1
     if n == 0:
         return NAN
     if k0 == k1:
-        return kth_dev(s, n, med, k0)
-    return 0.5 * kth_dev(s, n, med, k0) + 0.5 * kth_dev(s, n, med, k1)
+        return kth_dev(s, n, med, k0, NULL)
+    d0 = kth_dev(s, n, med, k0, &d1)
+    return 0.5 * d0 + 0.5 * d1
 
 
 cdef float64_t calc_rz(float64_t val, const float64_t *s, int64_t n, int64_t minp) noexcept nogil:
@@ -441,10 +485,15 @@ cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float
                       int64_t window, float64_t alpha, float64_t oma) noexcept nogil:
     """Slide the slot's count window by one reading and update the running state."""
     cdef float64_t old
+    cdef bint inserted = False
     if g[I_NFILL] == window:
         old = b[g[I_POS]]
         if old == old:
-            remove_sorted(old, srt, g[I_NOBS])
+            if val == val:
+                replace_sorted(old, val, srt, g[I_NOBS])
+                inserted = True
+            else:
+                remove_sorted(old, srt, g[I_NOBS])
         remove_var(old, f, g)
     else:
         g[I_NFILL] += 1
@@ -452,7 +501,7 @@ cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
-    if val == val:
+    if val == val and not inserted:
         insert_sorted(val, srt, g[I_NOBS])
     add_var(val, f, g)
     if unstable_var(f, g):
@@ -615,7 +664,7 @@ cdef class RollingStats:
     def update(self, slots, ts_ms, values):
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
         sl, ts, vals = check_batch(slots, ts_ms, values)
-        cdef Py_ssize_t n = sl.shape[0], i
+        cdef Py_ssize_t n = sl.shape[0], i, j
         if n and sl.max() >= self._fstate.shape[0]:
             self._grow(int(sl.max()) + 1)
         z_out = np.empty(n, dtype=np.float64)
@@ -637,6 +686,19 @@ cdef class RollingStats:
             float64_t alpha = self.ewm_alpha, oma = self._oma, em1 = self._em1
         with nogil:
             for i in range(n):
+                # Many keys do not fit in cache: fetch the state of the reading PF_FAR ahead, then,
+                # once its ring position is known, the ring slot and sorted window of the one PF_NEAR
+                # ahead, so the loads overlap with this reading's work.
+                if i + PF_FAR < n:
+                    s = s_v[i + PF_FAR]
+                    prefetch(&fs[s, 0])
+                    prefetch(&gs[s, 0])
+                    prefetch(&ps[s, 0])
+                if i + PF_NEAR < n:
+                    s = s_v[i + PF_NEAR]
+                    prefetch(&bs[s, gs[s, I_POS]])
+                    for j in range(0, window, 8):
+                        prefetch(&ss[s, j])
                 s = s_v[i]
                 fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
                                  window, minp, alpha, oma, em1, &z_v[i], &sc_v[i])

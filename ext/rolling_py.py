@@ -226,7 +226,8 @@ def calc_median(s: list, n: int) -> float:
     return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
 
 
-def kth_dev(s: list, n: int, med: float, k: int) -> float:
+def kth_dev(s: list, n: int, med: float, k: int) -> tuple[float, float]:
+    """The k-th and (k+1)-th smallest |s_i - med| (the second is inf when there is none)."""
     p = n // 2
     nb = n - n // 2
     lo = k + 1 - nb if k + 1 > nb else 0
@@ -244,7 +245,12 @@ def kth_dev(s: list, n: int, med: float, k: int) -> float:
         res = med - s[p - lo]
     if bb > 0 and s[p + bb - 1] - med > res:
         res = s[p + bb - 1] - med
-    return res
+    nxt = INF
+    if lo < p:
+        nxt = med - s[p - 1 - lo]
+    if bb < nb and s[p + bb] - med < nxt:
+        nxt = s[p + bb] - med
+    return res, nxt
 
 
 def calc_mad(s: list, n: int, med: float) -> float:
@@ -253,8 +259,9 @@ def calc_mad(s: list, n: int, med: float) -> float:
     k0 = (n - 1) // 2
     k1 = n // 2
     if k0 == k1:
-        return kth_dev(s, n, med, k0)
-    return 0.5 * kth_dev(s, n, med, k0) + 0.5 * kth_dev(s, n, med, k1)
+        return kth_dev(s, n, med, k0)[0]
+    d0, d1 = kth_dev(s, n, med, k0)
+    return 0.5 * d0 + 0.5 * d1
 
 
 def calc_rz(val: float, s: list, n: int, minp: int) -> float:

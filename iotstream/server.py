@@ -38,7 +38,7 @@ INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["Query"].full_name
 MAX_MESSAGE_BYTES = Limits().max_message_bytes
 # Devices sit behind NATs that forget idle flows after ~30-60 s: let them ping every 20 s.
-# `max_receive_message_length` is replaced by Config.limits.max_message_bytes (server_options()).
+# `max_receive_message_length` is replaced from Config.limits.max_message_bytes (server_options()).
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -309,7 +309,9 @@ class Node:
 
 
 def server_options(cfg: Config) -> list[tuple[str, int]]:
-    size = cfg.limits.max_message_bytes
+    """SERVER_OPTIONS with gRPC's receive cap at twice Limits.max_message_bytes: ingest refuses (and counts)
+    messages over the limit itself; gRPC only stops the absurd ones."""
+    size = 2 * cfg.limits.max_message_bytes
     return [(k, size if k == "grpc.max_receive_message_length" else v) for k, v in SERVER_OPTIONS]
 
 

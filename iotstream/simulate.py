@@ -1,7 +1,9 @@
 """A fleet of simulated devices, each on its own bidirectional Ingest/Stream, with labelled anomalies.
 
 Signals are realistic enough to exercise the detectors: a daily cycle, a slow drift, Gaussian noise,
-and injected spikes whose positions are returned as labels.
+and injected spikes whose positions are returned as labels. `device_signal(..., kinds=...)` also injects
+the other labelled kinds of KINDS (level shifts, drifts, noise bursts, stuck runs, dropouts); the detection
+benchmark (bench/detection.py) scores the detectors against these labels.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +29,30 @@ STREAMS_PER_CHANNEL = 100  # HTTP/2 caps concurrent streams per connection
 MAX_INFLIGHT = 16  # batches sent ahead of their acks, per stream
 
 
+# Labelled anomaly kinds. A spike is one reading; the others are segments of one metric's readings.
+KINDS = ("spike", "level_shift", "drift", "noise_burst", "stuck", "dropout")
+# Per segment kind: (shortest, longest) length in time points, and (smallest, largest) size in units of the
+# metric's noise sd: the offset of a level shift, the offset a drift reaches at its end (and then keeps, like
+# a sensor that has aged), the noise sd factor of a burst; stuck (the value freezes) and dropout (no readings)
+# have no size.
+SEGMENTS = {"level_shift": ((120, 400), (4.0, 8.0)), "drift": ((200, 500), (6.0, 12.0)),
+            "noise_burst": ((30, 150), (4.0, 8.0)), "stuck": ((30, 200), (0.0, 0.0)),
+            "dropout": ((30, 300), (0.0, 0.0))}
+SEGMENT_WARMUP_POINTS = 300  # a slow change needs a long-run baseline to stand out against
+SEGMENT_GAP_POINTS = 300  # normal points between two segments of one metric, so each is judged on its own
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One labelled anomaly of one metric: its readings from `start_ms` to `end_ms` inclusive (for a dropout,
+    the readings that are missing; for a spike, the one reading)."""
+
+    kind: str
+    metric: int  # index into METRICS
+    start_ms: int
+    end_ms: int
+
+
 @dataclass
 class DeviceData:
     device_id: str
@@ -33,11 +60,23 @@ class DeviceData:
     metric: np.ndarray  # uint32 index into METRICS, per reading
     values: np.ndarray  # float64, per reading
     spikes: np.ndarray  # indices of injected spike readings
+    anomalies: list[Anomaly] = field(default_factory=list)  # every label, spikes included, by start time
 
 
 def device_signal(device_id: str, readings: int, end_ms: int, interval_ms: int, anomaly_fraction: float,
-                  rng: np.random.Generator) -> DeviceData:
-    """`readings` readings cycling over METRICS, one time point per cycle, ending at `end_ms`."""
+                  rng: np.random.Generator, kinds: Sequence[str] = ("spike",)) -> DeviceData:
+    """`readings` readings cycling over METRICS, one time point per cycle, ending at `end_ms`.
+
+    Each kind in `kinds` (see KINDS) gets `round(anomaly_fraction * readings)` injected anomalies: spikes
+    of 12-20 noise sd after WARMUP_POINTS, and segments as in SEGMENTS on random metrics after
+    SEGMENT_WARMUP_POINTS, never closer than SEGMENT_GAP_POINTS to another segment of the same metric (a
+    segment that finds no room is left out). Dropped readings are removed, so `spikes` indexes the returned
+    arrays. With the default `kinds=("spike",)` the output is what it always was for the same generator.
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        msg = f"unknown anomaly kind(s) {unknown}; known: {list(KINDS)}"
+        raise ValueError(msg)
     index = np.arange(readings)
     point = index // len(METRICS)
     metric = (index % len(METRICS)).astype(np.uint32)
@@ -48,11 +87,71 @@ def device_signal(device_id: str, readings: int, end_ms: int, interval_ms: int, 
     days = time_ms / DAY_MS
     values = (prof[:, 0] * rng.uniform(0.95, 1.05) + prof[:, 1] * np.sin(2 * math.pi * days + phase)
               + prof[:, 3] * (days - days[0] if readings else 0) + rng.normal(0, 1, readings) * prof[:, 2])
-    eligible = np.flatnonzero(point >= WARMUP_POINTS)
-    n_spikes = min(len(eligible), int(round(anomaly_fraction * readings)))
-    spikes = np.sort(rng.choice(eligible, n_spikes, replace=False)) if n_spikes else np.empty(0, np.int64)
-    values[spikes] += rng.choice([-1, 1], n_spikes) * rng.uniform(12, 20, n_spikes) * prof[spikes, 2]
-    return DeviceData(device_id, time_ms, metric, values, spikes)
+    if "spike" in kinds:
+        eligible = np.flatnonzero(point >= WARMUP_POINTS)
+        n_spikes = min(len(eligible), int(round(anomaly_fraction * readings)))
+        spikes = np.sort(rng.choice(eligible, n_spikes, replace=False)) if n_spikes else np.empty(0, np.int64)
+        values[spikes] += rng.choice([-1, 1], n_spikes) * rng.uniform(12, 20, n_spikes) * prof[spikes, 2]
+    else:
+        spikes = np.empty(0, np.int64)
+    segments = [k for k in kinds if k != "spike"]
+    if not segments:
+        labels = [Anomaly("spike", int(metric[i]), int(time_ms[i]), int(time_ms[i])) for i in spikes.tolist()]
+        return DeviceData(device_id, time_ms, metric, values, spikes, labels)
+    keep = np.ones(readings, dtype=bool)
+    placed = _place_segments(segments, int(round(anomaly_fraction * readings)), readings, rng)
+    # additive changes first, then freezing (a stuck sensor repeats what it last showed), then dropping
+    order = sorted(placed, key=lambda seg: (seg[0] in ("stuck", "dropout"), seg[0] == "dropout"))
+    for kind, m, rows, size, sign in order:
+        sd = PROFILES[m][2]
+        if kind == "level_shift":
+            values[rows] += sign * size * sd
+        elif kind == "drift":
+            values[rows] += sign * size * sd * np.arange(1, len(rows) + 1) / len(rows)
+            later = np.arange(rows[-1] + len(METRICS), readings, len(METRICS))
+            values[later] += sign * size * sd
+        elif kind == "noise_burst":
+            values[rows] += rng.normal(0, sd * math.sqrt(size * size - 1), len(rows))
+        elif kind == "stuck":
+            values[rows] = values[rows[0] - len(METRICS)]
+        else:
+            keep[rows] = False
+    labels = [Anomaly(kind, m, int(time_ms[rows[0]]), int(time_ms[rows[-1]])) for kind, m, rows, _, _ in placed]
+    # a spike inside another anomaly is part of it (frozen or dropped, or drowned in a burst), not its own
+    inside = np.zeros(readings, dtype=bool)
+    for _, _, rows, _, _ in placed:
+        inside[rows] = True
+    spikes = spikes[~inside[spikes]]
+    labels += [Anomaly("spike", int(metric[i]), int(time_ms[i]), int(time_ms[i])) for i in spikes.tolist()]
+    labels.sort(key=lambda a: (a.start_ms, a.metric, a.kind))
+    new_index = np.cumsum(keep) - 1
+    spikes = new_index[spikes].astype(np.int64)
+    return DeviceData(device_id, time_ms[keep], metric[keep], values[keep], spikes, labels)
+
+
+def _place_segments(kinds: list[str], per_kind: int, readings: int, rng: np.random.Generator):
+    """Random non-overlapping segments: (kind, metric, reading indices, size, sign) per placed segment."""
+    n_metrics = len(METRICS)
+    taken: list[list[tuple[int, int]]] = [[] for _ in METRICS]
+    placed = []
+    for kind in kinds:
+        (short, long), (small, large) = SEGMENTS[kind]
+        for _ in range(per_kind):
+            m = int(rng.integers(n_metrics))
+            length = int(rng.integers(short, long + 1))
+            size, sign = float(rng.uniform(small, large)), int(rng.choice([-1, 1]))
+            last = (readings - 1 - m) // n_metrics  # last point of metric m
+            for _try in range(50):
+                if last - length < SEGMENT_WARMUP_POINTS:
+                    break
+                start = int(rng.integers(SEGMENT_WARMUP_POINTS, last - length + 1))
+                if all(start + length + SEGMENT_GAP_POINTS <= a or b + SEGMENT_GAP_POINTS <= start
+                       for a, b in taken[m]):
+                    taken[m].append((start, start + length))
+                    rows = np.arange(start, start + length) * n_metrics + m
+                    placed.append((kind, m, rows, size, sign))
+                    break
+    return placed
 
 
 def batches(data: DeviceData, size: int) -> list[pb.ReadingBatch]:

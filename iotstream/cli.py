@@ -12,6 +12,17 @@ import sys
 import time
 
 DAY_MS = 86_400_000
+log = logging.getLogger("iotstream")
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """A node's own status line: a log record when logs are JSON (every stderr line parses), else printed."""
+    from iotstream.logs import json_logs
+
+    if json_logs():
+        log.log(level, message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def node_config(args, roles):
@@ -52,16 +63,16 @@ def security_config(args, roles) -> dict:
             "tls": ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None}
 
 
-def warn_open(config, what: str) -> None:
+def warn_open(config, what: str, port: int) -> None:
     """Say loudly what a node without auth or TLS exposes."""
     if not config.auth and ("ingest" in config.roles or "query" in config.roles):
         line = "=" * 100
-        print(f"{line}\nWARNING: iotstream {what} runs WITHOUT AUTHENTICATION: anyone who reaches "
-              f"{config.host}:{config.port} can send readings\nas any device and read everything. Fine for a "
-              f"local demo; otherwise pass --auth (and --tls-cert/--tls-key).\n{line}", file=sys.stderr, flush=True)
+        say(f"{line}\nWARNING: iotstream {what} runs WITHOUT AUTHENTICATION: anyone who reaches "
+            f"{config.host}:{port} can send readings\nas any device and read everything. Fine for a "
+            f"local demo; otherwise pass --auth (and --tls-cert/--tls-key).\n{line}", logging.WARNING)
     elif config.tls is None and config.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"WARNING: iotstream {what}: tokens travel in plain text on {config.host}; pass --tls-cert/--tls-key",
-              file=sys.stderr, flush=True)
+        say(f"WARNING: iotstream {what}: tokens travel in plain text on {config.host}; pass --tls-cert/--tls-key",
+            logging.WARNING)
 
 
 def run_node(config, what: str) -> int:
@@ -71,20 +82,21 @@ def run_node(config, what: str) -> int:
     async def main():
         node = Node(config)
         port = await node.start()
-        warn_open(config, what)
+        warn_open(config, what, port)
         where = f"serving on {config.host}:{port}" if port else "running"
         if node.metrics_port:
             where += f", metrics on {config.metrics_host}:{node.metrics_port}"
         queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
         storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
-        print(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops", file=sys.stderr, flush=True)
+        say(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        print(f"iotstream {what}: stopping (draining acks, queue and state)", file=sys.stderr, flush=True)
+        say(f"iotstream {what}: stopping (draining acks, queue and state)")
         await node.stop()
+        say(f"iotstream {what}: stopped")
 
     try:
         config.check()

@@ -30,6 +30,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def json_logs() -> bool:
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
 def setup(level: int = logging.INFO, fmt: str = "text", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":

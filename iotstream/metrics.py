@@ -92,7 +92,7 @@ class Metrics:
 
             setattr(store, f"insert_{table}", timed)
 
-    def watch_lag(self, kafka_cfg, every_s: float = 5.0) -> None:
+    def watch_lag(self, kafka_cfg, every_s: float = 2.0) -> None:
         """Poll the consumer group's committed offsets against the high watermarks (own client: the
         processor's consumer is not shared across threads)."""
         self._lag_thread = threading.Thread(target=self._poll_lag, args=(kafka_cfg, every_s), name="metrics-lag",

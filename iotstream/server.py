@@ -306,6 +306,7 @@ class Node:
             await asyncio.to_thread(self._auth_backend.close)
             self._auth_backend = None
         await asyncio.to_thread(self.metrics.close)
+        self._kafka_admin = None
 
 
 def server_options(cfg: Config) -> list[tuple[str, int]]:

@@ -181,7 +181,7 @@ async def run(args, server: ServerProcess) -> dict:
     rss1 = max(rss_samples) if rss_samples else proc.memory_info().rss
     sent_per_s = args.streams / args.interval
     return {
-        "benchmark": "fleet", "server": "echo" if args.echo else "iotstream",
+        "benchmark": "fleet", "server": "echo" if args.echo else "iotstream", "server_grpc_options": args.grpc_option,
         "mode": "kafka" if args.kafka else "embedded",
         "streams": args.streams, "connections": n_conn, "streams_per_connection": args.per_connection,
         "interval_s": args.interval, "batch_readings": args.batch, "duration_s": round(steady, 1),
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run `iotstream serve --kafka BOOTSTRAP`")
     ap.add_argument("--echo", action="store_true",
                     help="measure bench/echo_server.py instead: what gRPC alone costs per stream (the floor)")
+    ap.add_argument("--grpc-option", action="append", default=[], metavar="KEY=INT",
+                    help="with --echo: extra server channel argument, e.g. grpc.server.max_pending_requests=20000")
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--as-is", action="store_true",
                     help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
@@ -229,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
 
     with ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is,
-                       module="bench.echo_server" if args.echo else None) as server:
+                       module="bench.echo_server" if args.echo else None,
+                       extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else []
+                       ) as server:
         result = asyncio.run(run(args, server))
         result["server_workaround"] = server.workaround
     result["machine"] = machine()

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=8, help="batches in flight per stream (default 8)")
     ap.add_argument("--rate", type=float, help="offered readings/s (default: closed loop, as fast as acked)")
     ap.add_argument("--marker-every", type=float, default=0.5, help="seconds between markers (default 0.5)")
-    ap.add_argument("--poll-ms", type=float, default=10.0, help="marker poll interval (default 10)")
+    ap.add_argument("--poll-ms", type=float, default=25.0, help="marker poll interval (default 25)")
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--loadgen-cpus", help="taskset CPUs for the load generator (default: unpinned)")
     ap.add_argument("--as-is", action="store_true",

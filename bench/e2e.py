@@ -90,7 +90,6 @@ class Probe:
 
     async def main(self) -> None:
         import grpc
-
         from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 
         async with grpc.aio.insecure_channel(self.target) as ch:

@@ -16,18 +16,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from iotstream.server import SERVER_OPTIONS
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc as pb_grpc
 
+from iotstream.server import SERVER_OPTIONS
+
 
 class EchoIngest(pb_grpc.IngestServicer):
-    async def Stream(self, request_iterator: AsyncIterator[pb.ReadingBatch], unused_context) -> AsyncIterator[pb.Ack]:
+    async def Stream(self, request_iterator: AsyncIterator[pb.ReadingBatch],  # noqa: N802 (proto name)
+                     unused_context) -> AsyncIterator[pb.Ack]:
         async for batch in request_iterator:
             yield pb.Ack(seq=batch.seq, accepted=len(batch.values))
 
-    async def Send(self, request: pb.ReadingBatch, unused_context) -> pb.Ack:
+    async def Send(self, request: pb.ReadingBatch, unused_context) -> pb.Ack:  # noqa: N802 (proto name)
         return pb.Ack(seq=request.seq, accepted=len(request.values))
 
 

@@ -22,9 +22,8 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, field_validator, model_validator
-
 from iotstream.v1 import ingest_pb2 as pb
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 METRIC_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"

@@ -5,12 +5,12 @@ ReadingBatch messages, or HTTP POST of the same readings as row-oriented JSON.
         --duration 5 [--mode stream|send] [--rate MSG/S] [--json]
     python -m bench.loadgen --target http://127.0.0.1:8000/ingest --readings 1 ...
 
-Equivalent load: at most streams x window messages are outstanding at any time. A gRPC stream pipelines up to
-`window` messages ahead of its acks (devices do); HTTP/1.1 cannot pipeline, so the HTTP load uses
+Equivalent load: at most streams x window messages are outstanding at any time. A gRPC stream pipelines up
+to `window` messages ahead of its acks (devices do); HTTP/1.1 cannot pipeline, so the HTTP load uses
 streams x window keep-alive connections with one request each; unary Send uses streams x window concurrent
-calls. Every message is built before the clock starts, except its seq (and, on gRPC, its base time), so the
-generator spends its CPU on the transport. Each stream is one device; seq increases per message (the processor stores a
-repeated (device, seq, readings) once, so repeats would measure deduplication).
+calls. Every message is built before the clock starts, except its seq (and, on gRPC, its base time), so
+the generator spends its CPU on the transport. Each stream is one device; seq increases per message (the
+processor stores a repeated (device, seq, readings) once, so repeats would measure deduplication).
 
 `--rate` makes the load open-loop: messages are due at a fixed pace (spread over all streams), and a
 message that cannot go out because its window is full goes late; achieved < offered shows the server
@@ -198,7 +198,7 @@ def http_body(device: str, readings: int, stream: int) -> tuple[bytes, bytes]:
     and fixed when the generator starts (a run lasts seconds; the server accepts 30 days back)."""
     offsets, index, values = signal(readings, stream)
     base = now_ms()
-    rows = [{"time_ms": base + o, "metric": METRICS[m], "value": v} for o, m, v in zip(offsets, index, values)]
+    rows = [{"time_ms": base + o, "metric": METRICS[m], "value": v} for o, m, v in zip(offsets, index, values, strict=True)]
     head = json.dumps({"device_id": device})[:-1].encode() + b', "seq": '
     return head, b', "readings": ' + json.dumps(rows).encode() + b"}"
 

@@ -135,3 +135,32 @@ def test_consumer_lag_and_stored_readings_with_kafka(kafka_broker, chdb_dir):
         assert m[("iotstream_dependency_up", ("dependency", "kafka"))] == 1
     finally:
         srv.stop()
+
+
+def test_health_follows_a_clickhouse_probe(chdb_dir, monkeypatch):
+    """The ClickHouse probe only runs against a server (`--clickhouse`); here the probe is swapped for one the
+    test controls, to check what an outage does to each service's status."""
+    from iotstream.server import QUERY_SERVICE, Node
+
+    up = {"ok": True}
+
+    def probe():
+        if not up["ok"]:
+            raise ConnectionError("ClickHouse away")
+
+    monkeypatch.setattr(Node, "_probes", lambda self: {"clickhouse": (probe, (QUERY_SERVICE,))})
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), health_every_s=0.05))
+    health = health_pb2_grpc.HealthStub(srv.channel)
+
+    def status(service=""):
+        return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+    try:
+        poll(lambda: status() == SERVING, what="SERVING")
+        up["ok"] = False
+        poll(lambda: status(QUERY_SERVICE) == NOT_SERVING, what="Query NOT_SERVING")
+        assert status() == NOT_SERVING and status("iotstream.v1.Ingest") == SERVING
+        up["ok"] = True
+        poll(lambda: status() == SERVING and status(QUERY_SERVICE) == SERVING, what="SERVING again")
+    finally:
+        srv.stop()

@@ -327,3 +327,56 @@ def open_registry(tokens_file: str | None = None, backend=None):
     if backend is None:
         raise ValueError("the token registry needs a tokens file or a ClickHouse backend")
     return ClickHouseTokens(backend)
+
+
+class AdminService:
+    """`iotstream.v1.Admin`: token management over gRPC, for admin tokens (checked by AuthInterceptor)."""
+
+    def __init__(self, auth: Authenticator):
+        self.auth = auth
+
+    async def AddToken(self, request, context):
+        from iotstream.v1 import admin_pb2 as pb
+
+        await self._check(request.role, request.subject, context)
+        token = await asyncio.to_thread(self.auth.registry.add, request.role, request.subject)
+        await asyncio.to_thread(self.auth.refresh)  # usable at once on this node
+        log.info("token added for %s %s", request.role, request.subject, extra={"role": request.role})
+        return pb.AddTokenResponse(token=token)
+
+    async def RevokeTokens(self, request, context):
+        from iotstream.v1 import admin_pb2 as pb
+
+        await self._check(request.role, request.subject, context)
+        n = await asyncio.to_thread(self.auth.registry.revoke, request.role, request.subject)
+        await asyncio.to_thread(self.auth.refresh)
+        log.info("%d token(s) revoked for %s %s", n, request.role, request.subject)
+        return pb.RevokeTokensResponse(revoked=n)
+
+    async def ListTokens(self, request, context):
+        from iotstream.v1 import admin_pb2 as pb
+
+        if request.role and request.role not in ROLES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}")
+        rows = await asyncio.to_thread(self.auth.registry.list)
+        return pb.ListTokensResponse(tokens=[
+            pb.TokenInfo(role=r["role"], subject=r["subject"], sha256_prefix=r["token_sha256"][:12],
+                         created_ms=int(r.get("created_ms") or 0))
+            for r in rows if not request.role or r["role"] == request.role])
+
+    @staticmethod
+    async def _check(role: str, subject: str, context) -> None:
+        from iotstream.ingest.validate import DEVICE_ID
+
+        if role not in ROLES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}, not {role[:40]!r}")
+        if not DEVICE_ID.match(subject):  # device ids and names follow the same rule
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"subject: must match {DEVICE_ID.pattern}")
+
+
+def add_admin_to_server(auth: Authenticator, server) -> str:
+    """Register the Admin service; returns its full name (for health and reflection)."""
+    from iotstream.v1 import admin_pb2, admin_pb2_grpc
+
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(auth), server)
+    return admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name

@@ -200,6 +200,8 @@ class Node:
             query_pb2_grpc.add_QueryServicer_to_server(
                 QueryService(self.store, self.live_stats, cfg.silence_ms), self.server)
             services.append(QUERY_SERVICE)
+        if self.auth is not None:
+            services.append(authn.add_admin_to_server(self.auth, self.server))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

@@ -133,3 +133,24 @@ def test_server_streaming_query_needs_a_reader_token(secured):
     # A reader gets the stream: it runs until the deadline (nothing to watch) or answers, but is not refused.
     assert code_of(lambda: list(watch(b"", timeout=1, metadata=bearer(secured.tokens["reader"])))) not in \
         (UNAUTH, DENIED)
+
+
+def test_admin_manages_tokens_over_grpc(secured):
+    from iotstream.v1 import admin_pb2 as apb
+    from iotstream.v1 import admin_pb2_grpc
+
+    admin = admin_pb2_grpc.AdminStub(secured.channel)
+    as_admin = bearer(secured.tokens["admin"])
+    for who in ("reader", "dev-a"):  # only admins manage tokens
+        assert code_of(admin.AddToken, apb.AddTokenRequest(role="device", subject="dev-x"), timeout=10,
+                       metadata=bearer(secured.tokens[who])) == DENIED
+    assert code_of(admin.AddToken, apb.AddTokenRequest(role="root", subject="x"), timeout=10,
+                   metadata=as_admin) == grpc.StatusCode.INVALID_ARGUMENT
+    token = admin.AddToken(apb.AddTokenRequest(role="device", subject="dev-rpc"), timeout=10, metadata=as_admin).token
+    assert secured.ingest.Send(batch("dev-rpc"), timeout=10, metadata=bearer(token)).accepted == 3  # at once
+    listed = admin.ListTokens(apb.ListTokensRequest(role="device"), timeout=10, metadata=as_admin).tokens
+    assert "dev-rpc" in {t.subject for t in listed} and all(t.role == "device" for t in listed)
+    assert token not in repr(listed)
+    assert admin.RevokeTokens(apb.RevokeTokensRequest(role="device", subject="dev-rpc"), timeout=10,
+                              metadata=as_admin).revoked == 1
+    assert code_of(secured.ingest.Send, batch("dev-rpc"), timeout=10, metadata=bearer(token)) == UNAUTH

@@ -236,6 +236,8 @@ def token_registry(args):
 def cmd_tokens(args) -> int:
     """devices add|revoke|list and tokens add|revoke|list: the token registry, straight in its store."""
     role = "device" if args.command == "devices" else getattr(args, "role", None)
+    if args.target:
+        return tokens_over_grpc(args, role)
     registry, backend = token_registry(args)
     try:
         if args.action == "add":
@@ -261,6 +263,42 @@ def cmd_tokens(args) -> int:
     finally:
         if backend is not None:
             backend.close()
+    return 0
+
+
+def tokens_over_grpc(args, role) -> int:
+    """The same commands against a running server's Admin service (needs an admin token)."""
+    import grpc
+
+    from iotstream.auth import bearer
+    from iotstream.tls import channel as open_channel
+    from iotstream.tls import client_tls
+    from iotstream.v1 import admin_pb2 as pb
+    from iotstream.v1 import admin_pb2_grpc
+
+    md = bearer(args.token)
+    with open_channel(args.target, client_tls(args)) as ch:
+        stub = admin_pb2_grpc.AdminStub(ch)
+        try:
+            if args.action == "add":
+                made = {n: stub.AddToken(pb.AddTokenRequest(role=role, subject=n), timeout=30, metadata=md).token
+                        for n in args.names}
+                print(json.dumps(made) if args.json else "\n".join(f"{role} {n}: {t}" for n, t in made.items()))
+            elif args.action == "revoke":
+                for n in args.names:
+                    r = stub.RevokeTokens(pb.RevokeTokensRequest(role=role, subject=n), timeout=30, metadata=md)
+                    print(f"{role} {n}: {r.revoked} token(s) revoked", file=sys.stderr)
+            else:
+                listed = stub.ListTokens(pb.ListTokensRequest(role="device" if args.command == "devices" else ""),
+                                         timeout=30, metadata=md).tokens
+                for t in listed:
+                    if (t.role == "device") != (args.command == "devices"):
+                        continue
+                    row = {"role": t.role, "subject": t.subject, "sha256_prefix": t.sha256_prefix}
+                    print(json.dumps(row) if args.json else f"{t.role:<7} {t.subject}  sha256:{t.sha256_prefix}")
+        except grpc.RpcError as exc:
+            print(f"iotstream {args.command} {args.action}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -384,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
         d = sub.add_parser(command, help=f"add, revoke or list {what}",
                            description=f"Manage {what} in the registry the servers read (the auth_tokens table "
                                        "in ClickHouse, or --tokens-file). A token is printed once; only its "
-                                       "SHA-256 is stored. Running servers pick changes up within 5 s.")
+                                       "SHA-256 is stored. Running servers pick changes up within 5 s; "
+                                       "with --target, a running server's Admin service does it.")
         acts = d.add_subparsers(dest="action", required=True)
         for action in ("add", "revoke", "list"):
             a = acts.add_parser(action, help=f"{action} {what}")
@@ -396,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--database", default="iotstream", help="ClickHouse database (default iotstream)")
             a.add_argument("--tokens-file", help="a tokens file instead of ClickHouse")
             a.add_argument("--json", action="store_true", help="JSON output ({name: token} for add)")
+            a.add_argument("--target", help="a running server HOST:PORT instead: its Admin service, with an "
+                                             "admin --token")
+            a.add_argument("--token", default=os.environ.get("IOTSTREAM_TOKEN"),
+                           help="admin token for --target (default $IOTSTREAM_TOKEN)")
+            client(a)
             a.set_defaults(fn=cmd_tokens)
 
     s = sub.add_parser("demo", help="serve + simulate + query once, then stop",

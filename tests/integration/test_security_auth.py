@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -154,3 +156,15 @@ def test_admin_manages_tokens_over_grpc(secured):
     assert admin.RevokeTokens(apb.RevokeTokensRequest(role="device", subject="dev-rpc"), timeout=10,
                               metadata=as_admin).revoked == 1
     assert code_of(secured.ingest.Send, batch("dev-rpc"), timeout=10, metadata=bearer(token)) == UNAUTH
+
+
+def test_cli_devices_add_against_a_running_server(secured, capsys):
+    from iotstream.cli import main
+
+    admin = secured.tokens["admin"]
+    assert main(["devices", "add", "dev-cli", "--target", secured.target, "--token", admin, "--json"]) == 0
+    token = json.loads(capsys.readouterr().out)["dev-cli"]
+    assert secured.ingest.Send(batch("dev-cli"), timeout=10, metadata=bearer(token)).accepted == 3
+    assert main(["devices", "list", "--target", secured.target, "--token", admin, "--json"]) == 0
+    assert "dev-cli" in {json.loads(line)["subject"] for line in capsys.readouterr().out.splitlines()}
+    assert main(["devices", "add", "dev-cli2", "--target", secured.target, "--token", secured.tokens["reader"]]) == 1

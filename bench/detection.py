@@ -36,10 +36,12 @@ import numpy as np
 
 try:
     from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, parse_rules
+
     from iotstream.simulate import KINDS, METRICS, device_signal
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, parse_rules
+
     from iotstream.simulate import KINDS, METRICS, device_signal
 
 # The one configuration, in the rules-file format the product reads (README "Detection").
@@ -47,6 +49,7 @@ RULES = """
 [default]
 z_threshold = 6.0
 robust_threshold = 8.0
+shift_threshold = 1.0
 stuck_count = 10
 silence_ms = 10000
 """

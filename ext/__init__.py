@@ -16,6 +16,7 @@ from ._common import (
     FLAG_NAMES,
     FLAG_RATE,
     FLAG_ROBUST,
+    FLAG_SHIFT,
     FLAG_SILENCE,
     FLAG_STUCK,
     FLAG_THRESHOLD,
@@ -42,6 +43,6 @@ else:
     else:
         IMPLEMENTATION = "cython"
 
-__all__ = ["ANOMALY_FLAGS", "FLAG_LATE", "FLAG_NAMES", "FLAG_RATE", "FLAG_ROBUST", "FLAG_SILENCE",
+__all__ = ["ANOMALY_FLAGS", "FLAG_LATE", "FLAG_NAMES", "FLAG_RATE", "FLAG_ROBUST", "FLAG_SHIFT", "FLAG_SILENCE",
            "FLAG_STUCK", "FLAG_THRESHOLD", "FLAG_ZSCORE", "IMPLEMENTATION", "Episode", "EpisodeEvent",
            "EpisodeTracker", "RollingStats", "RuleBook", "Rules", "load_rules", "parse_rules"]

@@ -3,22 +3,28 @@
 """Rolling statistics and anomaly detectors over many keys at once: the compiled twin of ``rolling_py``.
 
 Every reading of a batch is ``(slot, ts_ms, value)``. Per slot the kernel keeps a count window of the last
-``window`` readings (a ring buffer plus the same values kept sorted), its Welford mean/variance, an EWMA and
-EW variance, and the little history the detectors need. The loop runs without the GIL and touches only C
-scalars and memoryviews; all Python work (validation, growing the state, allocating the outputs) happens
-before it. ``rolling_py`` performs the same floating-point operations in the same order, so both produce
-bit-identical results and snapshots (``tests/unit/test_rolling*.py`` check this). ``-ffp-contract=off``
-keeps the C compiler from fusing multiply-adds, which would break that parity.
+``window`` readings (a ring buffer plus the same values kept sorted), its Welford mean/variance, a time
+window over the same ring with its own Welford state, an EWMA and EW variance, a long-run reference for
+the distribution-shift detector, and the little history the other detectors need. The loop runs without
+the GIL and touches only C scalars and memoryviews; all Python work (validation, growing the state,
+allocating the outputs) happens before it. ``rolling_py`` performs the same floating-point operations in
+the same order, so both produce bit-identical results and snapshots (``tests/unit/test_rolling*.py`` check
+this). ``-ffp-contract=off`` keeps the C compiler from fusing multiply-adds, which would break that parity.
 
 Min and max come from the sorted window rather than from two monotonic deques: the sorted window is
 needed anyway for the median and MAD of the robust z-score, and it gives min/max at no extra memory.
+
+The time window holds the ring's readings newer than the slot's newest timestamp minus ``time_window_ms``
+(so it is capped at ``window`` readings). Timestamps ride in a second ring; a reading that is late or NaN
+gets the NEVER timestamp there, a hole that is skipped, so the counted timestamps only grow along the ring
+and expiry pops from the oldest end (pandas' variable windows assume sorted timestamps in the same way).
 """
 
 import math
 
 import numpy as np
 
-from libc.math cimport INFINITY, NAN, fabs, log1p, sqrt
+from libc.math cimport INFINITY, NAN, fabs, log, log1p, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
@@ -30,29 +36,47 @@ cdef extern from *:
 
 from . import _snapshot
 from ._common import (
+    CLIP_SD,
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
+    FLAG_SHIFT,
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
+    FLAGGED_BIN,
     FLOAT_FIELDS,
+    HIST_FLOOR,
+    HIST_GROWTH,
+    HIST_RESCALE,
     INT_FIELDS,
+    LONG_ALPHA,
     NEVER,
+    NO_BIN,
     PARAM_FIELDS,
+    PRIOR,
+    SHIFT_BIN_WIDTH,
+    SHIFT_BINS,
+    ANOMALY_FLAGS,
     check_alpha,
     check_batch,
     check_detectors,
     check_params,
     check_slot,
     grown_size,
+    log_table,
+    lsum,
+    new_bins,
     new_fstate,
+    new_hist,
     new_istate,
     new_pstate,
     new_sorted,
+    new_tsring,
     params_of,
     restore_state,
     silent_slots,
+    xlogx_table,
 )
 
 ctypedef double float64_t
@@ -70,7 +94,12 @@ cdef enum:
     F_RPREV = 7     # last real value that was not late (rate of change is measured from it)
     F_EWM_MEAN = 8
     F_EWM_VAR = 9
-    NF = 10
+    F_TSHIFT = 10   # F_TSHIFT..F_TPREV: the time window's Welford block, laid out like F_SHIFT..F_PREV
+    F_LMEAN = 17    # long-run mean and variance (EW, learned from unflagged readings)
+    F_LVAR = 18
+    F_HSUM = 19     # total weight of the long-run histogram
+    F_HW = 20       # weight the next reading adds to it (grows instead of decaying the others)
+    NF = 21
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -79,7 +108,12 @@ cdef enum:
     I_PREV_TS = 5   # timestamp of F_RPREV
     I_RUN_TS = 6    # timestamp of the first reading of the current run of identical values
     I_EWM_N = 7     # real values seen by the EWMA
-    NI = 8
+    I_TNOBS = 8     # I_TNOBS, I_TNSAME: the time window's counters, laid out like I_NOBS, I_NSAME
+    I_TN = 10       # newest ring positions covered by the time window (holes included)
+    I_LN = 11       # readings the long-run mean and variance have learned
+    I_HN = 12       # ring entries with a histogram bin
+    I_SRUN = 13     # consecutive readings flagged FLAG_SHIFT
+    NI = 14
     P_ZTHR = 0
     P_RTHR = 1
     P_LO = 2
@@ -88,7 +122,19 @@ cdef enum:
     P_STUCK_N = 5
     P_STUCK_MS = 6
     P_SILENCE_MS = 7
-    NP = 8
+    P_STHR = 8
+    P_TWIN = 9
+    NP = 10
+    # offsets inside a Welford block and its counters
+    V_SHIFT = 0
+    V_MEAN = 1
+    V_CMEAN = 2
+    V_SSQDM = 3
+    V_CSSQ = 4
+    V_SABS = 5
+    V_PREV = 6
+    C_NOBS = 0
+    C_NSAME = 1
 
 cdef enum:
     # flag bits as C constants for the nogil loop (checked against _common at import)
@@ -97,20 +143,35 @@ cdef enum:
     RATE_FLAG = 4
     STUCK_FLAG = 8
     ROBUST_FLAG = 16
+    SHIFT_FLAG = 32
     LATE_FLAG = 64
+    ANOMALY = 63
+    # histogram of the shift detector: NB bins, per slot the row [weights | their logs | recent counts]
+    NB = 16
+    H_W = 0
+    H_LOG = 16
+    H_CNT = 32
+    NO_BIN_C = 255
+    FLAGGED_C = 128
 
 cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
-                     "ewm_var"] or len(FLOAT_FIELDS) != NF
-        or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n"]
+                     "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "lmean",
+                     "lvar", "hsum", "hw"] or len(FLOAT_FIELDS) != NF
+        or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
+                          "tnsame", "tn", "ln", "hn", "srun"]
         or len(INT_FIELDS) != NI
         or PARAM_FIELDS != ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count",
-                            "stuck_ms", "silence_ms"] or len(PARAM_FIELDS) != NP):
+                            "stuck_ms", "silence_ms", "shift_threshold", "time_window_ms"]
+        or len(PARAM_FIELDS) != NP):
     raise ImportError("iotstream.ext._rolling was compiled against a different state layout than _common")
-if ((FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_LATE)
-        != (Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, LATE_FLAG) or NEVER != C_NEVER):
+if ((FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT, FLAG_LATE, ANOMALY_FLAGS)
+        != (Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY)
+        or NEVER != C_NEVER):
     raise ImportError("iotstream.ext._rolling was compiled with different flag bits than _common")
+if (SHIFT_BINS, NO_BIN, FLAGGED_BIN) != (NB, NO_BIN_C, FLAGGED_C):
+    raise ImportError("iotstream.ext._rolling was compiled with a different histogram than _common")
 
 # Recompute the window from the ring buffer when the accumulated rounding error of ssqdm may exceed
 # ~RECOMPUTE_RATIO * eps relative (pandas' InvCondTol idea), or when the mean drifted more than
@@ -129,134 +190,169 @@ cdef double MEANAD_SCALE = 1.2533
 cdef enum:
     PF_FAR = 16
     PF_NEAR = 8
+# Shift detector constants, taken from _common so both twins use the very same doubles.
+cdef double LONG_ALPHA_C = LONG_ALPHA
+cdef double CLIP_SD_C = CLIP_SD
+cdef double HIST_GROWTH_C = HIST_GROWTH
+cdef double HIST_RESCALE_C = HIST_RESCALE
+cdef double HIST_FLOOR_C = HIST_FLOOR
+cdef double BIN_WIDTH_C = SHIFT_BIN_WIDTH
+cdef double HALF_BINS = <double>(NB // 2)
+cdef double PRIOR_C[NB]
+cdef double LOG_PRIOR_C[NB]
+cdef double PRIOR_SUM = lsum(PRIOR)
+for _i in range(NB):
+    PRIOR_C[_i] = PRIOR[_i]
+    LOG_PRIOR_C[_i] = math.log(PRIOR[_i])
 
 
 # ----------------------------------------------------------------------
 # Rolling variance: Welford's method with Kahan-compensated mean and ssqdm,
 # https://en.wikipedia.org/wiki/Algorithms_for_calculating_variance#Welford's_online_algorithm
+# Each helper works on one block: v[V_*] (floats) and c[C_*] (counters), the count window's at F_SHIFT /
+# I_NOBS or the time window's at F_TSHIFT / I_TNOBS.
 
-cdef inline void reset_var(float64_t *f) noexcept nogil:
+cdef inline void reset_var(float64_t *v) noexcept nogil:
     """Empty window: forget the shift and the sums."""
-    f[F_MEAN] = 0.0
-    f[F_CMEAN] = 0.0
-    f[F_SSQDM] = 0.0
-    f[F_CSSQ] = 0.0
-    f[F_SABS] = 0.0
+    v[V_MEAN] = 0.0
+    v[V_CMEAN] = 0.0
+    v[V_SSQDM] = 0.0
+    v[V_CSSQ] = 0.0
+    v[V_SABS] = 0.0
 
 
-cdef inline void add_var(float64_t val, float64_t *f, int64_t *g) noexcept nogil:
+cdef inline void add_var(float64_t val, float64_t *v, int64_t *c) noexcept nogil:
     """Add a value to the var calc; NaN occupies a ring position elsewhere but is skipped here."""
     cdef float64_t y, m_old, d, inc, t, s, q
     if val != val:
         return
-    if g[I_NOBS] == 0:
-        reset_var(f)
-        f[F_SHIFT] = val
-    g[I_NOBS] += 1
-    if val == f[F_PREV]:
-        g[I_NSAME] += 1
+    if c[C_NOBS] == 0:
+        reset_var(v)
+        v[V_SHIFT] = val
+    c[C_NOBS] += 1
+    if val == v[V_PREV]:
+        c[C_NSAME] += 1
     else:
-        g[I_NSAME] = 1
-    f[F_PREV] = val
-    y = val - f[F_SHIFT]
-    m_old = f[F_MEAN] - f[F_CMEAN]
+        c[C_NSAME] = 1
+    v[V_PREV] = val
+    y = val - v[V_SHIFT]
+    m_old = v[V_MEAN] - v[V_CMEAN]
     d = y - m_old
-    inc = d / g[I_NOBS]
-    t = inc - f[F_CMEAN]
-    s = f[F_MEAN] + t
-    f[F_CMEAN] = (s - f[F_MEAN]) - t
-    f[F_MEAN] = s
-    q = d * (y - (f[F_MEAN] - f[F_CMEAN]))
-    t = q - f[F_CSSQ]
-    s = f[F_SSQDM] + t
-    f[F_CSSQ] = (s - f[F_SSQDM]) - t
-    f[F_SSQDM] = s
-    f[F_SABS] += fabs(q)
+    inc = d / c[C_NOBS]
+    t = inc - v[V_CMEAN]
+    s = v[V_MEAN] + t
+    v[V_CMEAN] = (s - v[V_MEAN]) - t
+    v[V_MEAN] = s
+    q = d * (y - (v[V_MEAN] - v[V_CMEAN]))
+    t = q - v[V_CSSQ]
+    s = v[V_SSQDM] + t
+    v[V_CSSQ] = (s - v[V_SSQDM]) - t
+    v[V_SSQDM] = s
+    v[V_SABS] += fabs(q)
 
 
-cdef inline void remove_var(float64_t val, float64_t *f, int64_t *g) noexcept nogil:
+cdef inline void remove_var(float64_t val, float64_t *v, int64_t *c) noexcept nogil:
     """Remove a value from the var calc."""
     cdef float64_t y, m_old, d, inc, t, s, q
     if val != val:
         return
-    g[I_NOBS] -= 1
-    if g[I_NOBS] == 0:
-        reset_var(f)
+    c[C_NOBS] -= 1
+    if c[C_NOBS] == 0:
+        reset_var(v)
         return
-    y = val - f[F_SHIFT]
-    m_old = f[F_MEAN] - f[F_CMEAN]
+    y = val - v[V_SHIFT]
+    m_old = v[V_MEAN] - v[V_CMEAN]
     d = y - m_old
-    inc = -d / g[I_NOBS]
-    t = inc - f[F_CMEAN]
-    s = f[F_MEAN] + t
-    f[F_CMEAN] = (s - f[F_MEAN]) - t
-    f[F_MEAN] = s
-    q = -d * (y - (f[F_MEAN] - f[F_CMEAN]))
-    t = q - f[F_CSSQ]
-    s = f[F_SSQDM] + t
-    f[F_CSSQ] = (s - f[F_SSQDM]) - t
-    f[F_SSQDM] = s
-    f[F_SABS] += fabs(q)
+    inc = -d / c[C_NOBS]
+    t = inc - v[V_CMEAN]
+    s = v[V_MEAN] + t
+    v[V_CMEAN] = (s - v[V_MEAN]) - t
+    v[V_MEAN] = s
+    q = -d * (y - (v[V_MEAN] - v[V_CMEAN]))
+    t = q - v[V_CSSQ]
+    s = v[V_SSQDM] + t
+    v[V_CSSQ] = (s - v[V_SSQDM]) - t
+    v[V_SSQDM] = s
+    v[V_SABS] += fabs(q)
 
 
-cdef void recompute_var(float64_t *f, int64_t *g, const float64_t *b, int64_t window) noexcept nogil:
-    """Exact two-pass recomputation of the window (new shift K = window mean), resets the error scale."""
+cdef void recompute_var(float64_t *v, int64_t *c, const float64_t *b, const int64_t *tr, int64_t start,
+                        int64_t count, int64_t window) noexcept nogil:
+    """Exact two-pass recomputation (new shift K = window mean), resets the error scale.
+
+    With ``tr`` NULL it reads the whole ring in ring order (count window); otherwise the ``count``
+    positions from ``start`` on, oldest first, skipping holes (time window)."""
     cdef:
-        int64_t j, n = 0
-        float64_t v, k0 = f[F_PREV], s1 = 0.0, s2 = 0.0, s3 = 0.0, k, m, d
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            s1 += v - k0
+        int64_t j, i, n = 0, m_len = window if tr == NULL else count
+        float64_t x, k0 = v[V_PREV], s1 = 0.0, s2 = 0.0, s3 = 0.0, k, m, d
+    j = 0 if tr == NULL else start
+    for i in range(m_len):
+        x = b[j]
+        if (tr == NULL or tr[j] != C_NEVER) and x == x:
+            s1 += x - k0
             n += 1
+        j += 1
+        if j == window:
+            j = 0
     if n == 0:
-        reset_var(f)
+        reset_var(v)
         return
     k = k0 + s1 / n
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            s2 += v - k
+    j = 0 if tr == NULL else start
+    for i in range(m_len):
+        x = b[j]
+        if (tr == NULL or tr[j] != C_NEVER) and x == x:
+            s2 += x - k
+        j += 1
+        if j == window:
+            j = 0
     m = s2 / n
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            d = (v - k) - m
+    j = 0 if tr == NULL else start
+    for i in range(m_len):
+        x = b[j]
+        if (tr == NULL or tr[j] != C_NEVER) and x == x:
+            d = (x - k) - m
             s3 += d * d
-    f[F_SHIFT] = k
-    f[F_MEAN] = m
-    f[F_CMEAN] = 0.0
-    f[F_SSQDM] = s3
-    f[F_CSSQ] = 0.0
-    f[F_SABS] = s3
+        j += 1
+        if j == window:
+            j = 0
+    v[V_SHIFT] = k
+    v[V_MEAN] = m
+    v[V_CMEAN] = 0.0
+    v[V_SSQDM] = s3
+    v[V_CSSQ] = 0.0
+    v[V_SABS] = s3
 
 
-cdef inline bint unstable_var(const float64_t *f, const int64_t *g) noexcept nogil:
+cdef inline bint unstable_var(const float64_t *v, const int64_t *c) noexcept nogil:
     """True when the running sums can no longer be trusted (also catches NaN after an overflow)."""
-    cdef float64_t ssq = f[F_SSQDM], m = f[F_MEAN]
-    if g[I_NOBS] < 2:
+    cdef float64_t ssq = v[V_SSQDM], m = v[V_MEAN]
+    if c[C_NOBS] < 2:
         return False
-    return not (f[F_SABS] <= RECOMPUTE_RATIO * ssq) or not (m * m * g[I_NOBS] <= DRIFT_RATIO * ssq)
+    return not (v[V_SABS] <= RECOMPUTE_RATIO * ssq) or not (m * m * c[C_NOBS] <= DRIFT_RATIO * ssq)
 
 
-cdef inline float64_t calc_mean(const float64_t *f, const int64_t *g) noexcept nogil:
-    if g[I_NOBS] == 0:
+cdef inline float64_t calc_mean(const float64_t *v, const int64_t *c) noexcept nogil:
+    if c[C_NOBS] == 0:
         return NAN
-    if g[I_NSAME] >= g[I_NOBS]:
-        return f[F_PREV]
-    return f[F_SHIFT] + (f[F_MEAN] - f[F_CMEAN])
+    if c[C_NSAME] >= c[C_NOBS]:
+        return v[V_PREV]
+    return v[V_SHIFT] + (v[V_MEAN] - v[V_CMEAN])
 
 
-cdef inline float64_t calc_var(const float64_t *f, const int64_t *g) noexcept nogil:
+cdef inline float64_t calc_var(const float64_t *v, const int64_t *c) noexcept nogil:
     """Sample variance (ddof=1); NaN below 2 real values, exactly 0 for a constant window."""
-    if g[I_NOBS] < 2:
+    if c[C_NOBS] < 2:
         return NAN
-    if g[I_NSAME] >= g[I_NOBS]:
+    if c[C_NSAME] >= c[C_NOBS]:
         return 0.0
-    if f[F_SSQDM] <= 0.0:
+    if v[V_SSQDM] <= 0.0:
         return 0.0
-    return f[F_SSQDM] / (g[I_NOBS] - 1)
+    return v[V_SSQDM] / (c[C_NOBS] - 1)
 
+
+# ----------------------------------------------------------------------
+# z-score
 
 cdef float64_t scaled_z(float64_t dev, const float64_t *f, const int64_t *g, const float64_t *b,
                         int64_t window) noexcept nogil:
@@ -479,50 +575,231 @@ cdef inline float64_t calc_score(float64_t e, float64_t em1) noexcept nogil:
 
 
 # ----------------------------------------------------------------------
+# Distribution shift
+#
+# The z-scores compare a reading with the last `window` readings, so they miss changes the window follows:
+# a level shift after the first readings, a slow drift, a burst of noise once it fills the window. This
+# detector compares the recent window's distribution with the slot's long run. Each reading gets a bin
+# of u = (x - long-run mean) / long-run sd (NB bins of width SHIFT_BIN_WIDTH, outer bins open); the ring
+# keeps the bins, so the window's histogram is exact, and a bin leaving the window is added to the
+# long-run histogram, an exponentially decayed one. The score is the relative entropy (Kullback-Leibler
+# divergence, nats) of the window's histogram against the long-run one. The long-run mean, variance and
+# histogram learn only from readings no detector flagged, so an anomaly does not become its own
+# reference; a shift flagged for 2 windows in a row is taken as the new normal and the reference is
+# rebuilt from the window (CUSUM-style restart).
+
+cdef inline int64_t calc_bin(float64_t val, const float64_t *f) noexcept nogil:
+    """Histogram bin of u = (val - long-run mean) / long-run sd: floor(u / width) + NB/2, clamped."""
+    cdef float64_t d = val - f[F_LMEAN], sd2 = f[F_LVAR], t
+    if sd2 > 0.0:
+        t = (d / sqrt(sd2)) / BIN_WIDTH_C + HALF_BINS
+    elif d == 0.0:
+        t = HALF_BINS
+    elif d > 0.0:
+        t = INFINITY
+    else:
+        t = -INFINITY
+    if not (t >= 0.0):
+        return 0
+    if t >= NB:
+        return NB - 1
+    return <int64_t>t
+
+
+cdef inline void learn_long(float64_t val, float64_t *f, int64_t *g, int64_t window) noexcept nogil:
+    """Add an unflagged reading to the long-run mean and variance (EW, deviations clipped once warm)."""
+    cdef int64_t n = g[I_LN]
+    cdef float64_t a, d, c
+    if not (fabs(val) <= DBL_MAX):
+        return
+    if n == 0:
+        f[F_LMEAN] = val
+        f[F_LVAR] = 0.0
+    else:
+        a = 1.0 / (n + 1)
+        if a < LONG_ALPHA_C:
+            a = LONG_ALPHA_C
+        d = val - f[F_LMEAN]
+        if n >= window and f[F_LVAR] > 0.0:
+            c = CLIP_SD_C * sqrt(f[F_LVAR])
+            if d > c:
+                d = c
+            elif d < -c:
+                d = -c
+        f[F_LMEAN] = f[F_LMEAN] + a * d
+        f[F_LVAR] = (1.0 - a) * (f[F_LVAR] + a * d * d)
+    g[I_LN] = n + 1
+
+
+cdef void learn_hist(int64_t k, float64_t *f, float64_t *h) noexcept nogil:
+    """Add bin ``k`` to the long-run histogram; older weights decay lazily (each new one is larger)."""
+    cdef float64_t w = f[F_HW], tot, floor
+    cdef int64_t i
+    h[H_W + k] += w
+    f[F_HSUM] += w
+    h[H_LOG + k] = log(h[H_W + k])
+    w = w * HIST_GROWTH_C
+    if w >= HIST_RESCALE_C:
+        tot = 0.0
+        for i in range(NB):
+            h[H_W + i] = h[H_W + i] / w
+            tot += h[H_W + i]
+        floor = HIST_FLOOR_C * tot
+        tot = 0.0
+        for i in range(NB):
+            if h[H_W + i] < floor:
+                h[H_W + i] = floor
+            tot += h[H_W + i]
+            h[H_LOG + i] = log(h[H_W + i])
+        f[F_HSUM] = tot
+        w = 1.0
+    f[F_HW] = w
+
+
+cdef inline float64_t calc_kl(const float64_t *f, const float64_t *h, int64_t n, const float64_t *xlogx,
+                              const float64_t *logn) noexcept nogil:
+    """Relative entropy (nats) of the ring's n binned readings against the long-run histogram:
+    sum c/n log((c/n) / (H/S)) = (sum c log c - sum c log H) / n - log n + log S."""
+    cdef float64_t q = 0.0, t = 0.0, c
+    cdef int64_t i
+    for i in range(NB):
+        c = h[H_CNT + i]
+        if c > 0.0:
+            q += xlogx[<int64_t>c]
+            t += c * h[H_LOG + i]
+    return (q - t) / n - logn[n] + log(f[F_HSUM])
+
+
+cdef void rebuild(float64_t *f, int64_t *g, const float64_t *b, uint8_t *bn, float64_t *h,
+                  int64_t window) noexcept nogil:
+    """A shift flagged for 2 windows in a row is the new normal: the long-run reference restarts from
+    the window (mean, variance, bins) and the histogram from the prior."""
+    cdef int64_t j, i, k, n = 0
+    cdef float64_t v, k0 = f[F_PREV], s1 = 0.0, s2 = 0.0, m, d
+    for j in range(window):
+        v = b[j]
+        if v == v:
+            s1 += v - k0
+            n += 1
+    g[I_SRUN] = 0
+    if n < 2:
+        return
+    m = k0 + s1 / n
+    for j in range(window):
+        v = b[j]
+        if v == v:
+            d = v - m
+            s2 += d * d
+    f[F_LMEAN] = m
+    f[F_LVAR] = s2 / (n - 1)
+    g[I_LN] = n
+    for i in range(NB):
+        h[H_W + i] = PRIOR_C[i]
+        h[H_LOG + i] = LOG_PRIOR_C[i]
+        h[H_CNT + i] = 0.0
+    for j in range(window):
+        v = b[j]
+        if v == v:
+            k = calc_bin(v, f)
+            bn[j] = <uint8_t>k
+            h[H_CNT + k] += 1.0
+        else:
+            bn[j] = NO_BIN_C
+    g[I_HN] = n
+    f[F_HSUM] = PRIOR_SUM
+    f[F_HW] = 1.0
+
+
+# ----------------------------------------------------------------------
 # One reading
 
-cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b, float64_t *srt,
-                      int64_t window, float64_t alpha, float64_t oma) noexcept nogil:
-    """Slide the slot's count window by one reading and update the running state."""
+cdef inline void step(float64_t val, int64_t ts, int64_t k, float64_t *f, int64_t *g, float64_t *b,
+                      float64_t *srt, int64_t *tr, uint8_t *bn, float64_t *h, float64_t twin, int64_t window,
+                      float64_t alpha, float64_t oma) noexcept nogil:
+    """Slide the slot's count window (and time window) by one reading and update the running state."""
     cdef float64_t old
+    cdef int64_t pos = g[I_POS], j, horizon
+    cdef uint8_t ob
     cdef bint inserted = False
     if g[I_NFILL] == window:
-        old = b[g[I_POS]]
+        old = b[pos]
+        if g[I_TN] == window:
+            if tr[pos] != C_NEVER:
+                remove_var(old, &f[F_TSHIFT], &g[I_TNOBS])
+            g[I_TN] -= 1
         if old == old:
             if val == val:
                 replace_sorted(old, val, srt, g[I_NOBS])
                 inserted = True
             else:
                 remove_sorted(old, srt, g[I_NOBS])
-        remove_var(old, f, g)
+        remove_var(old, &f[F_SHIFT], &g[I_NOBS])
+        ob = bn[pos]
+        if ob != NO_BIN_C:
+            h[H_CNT + (ob & (FLAGGED_C - 1))] -= 1.0
+            g[I_HN] -= 1
+            if not (ob & FLAGGED_C):
+                learn_hist(ob, f, h)
     else:
         g[I_NFILL] += 1
-    b[g[I_POS]] = val
+    b[pos] = val
+    bn[pos] = <uint8_t>k
+    if k != NO_BIN_C:
+        h[H_CNT + k] += 1.0
+        g[I_HN] += 1
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
     if val == val and not inserted:
         insert_sorted(val, srt, g[I_NOBS])
-    add_var(val, f, g)
-    if unstable_var(f, g):
-        recompute_var(f, g, b, window)
+    add_var(val, &f[F_SHIFT], &g[I_NOBS])
+    if unstable_var(&f[F_SHIFT], &g[I_NOBS]):
+        recompute_var(&f[F_SHIFT], &g[I_NOBS], b, NULL, 0, window, window)
     add_ewm(val, f, g, alpha, oma)
     if val == val and g[I_NSAME] == 1:
         # a new run starts on the slot's clock: a late reading does not wind the stuck timer back
         g[I_RUN_TS] = ts if ts > g[I_LAST_TS] else g[I_LAST_TS]
+    if twin > 0.0:
+        # the time window: in-order real readings only (a late one is a hole), expired from the oldest end
+        if val == val and ts >= g[I_LAST_TS]:
+            tr[pos] = ts
+            add_var(val, &f[F_TSHIFT], &g[I_TNOBS])
+        else:
+            tr[pos] = C_NEVER
+        g[I_TN] += 1
+        horizon = <int64_t>((ts if ts > g[I_LAST_TS] else g[I_LAST_TS]) - twin)
+        while g[I_TN] > 0:
+            j = g[I_POS] - g[I_TN]
+            if j < 0:
+                j += window
+            if tr[j] != C_NEVER and tr[j] > horizon:
+                break
+            if tr[j] != C_NEVER:
+                remove_var(b[j], &f[F_TSHIFT], &g[I_TNOBS])
+            g[I_TN] -= 1
+        if unstable_var(&f[F_TSHIFT], &g[I_TNOBS]):
+            j = g[I_POS] - g[I_TN]
+            if j < 0:
+                j += window
+            recompute_var(&f[F_TSHIFT], &g[I_TNOBS], b, tr, j, g[I_TN], window)
+    elif g[I_TN] > 0:
+        reset_var(&f[F_TSHIFT])
+        g[I_TNOBS] = 0
+        g[I_TN] = 0
     if ts > g[I_LAST_TS]:
         g[I_LAST_TS] = ts
 
 
 cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b,
-                           float64_t *srt, const float64_t *p, int64_t window, int64_t minp,
-                           float64_t alpha, float64_t oma, float64_t em1, float64_t *z_out,
+                           float64_t *srt, const float64_t *p, int64_t *tr, uint8_t *bn, float64_t *h,
+                           int64_t window, int64_t minp, float64_t alpha, float64_t oma, float64_t em1,
+                           const float64_t *xlogx, const float64_t *logn, float64_t *z_out,
                            float64_t *score_out) noexcept nogil:
     """Score one reading against its slot's state, then add it; returns the flags."""
     cdef:
         uint8_t flags = 0
-        float64_t z, rz = NAN, e = 0.0, x, rate, ex, span, bound
-        int64_t dt
+        float64_t z, rz = NAN, e = 0.0, x, rate, ex, span, bound, kl
+        int64_t dt, k = NO_BIN_C, pos
     z = calc_z(val, f, g, b, window, minp)
     x = fabs(z) / p[P_ZTHR]
     if x > e:
@@ -566,7 +843,10 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
         if x > e:
             e = x
         flags |= THRESHOLD_FLAG
-    step(val, ts, f, g, b, srt, window, alpha, oma)
+    if val == val and g[I_LN] >= window:
+        k = calc_bin(val, f)
+    pos = g[I_POS]
+    step(val, ts, k, f, g, b, srt, tr, bn, h, p[P_TWIN], window, alpha, oma)
     if val == val:
         x = 0.0
         if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
@@ -579,6 +859,26 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             flags |= STUCK_FLAG
             if x > e:
                 e = x
+        if k != NO_BIN_C and z == z and p[P_STHR] < INFINITY and 2 * g[I_HN] >= window:
+            kl = calc_kl(f, h, g[I_HN], xlogx, logn)
+            x = kl / p[P_STHR]
+            if x > e:
+                e = x
+            if kl > p[P_STHR]:
+                flags |= SHIFT_FLAG
+        # the long-run reference learns only from readings no detector flagged
+        if flags & ANOMALY:
+            if k != NO_BIN_C:
+                bn[pos] = <uint8_t>(k | FLAGGED_C)
+            if flags & SHIFT_FLAG:
+                g[I_SRUN] += 1
+                if g[I_SRUN] >= 2 * window:
+                    rebuild(f, g, b, bn, h, window)
+            else:
+                g[I_SRUN] = 0
+        else:
+            g[I_SRUN] = 0
+            learn_long(val, f, g, window)
     z_out[0] = z
     score_out[0] = calc_score(e, em1)
     return flags
@@ -603,7 +903,7 @@ cdef class RollingStats:
         Slots allocated up front; the state grows (doubling) to fit any larger slot.
     ewm_alpha : float
         Weight of the newest reading in the EWMA and EW variance.
-    robust_threshold, lo, hi, max_rate, stuck_count, stuck_ms, silence_ms
+    robust_threshold, lo, hi, max_rate, stuck_count, stuck_ms, silence_ms, shift_threshold, time_window_ms
         Default detector settings of every slot (see ``_common.check_detectors``); ``configure`` changes
         them per slot, e.g. from the per-metric rules file.
 
@@ -611,12 +911,19 @@ cdef class RollingStats:
     the reading: NaN below ``min_count`` real values or for a NaN reading; for a constant window 0 for the
     same value and +-inf for any other. score is the combined score in [0, 1): each detector's evidence is
     normalised so that its threshold is 1 (``|z|/z_threshold``, ``|robust z|/robust_threshold``,
-    ``|rate|/max_rate``, and for a violated static limit or stuck run ``1 + excess/span`` and
-    ``run/stuck_count``), the largest counts, and ``score = u/(1+u)`` with ``u = log1p((e-1) x)``: 0.5
-    exactly at a threshold, strictly increasing, never 1. A reading older than the slot's newest one is
-    flagged FLAG_LATE, scored, and added to the count window like any other (the window is in arrival
-    order), but no rate of change is measured to or from it, and for the stuck timer it counts as
-    arriving at the slot's newest timestamp.
+    ``|rate|/max_rate``, ``divergence/shift_threshold``, and for a violated static limit or stuck run
+    ``1 + excess/span`` and ``run/stuck_count``), the largest counts, and ``score = u/(1+u)`` with
+    ``u = log1p((e-1) x)``: 0.5 exactly at a threshold, strictly increasing, never 1.
+
+    The shift detector (FLAG_SHIFT) needs ``window`` readings to warm its long-run reference and then a
+    half-full window of binned readings, so it first speaks after about 1.5 windows; see "Distribution
+    shift" above. The time window (``time_window_ms`` > 0, per slot) keeps mean and variance of the
+    readings newer than the slot's newest timestamp minus ``time_window_ms``, among the last ``window``.
+
+    A reading older than the slot's newest one is flagged FLAG_LATE, scored, and added to the count
+    window like any other (the window is in arrival order), but no rate of change is measured to or from
+    it, for the stuck timer it counts as arriving at the slot's newest timestamp, and it stays out of the
+    time window (which then holds only in-order readings, so it can expire from its oldest end).
     """
 
     cdef readonly int64_t window
@@ -631,6 +938,11 @@ cdef class RollingStats:
     cdef object _pstate
     cdef object _buf
     cdef object _sorted
+    cdef object _tsring
+    cdef object _bins
+    cdef object _hist
+    cdef object _xlogx
+    cdef object _logn
 
     def __init__(self, window: int = 100, min_count: int = 20, z_threshold: float = 6.0,
                  capacity: int = 1024, *, ewm_alpha: float = 0.05, **detectors):
@@ -647,6 +959,11 @@ cdef class RollingStats:
         self._pstate = new_pstate(capacity, self.defaults)
         self._buf = np.full((capacity, window), np.nan)
         self._sorted = new_sorted(capacity, window)
+        self._tsring = new_tsring(capacity, window)
+        self._bins = new_bins(capacity, window)
+        self._hist = new_hist(capacity)
+        self._xlogx = np.array(xlogx_table(window), dtype=np.float64)
+        self._logn = np.array(log_table(window), dtype=np.float64)
 
     @property
     def nslots(self) -> int:
@@ -660,6 +977,9 @@ cdef class RollingStats:
         self._pstate = np.concatenate([self._pstate, new_pstate(extra, self.defaults)])
         self._buf = np.concatenate([self._buf, np.full((extra, self.window), np.nan)])
         self._sorted = np.concatenate([self._sorted, new_sorted(extra, self.window)])
+        self._tsring = np.concatenate([self._tsring, new_tsring(extra, self.window)])
+        self._bins = np.concatenate([self._bins, new_bins(extra, self.window)])
+        self._hist = np.concatenate([self._hist, new_hist(extra)])
 
     def update(self, slots, ts_ms, values):
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
@@ -682,6 +1002,11 @@ cdef class RollingStats:
             const float64_t[:, ::1] ps = self._pstate
             float64_t[:, ::1] bs = self._buf
             float64_t[:, ::1] ss = self._sorted
+            int64_t[:, ::1] ts_r = self._tsring
+            uint8_t[:, ::1] bn_r = self._bins
+            float64_t[:, ::1] hs = self._hist
+            const float64_t[::1] xlogx = self._xlogx
+            const float64_t[::1] logn = self._logn
             int64_t window = self.window, minp = self.min_count, s
             float64_t alpha = self.ewm_alpha, oma = self._oma, em1 = self._em1
         with nogil:
@@ -692,16 +1017,28 @@ cdef class RollingStats:
                 if i + PF_FAR < n:
                     s = s_v[i + PF_FAR]
                     prefetch(&fs[s, 0])
+                    prefetch(&fs[s, 8])
+                    prefetch(&fs[s, 16])
                     prefetch(&gs[s, 0])
+                    prefetch(&gs[s, 8])
                     prefetch(&ps[s, 0])
+                    prefetch(&ps[s, 8])
                 if i + PF_NEAR < n:
                     s = s_v[i + PF_NEAR]
                     prefetch(&bs[s, gs[s, I_POS]])
                     for j in range(0, window, 8):
                         prefetch(&ss[s, j])
+                    prefetch(&bn_r[s, gs[s, I_POS]])
+                    prefetch(&hs[s, 0])
+                    prefetch(&hs[s, 8])
+                    prefetch(&hs[s, 16])
+                    prefetch(&hs[s, 24])
+                    prefetch(&hs[s, 32])
+                    prefetch(&hs[s, 40])
                 s = s_v[i]
                 fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
-                                 window, minp, alpha, oma, em1, &z_v[i], &sc_v[i])
+                                 &ts_r[s, 0], &bn_r[s, 0], &hs[s, 0], window, minp, alpha, oma, em1,
+                                 &xlogx[0], &logn[0], &z_v[i], &sc_v[i])
         return z_out, score_out, flags_out
 
     def configure(self, slots, **detectors) -> None:
@@ -737,7 +1074,7 @@ cdef class RollingStats:
             return math.nan
         cdef float64_t[:, ::1] fs = self._fstate
         cdef int64_t[:, ::1] gs = self._istate
-        return calc_mean(&fs[s, 0], &gs[s, 0])
+        return calc_mean(&fs[s, F_SHIFT], &gs[s, I_NOBS])
 
     def var(self, slot) -> float:
         """Sample variance (ddof=1) of the slot's window; NaN below 2 real values."""
@@ -746,7 +1083,47 @@ cdef class RollingStats:
             return math.nan
         cdef float64_t[:, ::1] fs = self._fstate
         cdef int64_t[:, ::1] gs = self._istate
-        return calc_var(&fs[s, 0], &gs[s, 0])
+        return calc_var(&fs[s, F_SHIFT], &gs[s, I_NOBS])
+
+    def tmean(self, slot) -> float:
+        """Mean of the slot's time window; NaN when it has no value."""
+        cdef int64_t s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return math.nan
+        cdef float64_t[:, ::1] fs = self._fstate
+        cdef int64_t[:, ::1] gs = self._istate
+        return calc_mean(&fs[s, F_TSHIFT], &gs[s, I_TNOBS])
+
+    def tvar(self, slot) -> float:
+        """Sample variance (ddof=1) of the slot's time window; NaN below 2 values."""
+        cdef int64_t s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return math.nan
+        cdef float64_t[:, ::1] fs = self._fstate
+        cdef int64_t[:, ::1] gs = self._istate
+        return calc_var(&fs[s, F_TSHIFT], &gs[s, I_TNOBS])
+
+    def tcount(self, slot) -> int:
+        """Values in the slot's time window."""
+        s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return 0
+        return int(self._istate[s, I_TNOBS])
+
+    def divergence(self, slot) -> float:
+        """Relative entropy of the slot's recent window against its long-run histogram (NaN until the
+        window is half full of binned readings)."""
+        cdef int64_t s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return math.nan
+        cdef int64_t n = self._istate[s, I_HN]
+        if n == 0 or 2 * n < self.window:
+            return math.nan
+        cdef float64_t[:, ::1] fs = self._fstate
+        cdef float64_t[:, ::1] hs = self._hist
+        cdef const float64_t[::1] xlogx = self._xlogx
+        cdef const float64_t[::1] logn = self._logn
+        return calc_kl(&fs[s, 0], &hs[s, 0], n, &xlogx[0], &logn[0])
 
     def count(self, slot) -> int:
         """Real (non-NaN) values in the slot's window."""
@@ -809,15 +1186,15 @@ cdef class RollingStats:
             "RollingStats", params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
             {"fstate": self._fstate, "istate": self._istate, "pstate": self._pstate, "buf": self._buf,
-             "sorted": self._sorted})
+             "sorted": self._sorted, "tsring": self._tsring, "bins": self._bins, "hist": self._hist})
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:
         """Restore a snapshot made by ``to_bytes`` of either twin (or of an older layout)."""
         params, fields, arrays = _snapshot.load(data, "RollingStats")
         cdef RollingStats self = cls(capacity=1, **params)
-        (self._fstate, self._istate, self._pstate, self._buf,
-         self._sorted) = restore_state(fields, arrays, self.window, self.defaults)
+        (self._fstate, self._istate, self._pstate, self._buf, self._sorted, self._tsring, self._bins,
+         self._hist) = restore_state(fields, arrays, self.window, self.defaults)
         return self
 
     def __reduce__(self):

@@ -84,7 +84,7 @@ class EpisodeTracker:
                     ep.count += 1
                     ep.severity = max(ep.severity, sc)
                     touched[key] = ep
-        for key, ep in touched.items():
+        for ep in touched.values():
             if not ep.closed:
                 events.append(EpisodeEvent("updated", _copy(ep)))
         if len(ts_ms):

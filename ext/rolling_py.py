@@ -16,39 +16,68 @@ import numpy as np
 
 from . import _snapshot
 from ._common import (
+    ANOMALY_FLAGS,
+    CLIP_SD,
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
+    FLAG_SHIFT,
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
+    FLAGGED_BIN,
     FLOAT_FIELDS,
+    HIST_FLOOR,
+    HIST_GROWTH,
+    HIST_RESCALE,
     INT_FIELDS,
+    LONG_ALPHA,
     NEVER,
+    NO_BIN,
     PARAM_FIELDS,
+    PRIOR,
+    SHIFT_BIN_WIDTH,
+    SHIFT_BINS,
     check_alpha,
     check_batch,
     check_detectors,
     check_params,
     check_slot,
     grown_size,
+    log_table,
+    lsum,
+    new_bins,
     new_fstate,
+    new_hist,
     new_istate,
     new_pstate,
     new_sorted,
+    new_tsring,
     params_of,
     restore_state,
     silent_slots,
+    xlogx_table,
 )
 
 __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
-(F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN,
- F_EWM_VAR) = range(len(FLOAT_FIELDS))
-I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N = range(len(INT_FIELDS))
-P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS = range(len(PARAM_FIELDS))
-assert FLOAT_FIELDS[F_EWM_VAR] == "ewm_var" and INT_FIELDS[I_EWM_N] == "ewm_n"
-assert PARAM_FIELDS[P_SILENCE_MS] == "silence_ms"
+(F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR,
+ F_TSHIFT, F_TMEAN, F_TCMEAN, F_TSSQDM, F_TCSSQ, F_TSABS, F_TPREV,
+ F_LMEAN, F_LVAR, F_HSUM, F_HW) = range(len(FLOAT_FIELDS))
+(I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
+ I_TNOBS, I_TNSAME, I_TN, I_LN, I_HN, I_SRUN) = range(len(INT_FIELDS))
+(P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
+ P_TWIN) = range(len(PARAM_FIELDS))
+assert FLOAT_FIELDS[F_HW] == "hw" and INT_FIELDS[I_SRUN] == "srun" and PARAM_FIELDS[P_TWIN] == "time_window_ms"
+# offsets inside a Welford block (count window at F_SHIFT / I_NOBS, time window at F_TSHIFT / I_TNOBS)
+V_SHIFT, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV = range(7)
+C_NOBS, C_NSAME = range(2)
+NB = SHIFT_BINS
+H_W, H_LOG, H_CNT = 0, NB, 2 * NB  # histogram row: weights, their logs, recent counts
+LOG_PRIOR = [math.log(q) for q in PRIOR]
+PRIOR_SUM = lsum(PRIOR)
+HALF_BINS = float(NB // 2)
+BIN_MASK = FLAGGED_BIN - 1
 
 RECOMPUTE_RATIO = 1e4
 DRIFT_RATIO = 1e8
@@ -60,121 +89,138 @@ MEANAD_SCALE = 1.2533
 NAN = math.nan
 INF = math.inf
 
-
 # ----------------------------------------------------------------------
-# Rolling variance (see _rolling.pyx for the comments; the operations match line by line)
+# Rolling variance (see _rolling.pyx for the comments; the operations match line by line). Each helper
+# works on one Welford block: floats f[o + V_*] and counters g[c + C_*].
 
-def reset_var(f: list) -> None:
-    f[F_MEAN] = 0.0
-    f[F_CMEAN] = 0.0
-    f[F_SSQDM] = 0.0
-    f[F_CSSQ] = 0.0
-    f[F_SABS] = 0.0
+def reset_var(f: list, o: int) -> None:
+    f[o + V_MEAN] = 0.0
+    f[o + V_CMEAN] = 0.0
+    f[o + V_SSQDM] = 0.0
+    f[o + V_CSSQ] = 0.0
+    f[o + V_SABS] = 0.0
 
 
-def add_var(val: float, f: list, g: list) -> None:
+def add_var(val: float, f: list, o: int, g: list, c: int) -> None:
     if val != val:
         return
-    if g[I_NOBS] == 0:
-        reset_var(f)
-        f[F_SHIFT] = val
-    g[I_NOBS] += 1
-    if val == f[F_PREV]:
-        g[I_NSAME] += 1
+    if g[c + C_NOBS] == 0:
+        reset_var(f, o)
+        f[o + V_SHIFT] = val
+    g[c + C_NOBS] += 1
+    if val == f[o + V_PREV]:
+        g[c + C_NSAME] += 1
     else:
-        g[I_NSAME] = 1
-    f[F_PREV] = val
-    y = val - f[F_SHIFT]
-    m_old = f[F_MEAN] - f[F_CMEAN]
+        g[c + C_NSAME] = 1
+    f[o + V_PREV] = val
+    y = val - f[o + V_SHIFT]
+    m_old = f[o + V_MEAN] - f[o + V_CMEAN]
     d = y - m_old
-    inc = d / g[I_NOBS]
-    t = inc - f[F_CMEAN]
-    s = f[F_MEAN] + t
-    f[F_CMEAN] = (s - f[F_MEAN]) - t
-    f[F_MEAN] = s
-    q = d * (y - (f[F_MEAN] - f[F_CMEAN]))
-    t = q - f[F_CSSQ]
-    s = f[F_SSQDM] + t
-    f[F_CSSQ] = (s - f[F_SSQDM]) - t
-    f[F_SSQDM] = s
-    f[F_SABS] += abs(q)
+    inc = d / g[c + C_NOBS]
+    t = inc - f[o + V_CMEAN]
+    s = f[o + V_MEAN] + t
+    f[o + V_CMEAN] = (s - f[o + V_MEAN]) - t
+    f[o + V_MEAN] = s
+    q = d * (y - (f[o + V_MEAN] - f[o + V_CMEAN]))
+    t = q - f[o + V_CSSQ]
+    s = f[o + V_SSQDM] + t
+    f[o + V_CSSQ] = (s - f[o + V_SSQDM]) - t
+    f[o + V_SSQDM] = s
+    f[o + V_SABS] += abs(q)
 
 
-def remove_var(val: float, f: list, g: list) -> None:
+def remove_var(val: float, f: list, o: int, g: list, c: int) -> None:
     if val != val:
         return
-    g[I_NOBS] -= 1
-    if g[I_NOBS] == 0:
-        reset_var(f)
+    g[c + C_NOBS] -= 1
+    if g[c + C_NOBS] == 0:
+        reset_var(f, o)
         return
-    y = val - f[F_SHIFT]
-    m_old = f[F_MEAN] - f[F_CMEAN]
+    y = val - f[o + V_SHIFT]
+    m_old = f[o + V_MEAN] - f[o + V_CMEAN]
     d = y - m_old
-    inc = -d / g[I_NOBS]
-    t = inc - f[F_CMEAN]
-    s = f[F_MEAN] + t
-    f[F_CMEAN] = (s - f[F_MEAN]) - t
-    f[F_MEAN] = s
-    q = -d * (y - (f[F_MEAN] - f[F_CMEAN]))
-    t = q - f[F_CSSQ]
-    s = f[F_SSQDM] + t
-    f[F_CSSQ] = (s - f[F_SSQDM]) - t
-    f[F_SSQDM] = s
-    f[F_SABS] += abs(q)
+    inc = -d / g[c + C_NOBS]
+    t = inc - f[o + V_CMEAN]
+    s = f[o + V_MEAN] + t
+    f[o + V_CMEAN] = (s - f[o + V_MEAN]) - t
+    f[o + V_MEAN] = s
+    q = -d * (y - (f[o + V_MEAN] - f[o + V_CMEAN]))
+    t = q - f[o + V_CSSQ]
+    s = f[o + V_SSQDM] + t
+    f[o + V_CSSQ] = (s - f[o + V_SSQDM]) - t
+    f[o + V_SSQDM] = s
+    f[o + V_SABS] += abs(q)
 
 
-def recompute_var(f: list, g: list, b: list) -> None:
+def recompute_var(f: list, o: int, g: list, c: int, vals: list) -> None:
+    """Two-pass recomputation over ``vals`` (the block's values, in the order the kernel reads them)."""
     n = 0
-    k0 = f[F_PREV]
+    k0 = f[o + V_PREV]
     s1 = s2 = s3 = 0.0
-    for v in b:
+    for v in vals:
         if v == v:
             s1 += v - k0
             n += 1
     if n == 0:
-        reset_var(f)
+        reset_var(f, o)
         return
     k = k0 + s1 / n
-    for v in b:
+    for v in vals:
         if v == v:
             s2 += v - k
     m = s2 / n
-    for v in b:
+    for v in vals:
         if v == v:
             d = (v - k) - m
             s3 += d * d
-    f[F_SHIFT] = k
-    f[F_MEAN] = m
-    f[F_CMEAN] = 0.0
-    f[F_SSQDM] = s3
-    f[F_CSSQ] = 0.0
-    f[F_SABS] = s3
+    f[o + V_SHIFT] = k
+    f[o + V_MEAN] = m
+    f[o + V_CMEAN] = 0.0
+    f[o + V_SSQDM] = s3
+    f[o + V_CSSQ] = 0.0
+    f[o + V_SABS] = s3
 
 
-def unstable_var(f: list, g: list) -> bool:
-    ssq = f[F_SSQDM]
-    m = f[F_MEAN]
-    if g[I_NOBS] < 2:
+def unstable_var(f: list, o: int, g: list, c: int) -> bool:
+    ssq = f[o + V_SSQDM]
+    m = f[o + V_MEAN]
+    if g[c + C_NOBS] < 2:
         return False
-    return not (f[F_SABS] <= RECOMPUTE_RATIO * ssq) or not (m * m * g[I_NOBS] <= DRIFT_RATIO * ssq)
+    return not (f[o + V_SABS] <= RECOMPUTE_RATIO * ssq) or not (m * m * g[c + C_NOBS] <= DRIFT_RATIO * ssq)
 
 
-def calc_mean(f: list, g: list) -> float:
-    if g[I_NOBS] == 0:
+def calc_mean(f: list, o: int, g: list, c: int) -> float:
+    if g[c + C_NOBS] == 0:
         return NAN
-    if g[I_NSAME] >= g[I_NOBS]:
-        return f[F_PREV]
-    return f[F_SHIFT] + (f[F_MEAN] - f[F_CMEAN])
+    if g[c + C_NSAME] >= g[c + C_NOBS]:
+        return f[o + V_PREV]
+    return f[o + V_SHIFT] + (f[o + V_MEAN] - f[o + V_CMEAN])
 
 
-def calc_var(f: list, g: list) -> float:
-    if g[I_NOBS] < 2:
+def calc_var(f: list, o: int, g: list, c: int) -> float:
+    if g[c + C_NOBS] < 2:
         return NAN
-    if g[I_NSAME] >= g[I_NOBS]:
+    if g[c + C_NSAME] >= g[c + C_NOBS]:
         return 0.0
-    if f[F_SSQDM] <= 0.0:
+    if f[o + V_SSQDM] <= 0.0:
         return 0.0
-    return f[F_SSQDM] / (g[I_NOBS] - 1)
+    return f[o + V_SSQDM] / (g[c + C_NOBS] - 1)
+
+
+def time_values(b: list, tr: list, g: list, window: int) -> list:
+    """The time window's counted values, oldest first (the order the kernel reads them)."""
+    out = []
+    start = g[I_POS] - g[I_TN]
+    if start < 0:
+        start += window
+    j = start
+    for _ in range(g[I_TN]):
+        if tr[j] != NEVER:
+            out.append(b[j])
+        j += 1
+        if j == window:
+            j = 0
+    return out
 
 
 def scaled_z(dev: float, f: list, g: list, b: list) -> float:
@@ -314,35 +360,195 @@ def calc_score(e: float, em1: float) -> float:
 
 
 # ----------------------------------------------------------------------
+# Distribution shift
+
+def calc_bin(val: float, f: list) -> int:
+    """Histogram bin of u = (val - long-run mean) / long-run sd: floor(u / width) + NB/2, clamped."""
+    d = val - f[F_LMEAN]
+    sd2 = f[F_LVAR]
+    if sd2 > 0.0:
+        t = (d / math.sqrt(sd2)) / SHIFT_BIN_WIDTH + HALF_BINS
+    elif d == 0.0:
+        t = HALF_BINS
+    elif d > 0.0:
+        t = INF
+    else:
+        t = -INF
+    if not (t >= 0.0):
+        return 0
+    if t >= NB:
+        return NB - 1
+    return int(t)
+
+
+def learn_long(val: float, f: list, g: list, window: int) -> None:
+    """Add an unflagged reading to the long-run mean and variance (EW, deviations clipped once warm)."""
+    n = g[I_LN]
+    if not (abs(val) <= DBL_MAX):
+        return
+    if n == 0:
+        f[F_LMEAN] = val
+        f[F_LVAR] = 0.0
+    else:
+        a = 1.0 / (n + 1)
+        if a < LONG_ALPHA:
+            a = LONG_ALPHA
+        d = val - f[F_LMEAN]
+        if n >= window and f[F_LVAR] > 0.0:
+            c = CLIP_SD * math.sqrt(f[F_LVAR])
+            if d > c:
+                d = c
+            elif d < -c:
+                d = -c
+        f[F_LMEAN] = f[F_LMEAN] + a * d
+        f[F_LVAR] = (1.0 - a) * (f[F_LVAR] + a * d * d)
+    g[I_LN] = n + 1
+
+
+def learn_hist(k: int, f: list, h: list) -> None:
+    """Add bin ``k`` to the long-run histogram; older weights decay lazily (each new one is larger)."""
+    w = f[F_HW]
+    h[H_W + k] += w
+    f[F_HSUM] += w
+    h[H_LOG + k] = math.log(h[H_W + k])
+    w = w * HIST_GROWTH
+    if w >= HIST_RESCALE:
+        tot = 0.0
+        for i in range(NB):
+            h[H_W + i] = h[H_W + i] / w
+            tot += h[H_W + i]
+        floor = HIST_FLOOR * tot
+        tot = 0.0
+        for i in range(NB):
+            if h[H_W + i] < floor:
+                h[H_W + i] = floor
+            tot += h[H_W + i]
+            h[H_LOG + i] = math.log(h[H_W + i])
+        f[F_HSUM] = tot
+        w = 1.0
+    f[F_HW] = w
+
+
+def calc_kl(f: list, h: list, n: int, xlogx: list, logn: list) -> float:
+    """Relative entropy (nats) of the ring's n binned readings against the long-run histogram."""
+    q = 0.0
+    t = 0.0
+    for i in range(NB):
+        c = h[H_CNT + i]
+        if c > 0.0:
+            q += xlogx[int(c)]
+            t += c * h[H_LOG + i]
+    return (q - t) / n - logn[n] + math.log(f[F_HSUM])
+
+
+def rebuild(f: list, g: list, b: list, bn: list, h: list, window: int) -> None:
+    """A shift flagged for 2 windows in a row is the new normal: the long-run reference restarts from
+    the window (mean, variance, bins) and the histogram from the prior."""
+    n = 0
+    k0 = f[F_PREV]
+    s1 = s2 = 0.0
+    for v in b:
+        if v == v:
+            s1 += v - k0
+            n += 1
+    g[I_SRUN] = 0
+    if n < 2:
+        return
+    m = k0 + s1 / n
+    for v in b:
+        if v == v:
+            d = v - m
+            s2 += d * d
+    f[F_LMEAN] = m
+    f[F_LVAR] = s2 / (n - 1)
+    g[I_LN] = n
+    for i in range(NB):
+        h[H_W + i] = PRIOR[i]
+        h[H_LOG + i] = LOG_PRIOR[i]
+        h[H_CNT + i] = 0.0
+    for j in range(window):
+        v = b[j]
+        if v == v:
+            k = calc_bin(v, f)
+            bn[j] = k
+            h[H_CNT + k] += 1.0
+        else:
+            bn[j] = NO_BIN
+    g[I_HN] = n
+    f[F_HSUM] = PRIOR_SUM
+    f[F_HW] = 1.0
+
+
+# ----------------------------------------------------------------------
 # One reading
 
-def step(val: float, ts: int, f: list, g: list, b: list, srt: list, window: int, alpha: float,
-         oma: float) -> None:
+def step(val: float, ts: int, k: int, f: list, g: list, b: list, srt: list, tr: list, bn: list, h: list,
+         twin: float, window: int, alpha: float, oma: float) -> None:
+    """Slide the slot's count window (and time window) by one reading and update the running state."""
+    pos = g[I_POS]
     if g[I_NFILL] == window:
-        old = b[g[I_POS]]
+        old = b[pos]
+        if g[I_TN] == window:
+            if tr[pos] != NEVER:
+                remove_var(old, f, F_TSHIFT, g, I_TNOBS)
+            g[I_TN] -= 1
         if old == old:
             srt.pop(bisect_left(srt, old))
-        remove_var(old, f, g)
+        remove_var(old, f, F_SHIFT, g, I_NOBS)
+        ob = bn[pos]
+        if ob != NO_BIN:
+            h[H_CNT + (ob & BIN_MASK)] -= 1.0
+            g[I_HN] -= 1
+            if not ob & FLAGGED_BIN:
+                learn_hist(ob, f, h)
     else:
         g[I_NFILL] += 1
-    b[g[I_POS]] = val
+    b[pos] = val
+    bn[pos] = k
+    if k != NO_BIN:
+        h[H_CNT + k] += 1.0
+        g[I_HN] += 1
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
     if val == val:
         insort_right(srt, val)
-    add_var(val, f, g)
-    if unstable_var(f, g):
-        recompute_var(f, g, b)
+    add_var(val, f, F_SHIFT, g, I_NOBS)
+    if unstable_var(f, F_SHIFT, g, I_NOBS):
+        recompute_var(f, F_SHIFT, g, I_NOBS, b)
     add_ewm(val, f, g, alpha, oma)
     if val == val and g[I_NSAME] == 1:
         g[I_RUN_TS] = ts if ts > g[I_LAST_TS] else g[I_LAST_TS]
+    if twin > 0.0:
+        if val == val and ts >= g[I_LAST_TS]:
+            tr[pos] = ts
+            add_var(val, f, F_TSHIFT, g, I_TNOBS)
+        else:
+            tr[pos] = NEVER
+        g[I_TN] += 1
+        horizon = (ts if ts > g[I_LAST_TS] else g[I_LAST_TS]) - int(twin)
+        while g[I_TN] > 0:
+            j = g[I_POS] - g[I_TN]
+            if j < 0:
+                j += window
+            if tr[j] != NEVER and tr[j] > horizon:
+                break
+            if tr[j] != NEVER:
+                remove_var(b[j], f, F_TSHIFT, g, I_TNOBS)
+            g[I_TN] -= 1
+        if unstable_var(f, F_TSHIFT, g, I_TNOBS):
+            recompute_var(f, F_TSHIFT, g, I_TNOBS, time_values(b, tr, g, window))
+    elif g[I_TN] > 0:
+        reset_var(f, F_TSHIFT)
+        g[I_TNOBS] = 0
+        g[I_TN] = 0
     if ts > g[I_LAST_TS]:
         g[I_LAST_TS] = ts
 
 
-def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, window: int, minp: int,
-           alpha: float, oma: float, em1: float) -> tuple[float, float, int]:
+def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, tr: list, bn: list,
+           h: list, window: int, minp: int, alpha: float, oma: float, em1: float, xlogx: list,
+           logn: list) -> tuple[float, float, int]:
     """Score one reading against its slot's state, then add it; returns ``(z, score, flags)``."""
     flags = 0
     e = 0.0
@@ -388,7 +594,11 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, w
         if x > e:
             e = x
         flags |= FLAG_THRESHOLD
-    step(val, ts, f, g, b, srt, window, alpha, oma)
+    k = NO_BIN
+    if val == val and g[I_LN] >= window:
+        k = calc_bin(val, f)
+    pos = g[I_POS]
+    step(val, ts, k, f, g, b, srt, tr, bn, h, p[P_TWIN], window, alpha, oma)
     if val == val:
         x = 0.0
         if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
@@ -401,6 +611,26 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, w
             flags |= FLAG_STUCK
             if x > e:
                 e = x
+        if k != NO_BIN and z == z and p[P_STHR] < INF and 2 * g[I_HN] >= window:
+            kl = calc_kl(f, h, g[I_HN], xlogx, logn)
+            x = kl / p[P_STHR]
+            if x > e:
+                e = x
+            if kl > p[P_STHR]:
+                flags |= FLAG_SHIFT
+        # the long-run reference learns only from readings no detector flagged
+        if flags & ANOMALY_FLAGS:
+            if k != NO_BIN:
+                bn[pos] = k | FLAGGED_BIN
+            if flags & FLAG_SHIFT:
+                g[I_SRUN] += 1
+                if g[I_SRUN] >= 2 * window:
+                    rebuild(f, g, b, bn, h, window)
+            else:
+                g[I_SRUN] = 0
+        else:
+            g[I_SRUN] = 0
+            learn_long(val, f, g, window)
     return z, calc_score(e, em1), flags
 
 
@@ -420,15 +650,21 @@ class RollingStats:
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
         self._em1 = math.e - 1.0
+        self._xlogx = xlogx_table(window)
+        self._logn = log_table(window)
         self._set_state(new_fstate(capacity), new_istate(capacity), new_pstate(capacity, self.defaults),
-                        np.full((capacity, window), np.nan), new_sorted(capacity, window))
+                        np.full((capacity, window), np.nan), new_sorted(capacity, window),
+                        new_tsring(capacity, window), new_bins(capacity, window), new_hist(capacity))
 
-    def _set_state(self, fs, gs, ps, buf, srt) -> None:
+    def _set_state(self, fs, gs, ps, buf, srt, tsr, bins, hist) -> None:
         self._fs = fs.tolist()
         self._gs = gs.tolist()
         self._ps = ps.tolist()
         self._bs = buf.tolist()
         self._ss = [[v for v in row if v == v] for row in srt.tolist()]
+        self._tr = tsr.tolist()
+        self._bn = bins.tolist()
+        self._hs = hist.tolist()
 
     @property
     def nslots(self) -> int:
@@ -442,6 +678,9 @@ class RollingStats:
         self._ps.extend(new_pstate(extra, self.defaults).tolist())
         self._bs.extend([NAN] * self.window for _ in range(extra))
         self._ss.extend([] for _ in range(extra))
+        self._tr.extend(new_tsring(extra, self.window).tolist())
+        self._bn.extend(new_bins(extra, self.window).tolist())
+        self._hs.extend(new_hist(extra).tolist())
 
     def update(self, slots, ts_ms, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
@@ -453,10 +692,11 @@ class RollingStats:
         sc_out = [0.0] * n
         fl_out = [0] * n
         fs, gs, ps, bs, ss = self._fs, self._gs, self._ps, self._bs, self._ss
+        tr, bn, hs, xlogx, logn = self._tr, self._bn, self._hs, self._xlogx, self._logn
         window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
         for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
-            z_out[i], sc_out[i], fl_out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s], window,
-                                                    minp, alpha, oma, em1)
+            z_out[i], sc_out[i], fl_out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s], tr[s], bn[s],
+                                                    hs[s], window, minp, alpha, oma, em1, xlogx, logn)
         return (np.array(z_out, dtype=np.float64), np.array(sc_out, dtype=np.float64),
                 np.array(fl_out, dtype=np.uint8))
 
@@ -497,12 +737,35 @@ class RollingStats:
     def mean(self, slot) -> float:
         """Mean of the real values in the slot's window; NaN when it has none."""
         s = self._slot(slot)
-        return NAN if s is None else calc_mean(self._fs[s], self._gs[s])
+        return NAN if s is None else calc_mean(self._fs[s], F_SHIFT, self._gs[s], I_NOBS)
 
     def var(self, slot) -> float:
         """Sample variance (ddof=1) of the slot's window; NaN below 2 real values."""
         s = self._slot(slot)
-        return NAN if s is None else calc_var(self._fs[s], self._gs[s])
+        return NAN if s is None else calc_var(self._fs[s], F_SHIFT, self._gs[s], I_NOBS)
+
+    def tmean(self, slot) -> float:
+        """Mean of the slot's time window (see ``_rolling.pyx``); NaN when it has no value."""
+        s = self._slot(slot)
+        return NAN if s is None else calc_mean(self._fs[s], F_TSHIFT, self._gs[s], I_TNOBS)
+
+    def tvar(self, slot) -> float:
+        """Sample variance (ddof=1) of the slot's time window; NaN below 2 values."""
+        s = self._slot(slot)
+        return NAN if s is None else calc_var(self._fs[s], F_TSHIFT, self._gs[s], I_TNOBS)
+
+    def tcount(self, slot) -> int:
+        """Values in the slot's time window."""
+        s = self._slot(slot)
+        return 0 if s is None else int(self._gs[s][I_TNOBS])
+
+    def divergence(self, slot) -> float:
+        """Relative entropy of the slot's recent window against its long-run histogram (NaN until the
+        window is half full of binned readings)."""
+        s = self._slot(slot)
+        if s is None or 2 * self._gs[s][I_HN] < self.window or self._gs[s][I_HN] == 0:
+            return NAN
+        return calc_kl(self._fs[s], self._hs[s], self._gs[s][I_HN], self._xlogx, self._logn)
 
     def count(self, slot) -> int:
         """Real (non-NaN) values in the slot's window."""
@@ -562,7 +825,10 @@ class RollingStats:
              "istate": np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
              "pstate": np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
              "buf": np.array(self._bs, dtype=np.float64).reshape(-1, w),
-             "sorted": srt})
+             "sorted": srt,
+             "tsring": np.array(self._tr, dtype=np.int64).reshape(-1, w),
+             "bins": np.array(self._bn, dtype=np.uint8).reshape(-1, w),
+             "hist": np.array(self._hs, dtype=np.float64).reshape(-1, 3 * NB)})
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:

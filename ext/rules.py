@@ -7,7 +7,9 @@ File format::
     [default]
     z_threshold = 6.0          # |z| over the count window
     robust_threshold = 8.0     # |robust z| (median/MAD); inf or "off" disables
+    shift_threshold = 1.0      # relative entropy (nats), recent window vs long run; "off" disables
     silence_ms = 300000        # report a key not heard from for 5 min (0 = off)
+    time_window_ms = 60000     # also keep mean/variance over the last minute (0 = off)
 
     [metrics.temperature]
     lo = -40.0                 # static limits
@@ -43,6 +45,8 @@ class Rules:
     stuck_count: int = 0
     stuck_ms: int = 0
     silence_ms: int = 0
+    shift_threshold: float = 1.0
+    time_window_ms: int = 0
 
     def __post_init__(self) -> None:
         check_detectors(**asdict(self))
@@ -82,7 +86,7 @@ def _values(table: dict, where: str) -> dict:
             msg = f"{where}: unknown key {k!r}; known: {sorted(_KEYS)}"
             raise ValueError(msg)
         if v == "off":
-            v = 0 if k in ("stuck_count", "stuck_ms", "silence_ms") else math.inf
+            v = 0 if k in ("stuck_count", "stuck_ms", "silence_ms", "time_window_ms") else math.inf
         if isinstance(v, bool) or not isinstance(v, int | float):
             msg = f"{where}: {k} must be a number or \"off\", got {v!r}"
             raise ValueError(msg)

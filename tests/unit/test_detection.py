@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from iotstream.ext import Episode
+
 from iotstream.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
 
 END = 1_800_000_000_000
@@ -70,7 +70,7 @@ def test_segments_are_labelled_and_shaped(kind):
     # segments of one metric keep their distance
     for m in range(len(METRICS)):
         spans = sorted((a.start_ms, a.end_ms) for a in labels if a.metric == m)
-        assert all(b[0] - a[1] > 300_000 for a, b in zip(spans, spans[1:]))
+        assert all(b[0] - a[1] > 300_000 for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_mixed_kinds_keep_spike_indices_valid():

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from numpy.lib.stride_tricks import sliding_window_view
-
 from iotstream.ext import FLAG_ZSCORE, rolling_py
+from numpy.lib.stride_tricks import sliding_window_view
 
 try:
     from iotstream.ext import _rolling

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from iotstream.ext import _common, _snapshot, rolling_py
 from iotstream.ext._common import (
     FLAG_LATE,

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from iotstream.ext import (
     FLAG_RATE,
     FLAG_STUCK,
@@ -108,6 +107,9 @@ def test_one_incident_one_episode():
         events += tr.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags)
     events += tr.close_idle(10**9)
     opened = [e.episode for e in events if e.action == "opened"]
-    assert 1 <= len(opened) <= 4 and {e.kind for e in opened} <= {"zscore", "robust"}
+    # the onset and the return are the two edges: at most one episode per kind and edge
+    kinds = [e.kind for e in opened]
+    assert 1 <= len(opened) <= 6 and set(kinds) <= {"zscore", "robust", "shift"}
+    assert all(kinds.count(k) <= 2 for k in kinds) and kinds.count("shift") == 1
     assert all(300_000 <= e.start_ms <= 352_000 for e in opened)
     assert not tr.open

@@ -311,21 +311,22 @@ def test_property_twin_vs_oracle(stream, window, minp, zthr):
 
 @needs_cython
 @settings(max_examples=150, deadline=None)
-@given(stream=stream_st, window=st.integers(2, 9), minp=st.integers(0, 9), split=st.integers(0, 120))
-def test_property_parity_and_snapshot(stream, window, minp, split):
+@given(stream=stream_st, window=st.integers(2, 9), minp=st.integers(0, 9), split=st.integers(0, 120),
+       span=st.integers(0, 6))
+def test_property_parity_and_snapshot(stream, window, minp, split, span):
     minp = min(minp, window)
     slots = np.array([s for s, _ in stream], dtype=np.int64)
     values = np.array([v for _, v in stream], dtype=np.float64)
     ts = np.arange(len(values), dtype=np.int64)
-    c = _rolling.RollingStats(window=window, min_count=minp, capacity=2)
-    p = rolling_py.RollingStats(window=window, min_count=minp, capacity=2)
+    c = _rolling.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
+    p = rolling_py.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
     oc = c.update(slots, ts, values)
     op = p.update(slots, ts, values)
     for a, b in zip(oc, op, strict=True):
         np.testing.assert_array_equal(a, b)
     assert c.to_bytes() == p.to_bytes()
     # split, snapshot through the other twin, continue: same as uninterrupted
-    c2 = _rolling.RollingStats(window=window, min_count=minp, capacity=2)
+    c2 = _rolling.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
     first = c2.update(slots[:split], ts[:split], values[:split])
     p2 = rolling_py.RollingStats.from_bytes(c2.to_bytes())
     second = p2.update(slots[split:], ts[split:], values[split:])

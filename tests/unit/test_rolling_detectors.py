@@ -11,6 +11,7 @@ from iotstream.ext._common import (
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
+    FLAG_SHIFT,
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
@@ -207,7 +208,7 @@ def test_score_combines_detectors_monotonically(impl):
 def full_detectors(impl):
     stats = impl.RollingStats(window=16, min_count=4, z_threshold=3.0, capacity=4, ewm_alpha=0.2,
                               robust_threshold=4.0, max_rate=5.0, stuck_count=5, stuck_ms=4000,
-                              silence_ms=3000)
+                              silence_ms=3000, shift_threshold=0.5, time_window_ms=10_000)
     stats.configure(np.arange(0, 12, 3), lo=-0.3, hi=0.3)
     return stats
 
@@ -229,11 +230,11 @@ def test_parity_all_detectors(seed):
                                       np.concatenate([op[0][i], op[1][i]]))
     assert c2.to_bytes() == p2.to_bytes()
     flags = np.concatenate([oc[0][2], oc[1][2]])
-    for bit in (FLAG_ZSCORE, FLAG_ROBUST, FLAG_RATE, FLAG_STUCK, FLAG_THRESHOLD, FLAG_LATE):
+    for bit in (FLAG_ZSCORE, FLAG_ROBUST, FLAG_RATE, FLAG_STUCK, FLAG_THRESHOLD, FLAG_LATE, FLAG_SHIFT):
         assert (flags & bit).any(), bit
     for key in range(13):
         for name in ("mean", "var", "count", "min", "max", "median", "mad", "ewm_mean", "ewm_var",
-                     "last_ts"):
+                     "last_ts", "tmean", "tvar", "tcount", "divergence"):
             assert repr(getattr(c2, name)(key)) == repr(getattr(p2, name)(key)), (name, key)
     np.testing.assert_array_equal(c2.silent(int(ts.max()) + 5000), p2.silent(int(ts.max()) + 5000))
 

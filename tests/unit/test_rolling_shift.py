@@ -1,0 +1,258 @@
+"""Time windows and the distribution-shift detector of iotstream.ext: oracles, crafted series, parity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from iotstream.ext import _common, _snapshot, rolling_py
+from iotstream.ext._common import FLAG_LATE, FLAG_SHIFT, FLAG_STUCK, FLAG_ZSCORE
+
+try:
+    from iotstream.ext import _rolling
+except ImportError:
+    _rolling = None
+
+needs_cython = pytest.mark.skipif(_rolling is None, reason="iotstream.ext._rolling is not built")
+IMPLS = [pytest.param("cython", marks=needs_cython), "python"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    return _rolling if request.param == "cython" else rolling_py
+
+
+def feed(stats, values, ts=None, slot=0):
+    values = np.asarray(values, dtype=np.float64)
+    ts = np.arange(len(values), dtype=np.int64) * 1000 if ts is None else np.asarray(ts, dtype=np.int64)
+    return stats.update(np.full(len(values), slot, np.int64), ts, values)
+
+
+# ----------------------------------------------------------------------
+# Time windows against an oracle
+
+def time_oracle(slots, ts, values, window, span):
+    """Per slot: the in-order real readings among its last ``window`` that are newer than newest - span."""
+    ring: dict[int, list] = {}
+    newest: dict[int, int] = {}
+    for s, t, v in zip(slots.tolist(), ts.tolist(), values.tolist(), strict=True):
+        last = newest.get(s)
+        counted = v == v and (last is None or t >= last)
+        ring.setdefault(s, []).append((t, v, counted))
+        ring[s] = ring[s][-window:]
+        newest[s] = t if last is None or t > last else last
+    return {s: [v for t, v, c in r if c and t > newest[s] - span] for s, r in ring.items()}
+
+
+def irregular(seed, n=6000, keys=5):
+    rng = np.random.default_rng(seed)
+    slots = rng.integers(0, keys, n).astype(np.int64)
+    ts = np.cumsum(rng.exponential(700, n)).astype(np.int64)
+    late = rng.random(n) < 0.05
+    ts[late] -= rng.integers(1, 20_000, late.sum())
+    same = np.flatnonzero(rng.random(n) < 0.05)[1:]
+    ts[same] = ts[same - 1]  # equal timestamps
+    values = 1e6 + rng.standard_normal(n) * 10 ** rng.uniform(-3, 2, keys)[slots]
+    values[rng.random(n) < 0.03] = np.nan
+    return slots, np.sort(ts) if seed % 2 else ts, values
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_time_window_matches_oracle(impl, seed):
+    window, span = 40, 15_000
+    slots, ts, values = irregular(seed)
+    stats = impl.RollingStats(window=window, min_count=3, time_window_ms=span)
+    stats.configure([4], time_window_ms=3_000)  # per-slot spans
+    for a in range(0, len(values), 487):
+        stats.update(slots[a:a + 487], ts[a:a + 487], values[a:a + 487])
+        upto = min(a + 487, len(values))
+        for key, sp in ((0, span), (1, span), (4, 3_000)):
+            sel = slots[:upto] == key
+            want = time_oracle(slots[:upto][sel], ts[:upto][sel], values[:upto][sel], window, sp).get(key, [])
+            assert stats.tcount(key) == len(want)
+            if not want:
+                assert math.isnan(stats.tmean(key))
+                continue
+            ref = np.array(want, dtype=np.longdouble)
+            assert stats.tmean(key) == pytest.approx(float(ref.mean()), rel=1e-13)
+            if len(want) > 1:
+                assert stats.tvar(key) == pytest.approx(float(ref.var(ddof=1)), rel=1e-7, abs=1e-12)
+            else:
+                assert math.isnan(stats.tvar(key))
+
+
+def test_time_window_off_and_back_on(impl):
+    stats = impl.RollingStats(window=8, min_count=2, time_window_ms=5_000)
+    feed(stats, [1.0, 2.0, 3.0, 4.0])
+    assert stats.tcount(0) == 4 and stats.tmean(0) == 2.5
+    stats.configure([0], time_window_ms=0)
+    feed(stats, [5.0], ts=[4000])
+    assert stats.tcount(0) == 0 and math.isnan(stats.tmean(0))
+    stats.configure([0], time_window_ms=1_500)
+    feed(stats, [6.0, 7.0, 9.0], ts=[5000, 6000, 7000])
+    # the window restarts when switched back on: 6 expired (ts <= 7000 - 1500), 7 and 9 remain
+    assert stats.tcount(0) == 2 and stats.tmean(0) == 8.0 and stats.tvar(0) == pytest.approx(2.0, rel=1e-14)
+    # a late reading is kept in the count window but not in the time window
+    _, _, flags = feed(stats, [100.0], ts=[6500])
+    assert flags[0] & FLAG_LATE and stats.tcount(0) == 2 and stats.count(0) == 8
+
+
+time_stream = st.lists(st.tuples(st.integers(0, 2), st.integers(-3000, 4000),
+                                 st.one_of(st.floats(-1e3, 1e3), st.just(np.nan), st.just(5.0))),
+                       min_size=1, max_size=150)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=time_stream, window=st.integers(2, 9), span=st.integers(1, 9000))
+def test_property_time_window(stream, window, span):
+    slots = np.array([s for s, _, _ in stream], dtype=np.int64)
+    ts = np.cumsum([d for _, d, _ in stream]).astype(np.int64)
+    values = np.array([v for _, _, v in stream], dtype=np.float64)
+    stats = rolling_py.RollingStats(window=window, min_count=2, capacity=1, time_window_ms=span)
+    stats.update(slots, ts, values)
+    for key, want in time_oracle(slots, ts, values, window, span).items():
+        assert stats.tcount(key) == len(want)
+        if want:
+            exact = math.fsum(want) / len(want)
+            assert stats.tmean(key) == pytest.approx(exact, rel=1e-9, abs=1e-9)
+        if len(want) > 1:
+            m = math.fsum(want) / len(want)
+            assert stats.tvar(key) == pytest.approx(math.fsum((v - m) ** 2 for v in want) / (len(want) - 1),
+                                                    rel=1e-7, abs=1e-7)
+
+
+# ----------------------------------------------------------------------
+# Distribution shift on crafted series
+
+def noise(n, seed=0, sd=1.0, level=20.0):
+    return level + sd * np.random.default_rng(seed).standard_normal(n)
+
+
+def test_stationary_noise_is_quiet(impl):
+    stats = impl.RollingStats(window=100, min_count=20)
+    _, score, flags = feed(stats, noise(20_000, seed=1))
+    assert not (flags & FLAG_SHIFT).any()
+    d = stats.divergence(0)
+    assert 0.0 <= d < 0.5 and score.max() < 0.5
+
+
+def test_level_shift_below_the_z_threshold(impl):
+    """3 sd: z never reaches 6, the window follows within 100 readings; the shift detector catches it."""
+    x = noise(6000, seed=2)
+    x[3000:] += 3.0
+    stats = impl.RollingStats(window=100, min_count=20, robust_threshold=math.inf)
+    _, score, flags = feed(stats, x)
+    shift = np.flatnonzero(flags & FLAG_SHIFT)
+    assert not (flags[:3000] & FLAG_SHIFT).any() and not (flags & FLAG_ZSCORE).any()
+    assert 3000 <= shift[0] < 3040 and score[shift].min() > 0.5
+    # flagged readings are never learned; after 2 windows of shift the new level is the new normal
+    assert shift[-1] < 3000 + 3 * 100 and not (flags[3400:] & FLAG_SHIFT).any()
+    assert stats.divergence(0) < 0.5
+
+
+def test_slow_drift(impl):
+    x = noise(6000, seed=3)
+    x[3000:3500] += np.linspace(0, 8, 500)
+    x[3500:] += 8
+    stats = impl.RollingStats(window=100, min_count=20)
+    _, _, flags = feed(stats, x)
+    assert not (flags[:3000] & (FLAG_SHIFT | FLAG_ZSCORE)).any() and not (flags[3000:] & FLAG_ZSCORE).any()
+    first = np.flatnonzero(flags & FLAG_SHIFT)[0]
+    assert 3050 < first < 3300  # once the drift is ~1.5 sd away from the long run
+    assert not (flags[4500:] & FLAG_SHIFT).any()
+
+
+def test_noise_burst_and_stuck_run(impl):
+    x = noise(5000, seed=4)
+    x[2000:2100] = 20 + 5 * np.random.default_rng(5).standard_normal(100)
+    x[3500:3600] = x[3499]  # stuck, and the stuck detector is off
+    stats = impl.RollingStats(window=100, min_count=20)
+    _, _, flags = feed(stats, x)
+    assert (flags[2000:2100] & FLAG_SHIFT).any() and (flags[3500:3600] & FLAG_SHIFT).any()
+    assert not (flags[3500:3600] & FLAG_STUCK).any()
+    assert not (flags[:2000] & FLAG_SHIFT).any() and not (flags[2300:3500] & FLAG_SHIFT).any()
+
+
+def test_shift_off_and_warmup(impl):
+    x = noise(3000, seed=6)
+    x[1500:] += 4
+    stats = impl.RollingStats(window=100, min_count=20, shift_threshold=math.inf)
+    _, _, flags = feed(stats, x)
+    assert not (flags & FLAG_SHIFT).any()
+    stats = impl.RollingStats(window=100, min_count=20)
+    assert math.isnan(stats.divergence(0))
+    feed(stats, x[:149])
+    assert math.isnan(stats.divergence(0))  # the reference warms for a window, then half a window of bins
+    feed(stats, x[149:151], ts=[149_000, 150_000])
+    assert stats.divergence(0) >= 0.0
+    stats.configure([0], shift_threshold=0.5)
+    assert stats.settings(0)["shift_threshold"] == 0.5
+    with pytest.raises(ValueError, match="shift_threshold"):
+        stats.configure([0], shift_threshold=0.0)
+
+
+# ----------------------------------------------------------------------
+# Parity and snapshots with time windows and shifts
+
+def shifty(seed, n=12_000, keys=6):
+    rng = np.random.default_rng(seed)
+    slots = rng.integers(0, keys, n).astype(np.int64)
+    ts = np.cumsum(rng.integers(0, 1500, n)).astype(np.int64)
+    ts[rng.random(n) < 0.02] -= 3000
+    values = rng.standard_normal(n) * (1 + slots)
+    step_at = rng.integers(n // 4, n, keys)
+    values += np.where(np.arange(n) >= step_at[slots], 4.0 * (1 + slots), 0.0)
+    values[rng.random(n) < 0.02] = np.nan
+    return slots, ts, values
+
+
+@needs_cython
+@pytest.mark.parametrize("seed", [0, 1])
+def test_parity_time_and_shift(seed):
+    slots, ts, values = shifty(seed)
+    kw = {"window": 30, "min_count": 5, "capacity": 2, "time_window_ms": 20_000, "stuck_count": 6}
+    c, p = _rolling.RollingStats(**kw), rolling_py.RollingStats(**kw)
+    split = len(values) // 2
+    a = [c.update(slots[:split], ts[:split], values[:split])]
+    b = [p.update(slots[:split], ts[:split], values[:split])]
+    c2 = _rolling.RollingStats.from_bytes(p.to_bytes())
+    p2 = rolling_py.RollingStats.from_bytes(c.to_bytes())
+    a.append(c2.update(slots[split:], ts[split:], values[split:]))
+    b.append(p2.update(slots[split:], ts[split:], values[split:]))
+    for i in range(3):
+        np.testing.assert_array_equal(np.concatenate([a[0][i], a[1][i]]), np.concatenate([b[0][i], b[1][i]]))
+    assert c2.to_bytes() == p2.to_bytes()
+    flags = np.concatenate([a[0][2], a[1][2]])
+    assert (flags & FLAG_SHIFT).any()
+    for key in range(6):
+        for name in ("tmean", "tvar", "tcount", "divergence"):
+            assert repr(getattr(c2, name)(key)) == repr(getattr(p2, name)(key)), (name, key)
+
+
+def test_loads_stage2_snapshot(impl):
+    """A snapshot of the layout before time windows and shifts: count windows continue exactly."""
+    slots, ts, values = shifty(3, n=4000, keys=4)
+    new = impl.RollingStats(window=20, min_count=4, shift_threshold=math.inf)
+    new.update(slots, ts, values)
+    raw = _snapshot.load(new.to_bytes(), "RollingStats")[2]
+    old_f = _common.FLOAT_FIELDS[:10]
+    old_i = _common.INT_FIELDS[:8]
+    old_p = _common.PARAM_FIELDS[:8]
+    legacy = _snapshot.dump(
+        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
+        {"fstate": old_f, "istate": old_i, "pstate": old_p},
+        {"fstate": raw["fstate"][:, :10], "istate": raw["istate"][:, :8], "pstate": raw["pstate"][:, :8],
+         "buf": raw["buf"], "sorted": raw["sorted"]})
+    back = impl.RollingStats.from_bytes(legacy)
+    assert back.settings(0)["shift_threshold"] == 1.0  # the default of an old snapshot's settings
+    back.configure(np.arange(4), shift_threshold=math.inf)
+    z1, s1, f1 = back.update(slots, ts + 10**8, values)
+    z2, s2, f2 = new.update(slots, ts + 10**8, values)
+    np.testing.assert_array_equal(z1, z2)
+    np.testing.assert_array_equal(f1, f2)
+    for key in range(4):
+        for name in ("mean", "var", "count", "min", "max", "median", "mad"):
+            assert repr(getattr(back, name)(key)) == repr(getattr(new, name)(key))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -59,7 +60,9 @@ def loadgen(target: str, size: int, args) -> dict:
 
 def measure(name: str, args) -> dict:
     spec = SERVERS[name]
-    extra = ["--kafka", args.kafka] if args.kafka and spec["module"] == "bench.fastapi_peer" else []
+    extra = []
+    if args.kafka and spec["module"] == "bench.fastapi_peer":  # own topics: no backlog of earlier runs
+        extra = ["--kafka", args.kafka, "--namespace", f"benchfastapi{os.getpid()}x{int(time.time())}"]
     server = ServerProcess(kafka=args.kafka if name == "ingest" else None, cpus=args.server_cpus,
                            module=spec["module"], http=spec["http"], extra_args=extra, chdb_lock=not args.as_is)
     out = {}

@@ -75,7 +75,7 @@ def enrich(batch: Batch) -> tuple[bytes, int]:
     return msg.SerializeToString(), len(batch.readings)
 
 
-def create_app(data_dir: str, kafka: str | None = None) -> FastAPI:
+def create_app(data_dir: str, kafka: str | None = None, namespace: str = "iotstream") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from iotstream.server import Config, EmbeddedServer
@@ -84,7 +84,7 @@ def create_app(data_dir: str, kafka: str | None = None) -> FastAPI:
         if kafka:
             from iotstream.kafka import KafkaConfig
 
-            config.kafka = KafkaConfig(bootstrap=kafka)
+            config.kafka = KafkaConfig(bootstrap=kafka, namespace=namespace)
         app.state.node = EmbeddedServer(config)
         await app.state.node.start()
         try:
@@ -120,8 +120,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--data-dir", default="./fastapi-peer-data")
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="hand batches to Kafka instead of the local queue")
+    ap.add_argument("--namespace", default="iotstream", help="Kafka topics and group prefix (default iotstream)")
     args = ap.parse_args()
-    uvicorn.run(create_app(args.data_dir, args.kafka), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(create_app(args.data_dir, args.kafka, args.namespace), host=args.host, port=args.port, log_level="warning",
                 access_log=False)
 
 

@@ -125,7 +125,10 @@ class ServerProcess:
         if self.kafka:
             if not serve_supports_kafka():
                 raise SystemExit("`iotstream serve` has no --kafka option yet; run without --kafka")
-            cmd += ["--kafka", self.kafka]
+            # A fresh namespace (topics and consumer group) per run: a reused broker must not hand this
+            # server the backlog of an earlier run.
+            self.namespace = f"bench{self.port}x{os.getpid()}"
+            cmd += ["--kafka", self.kafka, "--namespace", self.namespace]
         self.log_path = os.path.join(self.data_dir, "serve.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,

@@ -43,7 +43,6 @@ from google.protobuf.descriptor import FieldDescriptor as F
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
 
@@ -75,7 +74,8 @@ class Report:
 
     def summary(self) -> dict:
         return {"inputs_tried": sum(self.inputs.values()), "inputs": dict(self.inputs),
-                "crashes": len(self.crashes), "hangs": len(self.hangs), "statuses": dict(sorted(self.statuses.items())),
+                "crashes": len(self.crashes), "hangs": len(self.hangs),
+                "crashes_by_kind": dict(collections.Counter(c["kind"] for c in self.crashes)), "statuses": dict(sorted(self.statuses.items())),
                 "crash_samples": self.crashes[:10], "hang_samples": self.hangs[:10],
                 "neighbour_acked": self.neighbour_acked, "neighbour_stored": self.neighbour_stored}
 

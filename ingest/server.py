@@ -33,10 +33,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import DecodeError
+from iotstream.v1 import ingest_pb2 as pb
 
 from iotstream.auth import AuthError
 from iotstream.queue import QueueUnavailable
-from iotstream.v1 import ingest_pb2 as pb
 
 from .limits import DeviceLimiter, RateLimited, TooManyStreams
 from .validate import Limits, accepted_only, validate

@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-
 from iotstream.v1 import ingest_pb2 as pb
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")

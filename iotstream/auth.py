@@ -173,13 +173,6 @@ class FileTokens:
     def load(self) -> dict[str, Principal]:
         return {r["token_sha256"]: Principal(r["role"], r["subject"]) for r in self.list()}
 
-    def version(self) -> tuple:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return ()
-        return (st.st_mtime_ns, st.st_size)
-
 
 # ---- checking calls ---------------------------------------------------------------------------------
 

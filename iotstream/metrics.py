@@ -103,7 +103,7 @@ class Metrics:
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": cfg.group_id,
-                             "enable.auto.commit": False})
+                             "enable.auto.commit": False, "logger": logging.getLogger("iotstream.rdkafka")})
         try:
             while not self._lag_stop.is_set():
                 try:

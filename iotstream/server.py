@@ -227,7 +227,8 @@ class Node:
             from confluent_kafka.admin import AdminClient
 
             if self._kafka_admin is None:
-                self._kafka_admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap})
+                self._kafka_admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap,
+                                                 "logger": logging.getLogger("iotstream.rdkafka")})
             admin, timeout = self._kafka_admin, cfg.probe_timeout_s
 
             def kafka():

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-
 from iotstream.v1 import ingest_pb2 as pb
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import ServerThread
 from security_fixtures import database
 
-from conftest import ServerThread
 from iotstream.server import Config
 
 FUZZ = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"

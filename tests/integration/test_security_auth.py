@@ -6,13 +6,13 @@ import json
 
 import grpc
 import pytest
+from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import batch, bearer, code_of, database, poll
 
-from conftest import ServerThread
 from iotstream.auth import ClickHouseTokens
 from iotstream.server import Config
-from iotstream.v1 import query_pb2 as qpb
 
 OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 

@@ -11,11 +11,11 @@ import urllib.request
 
 import grpc
 import pytest
+from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from security_fixtures import batch, database, poll
 
-from conftest import ServerThread
 from iotstream import logs
 from iotstream.kafka import KafkaConfig
 from iotstream.server import INGEST, Config

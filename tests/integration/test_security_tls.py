@@ -6,14 +6,14 @@ import asyncio
 
 import grpc
 import pytest
+from conftest import ServerThread
+from iotstream.v1 import ingest_pb2_grpc
 from security_fixtures import batch, bearer, code_of, database, make_pki
 
-from conftest import ServerThread
 from iotstream.auth import ClickHouseTokens
 from iotstream.server import Config
 from iotstream.simulate import run_fleet
 from iotstream.tls import ClientTLS, ServerTLS, channel
-from iotstream.v1 import ingest_pb2_grpc
 
 OK = grpc.StatusCode.OK
 

@@ -11,13 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import grpc
-
+import pytest
 from iotstream.v1 import ingest_pb2 as pb
-from iotstream.v1 import ingest_pb2_grpc
+from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 from iotstream.v1 import query_pb2 as qpb
-from iotstream.v1 import query_pb2_grpc
 
 DEVICES = 12
 BATCH = 200
@@ -27,9 +27,9 @@ WINDOW = 16
 class Serve:
     """`iotstream --log-format json serve` in a subprocess; stderr collected by a thread."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, *extra):
         self.proc = subprocess.Popen([sys.executable, "-m", "iotstream", "--log-format", "json", "serve", "--port",
-                                      "0", "--data-dir", str(data_dir)], stderr=subprocess.PIPE, text=True)
+                                      "0", "--data-dir", str(data_dir), *extra], stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.listening = threading.Event()
         self.target = None
@@ -79,6 +79,10 @@ async def busy_device(stub, device: int, acked: set, outcome: dict, started_ms: 
         outcome[device] = "OK"
     except grpc.aio.AioRpcError as exc:
         outcome[device] = exc.code().name
+        if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core":
+            # grpc/grpc#36066: an aio client whose write races the server's end of the call reports this
+            # instead of the status the server sent (UNAVAILABLE here).
+            outcome[device] = "UNAVAILABLE (reported as INTERNAL by the aio client)"
     finally:
         writer.cancel()
 
@@ -112,8 +116,25 @@ def stored_values(target: str, device: int) -> list[float]:
             token = page.next_page_token
 
 
-def test_sigterm_during_busy_ingest_loses_nothing_acked(tmp_path):
-    serve = Serve(tmp_path)
+def poll_values(target: str, device: int, acked: set, timeout: float = 60) -> list[float]:
+    want = {v for seq in acked for v in values_of(device, seq)}
+    deadline = time.monotonic() + timeout
+    while True:
+        values = stored_values(target, device)
+        if want <= set(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("queue", ["local", "kafka"])
+def test_sigterm_during_busy_ingest_loses_nothing_acked(tmp_path, queue, request):
+    """Embedded (acks after the ClickHouse insert) and with Kafka (acks after the broker has the batch;
+    the processor then commits and snapshots on the way out)."""
+    extra = ()
+    if queue == "kafka":
+        broker = request.getfixturevalue("kafka_broker")
+        extra = ("--kafka", broker.bootstrap, "--namespace", f"drain-{uuid.uuid4().hex[:8]}", "--partitions", "4")
+    serve = Serve(tmp_path, *extra)
     try:
         acked, outcome = asyncio.run(ingest_then_sigterm(serve))
         assert serve.proc.wait(60) == 0
@@ -121,15 +142,17 @@ def test_sigterm_during_busy_ingest_loses_nothing_acked(tmp_path):
         if serve.proc.poll() is None:
             serve.proc.kill()
     # Streams were told to go elsewhere (UNAVAILABLE), not cut off with an error of ours.
-    assert set(outcome.values()) <= {"UNAVAILABLE", "OK"}, outcome
+    assert {v.split()[0] for v in outcome.values()} <= {"UNAVAILABLE", "OK"}, outcome
     records = [json.loads(line) for line in serve.lines if line.startswith("{")]
     assert any("stopped" in r["msg"] for r in records)
-    assert all(line.startswith("{") for line in serve.lines if line.strip()), "every log line is JSON"
+    # Every log line is JSON, but librdkafka's own (`%LEVEL|...`), which bypass Python logging.
+    assert all(line.startswith(("{", "%")) for line in serve.lines if line.strip()), "every log line is JSON"
 
-    again = Serve(tmp_path)
+    again = Serve(tmp_path, *extra)
     try:
         for d in range(DEVICES):
-            values = stored_values(again.target, d)
+            # With Kafka, what was in the topic but not yet stored is stored by the restarted processor.
+            values = poll_values(again.target, d, acked[d]) if queue == "kafka" else stored_values(again.target, d)
             assert len(values) == len(set(values)), f"device {d}: a reading stored twice"
             missing = {seq for seq in acked[d] if not set(values_of(d, seq)) <= set(values)}
             assert not missing, f"device {d}: acked batches {sorted(missing)[:5]} not stored"

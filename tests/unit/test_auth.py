@@ -3,8 +3,18 @@
 import grpc
 import pytest
 
-from iotstream.auth import (ADMIN, DEVICE, READER, Authenticator, AuthError, FileTokens, Principal, authorize,
-                            new_token, token_hash)
+from iotstream.auth import (
+    ADMIN,
+    DEVICE,
+    READER,
+    Authenticator,
+    AuthError,
+    FileTokens,
+    Principal,
+    authorize,
+    new_token,
+    token_hash,
+)
 
 
 def md(token):

@@ -155,3 +155,12 @@ def test_other_devices_are_not_slowed_by_a_flooding_one(limited):
     finally:
         stop.set()
         t.join(15)
+
+
+def test_refusals_are_in_get_stats(limited):
+    from iotstream.v1 import query_pb2 as qpb
+
+    assert code_of(limited.ingest.Send, batch("dev-stats", 2000), timeout=10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    stats = dict(limited.query.GetStats(qpb.GetStatsRequest(), timeout=30).rejected)
+    assert stats == rejected(limited)  # no traffic in between: the RPC shows exactly the counters
+    assert stats["MESSAGE_TOO_LARGE_CALLS"] >= 1

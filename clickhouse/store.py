@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 import string
+import threading
 from dataclasses import dataclass
 from importlib import resources
 
 import pyarrow as pa
 
-from . import rollups
+from . import episodes, rollups
 
 MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS $db.schema_migrations (name String, applied DateTime DEFAULT now())
@@ -31,8 +32,15 @@ class StoreConfig:
     # Raw readings, 1-minute rollups and flagged readings older than this are dropped by TTL, so ingest
     # must not accept older readings.
     retention_days: int = 30
-    # Hourly and daily rollups outlive the raw data.
+    # Hourly and daily rollups, anomaly episodes and acknowledgements outlive the raw data.
     long_retention_days: int = 730
+    # Flagged readings of one (device, metric, kind) at most this far apart form one anomaly episode,
+    # which closes once this much time has passed after its newest flagged reading.
+    episode_quiet_ms: int = 60_000
+    # WatchAnomalies reports episode versions only once they are this old. 0 is exact when one process
+    # writes episodes (embedded); with several processors writing to one server, give their inserts time
+    # to land in version order (a few seconds).
+    watch_settle_ms: int = 0
 
 
 # table -> (TTL time expression, StoreConfig field with its days); see Store.apply_retention
@@ -42,7 +50,11 @@ RETENTION = {
     "rollup_1m": ("bucket", "retention_days"),
     "rollup_1h": ("bucket", "long_retention_days"),
     "rollup_1d": ("bucket", "long_retention_days"),
+    "anomaly_episodes": ("toDateTime(updated)", "long_retention_days"),
 }
+# Statements that run after a migration file is applied, to fill what it created from stored data.
+AFTER_MIGRATION = {"007_anomaly_episodes.sql": "rebuild_episodes"}
+EPISODE_KEYS_PER_STATEMENT = 2_000
 _TTL_DAYS = re.compile(r"\bTTL\b.*?toIntervalDay\((\d+)\)", re.S)
 
 
@@ -64,6 +76,9 @@ class Store:
         self.backend = backend
         self.config = config or StoreConfig()
         self.db = backend.database
+        # Episode rows are versioned by write time; one writer at a time in this process keeps versions in
+        # commit order, which WatchAnomalies relies on.
+        self._episode_lock = threading.Lock()
 
     def _sql(self, text: str) -> str:
         # Table names are qualified with the database ($db): sessions of one chDB engine share `USE`.
@@ -88,6 +103,8 @@ class Store:
                 continue
             for statement in split_statements(text):
                 self._command(statement)
+            if name in AFTER_MIGRATION:
+                getattr(self, AFTER_MIGRATION[name])()
             self._command("INSERT INTO $db.schema_migrations (name) VALUES ({n:String})", {"n": name})
             applied.append(name)
         self.apply_retention()
@@ -118,23 +135,53 @@ class Store:
         self.backend.insert(f"{self.db}.readings", data, token)
 
     def insert_anomalies(self, data: pa.Table, token: str | None = None) -> None:
+        """Flagged readings (device_id, metric, time, value, kind, score, zscore; one row per reading and
+        detector), then the anomaly episodes they open, extend or join. A replay with the same token
+        stores nothing twice and leaves the episodes as they are."""
+        if data.num_rows == 0:
+            return
         self.backend.insert(f"{self.db}.anomalies", data, token)
+        self.update_episodes(episode_keys(data))
+
+    def update_episodes(self, keys: list[tuple[str, str, str, int]]) -> None:
+        """Recompute the episodes of these (device_id, metric, kind, earliest new flagged reading ms)."""
+        with self._episode_lock:
+            for i in range(0, len(keys), EPISODE_KEYS_PER_STATEMENT):
+                chunk = keys[i:i + EPISODE_KEYS_PER_STATEMENT]
+                self._command(episodes.RECOMPUTE, {
+                    "kd": [k[0] for k in chunk], "km": [k[1] for k in chunk], "kk": [k[2] for k in chunk],
+                    "kt": [int(k[3]) for k in chunk], "q": int(self.config.episode_quiet_ms)})
+
+    def rebuild_episodes(self) -> None:
+        """Episodes of every flagged reading stored (after the migration that adds them)."""
+        rows = self._query("SELECT device_id, metric, kind, toUnixTimestamp64Milli(min(time)) AS t "
+                           "FROM $db.anomalies GROUP BY device_id, metric, kind").to_pylist()
+        self.update_episodes([(r["device_id"], r["metric"], r["kind"], r["t"]) for r in rows])
 
     # ---- reads ----------------------------------------------------------------------------------
 
-    def counts(self, online_since_ms: int) -> dict:
+    def counts(self, online_since_ms: int, now_ms: int) -> dict:
         row = self._query(
             f"""
             SELECT
                 (SELECT count() FROM $db.readings) AS readings,
-                (SELECT count() FROM $db.anomalies) AS anomalies,
+                (SELECT count() FROM $db.anomaly_episodes FINAL) AS anomalies,
+                (SELECT count() FROM $db.anomaly_episodes FINAL WHERE closes > {_MS % "now"}) AS open_anomalies,
                 (SELECT uniqExact(device_id) FROM $db.device_metrics) AS devices,
                 (SELECT count() FROM (SELECT device_id FROM $db.device_metrics GROUP BY device_id
-                                      HAVING max(last_stored) >= {_MS % "since"})) AS devices_online
+                                      HAVING max(last_stored) >= {_MS % "since"})) AS devices_online,
+                (SELECT toUnixTimestamp64Milli(max(last_stored)) FROM $db.device_metrics) AS last_stored_ms
             """,
-            {"since": online_since_ms},
+            {"since": online_since_ms, "now": now_ms},
         ).to_pylist()[0]
         return row
+
+    def table_sizes(self) -> list:
+        """Rows and bytes on disk of each table with data (active parts; row versions not yet merged away
+        count too)."""
+        return self._query("SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts "
+                           "WHERE database = {d:String} AND active GROUP BY table ORDER BY table",
+                           {"d": self.db}).to_pylist()
 
     def list_devices(self, prefix: str, status: int, online_since_ms: int, after: str, limit: int) -> list:
         """Registry rows by device id after `after`; status: 0 all, 1 online only, 2 offline only
@@ -170,10 +217,12 @@ class Store:
             {"d": device_id},
         ).to_pylist()
 
-    def device_anomalies(self, device_id: str) -> int:
-        table = self._query("SELECT count() AS n FROM $db.anomalies WHERE device_id = {d:String}",
-                                   {"d": device_id})
-        return table.column("n")[0].as_py()
+    def device_anomalies(self, device_id: str, now_ms: int) -> tuple[int, int]:
+        """(episodes, open episodes) of one device."""
+        row = self._query(f"SELECT count() AS n, countIf(closes > {_MS % 'now'}) AS open "
+                          "FROM $db.anomaly_episodes FINAL WHERE device_id = {d:String}",
+                          {"d": device_id, "now": now_ms}).to_pylist()[0]
+        return row["n"], row["open"]
 
     def history(self, device_id: str, metrics: list[str], start_ms: int, end_ms: int,
                 after: tuple | None, limit: int) -> pa.Table:
@@ -207,25 +256,61 @@ class Store:
         sources = list(dict.fromkeys(table for table, _, _ in pieces))
         return self._query(sql, params), sources
 
-    def anomalies(self, device_id: str, metric: str, kind: str, start_ms: int, end_ms: int,
-                  after: tuple | None, limit: int) -> list:
-        """Newest first, ordered by (time, device_id, metric, kind) descending; `after` is the last
-        row's key of the previous page (exclusive)."""
-        time_ms, dev, met, knd = after or (end_ms, "", "", "")
-        cursor = "1" if after is None else (
-            f"(time, device_id, metric, kind) < ({_MS % 'at'}, {{ad:String}}, {{am:String}}, {{ak:String}})")
-        return self._query(
-            f"""
-            SELECT device_id, metric, toUnixTimestamp64Milli(time) AS time_ms, value, kind, score, zscore
-            FROM $db.anomalies
-            WHERE ({{d:String}} = '' OR device_id = {{d:String}})
-              AND ({{m:String}} = '' OR metric = {{m:String}})
-              AND ({{k:String}} = '' OR kind = {{k:String}})
-              AND time >= {_MS % "start"} AND time < {_MS % "end"}
-              AND {cursor}
-            ORDER BY time DESC, device_id DESC, metric DESC, kind DESC
-            LIMIT {{limit:UInt32}}
-            """,
-            {"d": device_id, "m": metric, "k": kind, "start": start_ms, "end": end_ms, "at": time_ms,
-             "ad": dev, "am": met, "ak": knd, "limit": limit},
-        ).to_pylist()
+    # ---- anomaly episodes (SQL in episodes.py) -------------------------------------------------------
+
+    def anomalies(self, device_id: str, metric: str, kind: str, min_severity: int, state: int, acked: int,
+                  start_ms: int, end_ms: int, now_ms: int, after: tuple | None, limit: int) -> list:
+        """Episodes newest first by (opened, device_id, metric, kind) descending; `after` is the previous
+        page's last (opened_ms, device_id, metric, kind), exclusive. state: 0 any, 1 open, 2 closed;
+        acked: 0 any, 1 acknowledged, 2 not."""
+        at, ad, am, ak = after or (0, "", "", "")
+        return self._query(episodes.list_sql(after is not None, acked), {
+            "d": device_id, "m": metric, "k": kind, "sev": min_severity, "state": state, "start": start_ms,
+            "end": end_ms, "now": now_ms, "at": at, "ad": ad, "am": am, "ak": ak, "limit": limit}).to_pylist()
+
+    def anomaly(self, device_id: str, metric: str, kind: str, opened_ms: int) -> dict | None:
+        rows = self._query(episodes.GET, {"d": device_id, "m": metric, "k": kind, "o": opened_ms}).to_pylist()
+        return rows[0] if rows else None
+
+    def acknowledge(self, device_id: str, metric: str, kind: str, opened_ms: int, by: str,
+                    at_ms: int) -> dict | None:
+        """Acknowledge an episode (the first acknowledgement stands); None if there is no such episode."""
+        if self.anomaly(device_id, metric, kind, opened_ms) is None:
+            return None
+        self._command(episodes.ACKNOWLEDGE, {"d": device_id, "m": metric, "k": kind, "o": opened_ms,
+                                             "by": by, "at": at_ms})
+        return self.anomaly(device_id, metric, kind, opened_ms)
+
+    def episode_version(self) -> int:
+        """Newest episode version (Unix microseconds), 0 if none: where a new watcher starts."""
+        return self._query("SELECT toUnixTimestamp64Micro(max(version)) AS v FROM $db.anomaly_episodes"
+                           ).column("v")[0].as_py() or 0
+
+    def episode_changes(self, after: tuple, now_ms: int, limit: int) -> list:
+        """Newest version of each episode written after `after` = (version_us, device_id, metric, kind,
+        opened_ms), oldest first, at most `limit`; versions younger than watch_settle_ms wait."""
+        v, vd, vm, vk, vo = after
+        upto = (now_ms - int(self.config.watch_settle_ms)) * 1000 + 999
+        return self._query(episodes.CHANGES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "upto": upto,
+                                              "limit": limit}).to_pylist()
+
+    def episode_closures(self, seen: tuple, after: tuple, now_ms: int, limit: int) -> list:
+        """Episodes whose current version is at or before `seen` = (version_us, device_id, metric, kind,
+        opened_ms) and whose closes time is after `after` = (closes_ms, device_id, metric, kind, opened_ms)
+        and not after now_ms, by closes time."""
+        v, vd, vm, vk, vo = seen
+        c, cd, cm, ck, co = after
+        return self._query(episodes.CLOSURES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "c": c, "cd": cd,
+                                               "cm": cm, "ck": ck, "co": co, "now": now_ms, "limit": limit}
+                           ).to_pylist()
+
+
+def episode_keys(data: pa.Table) -> list[tuple[str, str, str, int]]:
+    """Distinct (device_id, metric, kind) of flagged readings, each with its earliest reading time in ms."""
+    cols = {}
+    for name in ("device_id", "metric", "kind"):
+        col = data.column(name)
+        cols[name] = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
+    cols["t"] = data.column("time").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    grouped = pa.table(cols).group_by(["device_id", "metric", "kind"]).aggregate([("t", "min")])
+    return list(zip(*(grouped.column(n).to_pylist() for n in ("device_id", "metric", "kind", "t_min"))))

@@ -200,7 +200,13 @@ def cmd_query(args) -> int:
             funcs=[pb.AggFunc.Value(f.upper()) for f in args.func], merge_devices=args.merge)),
         "anomalies": lambda: ("ListAnomalies", pb.ListAnomaliesRequest(
             device_id=args.device, metric=args.metric_name, kind=args.kind, start_ms=start,
-            page_size=args.limit, page_token=args.page_token)),
+            page_size=args.limit, page_token=args.page_token,
+            min_severity=pb.Severity.Value(f"SEVERITY_{args.severity.upper()}") if args.severity else 0,
+            state=pb.AnomalyState.Value(f"ANOMALY_{args.state.upper()}") if args.state else 0,
+            acknowledged={None: 0, "yes": pb.ACKNOWLEDGED, "no": pb.UNACKNOWLEDGED}[args.acked])),
+        "ack": lambda: ("AcknowledgeAnomaly", pb.AcknowledgeAnomalyRequest(id=args.id, by=args.by)),
+        "watch": lambda: ("WatchAnomalies", pb.WatchAnomaliesRequest(
+            cursor=args.cursor, device_id=args.device, metric=args.metric_name, kind=args.kind)),
         "stats": lambda: ("GetStats", pb.GetStatsRequest()),
     }
     from iotstream.auth import bearer
@@ -211,10 +217,20 @@ def cmd_query(args) -> int:
     with open_channel(args.target, client_tls(args)) as channel:
         stub = pb_grpc.QueryStub(channel)
         try:
+            if args.what == "watch":  # a stream: one JSON line per event, until Ctrl-C or --count events
+                seen = 0
+                for event in stub.WatchAnomalies(request, metadata=bearer(args.token)):
+                    print(json.dumps(MessageToDict(event, preserving_proto_field_name=True)), flush=True)
+                    seen += event.type != pb.AnomalyEvent.WATCHING
+                    if args.count and seen >= args.count:
+                        return 0
+                return 0
             reply = getattr(stub, method)(request, timeout=args.timeout, metadata=bearer(args.token))
         except grpc.RpcError as exc:
             print(f"iotstream query {args.what}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            return 0
     as_dict = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     if args.what == "stats":  # uint64 fields come out as JSON strings in proto3 JSON; stats are counts
         as_dict = {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in as_dict.items()}
@@ -510,8 +526,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default="", help="device id")
     x.add_argument("--metric", dest="metric_name", default="", help="metric")
     x.add_argument("--kind", default="", help="detector kind, e.g. zscore")
+    x.add_argument("--severity", choices=["low", "medium", "high"], help="at least this severity")
+    x.add_argument("--state", choices=["open", "closed"], help="only episodes in this state")
+    x.add_argument("--acked", choices=["yes", "no"], help="only acknowledged (yes) or unacknowledged (no) ones")
     since(x, 24.0 * 30)
     paged(x)
+    x = qs.add_parser("ack", help="AcknowledgeAnomaly (admin token)")
+    x.add_argument("id", help="the anomaly's id, from `query anomalies`")
+    x.add_argument("--by", required=True, help="who acknowledges it")
+    x = qs.add_parser("watch", help="WatchAnomalies: one JSON line per event, until Ctrl-C")
+    x.add_argument("--device", default="", help="device id")
+    x.add_argument("--metric", dest="metric_name", default="", help="metric")
+    x.add_argument("--kind", default="", help="detector kind, e.g. zscore")
+    x.add_argument("--cursor", default="", help="resume after the event that carried this cursor")
+    x.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
     qs.add_parser("stats", help="GetStats: rows, rates, devices online, rejections")
     q.set_defaults(fn=cmd_query)
     return p

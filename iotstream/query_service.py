@@ -23,15 +23,17 @@ def encode_token(key: list) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
 
 
-def decode_token(token: str, size: int) -> list | None:
+def decode_token(token: str, size: int, field: str = "page_token", types: tuple | None = None) -> list | None:
+    """The key list inside a token made by encode_token; `types` checks each item's type."""
     if not token:
         return None
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except ValueError:
         key = None
-    if not isinstance(key, list) or len(key) != size:
-        raise InvalidArgument("page_token: not a token returned by this RPC")
+    if not isinstance(key, list) or len(key) != size or (
+            types and not all(isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, types))):
+        raise InvalidArgument(f"{field}: not a value returned by this service")
     return key
 
 
@@ -57,7 +59,64 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def check_enum(field: str, value: int, enum) -> int:
+    if value not in enum.values():
+        raise InvalidArgument(f"{field}: {value} is not one of {sorted(enum.values())}")
+    return value
+
+
+# ---- anomaly episodes ---------------------------------------------------------------------------------
+
+EPISODE_KEY = (str, str, str, int)  # device_id, metric, kind, opened_ms: an episode's identity
+
+
+def anomaly_id(row: dict) -> str:
+    return encode_token([row["device_id"], row["metric"], row["kind"], row["opened_ms"]])
+
+
+def anomaly_message(row: dict, now: int) -> pb.Anomaly:
+    """A store row (clickhouse.episodes.COLUMNS) as the wire message, open or closed as of `now`."""
+    return pb.Anomaly(
+        device_id=row["device_id"], metric=row["metric"], kind=row["kind"], time_ms=row["time_ms"],
+        value=row["value"], score=row["score"], zscore=row["zscore"], id=anomaly_id(row),
+        severity=row["severity"], state=pb.ANOMALY_OPEN if row["closes_ms"] > now else pb.ANOMALY_CLOSED,
+        opened_ms=row["opened_ms"], updated_ms=row["updated_ms"], closes_ms=row["closes_ms"],
+        readings=row["readings"], acknowledged_ms=row["acked_ms"], acknowledged_by=row["acked_by"])
+
+
+def episode_key(row: dict) -> tuple:
+    return row["device_id"], row["metric"], row["kind"], row["opened_ms"]
+
+
+# A watch position: `changes` = (version_us, *episode key) of the last episode version reported;
+# `closures` = (closes_ms, *episode key) of the last closure reported. (v, "", "", "", -1) means "all
+# before v", as no real key sorts before it.
+WATCH_CURSOR = (int, str, str, str, int, int, str, str, str, int)
+
+
+def encode_cursor(changes: tuple, closures: tuple) -> str:
+    return encode_token([*changes, *closures])
+
+
+def watch_event_type(row: dict, seen: tuple, now: int) -> int:
+    """OPENED for an open episode the watcher at `seen` has not reported, UPDATED for one it has, CLOSED
+    for one already closed."""
+    if row["closes_ms"] <= now:
+        return pb.AnomalyEvent.CLOSED
+    unseen = (row["created_us"], *episode_key(row)) > seen
+    return pb.AnomalyEvent.OPENED if unseen else pb.AnomalyEvent.UPDATED
+
+
+def watch_matches(request: pb.WatchAnomaliesRequest, row: dict) -> bool:
+    return ((not request.device_id or row["device_id"] == request.device_id)
+            and (not request.metric or row["metric"] == request.metric)
+            and (not request.kind or row["kind"] == request.kind))
+
+
 class QueryService(pb_grpc.QueryServicer):
+    WATCH_POLL_S = 0.2  # how often a WatchAnomalies stream looks for changes
+    WATCH_BATCH = 500  # episode changes read per look
+
     def __init__(self, store, stats_source=None, silence_ms: int = DEFAULT_SILENCE_MS):
         self.store = store
         self.stats_source = stats_source  # gives live ingest figures (rate, queue depth, rejections)
@@ -101,11 +160,12 @@ class QueryService(pb_grpc.QueryServicer):
             if reg is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}")
             rows = await self._run(context, self.store.device_metrics, request.device_id)
-            anomalies = await self._run(context, self.store.device_anomalies, request.device_id)
+            anomalies, open_anomalies = await self._run(context, self.store.device_anomalies, request.device_id,
+                                                        now_ms())
             return pb.Device(
                 device_id=request.device_id, status=self._status(reg["last_stored_ms"]),
                 latest=[pb.MetricValue(metric=r["metric"], time_ms=r["time_ms"], value=r["value"]) for r in rows],
-                anomalies=anomalies, **reg)
+                anomalies=anomalies, open_anomalies=open_anomalies, **reg)
         return await self._call(context, build)
 
     async def GetHistory(self, request: pb.GetHistoryRequest, context) -> pb.GetHistoryResponse:
@@ -161,27 +221,88 @@ class QueryService(pb_grpc.QueryServicer):
     async def ListAnomalies(self, request: pb.ListAnomaliesRequest, context) -> pb.ListAnomaliesResponse:
         async def build():
             start, end = time_range(request.start_ms, request.end_ms)
-            after = decode_token(request.page_token, 4)
+            after = decode_token(request.page_token, 4, types=(int, str, str, str))
             limit = page_size(request.page_size, 100, 10_000)
+            check_enum("min_severity", request.min_severity, pb.Severity)
+            check_enum("state", request.state, pb.AnomalyState)
+            check_enum("acknowledged", request.acknowledged, pb.AckFilter)
+            now = now_ms()
             rows = await self._run(context, self.store.anomalies, request.device_id, request.metric,
-                                   request.kind, start, end, tuple(after) if after else None, limit + 1)
-            resp = pb.ListAnomaliesResponse(anomalies=[pb.Anomaly(**r) for r in rows[:limit]])
+                                   request.kind, request.min_severity, request.state, request.acknowledged,
+                                   start, end, now, tuple(after) if after else None, limit + 1)
+            resp = pb.ListAnomaliesResponse(anomalies=[anomaly_message(r, now) for r in rows[:limit]])
             if len(rows) > limit:
                 last = rows[limit - 1]
-                resp.next_page_token = encode_token([last["time_ms"], last["device_id"], last["metric"],
+                resp.next_page_token = encode_token([last["opened_ms"], last["device_id"], last["metric"],
                                                      last["kind"]])
             return resp
         return await self._call(context, build)
 
+    async def AcknowledgeAnomaly(self, request: pb.AcknowledgeAnomalyRequest, context) -> pb.Anomaly:
+        async def build():
+            key = decode_token(request.id, 4, "id", EPISODE_KEY)
+            if key is None:
+                raise InvalidArgument("id: required")
+            if not request.by or len(request.by) > 200:
+                raise InvalidArgument(f"by: required, at most 200 characters (got {len(request.by)})")
+            now = now_ms()
+            row = await self._run(context, self.store.acknowledge, *key, request.by, now)
+            if row is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"id: no anomaly episode {key!r}")
+            return anomaly_message(row, now)
+        return await self._call(context, build)
+
+    async def WatchAnomalies(self, request: pb.WatchAnomaliesRequest, context):
+        """Each look reports, in order: episodes seen open before whose quiet period has now ended (CLOSED),
+        then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come first
+        so that an episode reported open in a look is reported closed by a later one, exactly once. The
+        cursor in each event holds both positions: resuming from it misses nothing and repeats nothing."""
+        try:
+            cursor = decode_token(request.cursor, 10, "cursor", WATCH_CURSOR)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if cursor is None:  # from now on: every version written so far and every closure so far are "seen"
+            version = await self._run(context, self.store.episode_version)
+            changes, closures = (version + 1, "", "", "", -1), (now_ms() + 1, "", "", "", -1)
+        else:
+            changes, closures = tuple(cursor[:5]), tuple(cursor[5:])
+        yield pb.AnomalyEvent(type=pb.AnomalyEvent.WATCHING, cursor=encode_cursor(changes, closures))
+        while True:
+            now = now_ms()
+            while True:
+                rows = await self._run(context, self.store.episode_closures, changes, closures, now,
+                                       self.WATCH_BATCH)
+                for row in rows:
+                    closures = (row["closes_ms"], *episode_key(row))
+                    if watch_matches(request, row):
+                        yield pb.AnomalyEvent(type=pb.AnomalyEvent.CLOSED, anomaly=anomaly_message(row, now),
+                                              cursor=encode_cursor(changes, closures))
+                if len(rows) < self.WATCH_BATCH:
+                    break
+            closures = (now + 1, "", "", "", -1)
+            rows = await self._run(context, self.store.episode_changes, changes, now, self.WATCH_BATCH)
+            for row in rows:
+                seen, changes = changes, (row["version_us"], *episode_key(row))
+                if row["deleted"] or not watch_matches(request, row):
+                    continue  # a deleted episode was merged into an earlier one, which comes as its own change
+                yield pb.AnomalyEvent(type=watch_event_type(row, seen, now), anomaly=anomaly_message(row, now),
+                                      cursor=encode_cursor(changes, closures))
+            if len(rows) < self.WATCH_BATCH:
+                await asyncio.sleep(self.WATCH_POLL_S)
+
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.Stats:
-        counts = await self._run(context, self.store.counts, now_ms() - self.silence_ms)
-        stats = pb.Stats(readings=counts["readings"], anomalies=counts["anomalies"], devices=counts["devices"],
-                         devices_online=counts["devices_online"])
-        if self.stats_source is not None:
+        now = now_ms()
+        counts = await self._run(context, self.store.counts, now - self.silence_ms, now)
+        sizes = await self._run(context, self.store.table_sizes)
+        stats = pb.Stats(**counts, table_rows={r["table"]: r["rows"] for r in sizes},
+                         table_bytes={r["table"]: r["bytes"] for r in sizes})
+        if self.stats_source is not None:  # this node's ingest and processor, if it runs them
             live = self.stats_source()
-            stats.readings_per_s = live["readings_per_s"]
-            stats.queue_readings = live["queue_readings"]
-            stats.rejected.update(live["rejected"])
+            stats.readings_per_s = live.get("readings_per_s", 0.0)
+            stats.queue_readings = live.get("queue_readings", 0)
+            stats.queue_lag_ms = live.get("queue_lag_ms", 0)
+            stats.consumer_lag = live.get("consumer_lag", 0)
+            stats.rejected.update(live.get("rejected", {}))
         return stats
 
     def _status(self, last_stored_ms: int) -> int:

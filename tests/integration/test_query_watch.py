@@ -1,0 +1,156 @@
+"""WatchAnomalies over real gRPC: opened, updated and closed episodes in order, filters, and resuming from
+any event's cursor without a gap or a repeat. The quiet period is 1.5 s so that episodes close quickly; flagged
+readings are stamped AHEAD ms in the future so that an episode stays open long enough for a watcher to see it
+open on a busy machine (open until its newest reading time + the quiet period)."""
+
+import time
+import uuid
+
+import grpc
+import pyarrow as pa
+import pytest
+from conftest import ServerThread
+
+from iotstream.clickhouse.store import StoreConfig
+from iotstream.server import Config
+from iotstream.v1 import query_pb2 as qpb
+
+Q = 1_500
+AHEAD = 1_500
+E = qpb.AnomalyEvent
+
+
+def now_ms():
+    return time.time_ns() // 1_000_000
+
+
+def soon():
+    return now_ms() + AHEAD
+
+
+def flagged(rows) -> pa.Table:
+    """rows: (device_id, metric, time_ms, score)"""
+    return pa.table({
+        "device_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
+        "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")), "value": [1.0] * len(rows),
+        "kind": ["zscore"] * len(rows), "score": [float(r[3]) for r in rows], "zscore": [9.0] * len(rows)})
+
+
+@pytest.fixture
+def quick(chdb_dir):
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12],
+                              store=StoreConfig(episode_quiet_ms=Q)))
+    yield srv
+    srv.stop()
+
+
+class Watch:
+    """A WatchAnomalies call; next() returns the next event (the call's deadline bounds every wait)."""
+
+    def __init__(self, srv, timeout=30, **request):
+        self.call = srv.query.WatchAnomalies(qpb.WatchAnomaliesRequest(**request), timeout=timeout)
+        first = next(self.call)
+        assert first.type == E.WATCHING and not first.HasField("anomaly")
+        self.cursor = first.cursor
+
+    def next(self):
+        event = next(self.call)
+        self.cursor = event.cursor
+        return event
+
+    def close(self):
+        self.call.cancel()
+
+
+def summary(event):
+    a = event.anomaly
+    return E.Type.Name(event.type), a.device_id, a.readings, a.state
+
+
+def test_lifecycle_and_resume(quick):
+    store = quick.server.store
+    watch = Watch(quick)
+    t = soon()
+    store.insert_anomalies(flagged([("dev-1", "temp", t, 0.55)]))
+    opened = watch.next()
+    assert summary(opened) == ("OPENED", "dev-1", 1, qpb.ANOMALY_OPEN)
+    store.insert_anomalies(flagged([("dev-1", "temp", t + 500, 0.65)]))
+    updated = watch.next()
+    assert summary(updated) == ("UPDATED", "dev-1", 2, qpb.ANOMALY_OPEN)
+    assert updated.anomaly.id == opened.anomaly.id and updated.anomaly.severity == qpb.SEVERITY_MEDIUM
+    closed = watch.next()  # comes by itself once the quiet period has passed
+    assert summary(closed) == ("CLOSED", "dev-1", 2, qpb.ANOMALY_CLOSED)
+    assert now_ms() >= closed.anomaly.closes_ms == t + 500 + Q
+    watch.close()
+
+    # Resume from the first event: what changed since comes as it is now (the update and the closing in one
+    # event), and nothing before it.
+    again = Watch(quick, cursor=opened.cursor)
+    assert summary(again.next()) == summary(closed)
+    store.insert_anomalies(flagged([("dev-2", "temp", soon(), 0.9)]))
+    assert summary(again.next()) == ("OPENED", "dev-2", 1, qpb.ANOMALY_OPEN)
+    again.close()
+    # Resume from the last event: the next thing is something new.
+    last = Watch(quick, cursor=closed.cursor)
+    assert summary(last.next())[:2] == ("OPENED", "dev-2")  # missed while disconnected, still open
+    store.insert_anomalies(flagged([("dev-3", "temp", soon(), 0.9)]))
+    events = [summary(last.next()) for _ in range(3)]
+    assert sorted(events) == [("CLOSED", "dev-2", 1, qpb.ANOMALY_CLOSED), ("CLOSED", "dev-3", 1, qpb.ANOMALY_CLOSED),
+                              ("OPENED", "dev-3", 1, qpb.ANOMALY_OPEN)]
+    assert events.index(("OPENED", "dev-3", 1, qpb.ANOMALY_OPEN)) < events.index(
+        ("CLOSED", "dev-3", 1, qpb.ANOMALY_CLOSED))
+    last.close()
+
+
+def test_filter_and_old_episodes(quick):
+    store = quick.server.store
+    watch = Watch(quick, device_id="dev-b")
+    t = soon()
+    store.insert_anomalies(flagged([("dev-a", "temp", t, 0.9), ("dev-b", "temp", t, 0.5),
+                                    ("dev-b", "hum", t - 3_600_000, 0.8)]))  # a late, long-closed episode
+    first, second = watch.next(), watch.next()  # one insert: by key within it
+    assert summary(first) == ("CLOSED", "dev-b", 1, qpb.ANOMALY_CLOSED) and first.anomaly.metric == "hum"
+    assert summary(second) == ("OPENED", "dev-b", 1, qpb.ANOMALY_OPEN) and second.anomaly.metric == "temp"
+    store.insert_anomalies(flagged([("dev-a", "temp", t + 100, 0.9), ("dev-b", "temp", t + 100, 0.95)]))
+    third = watch.next()
+    assert summary(third) == ("UPDATED", "dev-b", 2, qpb.ANOMALY_OPEN)
+    assert third.anomaly.severity == qpb.SEVERITY_HIGH and third.anomaly.id == second.anomaly.id
+    assert summary(watch.next()) == ("CLOSED", "dev-b", 2, qpb.ANOMALY_CLOSED)  # dev-a never comes
+    watch.close()
+
+
+def test_bad_cursor(quick):
+    with pytest.raises(grpc.RpcError) as err:
+        next(quick.query.WatchAnomalies(qpb.WatchAnomaliesRequest(cursor="nope"), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cursor" in err.value.details()
+
+
+def test_cli_lists_acknowledges_and_watches(quick):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "iotstream", "query", "--target", quick.target, "--json", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    watcher = subprocess.Popen([sys.executable, "-m", "iotstream", "query", "--target", quick.target, "watch",
+                                "--device", "cli-dev", "--count", "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(watcher.stdout.readline())["type"] == "WATCHING"
+        # opened just now (so that it is in "anomalies" up to now), open until well after now
+        quick.server.store.insert_anomalies(flagged([("cli-dev", "temp", now_ms() - 100, 0.75),
+                                                     ("cli-dev", "temp", now_ms() + 1_000, 0.5)]))
+        [listed] = cli("anomalies", "--device", "cli-dev", "--severity", "high", "--state", "open")
+        assert listed["anomalies"][0]["readings"] == 2 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
+        [acked] = cli("ack", listed["anomalies"][0]["id"], "--by", "cli-user")
+        assert acked["acknowledged_by"] == "cli-user"
+        events = [json.loads(watcher.stdout.readline()) for _ in range(2)]
+        assert [e["type"] for e in events] == ["OPENED", "CLOSED"]
+        assert {e["anomaly"]["id"] for e in events} == {acked["id"]}
+        assert watcher.wait(30) == 0  # --count 2 ends the stream
+    finally:
+        watcher.kill()
+        watcher.stdout.close()

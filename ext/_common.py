@@ -46,7 +46,8 @@ SHIFT_BINS = 16           # histogram bins of u = (x - long-run mean) / long-run
 SHIFT_BIN_WIDTH = 0.5     # ... each 0.5 wide, centred on 0; the outer two take the tails beyond +-3.5
 NO_BIN = 255              # ring entry with no bin (NaN, or the long-run reference was not warm yet)
 FLAGGED_BIN = 128         # bit set on a ring entry whose reading was flagged (never learned)
-LONG_ALPHA = 1.0 / 1000   # weight of a reading in the long-run mean and variance
+LONG_ALPHA = 1.0 / 1000   # weight of a reading in the long-run mean and variance ...
+LONG_N = 999              # ... after the first LONG_N (before: 1 / (n + 1), the plain mean and variance)
 HIST_ALPHA = 1.0 / 2000   # weight of a reading in the long-run histogram
 HIST_GROWTH = 1.0 / (1.0 - HIST_ALPHA)  # the histogram decays lazily: each new weight is this much larger
 HIST_RESCALE = 2.0**20    # ... until it reaches this, when the histogram is rescaled to weight 1

@@ -51,6 +51,7 @@ from ._common import (
     HIST_RESCALE,
     INT_FIELDS,
     LONG_ALPHA,
+    LONG_N,
     NEVER,
     NO_BIN,
     PARAM_FIELDS,
@@ -192,6 +193,7 @@ cdef enum:
     PF_NEAR = 8
 # Shift detector constants, taken from _common so both twins use the very same doubles.
 cdef double LONG_ALPHA_C = LONG_ALPHA
+cdef int64_t LONG_N_C = LONG_N
 cdef double CLIP_SD_C = CLIP_SD
 cdef double HIST_GROWTH_C = HIST_GROWTH
 cdef double HIST_RESCALE_C = HIST_RESCALE
@@ -448,15 +450,14 @@ cdef inline void replace_sorted(float64_t old, float64_t val, float64_t *s, int6
     """``remove_sorted(old)`` then ``insert_sorted(val)`` in one pass over the first ``n`` entries.
 
     The result is the same array, but only the entries between the two positions move (a window slid
-    by one reading usually moves a few, not half of them twice)."""
-    cdef int64_t i = bisect_left(s, n, old), j
-    if old <= val:
-        # s[i] = old is counted by bisect_right, so val lands at j >= i once s[i] is gone
-        j = bisect_right(s, n, val) - 1
-        memmove(&s[i], &s[i + 1], (j - i) * sizeof(float64_t))
-    else:
-        j = bisect_right(s, n, val)  # <= i: everything <= val comes before old
-        memmove(&s[j + 1], &s[j], (i - j) * sizeof(float64_t))
+    by one reading usually moves a few, not half of them twice). With old <= val, s[i] = old is counted
+    by bisect_right, so val lands at j >= i once s[i] is gone and s[i+1..j] move left; otherwise val lands
+    at j <= i and s[j..i-1] move right. Written without a branch on which of the two it is."""
+    cdef int64_t i = bisect_left(s, n, old), up = old <= val, j, lo, ln
+    j = bisect_right(s, n, val) - up
+    lo = i if up else j
+    ln = j - i if up else i - j
+    memmove(&s[lo + 1 - up], &s[lo + up], ln * sizeof(float64_t))
     s[j] = val
 
 
@@ -475,18 +476,20 @@ cdef inline float64_t kth_dev(const float64_t *s, int64_t n, float64_t med, int6
 
     With ``next_dev`` also stores the (k+1)-th smallest: the smaller head of the two remaining lists."""
     cdef:
-        int64_t p = n // 2, nb = n - n // 2, lo, hi, a, bb
-        bint take
+        int64_t p = n // 2, nb = n - n // 2, lo, hi, a, bb, cnt, half, t
         float64_t res = 0.0, nxt
     lo = k + 1 - nb if k + 1 > nb else 0
     hi = k + 1 if k + 1 < p else p
-    while lo < hi:
-        a = (lo + hi) // 2
+    # lower bound of the first a in [lo, hi) where B[k - a] > A[a] stops holding (it holds, then not);
+    # A[a] = med - s[p - 1 - a], B[bb - 1] = s[p + bb - 1] - med
+    cnt = hi - lo
+    while cnt > 0:
+        half = cnt >> 1
+        a = lo + half
         bb = k + 1 - a  # >= 1 here, since a < hi <= k + 1
-        # A[a] = med - s[p - 1 - a], B[bb - 1] = s[p + bb - 1] - med; written for conditional moves
-        take = s[p + bb - 1] - med > med - s[p - 1 - a]
-        lo = a + 1 if take else lo
-        hi = hi if take else a
+        t = s[p + bb - 1] - med > med - s[p - 1 - a]  # 0 or 1: arithmetic, so no branch to mispredict
+        lo += t * (half + 1)
+        cnt = half + t * (cnt - 2 * half - 1)
     bb = k + 1 - lo
     if lo > 0:
         res = med - s[p - lo]
@@ -586,7 +589,8 @@ cdef inline float64_t calc_score(float64_t e, float64_t em1) noexcept nogil:
 # divergence, nats) of the window's histogram against the long-run one. The long-run mean, variance and
 # histogram learn only from readings no detector flagged, so an anomaly does not become its own
 # reference; a shift flagged for 2 windows in a row is taken as the new normal and the reference is
-# rebuilt from the window (CUSUM-style restart).
+# rebuilt from the window (CUSUM-style restart). With shift_threshold = inf the slot keeps no reference
+# at all (it costs nothing) and warms up afresh when the detector is switched on.
 
 cdef inline int64_t calc_bin(float64_t val, const float64_t *f) noexcept nogil:
     """Histogram bin of u = (val - long-run mean) / long-run sd: floor(u / width) + NB/2, clamped."""
@@ -616,9 +620,8 @@ cdef inline void learn_long(float64_t val, float64_t *f, int64_t *g, int64_t win
         f[F_LMEAN] = val
         f[F_LVAR] = 0.0
     else:
-        a = 1.0 / (n + 1)
-        if a < LONG_ALPHA_C:
-            a = LONG_ALPHA_C
+        # max(1 / (n + 1), LONG_ALPHA), without the division once it no longer matters
+        a = LONG_ALPHA_C if n >= LONG_N_C else 1.0 / (n + 1)
         d = val - f[F_LMEAN]
         if n >= window and f[F_LVAR] > 0.0:
             c = CLIP_SD_C * sqrt(f[F_LVAR])
@@ -663,10 +666,10 @@ cdef inline float64_t calc_kl(const float64_t *f, const float64_t *h, int64_t n,
     cdef float64_t q = 0.0, t = 0.0, c
     cdef int64_t i
     for i in range(NB):
+        # no branch on empty bins: they add xlogx[0] = 0.0 and 0 * log H = +-0.0, which change nothing
         c = h[H_CNT + i]
-        if c > 0.0:
-            q += xlogx[<int64_t>c]
-            t += c * h[H_LOG + i]
+        q += xlogx[<int64_t>c]
+        t += c * h[H_LOG + i]
     return (q - t) / n - logn[n] + log(f[F_HSUM])
 
 
@@ -843,7 +846,7 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
         if x > e:
             e = x
         flags |= THRESHOLD_FLAG
-    if val == val and g[I_LN] >= window:
+    if val == val and p[P_STHR] < INFINITY and g[I_LN] >= window:
         k = calc_bin(val, f)
     pos = g[I_POS]
     step(val, ts, k, f, g, b, srt, tr, bn, h, p[P_TWIN], window, alpha, oma)
@@ -878,7 +881,8 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
                 g[I_SRUN] = 0
         else:
             g[I_SRUN] = 0
-            learn_long(val, f, g, window)
+            if p[P_STHR] < INFINITY:
+                learn_long(val, f, g, window)
     z_out[0] = z
     score_out[0] = calc_score(e, em1)
     return flags
@@ -1029,6 +1033,7 @@ cdef class RollingStats:
                     for j in range(0, window, 8):
                         prefetch(&ss[s, j])
                     prefetch(&bn_r[s, gs[s, I_POS]])
+                    prefetch(&ts_r[s, gs[s, I_POS]])
                     prefetch(&hs[s, 0])
                     prefetch(&hs[s, 8])
                     prefetch(&hs[s, 16])

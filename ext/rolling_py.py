@@ -32,6 +32,7 @@ from ._common import (
     HIST_RESCALE,
     INT_FIELDS,
     LONG_ALPHA,
+    LONG_N,
     NEVER,
     NO_BIN,
     PARAM_FIELDS,
@@ -390,9 +391,7 @@ def learn_long(val: float, f: list, g: list, window: int) -> None:
         f[F_LMEAN] = val
         f[F_LVAR] = 0.0
     else:
-        a = 1.0 / (n + 1)
-        if a < LONG_ALPHA:
-            a = LONG_ALPHA
+        a = LONG_ALPHA if n >= LONG_N else 1.0 / (n + 1)
         d = val - f[F_LMEAN]
         if n >= window and f[F_LVAR] > 0.0:
             c = CLIP_SD * math.sqrt(f[F_LVAR])
@@ -435,9 +434,8 @@ def calc_kl(f: list, h: list, n: int, xlogx: list, logn: list) -> float:
     t = 0.0
     for i in range(NB):
         c = h[H_CNT + i]
-        if c > 0.0:
-            q += xlogx[int(c)]
-            t += c * h[H_LOG + i]
+        q += xlogx[int(c)]
+        t += c * h[H_LOG + i]
     return (q - t) / n - logn[n] + math.log(f[F_HSUM])
 
 
@@ -595,7 +593,7 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
             e = x
         flags |= FLAG_THRESHOLD
     k = NO_BIN
-    if val == val and g[I_LN] >= window:
+    if val == val and p[P_STHR] < INF and g[I_LN] >= window:
         k = calc_bin(val, f)
     pos = g[I_POS]
     step(val, ts, k, f, g, b, srt, tr, bn, h, p[P_TWIN], window, alpha, oma)
@@ -630,7 +628,8 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
                 g[I_SRUN] = 0
         else:
             g[I_SRUN] = 0
-            learn_long(val, f, g, window)
+            if p[P_STHR] < INF:
+                learn_long(val, f, g, window)
     return z, calc_score(e, em1), flags
 
 

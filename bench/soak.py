@@ -117,9 +117,13 @@ def main(argv=None) -> int:
         server.stop()
 
     def rss(name):
+        """RSS at the first sample (idle, before load), after one minute of load, at the end, and the max."""
         values = [s[f"{name}_rss_mb"] for s in samples]
-        return {"start_mb": values[0], "end_mb": values[-1], "max_mb": max(values),
-                "growth_mb": round(values[-1] - values[0], 2)} if values else {}
+        if not values:
+            return {}
+        warm = next((s[f"{name}_rss_mb"] for s in samples if s["t_s"] >= 60), values[-1])
+        return {"start_mb": values[0], "warm_mb": warm, "end_mb": values[-1], "max_mb": max(values),
+                "growth_mb": round(values[-1] - values[0], 2), "growth_after_warmup_mb": round(values[-1] - warm, 2)}
 
     result = {
         "benchmark": "soak", "mode": "kafka" if args.kafka else "embedded", "minutes": args.minutes,

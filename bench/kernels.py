@@ -3,12 +3,16 @@
     python bench/kernels.py --json          # one JSON object on stdout
     python bench/kernels.py                 # the same figures as a table
 
-Every figure is updates (readings) per second, single-threaded, with every detector on (z, robust z,
-static limits, rate of change, stuck by count and time), window 100, in steady state: the windows are
-filled before timing. ``numpy`` is the vectorised way one would write the same windowed statistics
-without a kernel: readings are taken in rounds of at most one per key, and each round gathers the keys'
-windows and reduces them with nanmean/nanvar/nanmedian/nanmin/nanmax. The twin and numpy are measured
-for a fixed time budget and extrapolated. Nothing here asserts a speed.
+Every figure is updates (readings) per CPU second of the measuring thread (``time.thread_time``: the
+machine is shared, and wall-clock figures would measure the neighbours; ``wall`` gives those too),
+single-threaded, with every detector on (z, robust z, static limits, rate of change, stuck by count and
+time, distribution shift) and a time window, count window 100, in steady state: the windows and the shift
+detector's long-run reference are warm before timing. ``numpy`` is the vectorised way one would write the
+same statistics without a kernel: readings are taken in rounds of at most one per key, and each round
+gathers the keys' windows and reduces them with nanmean/nanvar/nanmedian/nanmin/nanmax, a masked time-
+window mean and variance, and the relative entropy of the window's bin counts against a decayed
+histogram. The twin and numpy are measured for a fixed time budget and extrapolated. Nothing here asserts
+a speed.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ except ImportError:
 
 WINDOW = 100
 DETECTORS = {"z_threshold": 6.0, "robust_threshold": 8.0, "lo": -50.0, "hi": 50.0, "max_rate": 20.0,
-             "stuck_count": 30, "stuck_ms": 600_000}
+             "stuck_count": 30, "stuck_ms": 600_000, "shift_threshold": 1.0, "time_window_ms": 60_000}
 
 
 def signals(keys: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,36 +61,41 @@ def new_stats(module, keys: int):
         k: v for k, v in DETECTORS.items()})
 
 
-def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: bool) -> float:
+def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: bool) -> tuple[float, float]:
+    """(updates per CPU second, updates per wall second)."""
     stats = new_stats(module, keys)
-    if warm:  # fill every window first, so removals, recomputes and full sorted windows are measured
-        ws, wt, wv = signals(keys, keys * WINDOW, seed=1)
+    if warm:  # 2.5 windows per key: full windows, removals, recomputes, a warm shift reference
+        ws, wt, wv = signals(keys, keys * WINDOW * 5 // 2, seed=1)
         for a in range(0, len(wv), 1 << 16):
             stats.update(ws[a:a + (1 << 16)], wt[a:a + (1 << 16)] - 10**9, wv[a:a + (1 << 16)])
     slots, ts, values = signals(keys, n, seed=2)
     done = 0
-    t0 = time.perf_counter()
+    c0, t0 = time.thread_time(), time.perf_counter()
     for a in range(0, n, batch):
         stats.update(slots[a:a + batch], ts[a:a + batch], values[a:a + batch])
         done += len(values[a:a + batch])
-        if time.perf_counter() - t0 > budget_s:
+        if time.thread_time() - c0 > budget_s:
             break
-    return done / (time.perf_counter() - t0)
+    return done / (time.thread_time() - c0), done / (time.perf_counter() - t0)
 
 
-def bench_numpy(keys: int, budget_s: float) -> float:
-    """Rounds of one reading per key: gather windows, reduce, score, write the ring."""
+def bench_numpy(keys: int, budget_s: float) -> tuple[float, float]:
+    """Rounds of one reading per key: gather windows, reduce, score, write the rings."""
     rng = np.random.default_rng(3)
+    nb, span_ms = 16, DETECTORS["time_window_ms"]
     buf = rng.standard_normal((keys, WINDOW))
+    tsr = np.zeros((keys, WINDOW), dtype=np.int64)
+    bins = rng.integers(0, nb, (keys, WINDOW)).astype(np.int64)
+    hist = np.full((keys, nb), 1.0 / nb)
+    lmean, lvar = np.zeros(keys), np.ones(keys)
     pos = np.zeros(keys, dtype=np.int64)
     prev = np.zeros(keys)
     prev_ts = np.zeros(keys, dtype=np.int64)
     run = np.zeros(keys, dtype=np.int64)
-    ar = np.arange(keys)
     done = 0
-    t0 = time.perf_counter()
+    c0, t0 = time.thread_time(), time.perf_counter()
     r = 0
-    while time.perf_counter() - t0 < budget_s:
+    while time.thread_time() - c0 < budget_s:
         slots = rng.permutation(keys)  # one reading per key this round
         x = 10 * np.sin(r / 60 + slots) + rng.standard_normal(keys)
         ts = np.full(keys, r * 1000, dtype=np.int64)
@@ -100,47 +109,65 @@ def bench_numpy(keys: int, budget_s: float) -> float:
             rz = (x - med) / (1.4826 * mad)
             _ = np.nanmin(w, axis=1), np.nanmax(w, axis=1)
             rate = (x - prev[slots]) * 1000.0 / (ts - prev_ts[slots])
+            live = tsr[slots] > ts[:, None] - span_ms  # time window: mean and variance of the live part
+            cnt = live.sum(axis=1)
+            tmean = np.where(live, w, 0).sum(axis=1) / cnt
+            _ = (np.where(live, w - tmean[:, None], 0) ** 2).sum(axis=1) / (cnt - 1)
+            u = (x - lmean[slots]) / np.sqrt(lvar[slots])
+            b = np.clip(np.floor(2 * u) + nb // 2, 0, nb - 1).astype(np.int64)
+            counts = np.zeros((keys, nb))
+            np.add.at(counts, (np.repeat(np.arange(keys), WINDOW), bins[slots].ravel()), 1.0)
+            p = counts / WINDOW
+            kl = np.where(p > 0, p * np.log(p / hist[slots]), 0).sum(axis=1)
         same = x == prev[slots]
         run[slots] = np.where(same, run[slots] + 1, 1)
         flags = ((np.abs(z) > 6) * 1 | (np.abs(rz) > 8) * 16 | ((x < -50) | (x > 50)) * 2
-                 | (np.abs(rate) > 20) * 4 | (run[slots] >= 30) * 8)
-        e = np.fmax(np.abs(z) / 6, np.abs(rz) / 8)
-        u = np.log1p((math.e - 1) * np.nan_to_num(e))
-        _ = u / (1 + u), flags
+                 | (np.abs(rate) > 20) * 4 | (run[slots] >= 30) * 8 | (kl > 1.0) * 32)
+        e = np.fmax(np.fmax(np.abs(z) / 6, np.abs(rz) / 8), kl)
+        sc = np.log1p((math.e - 1) * np.nan_to_num(e))
+        _ = sc / (1 + sc), flags
+        hist[slots] *= 1 - 1 / 2000
+        hist[slots, b] += 1 / 2000
+        lmean[slots] += (x - lmean[slots]) / 1000
+        lvar[slots] = (1 - 1 / 1000) * (lvar[slots] + (x - lmean[slots]) ** 2 / 1000)
         buf[slots, pos[slots]] = x
+        tsr[slots, pos[slots]] = ts
+        bins[slots, pos[slots]] = b
         pos[slots] = (pos[slots] + 1) % WINDOW
         prev[slots], prev_ts[slots] = x, ts
         done += keys
         r += 1
-    del ar
-    return done / (time.perf_counter() - t0)
+    return done / (time.thread_time() - c0), done / (time.perf_counter() - t0)
 
 
 def run(quick: bool) -> dict:
     budget = 1.0 if quick else 3.0
-    by_keys = {}
+    by_keys, wall = {}, {}
     for keys in (1_000, 100_000):
         row = {}
         if _rolling is not None:
             n = 2_000_000 if quick else 10_000_000
             row["cython"] = bench_kernel(_rolling, keys, n, 1 << 16, budget, warm=True)
         else:
-            row["cython"] = None
+            row["cython"] = (None, None)
         # the twin is ~100x slower: warm windows only where that stays within seconds
         row["python"] = bench_kernel(rolling_py, keys, 200_000, 4096, budget / 2, warm=keys <= 1_000)
         row["numpy"] = bench_numpy(keys, budget)
-        by_keys[str(keys)] = {f"{k}_updates_per_s": (round(v) if v else v) for k, v in row.items()}
+        by_keys[str(keys)] = {f"{k}_updates_per_s": (round(v[0]) if v[0] else None) for k, v in row.items()}
+        wall[str(keys)] = {f"{k}_updates_per_s": (round(v[1]) if v[1] else None) for k, v in row.items()}
     top = by_keys["1000"]
     c, p = top["cython_updates_per_s"], top["python_updates_per_s"]
     return {
         **top,
         "cython_vs_python": round(c / p, 1) if c else None,
         "by_keys": by_keys,
+        "wall": wall,
         "config": {"window": WINDOW, "min_count": 20, "detectors": DETECTORS, "batch": 1 << 16,
-                   "threads": 1, "steady_state": True,
+                   "threads": 1, "steady_state": True, "clock": "thread_time (CPU seconds)",
                    "python_windows_warm": {"1000": True, "100000": False}},
         "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+                    "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2)},
     }
 
 

@@ -94,7 +94,7 @@ def test_event_level_scoring():
     data = [Data([Anomaly("stuck", 0, 1_000, 5_000), Anomaly("stuck", 1, 1_000, 5_000),
                   Anomaly("stuck", 2, 500_000, 600_000)])]
     eps = [Episode(0, "stuck", 3_000, 9_000, 5, 0.6), Episode(0, "zscore", 4_000, 4_000, 1, 0.7),  # one hit
-           Episode(1, "zscore", 5_000 + bench.GRACE_MS + 1, 70_000, 1, 0.6),  # after the grace: false
+           Episode(1, "zscore", 5_000 + bench.GRACE * bench.INTERVAL_MS + 1, 70_000, 1, 0.6),  # after the grace: false
            Episode(2, "zscore", 100, 200, 1, 0.6)]  # before: false; window 3 missed
     r = bench.score(data, eps, ("stuck",))["stuck"]
     assert (r["labelled"], r["detected"], r["false_alarms"]) == (3, 1, 2)

@@ -82,8 +82,10 @@ def create_app(data_dir: str, kafka: str | None = None, namespace: str = "iotstr
 
         config = Config(host="127.0.0.1", port=0, data_dir=data_dir)
         if kafka:
+            from bench.harness import prepare_kafka
             from iotstream.kafka import KafkaConfig
 
+            prepare_kafka(kafka, namespace)
             config.kafka = KafkaConfig(bootstrap=kafka, namespace=namespace)
         app.state.node = EmbeddedServer(config)
         await app.state.node.start()

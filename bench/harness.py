@@ -58,6 +58,32 @@ def serve_supports_kafka() -> bool:
     return "--kafka" in out
 
 
+def prepare_kafka(bootstrap: str, namespace: str, timeout: float = 60.0) -> None:
+    """Create the namespace's topics and wait until every partition has a leader.
+
+    A server started on topics it creates itself can lose its processor thread: the processor reads the
+    state topic's watermarks on assignment, and a partition without a leader yet raises
+    NOT_LEADER_FOR_PARTITION, which ends the thread while ingest goes on acking (see bench/profile/README.md).
+    Deployments create topics ahead anyway; the benchmarks do the same so that they measure the pipeline.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    from iotstream.kafka import KafkaConfig, ensure_topics
+
+    cfg = KafkaConfig(bootstrap=bootstrap, namespace=namespace)
+    ensure_topics(cfg)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [cfg.topic, cfg.state_topic, cfg.deadletter_topic, cfg.anomalies_topic]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=10).topics
+        if all(n in topics and topics[n].partitions and not topics[n].error
+               and all(p.leader >= 0 and not p.error for p in topics[n].partitions.values()) for n in names):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"Kafka topics of namespace {namespace} have no leaders after {timeout} s")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process, all threads included."""
     import psutil
@@ -128,6 +154,7 @@ class ServerProcess:
             # A fresh namespace (topics and consumer group) per run: a reused broker must not hand this
             # server the backlog of an earlier run.
             self.namespace = f"bench{self.port}x{os.getpid()}"
+            prepare_kafka(self.kafka, self.namespace)
             cmd += ["--kafka", self.kafka, "--namespace", self.namespace]
         self.log_path = os.path.join(self.data_dir, "serve.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)

@@ -8,6 +8,7 @@ import json
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
@@ -140,8 +141,9 @@ class QueryService(pb_grpc.QueryServicer):
 
     async def ListDevices(self, request: pb.ListDevicesRequest, context) -> pb.ListDevicesResponse:
         async def build():
-            after = decode_token(request.page_token, 1)
+            after = decode_token(request.page_token, 1, types=(str,))
             limit = page_size(request.page_size, 100, 10_000)
+            check_enum("status", request.status, pb.DeviceStatus)
             since = now_ms() - self.silence_ms
             rows = await self._run(context, self.store.list_devices, request.id_prefix, int(request.status),
                                    since, after[0] if after else "", limit + 1)
@@ -174,7 +176,8 @@ class QueryService(pb_grpc.QueryServicer):
                 raise InvalidArgument("device_id: required")
             start, end = time_range(request.start_ms, request.end_ms)
             limit = page_size(request.page_size, 10_000, 100_000)
-            cursor = decode_token(request.page_token, 4)  # metric, time_ms, value, rows of that key sent
+            # metric, time_ms, value, rows of that key sent
+            cursor = decode_token(request.page_token, 4, types=(str, int, (int, float), int))
             after, skip = (tuple(cursor[:3]), cursor[3]) if cursor else (None, 0)
             table = await self._run(context, self.store.history, request.device_id, list(request.metrics),
                                     start, end, after, limit + skip + 1)
@@ -199,6 +202,8 @@ class QueryService(pb_grpc.QueryServicer):
             start, end = time_range(request.start_ms, request.end_ms)
             if request.interval_ms < 1000:
                 raise InvalidArgument(f"interval_ms: {request.interval_ms} is below the minimum of 1000")
+            for f in request.funcs:
+                check_enum("funcs", f, pb.AggFunc)
             funcs = [pb.AggFunc.Name(f) for f in request.funcs if f != pb.AGG_FUNC_UNSPECIFIED] or \
                 ["AVG", "MIN", "MAX", "COUNT"]
             funcs = list(dict.fromkeys(funcs))
@@ -307,3 +312,63 @@ class QueryService(pb_grpc.QueryServicer):
 
     def _status(self, last_stored_ms: int) -> int:
         return pb.ONLINE if last_stored_ms >= now_ms() - self.silence_ms else pb.OFFLINE
+
+
+# ---- registration ---------------------------------------------------------------------------------
+
+SERVICE = "iotstream.v1.Query"
+
+
+class Undecodable:
+    """A request whose bytes are not its message (e.g. a string field that is not UTF-8, which proto3
+    forbids); the handler answers INVALID_ARGUMENT instead of gRPC's generic INTERNAL."""
+
+    def __init__(self, error: DecodeError):
+        self.error = error
+
+
+def _lenient(message_class):
+    def deserialize(raw: bytes):
+        try:
+            return message_class.FromString(raw)
+        except DecodeError as exc:
+            return Undecodable(exc)
+    return deserialize
+
+
+def _refuse(name: str, request: Undecodable) -> str:
+    return f"request is not a valid iotstream.v1.{name} ({request.error})"
+
+
+def add_to_server(service: QueryService, server) -> None:
+    """Register `service` as the generated add_QueryServicer_to_server does, except that undecodable
+    requests get INVALID_ARGUMENT with the reason."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Query"].methods:
+        request_class, reply_class = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        behaviour = getattr(service, method.name)
+        kw = {"request_deserializer": _lenient(request_class), "response_serializer": reply_class.SerializeToString}
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _guard_stream(behaviour, method.input_type.name), **kw)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guard(behaviour, method.input_type.name), **kw)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def _guard(behaviour, name):
+    async def handler(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse(name, request))
+        return await behaviour(request, context)
+    return handler
+
+
+def _guard_stream(behaviour, name):
+    async def handler(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse(name, request))
+        async for reply in behaviour(request, context):
+            yield reply
+    return handler

@@ -100,3 +100,13 @@ def test_event_level_scoring():
     assert (r["labelled"], r["detected"], r["false_alarms"]) == (3, 1, 2)
     assert r["precision"] == pytest.approx(1 / 3, abs=1e-4) and r["recall"] == pytest.approx(1 / 3, abs=1e-4)
     assert r["median_delay_s"] == 2.0 and r["detected_by"] == {"stuck": 1}
+
+
+@pytest.mark.parametrize("kind", ["level_shift", "drift", "noise_burst"])
+def test_detection_quality_does_not_regress(kind):
+    """A small fleet through the bench's pipeline: the kinds the z-scores alone miss are caught."""
+    bench = load_bench()
+    data = bench.fleet((kind,), 7, 4, 6000)
+    episodes, _ = bench.detect(data)
+    r = bench.score(data, episodes, (kind,))[kind]
+    assert r["labelled"] >= 8 and r["recall"] >= 0.85 and r["precision"] >= 0.85, r

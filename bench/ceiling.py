@@ -1,6 +1,6 @@
 """Ceiling ramp: offer more readings/s step by step until the server stops keeping up.
 
-    python bench/ceiling.py [--kafka BOOTSTRAP] [--start 100000] [--step 100000] [--max 3000000]
+    python bench/ceiling.py [--kafka BOOTSTRAP] [--start 50000] [--step 50000] [--max 3000000]
                             [--step-seconds 5] [--slo-ms 1000] [--batch 1000] [--json]
 
 One `iotstream serve` process (embedded, or `--kafka BOOTSTRAP`) takes open-loop load from bench/loadgen.py
@@ -76,8 +76,10 @@ def plot(steps: list[dict], ceiling: float | None, args, path: Path) -> None:
     labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
     ax.legend(lines, labels, loc="upper left", fontsize=8)
     mode = "Kafka" if args.kafka else "embedded"
-    ax.set_title(f"iotstream ceiling ({mode}, {args.batch} readings/batch, {args.streams} streams, "
-                 f"2 shared cores)", fontsize=10)
+    import os
+
+    ax.set_title(f"iotstream ceiling ({mode}, {args.batch} readings/batch, {args.streams} streams; "
+                 f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run `iotstream serve --kafka BOOTSTRAP`")
     ap.add_argument("--start", type=float, default=50_000, help="first offered readings/s (default 50000)")
-    ap.add_argument("--step", type=float, default=100_000, help="increase per step (default 100000)")
+    ap.add_argument("--step", type=float, default=50_000, help="increase per step (default 50000)")
     ap.add_argument("--max", type=float, default=3_000_000, help="stop here at the latest (default 3000000)")
     ap.add_argument("--step-seconds", type=float, default=5.0, help="measured seconds per step (default 5)")
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per step (default 1)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -76,8 +77,6 @@ def plot(steps: list[dict], ceiling: float | None, args, path: Path) -> None:
     labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
     ax.legend(lines, labels, loc="upper left", fontsize=8)
     mode = "Kafka" if args.kafka else "embedded"
-    import os
-
     ax.set_title(f"iotstream ceiling ({mode}, {args.batch} readings/batch, {args.streams} streams; "
                  f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f})", fontsize=10)
     fig.tight_layout()

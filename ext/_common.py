@@ -99,7 +99,17 @@ def new_bins(n: int, window: int) -> np.ndarray:
 
 
 def new_tsring(n: int, window: int) -> np.ndarray:
+    """Timestamp rings of the time windows; ``window`` 0 while no slot uses a time window (the ring costs
+    8 bytes per reading of window, allocated on the first ``time_window_ms`` > 0)."""
     return np.full((n, window), NEVER, dtype=np.int64)
+
+
+def state_arrays(tsring: np.ndarray, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of a snapshot, in order; the timestamp ring only once allocated."""
+    out = dict(arrays)
+    if tsring.shape[1]:
+        out["tsring"] = tsring
+    return out
 
 
 def new_fstate(n: int) -> np.ndarray:
@@ -257,12 +267,15 @@ def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], w
     ps = np.ascontiguousarray(ps, dtype=np.float64)
     srt = arrays["sorted"] if "sorted" in arrays else sorted_from_buf(buf)
     srt = np.ascontiguousarray(srt, dtype=np.float64)
-    tsr = np.ascontiguousarray(arrays["tsring"] if "tsring" in arrays else new_tsring(n, window), dtype=np.int64)
+    if "tsring" in arrays:
+        tsr = np.ascontiguousarray(arrays["tsring"], dtype=np.int64)
+    else:
+        tsr = new_tsring(n, window if (ps[:, PARAM_FIELDS.index("time_window_ms")] > 0).any() else 0)
     bins = np.ascontiguousarray(arrays["bins"] if "bins" in arrays else new_bins(n, window), dtype=np.uint8)
     hist = np.ascontiguousarray(arrays["hist"] if "hist" in arrays else new_hist(n), dtype=np.float64)
     if not (fs.shape[0] == gs.shape[0] == ps.shape[0] == srt.shape[0] == tsr.shape[0] == bins.shape[0]
-            == hist.shape[0] == n >= 1 and buf.shape[1] == srt.shape[1] == tsr.shape[1] == bins.shape[1]
-            == window and hist.shape[1] == 3 * SHIFT_BINS):
+            == hist.shape[0] == n >= 1 and buf.shape[1] == srt.shape[1] == bins.shape[1] == window
+            and tsr.shape[1] in (0, window) and hist.shape[1] == 3 * SHIFT_BINS):
         msg = (f"inconsistent snapshot shapes: fstate {fs.shape}, istate {gs.shape}, pstate {ps.shape}, "
                f"buf {buf.shape}, sorted {srt.shape}, tsring {tsr.shape}, bins {bins.shape}, "
                f"hist {hist.shape} for window={window}")

@@ -75,6 +75,7 @@ from ._common import (
     new_sorted,
     new_tsring,
     params_of,
+    state_arrays,
     restore_state,
     silent_slots,
     xlogx_table,
@@ -963,7 +964,7 @@ cdef class RollingStats:
         self._pstate = new_pstate(capacity, self.defaults)
         self._buf = np.full((capacity, window), np.nan)
         self._sorted = new_sorted(capacity, window)
-        self._tsring = new_tsring(capacity, window)
+        self._tsring = new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0)
         self._bins = new_bins(capacity, window)
         self._hist = new_hist(capacity)
         self._xlogx = np.array(xlogx_table(window), dtype=np.float64)
@@ -981,7 +982,7 @@ cdef class RollingStats:
         self._pstate = np.concatenate([self._pstate, new_pstate(extra, self.defaults)])
         self._buf = np.concatenate([self._buf, np.full((extra, self.window), np.nan)])
         self._sorted = np.concatenate([self._sorted, new_sorted(extra, self.window)])
-        self._tsring = np.concatenate([self._tsring, new_tsring(extra, self.window)])
+        self._tsring = np.concatenate([self._tsring, new_tsring(extra, self._tsring.shape[1])])
         self._bins = np.concatenate([self._bins, new_bins(extra, self.window)])
         self._hist = np.concatenate([self._hist, new_hist(extra)])
 
@@ -1007,6 +1008,7 @@ cdef class RollingStats:
             float64_t[:, ::1] bs = self._buf
             float64_t[:, ::1] ss = self._sorted
             int64_t[:, ::1] ts_r = self._tsring
+            bint has_t = self._tsring.shape[1] > 0
             uint8_t[:, ::1] bn_r = self._bins
             float64_t[:, ::1] hs = self._hist
             const float64_t[::1] xlogx = self._xlogx
@@ -1033,7 +1035,8 @@ cdef class RollingStats:
                     for j in range(0, window, 8):
                         prefetch(&ss[s, j])
                     prefetch(&bn_r[s, gs[s, I_POS]])
-                    prefetch(&ts_r[s, gs[s, I_POS]])
+                    if has_t:
+                        prefetch(&ts_r[s, gs[s, I_POS]])
                     prefetch(&hs[s, 0])
                     prefetch(&hs[s, 8])
                     prefetch(&hs[s, 16])
@@ -1042,7 +1045,8 @@ cdef class RollingStats:
                     prefetch(&hs[s, 40])
                 s = s_v[i]
                 fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
-                                 &ts_r[s, 0], &bn_r[s, 0], &hs[s, 0], window, minp, alpha, oma, em1,
+                                 &ts_r[s, 0] if has_t else NULL, &bn_r[s, 0], &hs[s, 0], window, minp,
+                                 alpha, oma, em1,
                                  &xlogx[0], &logn[0], &z_v[i], &sc_v[i])
         return z_out, score_out, flags_out
 
@@ -1060,6 +1064,8 @@ cdef class RollingStats:
         for k, v in check_detectors(**{**self.defaults, **detectors}).items():
             if k in detectors:
                 self._pstate[sl, PARAM_FIELDS.index(k)] = v
+        if detectors.get("time_window_ms", 0) and not self._tsring.shape[1]:
+            self._tsring = new_tsring(self._fstate.shape[0], self.window)
 
     def settings(self, slot) -> dict:
         """The detector settings of one slot."""
@@ -1190,8 +1196,8 @@ cdef class RollingStats:
         return _snapshot.dump(
             "RollingStats", params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
-            {"fstate": self._fstate, "istate": self._istate, "pstate": self._pstate, "buf": self._buf,
-             "sorted": self._sorted, "tsring": self._tsring, "bins": self._bins, "hist": self._hist})
+            state_arrays(self._tsring, fstate=self._fstate, istate=self._istate, pstate=self._pstate,
+                         buf=self._buf, sorted=self._sorted, bins=self._bins, hist=self._hist))
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:

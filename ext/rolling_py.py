@@ -57,6 +57,7 @@ from ._common import (
     params_of,
     restore_state,
     silent_slots,
+    state_arrays,
     xlogx_table,
 )
 
@@ -653,7 +654,8 @@ class RollingStats:
         self._logn = log_table(window)
         self._set_state(new_fstate(capacity), new_istate(capacity), new_pstate(capacity, self.defaults),
                         np.full((capacity, window), np.nan), new_sorted(capacity, window),
-                        new_tsring(capacity, window), new_bins(capacity, window), new_hist(capacity))
+                        new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0),
+                        new_bins(capacity, window), new_hist(capacity))
 
     def _set_state(self, fs, gs, ps, buf, srt, tsr, bins, hist) -> None:
         self._fs = fs.tolist()
@@ -662,6 +664,7 @@ class RollingStats:
         self._bs = buf.tolist()
         self._ss = [[v for v in row if v == v] for row in srt.tolist()]
         self._tr = tsr.tolist()
+        self._has_t = tsr.shape[1] > 0
         self._bn = bins.tolist()
         self._hs = hist.tolist()
 
@@ -677,7 +680,7 @@ class RollingStats:
         self._ps.extend(new_pstate(extra, self.defaults).tolist())
         self._bs.extend([NAN] * self.window for _ in range(extra))
         self._ss.extend([] for _ in range(extra))
-        self._tr.extend(new_tsring(extra, self.window).tolist())
+        self._tr.extend(new_tsring(extra, self.window if self._has_t else 0).tolist())
         self._bn.extend(new_bins(extra, self.window).tolist())
         self._hs.extend(new_hist(extra).tolist())
 
@@ -694,8 +697,9 @@ class RollingStats:
         tr, bn, hs, xlogx, logn = self._tr, self._bn, self._hs, self._xlogx, self._logn
         window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
         for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
-            z_out[i], sc_out[i], fl_out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s], tr[s], bn[s],
-                                                    hs[s], window, minp, alpha, oma, em1, xlogx, logn)
+            z_out[i], sc_out[i], fl_out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s],
+                                                    tr[s] if self._has_t else None, bn[s], hs[s], window,
+                                                    minp, alpha, oma, em1, xlogx, logn)
         return (np.array(z_out, dtype=np.float64), np.array(sc_out, dtype=np.float64),
                 np.array(fl_out, dtype=np.uint8))
 
@@ -715,6 +719,9 @@ class RollingStats:
                 j = PARAM_FIELDS.index(k)
                 for s in sl.tolist():
                     self._ps[s][j] = v
+        if detectors.get("time_window_ms", 0) and not self._has_t:
+            self._tr = new_tsring(len(self._fs), self.window).tolist()
+            self._has_t = True
 
     def settings(self, slot) -> dict:
         """The detector settings of one slot."""
@@ -820,14 +827,13 @@ class RollingStats:
         return _snapshot.dump(
             "RollingStats", params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
-            {"fstate": np.array(self._fs, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
-             "istate": np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
-             "pstate": np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
-             "buf": np.array(self._bs, dtype=np.float64).reshape(-1, w),
-             "sorted": srt,
-             "tsring": np.array(self._tr, dtype=np.int64).reshape(-1, w),
-             "bins": np.array(self._bn, dtype=np.uint8).reshape(-1, w),
-             "hist": np.array(self._hs, dtype=np.float64).reshape(-1, 3 * NB)})
+            state_arrays(np.array(self._tr, dtype=np.int64).reshape(len(self._tr), w if self._has_t else 0),
+                         fstate=np.array(self._fs, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
+                         istate=np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
+                         pstate=np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
+                         buf=np.array(self._bs, dtype=np.float64).reshape(-1, w), sorted=srt,
+                         bins=np.array(self._bn, dtype=np.uint8).reshape(-1, w),
+                         hist=np.array(self._hs, dtype=np.float64).reshape(-1, 3 * NB)))
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:

@@ -103,6 +103,17 @@ def test_time_window_off_and_back_on(impl):
     assert flags[0] & FLAG_LATE and stats.tcount(0) == 2 and stats.count(0) == 8
 
 
+def test_time_ring_allocated_on_first_use(impl):
+    stats = impl.RollingStats(window=8, min_count=2)
+    feed(stats, [1.0, 2.0, 3.0])
+    assert "tsring" not in _snapshot.load(stats.to_bytes(), "RollingStats")[2]
+    stats.configure([1], time_window_ms=2_000)
+    feed(stats, [1.0, 2.0, 3.0], slot=1)
+    back = impl.RollingStats.from_bytes(stats.to_bytes())
+    assert _snapshot.load(back.to_bytes(), "RollingStats")[2]["tsring"].shape == (back.nslots, 8)
+    assert back.tcount(1) == 2 and back.tcount(0) == 0 and back.count(0) == 3
+
+
 time_stream = st.lists(st.tuples(st.integers(0, 2), st.integers(-3000, 4000),
                                  st.one_of(st.floats(-1e3, 1e3), st.just(np.nan), st.just(5.0))),
                        min_size=1, max_size=150)

@@ -78,12 +78,16 @@ def broker_pid(bootstrap: str | None) -> int | None:
 
 
 class Probe:
-    """Markers and stored-row samples, on a gRPC channel of its own, in a thread with its own event loop."""
+    """Markers and stored-row samples, on a gRPC channel of its own, in a thread with its own event loop.
 
-    def __init__(self, target: str, marker_every: float, poll_ms: float):
-        self.target, self.marker_every, self.poll_s = target, marker_every, poll_ms / 1000
+    One poller looks for every outstanding marker with a single GetHistory per tick, so the query load
+    stays at 1000 / poll_ms per second however far the markers lag (polls share chDB with the inserts)."""
+
+    def __init__(self, target: str, marker_every: float, poll_ms: float, give_up_s: float = 60.0):
+        self.target, self.marker_every, self.poll_s, self.give_up_s = target, marker_every, poll_ms / 1000, give_up_s
         self.samples: list[tuple[float, int]] = []  # (perf_counter, readings stored)
         self.markers: list[dict] = []
+        self.waiting: dict[int, dict] = {}  # seq -> marker record, acked and not yet visible
         self.poll_errors = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.main()), daemon=True)
@@ -94,14 +98,20 @@ class Probe:
 
         async with grpc.aio.insecure_channel(self.target) as ch:
             self.ingest, self.query = ingest_pb2_grpc.IngestStub(ch), query_pb2_grpc.QueryStub(ch)
-            tasks = [asyncio.create_task(self.sample_loop()), asyncio.create_task(self.marker_loop())]
+            self.sends: list[asyncio.Task] = []
+            sampler = asyncio.create_task(self.sample_loop())
+            marker = asyncio.create_task(self.marker_loop())
+            poller = asyncio.create_task(self.poll_loop())
             while not self.stop.is_set():
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.gather(*self.pending, return_exceptions=True)
+            sampler.cancel()
+            marker.cancel()
+            await asyncio.gather(sampler, marker, *self.sends, return_exceptions=True)
+            # Let the poller find the markers still in flight (each gives up after give_up_s).
+            while self.waiting and time.perf_counter() < min(m["sent"] for m in self.waiting.values()) + self.give_up_s:
+                await asyncio.sleep(0.05)
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
 
     async def sample_loop(self) -> None:
         from iotstream.v1 import query_pb2 as qpb
@@ -115,39 +125,51 @@ class Probe:
             await asyncio.sleep(1.0)
 
     async def marker_loop(self) -> None:
-        self.pending: list[asyncio.Task] = []
         seq = 0
         while True:
             seq += 1
-            self.pending.append(asyncio.create_task(self.marker(seq)))
+            self.sends.append(asyncio.create_task(self.send_marker(seq)))
             await asyncio.sleep(self.marker_every)
 
-    async def marker(self, seq: int) -> None:
+    async def send_marker(self, seq: int) -> None:
         from iotstream.v1 import ingest_pb2 as pb
-        from iotstream.v1 import query_pb2 as qpb
 
         t_ms = time.time_ns() // 1_000_000
         batch = pb.ReadingBatch(device_id=MARKER_DEVICE, seq=seq, base_time_ms=t_ms, time_offset_ms=[0],
                                 metric_names=["marker"], metric_index=[0], values=[float(seq)])
-        rec = {"seq": seq, "sent": time.perf_counter()}
+        rec = {"seq": seq, "sent": time.perf_counter(), "time_ms": t_ms}
         self.markers.append(rec)
         try:
             await self.ingest.Send(batch, timeout=60)
             rec["acked"] = time.perf_counter()
+            self.waiting[seq] = rec
         except Exception as exc:
             rec["error"] = str(exc)[:200]
-            return
-        req = qpb.GetHistoryRequest(device_id=MARKER_DEVICE, metrics=["marker"], start_ms=t_ms, end_ms=t_ms + 1)
-        deadline = rec["sent"] + 60
-        while time.perf_counter() < deadline:
+
+    async def poll_loop(self) -> None:
+        from iotstream.v1 import query_pb2 as qpb
+
+        while True:
+            await asyncio.sleep(self.poll_s)
+            now = time.perf_counter()
+            for seq in [s for s, m in self.waiting.items() if now - m["sent"] > self.give_up_s]:
+                del self.waiting[seq]
+            if not self.waiting:
+                continue
+            times = [m["time_ms"] for m in self.waiting.values()]
+            req = qpb.GetHistoryRequest(device_id=MARKER_DEVICE, metrics=["marker"], start_ms=min(times),
+                                        end_ms=max(times) + 1, page_size=10_000)
             try:
                 reply = await self.query.GetHistory(req, timeout=10)
-                if any(float(seq) in s.values for s in reply.series):
-                    rec["visible"] = time.perf_counter()
-                    return
             except Exception:
                 self.poll_errors += 1
-            await asyncio.sleep(self.poll_s)
+                continue
+            seen = time.perf_counter()
+            for series in reply.series:
+                for value in series.values:
+                    rec = self.waiting.pop(int(value), None)
+                    if rec is not None:
+                        rec["visible"] = seen
 
 
 def rate_between(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float | None, int]:
@@ -207,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         out, err = lg.communicate(timeout=args.duration + 120)
         time.sleep(1.5)  # one more stored-rows sample after the load stopped
         probe.stop.set()
-        probe.thread.join(70)
+        probe.thread.join(probe.give_up_s + 15)
     finally:
         server.stop()
     if not out.strip():

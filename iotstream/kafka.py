@@ -18,6 +18,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from iotstream.queue import QueueUnavailable
 
 log = logging.getLogger(__name__)
+# librdkafka's own lines go through Python logging (and so JSON logs), not raw to stderr.
+RDKAFKA_LOG = logging.getLogger("iotstream.rdkafka")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ STATE_MAX_BYTES = 64 * 1024 * 1024  # a partition snapshot holds every key's win
 
 def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
     """Create the topics that do not exist yet (an existing topic keeps its settings)."""
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
+    admin = AdminClient({"bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG})
     wanted = [
         NewTopic(cfg.topic, cfg.partitions, 1),
         # Short segments so compaction keeps the state topic (read whole on every assignment) small.
@@ -94,7 +96,7 @@ class KafkaQueue:
         self.cfg = cfg
         self.depth = 0  # readings handed to the producer and not yet acknowledged by the broker
         self.producer = Producer({
-            "bootstrap.servers": cfg.bootstrap,
+            "bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,

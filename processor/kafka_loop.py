@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from iotstream.clickhouse import StorageError
-from iotstream.kafka import STATE_MAX_BYTES, KafkaConfig
+from iotstream.kafka import RDKAFKA_LOG, STATE_MAX_BYTES, KafkaConfig
 
 from .processor import Processor
 from .state import PartitionState
@@ -39,7 +39,8 @@ class StateLog:
 
     def __init__(self, cfg: KafkaConfig):
         self.cfg = cfg
-        self.producer = Producer({"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "acks": "all",
+        self.producer = Producer({"bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG,
+                                  "enable.idempotence": True, "acks": "all",
                                   "compression.type": "zstd", "message.max.bytes": STATE_MAX_BYTES})
 
     def key(self, partition: int, kind: str) -> bytes:
@@ -59,7 +60,8 @@ class StateLog:
 
     def load(self) -> dict[bytes, bytes]:
         """The latest value of every key in the state topic."""
-        reader = Consumer({"bootstrap.servers": self.cfg.bootstrap, "group.id": self.cfg.group_id + "-state-reader",
+        reader = Consumer({"bootstrap.servers": self.cfg.bootstrap, "logger": RDKAFKA_LOG,
+                           "group.id": self.cfg.group_id + "-state-reader",
                            "enable.auto.commit": False})
         try:
             tp = TopicPartition(self.cfg.state_topic, 0)
@@ -122,10 +124,12 @@ class KafkaProcessor:
         self.max_chunk_messages = max_chunk_messages
         self.snapshot_every_s = snapshot_every_s
         self.state_log = StateLog(cfg)
-        self.side = Producer({"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "acks": "all",
+        self.side = Producer({"bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG,
+                              "enable.idempotence": True, "acks": "all",
                               "linger.ms": 20})
         self.consumer = Consumer({
-            "bootstrap.servers": cfg.bootstrap, "group.id": cfg.group_id, "enable.auto.commit": False,
+            "bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG, "group.id": cfg.group_id,
+            "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": session_timeout_ms, "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
         })

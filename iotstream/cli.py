@@ -11,6 +11,8 @@ import signal
 import sys
 import time
 
+from iotstream.simulate import KINDS
+
 DAY_MS = 86_400_000
 log = logging.getLogger("iotstream")
 
@@ -167,7 +169,8 @@ def cmd_simulate(args) -> int:
     tokens = json.loads(open(args.tokens).read()) if args.tokens else None
     summary, _ = asyncio.run(run_fleet(args.target, args.devices, args.readings, args.batch, args.rate,
                                        args.anomalies, args.seed, args.interval_ms, args.prefix,
-                                       progress=True, tokens=tokens, tls=client_tls(args)))
+                                       progress=True, tokens=tokens, tls=client_tls(args),
+                                       kinds=args.kinds.split(",")))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -316,6 +319,13 @@ def tokens_over_grpc(args, role) -> int:
             print(f"iotstream {args.command} {args.action}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     return 0
+
+
+def check_kinds(text: str) -> str:
+    unknown = sorted(set(text.split(",")) - set(KINDS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {unknown}; known: {', '.join(KINDS)}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -476,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=100, help="readings per batch (default 100)")
     s.add_argument("--rate", type=float, default=None, help="total readings/s cap (default: as fast as acked)")
     s.add_argument("--anomalies", type=float, default=0.001,
-                   help="fraction of readings turned into spikes (default 0.001)")
+                   help="anomalies injected per reading, for each kind (default 0.001)")
+    s.add_argument("--kinds", default="spike", type=check_kinds,
+                   help="comma-separated anomaly kinds to inject, of " + ",".join(KINDS) + " (default spike)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--interval-ms", type=int, default=1000, help="time between a device's samples (default 1000)")
     s.add_argument("--prefix", default="sim", help="device id prefix (default 'sim')")
@@ -541,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cursor", default="", help="resume after the event that carried this cursor")
     x.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
     qs.add_parser("stats", help="GetStats: rows, rates, devices online, rejections")
+    for sub_q in qs.choices.values():  # also after the subcommand: `iotstream query stats --json`
+        sub_q.add_argument("--target", default=argparse.SUPPRESS, help="server HOST:PORT")
+        sub_q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object")
     q.set_defaults(fn=cmd_query)
     return p
 

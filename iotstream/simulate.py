@@ -223,7 +223,7 @@ async def stream_device(stub, data: DeviceData, batch_size: int, tally: Tally, l
 async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, rate: float | None = None,
                     anomalies: float = 0.001, seed: int = 0, interval_ms: int = 1000, prefix: str = "sim",
                     progress: bool = False, tokens: dict[str, str] | None = None,
-                    tls=None) -> tuple[dict, list[DeviceData]]:
+                    tls=None, kinds: Sequence[str] = ("spike",)) -> tuple[dict, list[DeviceData]]:
     """Stream every device's readings and wait for every ack; returns (summary, the generated data).
 
     `tokens` maps device ids to their bearer tokens (servers with auth on); `tls` is an
@@ -232,7 +232,7 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
 
     rng = np.random.default_rng(seed)
     end_ms = time.time_ns() // 1_000_000
-    fleet = [device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng)
+    fleet = [device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng, kinds)
              for i in range(devices)]
     channels = [aio_channel(target, tls) for _ in range(math.ceil(devices / STREAMS_PER_CHANNEL))]
     tally, limit = Tally(), RateLimit(rate)
@@ -256,7 +256,8 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
         "readings_per_s": round(tally.acked / elapsed, 1) if elapsed else 0.0,
         "ack_p50_ms": round(float(np.percentile(lat, 50)), 2),
         "ack_p99_ms": round(float(np.percentile(lat, 99)), 2),
-        "injected_anomalies": int(sum(len(d.spikes) for d in fleet)),
+        "injected_anomalies": int(sum(len(d.anomalies) for d in fleet)),
+        "injected_by_kind": {k: sum(a.kind == k for d in fleet for a in d.anomalies) for k in kinds},
     }
     return summary, fleet
 

@@ -2,6 +2,7 @@
 still has everything that was acked."""
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -41,6 +42,10 @@ def test_restart_keeps_acked_readings(tmp_path):
         summary, _ = asyncio.run(run_fleet(target, 5, 300, batch=40, seed=9))
         assert summary["acked"] == 1500
         before = stats(target)
+        # The CLI, as the README shows it: exactly one JSON object on stdout.
+        out = subprocess.run([sys.executable, "-m", "iotstream", "query", "--target", target, "stats", "--json"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        assert json.loads(out)["readings"] == 1500 and out.count("\n") == 1
     finally:
         stop_serve(proc)
     proc, target = start_serve(tmp_path)

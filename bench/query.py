@@ -106,12 +106,19 @@ def load(store: Store, fleet: Fleet, batch_rows: int) -> dict:
     per_slice = max(1, batch_rows // (len(fleet.ids) * len(METRICS)))
     total = fleet.points * len(fleet.ids) * len(METRICS)
     done = flagged = 0
+    spent = {"generate": 0.0, "readings": 0.0, "anomalies": 0.0}
     started = last = time.perf_counter()
     for first in range(0, fleet.points, per_slice):
+        t = time.perf_counter()
         readings, anomalies = fleet.slice(first, min(per_slice, fleet.points - first))
+        spent["generate"] += time.perf_counter() - t
+        t = time.perf_counter()
         store.insert_readings(readings, token=f"bench-{first}")
+        spent["readings"] += time.perf_counter() - t
+        t = time.perf_counter()
         if anomalies.num_rows:
             store.insert_anomalies(anomalies, token=f"bench-{first}:anomalies")
+        spent["anomalies"] += time.perf_counter() - t
         done += readings.num_rows
         flagged += anomalies.num_rows
         if time.perf_counter() - last > 5 or done == total:
@@ -120,7 +127,10 @@ def load(store: Store, fleet: Fleet, batch_rows: int) -> dict:
             log(f"  loaded {done:,}/{total:,} readings ({rate:,.0f}/s, {flagged:,} flagged), "
                 f"eta {(total - done) / rate:,.0f} s")
     return {"rows": done, "flagged": flagged, "load_s": round(time.perf_counter() - started, 1),
-            "load_rows_per_s": round(done / (time.perf_counter() - started))}
+            "load_rows_per_s": round(done / (time.perf_counter() - started)),
+            # where the load time went: making the data, inserting readings (and their views), inserting
+            # flagged readings (and recomputing their episodes)
+            "load_split_s": {k: round(v, 1) for k, v in spent.items()}}
 
 
 def storage(store: Store, optimize: bool) -> dict:
@@ -223,7 +233,8 @@ def main(argv=None) -> int:
     store = Store(ChdbBackend(data_dir, database))
     store.migrate()
     result = {"rows": 0, "data": args.data, "devices": args.devices, "days": args.days,
-              "interval_s": fleet.interval / 1000, "cpus": os.cpu_count()}
+              "interval_s": fleet.interval / 1000, "cpus": os.cpu_count(),
+              "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     result.update(load(store, fleet, args.batch))
     result.update(storage(store, not args.no_optimize))
     log(f"  {result['bytes_per_reading']} bytes/reading on disk")
@@ -240,6 +251,8 @@ def main(argv=None) -> int:
                 log(f"  {name:<26} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms   ({result['replies'][name]})")
         finally:
             srv.stop()
+        # Other work on the machine shows here; latencies on a busy machine are not the store's.
+        result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     store.backend.close()
 
     out = Path(__file__).parent / "results" / "query.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 import pyarrow as pa
 
@@ -24,6 +24,7 @@ class StorageError(RuntimeError):
 # queries at once can swap parameters, and a query during an `INSERT ... FROM Python(table)` can hang both
 # (found by bench/e2e.py). Every ChdbBackend of the process shares this lock.
 _ENGINE_LOCK = threading.RLock()
+ENGINE_PATH: str | None = None  # the data path the process's chDB engine was opened with
 
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
 
@@ -64,8 +65,10 @@ class ChdbBackend:
             raise ValueError(f"bad database name {database!r}")
         self.path = path
         self.database = database
+        global ENGINE_PATH
         with _ENGINE_LOCK:
             self._session = session.Session(path)
+            ENGINE_PATH = ENGINE_PATH or path
         self._run(f"CREATE DATABASE IF NOT EXISTS {database}", None, "CSV")
 
     def command(self, sql: str, params: dict | None = None) -> None:
@@ -92,19 +95,31 @@ class ChdbBackend:
             raise StorageError(str(exc)) from exc
 
 
+# Settings for a cluster: rows of a device live on one shard (Distributed by device_id), so joins and IN
+# subqueries over distributed tables can run shard-locally; inserts reach the shards before they return,
+# so an acknowledged write is stored and its deduplication token applies there.
+CLUSTER_SETTINGS = {"distributed_product_mode": "local", "distributed_foreground_insert": 1}
+
+
 class RemoteBackend:
-    """A ClickHouse server over HTTP, e.g. `http://user:pass@host:8123/iotstream`."""
+    """A ClickHouse server over HTTP, e.g. `http://user:pass@host:8123/iotstream`; with `?cluster=NAME`,
+    a cluster: Store.migrate then creates the Replicated/Distributed schema (clickhouse.cluster)."""
 
     def __init__(self, url: str):
         import clickhouse_connect
 
         parts = urlparse(url)
+        query = dict(parse_qsl(parts.query))
+        self.cluster = query.pop("cluster", None)
         database = parts.path.strip("/") or "iotstream"
-        if not _IDENT.match(database):
-            raise ValueError(f"bad database name {database!r} in {url!r}")
+        if not _IDENT.match(database) or (self.cluster is not None and not _IDENT.match(self.cluster)):
+            raise ValueError(f"bad database or cluster name in {url!r}")
         self.database = database
-        self._client = clickhouse_connect.get_client(dsn=_without_db(url))
-        self._client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        dsn = parts._replace(path="/", query=urlencode(query)).geturl()
+        settings = CLUSTER_SETTINGS if self.cluster else None
+        self._client = clickhouse_connect.get_client(dsn=dsn, settings=settings)
+        on_cluster = f" ON CLUSTER {self.cluster}" if self.cluster else ""
+        self._client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
 
     def command(self, sql: str, params: dict | None = None) -> None:
         self._call(self._client.command, sql, parameters=params or {})
@@ -128,10 +143,6 @@ class RemoteBackend:
             return fn(*args, **kwargs)
         except ClickHouseError as exc:
             raise StorageError(str(exc)) from exc
-
-
-def _without_db(url: str) -> str:
-    return urlparse(url)._replace(path="/").geturl()
 
 
 def open_backend(data_dir: str | None = None, clickhouse_url: str | None = None, database: str = "iotstream"):

@@ -47,6 +47,15 @@ STATES = {
     "sd": "stddevSampStableState(value)",
     "q": f"quantilesTDigestState({QUANTILES})(value)",
 }
+# The same states combined over rows of a rollup (devices), still mergeable.
+ROLLUP_MERGE = {
+    "n": "sum(n)",
+    "total": "sum(total)",
+    "lo": "min(lo)",
+    "hi": "max(hi)",
+    "sd": "stddevSampStableMergeState(sd)",
+    "q": f"quantilesTDigestMergeState({QUANTILES})(q)",
+}
 NEEDS = {"MIN": "lo", "MAX": "hi", "AVG": "total", "SUM": "total", "STDDEV": "sd", "P50": "q", "P95": "q", "P99": "q"}
 
 
@@ -97,6 +106,13 @@ def aggregate_sql(pieces: list[tuple[str, int, int]], funcs: list[str], merge_de
             filters = " AND ".join([*where, _RAW_RANGE.format(i=i)])
             branches.append(f"SELECT {dev} AS dev, metric, {_RAW_BUCKET} AS bucket_ms, {cols} FROM $db.readings "
                             f"WHERE {filters} GROUP BY dev, metric, bucket_ms")
+        elif merge_devices:
+            # Grouped by (metric, bucket) with the rollup's own sums/min/max, which is what the tables'
+            # `fleet` projection holds: ClickHouse then reads it instead of every device's rows.
+            cols = ", ".join(f"{ROLLUP_MERGE[s]} AS {s}" for s in states)
+            filters = " AND ".join([*where, _ROLLUP_RANGE.format(i=i)])
+            branches.append(f"SELECT '' AS dev, metric, {_ROLLUP_BUCKET} AS bucket_ms, {cols} "
+                            f"FROM $db.{table} WHERE {filters} GROUP BY metric, bucket")
         else:
             filters = " AND ".join([*where, _ROLLUP_RANGE.format(i=i)])
             branches.append(f"SELECT {dev} AS dev, metric, {_ROLLUP_BUCKET} AS bucket_ms, {', '.join(states)} "

@@ -94,7 +94,14 @@ class Store:
     # ---- schema ---------------------------------------------------------------------------------
 
     def migrate(self) -> list[str]:
-        """Apply the numbered schema files not applied yet; returns their names."""
+        """Apply the numbered schema files not applied yet; returns their names. On a cluster, create the
+        Replicated/Distributed schema generated from the same files (clickhouse.cluster) instead."""
+        if getattr(self.backend, "cluster", None):
+            from .cluster import cluster_schema
+
+            for statement in cluster_schema(self.db, self.backend.cluster, self.config):
+                self.backend.command(statement)
+            return []
         self._command(MIGRATIONS_TABLE)
         done = set(self._query("SELECT name FROM $db.schema_migrations").column("name").to_pylist())
         applied = []
@@ -215,6 +222,23 @@ class Store:
             GROUP BY metric ORDER BY metric
             """,
             {"d": device_id},
+        ).to_pylist()
+
+    def device_summary(self, device_id: str, now_ms: int) -> list:
+        """GetDevice in one round trip: per metric its newest value by reading time, readings, first
+        reading time and last stored time, each row also carrying the device's episode counts."""
+        return self._query(
+            f"""
+            WITH (SELECT tuple(count(), countIf(closes > {_MS % 'now'})) FROM $db.anomaly_episodes FINAL
+                  WHERE device_id = {{d:String}}) AS episodes
+            SELECT metric, toUnixTimestamp64Milli(max(last_time)) AS time_ms, argMaxMerge(last_value) AS value,
+                   sum(readings) AS stored_readings, toUnixTimestamp64Milli(min(first_time)) AS first_ms,
+                   toUnixTimestamp64Milli(max(last_stored)) AS stored_ms,
+                   tupleElement(episodes, 1) AS anomalies, tupleElement(episodes, 2) AS open_anomalies
+            FROM $db.device_metrics WHERE device_id = {{d:String}}
+            GROUP BY metric HAVING sum(readings) > 0 ORDER BY metric
+            """,
+            {"d": device_id, "now": now_ms},
         ).to_pylist()
 
     def device_anomalies(self, device_id: str, now_ms: int) -> tuple[int, int]:

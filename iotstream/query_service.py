@@ -158,16 +158,16 @@ class QueryService(pb_grpc.QueryServicer):
         async def build():
             if not request.device_id:
                 raise InvalidArgument("device_id: required")
-            reg = await self._run(context, self.store.device, request.device_id)
-            if reg is None:
+            rows = await self._run(context, self.store.device_summary, request.device_id, now_ms())
+            if not rows:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}")
-            rows = await self._run(context, self.store.device_metrics, request.device_id)
-            anomalies, open_anomalies = await self._run(context, self.store.device_anomalies, request.device_id,
-                                                        now_ms())
+            stored = max(r["stored_ms"] for r in rows)
             return pb.Device(
-                device_id=request.device_id, status=self._status(reg["last_stored_ms"]),
-                latest=[pb.MetricValue(metric=r["metric"], time_ms=r["time_ms"], value=r["value"]) for r in rows],
-                anomalies=anomalies, open_anomalies=open_anomalies, **reg)
+                device_id=request.device_id, status=self._status(stored), last_stored_ms=stored,
+                first_seen_ms=min(r["first_ms"] for r in rows), last_seen_ms=max(r["time_ms"] for r in rows),
+                readings=sum(r["stored_readings"] for r in rows), anomalies=rows[0]["anomalies"],
+                open_anomalies=rows[0]["open_anomalies"],
+                latest=[pb.MetricValue(metric=r["metric"], time_ms=r["time_ms"], value=r["value"]) for r in rows])
         return await self._call(context, build)
 
     async def GetHistory(self, request: pb.GetHistoryRequest, context) -> pb.GetHistoryResponse:

@@ -146,7 +146,8 @@ def storage(store: Store, optimize: bool) -> dict:
     by_table = {p["table"]: p for p in parts}
     rows = by_table["readings"]["rows"]
     return {"bytes_per_reading": round(by_table["readings"]["bytes"] / rows, 3),
-            "column_bytes_per_reading": {c["name"]: round(c["c"] / rows, 3) for c in cols},
+            # per column only from wide parts (compact parts, under ~10 MB, do not report column sizes)
+            "column_bytes_per_reading": {c["name"]: round(c["c"] / rows, 3) for c in cols if c["c"]},
             "tables": {t: {"rows": p["rows"], "bytes": p["bytes"], "parts": p["parts"]} for t, p in by_table.items()}}
 
 

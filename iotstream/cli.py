@@ -95,18 +95,22 @@ def run_node(config, what: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(node.failed.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
         say(f"iotstream {what}: stopping (draining acks, queue and state)")
         await node.stop()
+        if node.failed.is_set():
+            say(f"iotstream {what}: failed: {node.failure}")
+            return 1
         say(f"iotstream {what}: stopped")
+        return 0
 
     try:
         config.check()
     except ValueError as exc:
         print(f"iotstream {what}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def cmd_serve(args) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection
 
 from iotstream import auth as authn
@@ -47,6 +48,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 1000),
+    # A fleet reconnecting at once (10,000 streams) must queue, not be refused (bench/fleet.py).
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 
@@ -94,6 +98,30 @@ def load_rules_file(path: str):
     return load_rules(path)
 
 
+class MethodAwarePool:
+    """The default descriptor pool, plus `pkg.Service.Method` symbols: upb's pool does not resolve those,
+    and ghz and `grpcurl describe` ask reflection for them."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol):  # noqa: N802 (the DescriptorPool API)
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service, _, method = symbol.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service)
+            except KeyError:
+                found = None
+            if found is None or method not in found.methods_by_name:
+                raise KeyError(symbol) from None
+            return found.file
+
+
 class Node:
     """start() brings the roles up and returns the gRPC port (0 when no role serves gRPC);
     stop() stops taking calls, drains what is queued, and closes the store."""
@@ -113,6 +141,8 @@ class Node:
         self.metrics = Metrics()
         self.metrics_port = 0
         self.healthy: dict[str, bool] = {}  # dependency -> answered the last probe
+        self.failed = asyncio.Event()  # a role died; `failure` says why
+        self.failure = ""
         self._auth_backend = None
         self._background: list[asyncio.Task] = []
         self._kafka_admin = None
@@ -146,7 +176,9 @@ class Node:
                 self.kafka_processor = KafkaProcessor(cfg.kafka, self.store, cfg.max_chunk_messages,
                                                       cfg.snapshot_every_s, rules=load_rules(cfg.rules_path),
                                                       silence_every_s=cfg.silence_check_s)
-                thread = threading.Thread(target=self.kafka_processor.run, name="kafka-processor", daemon=True)
+                loop = asyncio.get_running_loop()
+                thread = threading.Thread(target=self._run_processor, args=(loop,), name="kafka-processor",
+                                          daemon=True)
                 thread.start()
                 self._tasks.append(thread)
         if self.kafka_processor is not None:
@@ -164,6 +196,20 @@ class Node:
             await self._start_grpc()
         self._background.append(asyncio.create_task(self._watch_health()))
         return self.port
+
+    def _run_processor(self, loop) -> None:
+        """The Kafka processor's thread. If it dies, the node says so: NOT_SERVING, and `failed` is set
+        (the CLI exits non-zero so a supervisor restarts it; its state is safe in the state topic)."""
+        try:
+            self.kafka_processor.run()
+        except Exception:
+            log.exception("the Kafka processor stopped on an error")
+            loop.call_soon_threadsafe(self._fail, "the Kafka processor stopped on an error")
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        self.failed.set()
+        asyncio.ensure_future(self._publish_health(self._probes()))
 
     async def _start_auth(self) -> None:
         cfg = self.config
@@ -204,7 +250,8 @@ class Node:
             services.append(authn.add_admin_to_server(self.auth, self.server))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server,
+                                            pool=MethodAwarePool(descriptor_pool.Default()))
         address = f"{cfg.host}:{cfg.port}"
         if cfg.tls is not None:
             self.port = self.server.add_secure_port(address, cfg.tls.credentials())
@@ -264,8 +311,12 @@ class Node:
     async def _publish_health(self, probes) -> None:
         if self.server is None:
             return
-        down = {name for name, ok in self.healthy.items() if not ok}
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        if self.failed.is_set():  # a role died: nothing here recovers by itself
+            for service in ("", *self.services):
+                await self.health.set(service, not_serving)
+            return
+        down = {name for name, ok in self.healthy.items() if not ok}
         await self.health.set("", not_serving if down else serving)
         for service in self.services:
             bad = any(service in needs for name, (_, needs) in probes.items() if name in down)

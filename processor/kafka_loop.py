@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from iotstream.clickhouse import StorageError
 from iotstream.kafka import RDKAFKA_LOG, STATE_MAX_BYTES, KafkaConfig
@@ -64,8 +64,7 @@ class StateLog:
                            "group.id": self.cfg.group_id + "-state-reader",
                            "enable.auto.commit": False})
         try:
-            tp = TopicPartition(self.cfg.state_topic, 0)
-            low, high = reader.get_watermark_offsets(tp, timeout=30)
+            low, high = watermarks(reader, TopicPartition(self.cfg.state_topic, 0))
             latest: dict[bytes, bytes] = {}
             if high <= low:
                 return latest
@@ -93,6 +92,24 @@ class StateLog:
             state = PartitionState.from_bytes(snap[_OFFSET.size:])
         intents = [tuple(r) for r in json.loads(latest.get(self.key(partition, "intents")) or b"[]")]
         return state, offset, [r for r in intents if r[0] >= offset]
+
+
+def watermarks(consumer, tp: TopicPartition, give_up_s: float = 60.0) -> tuple[int, int]:
+    """(low, high) offsets; retries while the partition has no leader yet (a topic just created)."""
+    deadline = time.monotonic() + give_up_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if time.monotonic() > deadline or not (err.retriable() or err.code() in _NO_LEADER_YET):
+                raise
+            log.info("%s[%d] not ready (%s); retrying", tp.topic, tp.partition, err)
+            time.sleep(0.5)
+
+
+_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 @dataclass
@@ -227,7 +244,7 @@ class KafkaProcessor:
         prepared = self.processor.prepare([m.value() for m in chunk], partition)
         for index, reason in prepared.undecodable:
             msg = chunk[index]
-            self.side.produce(self.cfg.deadletter_topic, msg.value(), msg.key(), headers=[
+            self._side_produce(self.cfg.deadletter_topic, msg.value(), msg.key(), headers=[
                 ("reason", reason.encode()), ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())])
             log.warning("dead letter %s/%d/%d: %s", msg.topic(), msg.partition(), msg.offset(), reason)
         attempt = 0
@@ -263,7 +280,16 @@ class KafkaProcessor:
     def _publish_anomalies(self, table) -> None:
         for row in table.to_pylist():
             row["time_ms"] = int(row.pop("time").timestamp() * 1000)
-            self.side.produce(self.cfg.anomalies_topic, json.dumps(row).encode(), row["device_id"].encode())
+            self._side_produce(self.cfg.anomalies_topic, json.dumps(row).encode(), row["device_id"].encode())
+
+    def _side_produce(self, topic: str, value: bytes, key: bytes, headers=None) -> None:
+        """Produce to a side topic; a full local queue waits for deliveries rather than failing the chunk."""
+        while True:
+            try:
+                self.side.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self.side.poll(0.1)
 
     def _leave(self) -> None:
         try:

@@ -111,3 +111,20 @@ def test_resent_batch_is_stored_once(server):
     changed = make_batch("dev-resend", [1.0, 2.0, 4.0], seq=5)  # same seq, other readings: a new batch
     assert server.ingest.Send(changed, timeout=10).accepted == 3
     assert len(stored(server, "dev-resend")) == 6
+
+
+def test_reflection_resolves_methods(server):
+    """ghz and `grpcurl describe` ask reflection for service.method symbols."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    symbols = ["iotstream.v1.Ingest.Stream", "iotstream.v1.Query.Aggregate", "iotstream.v1.Ingest"]
+    requests = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in symbols]
+    requests.append(reflection_pb2.ServerReflectionRequest(file_containing_symbol="iotstream.v1.Ingest.Nope"))
+    replies = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    for reply in replies[:3]:
+        files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                 for b in reply.file_descriptor_response.file_descriptor_proto]
+        assert any(f.package == "iotstream.v1" and f.service for f in files), reply
+    assert replies[3].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

@@ -282,3 +282,20 @@ def test_broker_outage_slows_acks_loses_nothing(private_kafka_broker, chdb_dir):
         assert count(node) == (30_000, 30_000)
     finally:
         node.stop()
+
+
+def test_dead_processor_thread_turns_the_node_not_serving(kafka_broker, chdb_dir):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace="d" + uuid.uuid4().hex[:8], partitions=1)
+    node = processor_node(cfg, chdb_dir, roles=("process", "query"))
+    try:
+        health = health_pb2_grpc.HealthStub(node.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        node.server.kafka_processor.consumer.close()  # its next consume() raises: the thread dies
+        wait_for(lambda: node.server.failed.is_set(), 30, "the node to notice")
+        assert "Kafka processor" in node.server.failure
+        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                 == health_pb2.HealthCheckResponse.NOT_SERVING, 30, "health to say NOT_SERVING")
+    finally:
+        node.stop()

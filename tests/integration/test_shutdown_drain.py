@@ -48,7 +48,10 @@ class Serve:
 
     def stop(self, timeout=60) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        if code:
+            print("\n".join(self.lines[-30:]))
+        return code
 
 
 def values_of(device: int, seq: int) -> list[float]:

@@ -135,8 +135,9 @@ def load(store: Store, fleet: Fleet, batch_rows: int) -> dict:
 
 def storage(store: Store, optimize: bool) -> dict:
     if optimize:  # steady state: what background merges converge to, without waiting for them
-        log("  merging readings parts (OPTIMIZE FINAL) ...")
-        store.backend.command(f"OPTIMIZE TABLE {store.db}.readings FINAL")
+        for table in ("readings", "rollup_1m", "rollup_1h", "rollup_1d", "anomaly_episodes"):
+            log(f"  merging {table} parts (OPTIMIZE FINAL) ...")
+            store.backend.command(f"OPTIMIZE TABLE {store.db}.{table} FINAL")
     parts = store.backend.query(
         "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes, count() AS parts FROM system.parts "
         "WHERE database = {d:String} AND active GROUP BY table ORDER BY table", {"d": store.db}).to_pylist()
@@ -216,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=200, help="timed calls per RPC (default 200)")
     p.add_argument("--data-dir", default=None, help="chDB folder (default: a new temporary folder)")
     p.add_argument("--load-only", action="store_true", help="load and measure storage, no RPC timings")
+    p.add_argument("--reuse", action="store_true",
+                   help="time the RPCs on the data an earlier run left in --data-dir (no load; same other options)")
     p.add_argument("--no-optimize", action="store_true", help="measure bytes without merging parts first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
@@ -227,17 +230,30 @@ def main(argv=None) -> int:
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="iotstream-bench-")
     database = "bench_" + uuid.uuid4().hex[:8]
+    if args.reuse:
+        if not args.data_dir:
+            p.error("--reuse needs the --data-dir of an earlier run")
+        found = ChdbBackend(data_dir, "default").query(
+            "SELECT name FROM system.databases WHERE startsWith(name, 'bench_')").column("name").to_pylist()
+        if len(found) != 1:
+            p.error(f"--reuse: expected one bench_ database in {data_dir}, found {found}")
+        database = found[0]
     now_ms = time.time_ns() // 1_000_000
     fleet = Fleet(args.devices, args.rows, args.days, now_ms - 60_000, args.data, args.seed)
-    log(f"loading {fleet.points * args.devices * len(METRICS):,} readings ({args.devices} devices x "
-        f"{len(METRICS)} metrics, one every {fleet.interval / 1000:.1f} s) into {data_dir} ({database})")
     store = Store(ChdbBackend(data_dir, database))
-    store.migrate()
     result = {"rows": 0, "data": args.data, "devices": args.devices, "days": args.days,
               "interval_s": fleet.interval / 1000, "cpus": os.cpu_count(),
               "loadavg_1m_before": round(os.getloadavg()[0], 2)}
-    result.update(load(store, fleet, args.batch))
-    result.update(storage(store, not args.no_optimize))
+    if args.reuse:
+        log(f"timing the data already in {data_dir} ({database})")
+        result["reused"] = True
+    else:
+        log(f"loading {fleet.points * args.devices * len(METRICS):,} readings ({args.devices} devices x "
+            f"{len(METRICS)} metrics, one every {fleet.interval / 1000:.1f} s) into {data_dir} ({database})")
+        store.migrate()
+        result.update(load(store, fleet, args.batch))
+    result.update(storage(store, not args.no_optimize and not args.reuse))
+    result["rows"] = result["tables"]["readings"]["rows"]
     log(f"  {result['bytes_per_reading']} bytes/reading on disk")
 
     if not args.load_only:

@@ -110,10 +110,12 @@ _JOIN_ACKS = f"""ASOF LEFT JOIN {_ACKS} AS a
 
 def list_sql(after: bool, acked: int) -> str:
     """Episodes newest first by (opened, device_id, metric, kind), after a keyset cursor; `acked`: 0 any,
-    1 acknowledged only, 2 unacknowledged only."""
-    cursor = (f"(e.opened, e.device_id, e.metric, e.kind) < ({_MS % 'at'}, {{ad:String}}, {{am:String}}, "
+    1 acknowledged only, 2 unacknowledged only. Without an acknowledgement filter the page is cut before
+    the join, so only its rows meet the acknowledgements."""
+    cursor = (f"(opened, device_id, metric, kind) < ({_MS % 'at'}, {{ad:String}}, {{am:String}}, "
               "{ak:String})") if after else "1"
     ack = {0: "1", 1: "a.opened >= e.opened", 2: "NOT (a.opened >= e.opened)"}[acked]
+    order = "ORDER BY opened DESC, device_id DESC, metric DESC, kind DESC LIMIT {limit:UInt32}"
     return f"""
     SELECT {COLUMNS}
     FROM (
@@ -124,9 +126,11 @@ def list_sql(after: bool, acked: int) -> str:
           AND opened < {_MS % 'end'} AND updated >= {_MS % 'start'}
           AND {SEVERITY} >= {{sev:UInt8}}
           AND ({{state:UInt8}} = 0 OR ({{state:UInt8}} = 1) = (closes > {_MS % 'now'}))
+          AND {cursor}
+        {order if acked == 0 else ""}
     ) AS e
     {_JOIN_ACKS}
-    WHERE {cursor} AND {ack}
+    WHERE {ack}
     ORDER BY e.opened DESC, e.device_id DESC, e.metric DESC, e.kind DESC
     LIMIT {{limit:UInt32}}
     """

@@ -19,7 +19,7 @@ demo: install
 # Benchmark tools (ghz, grpcurl, Python extras) let the benchmarks' smoke tests run too; if they cannot be
 # installed (no Go, proxy away), those tests report themselves skipped and the rest still runs.
 test: install
-	bench/setup || echo "WARNING: bench/setup failed: the benchmark smoke tests will be skipped" >&2
+	timeout 900 bench/setup || echo "WARNING: bench/setup failed: the benchmark smoke tests will be skipped" >&2
 	bash tests/run
 
 clean:

@@ -32,11 +32,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow as pa
-
 from iotstream.clickhouse import ChdbBackend, Store
-from iotstream.simulate import METRICS, PROFILES
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc
+
+from iotstream.simulate import METRICS, PROFILES
 
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 RESOLUTION = (0.01, 0.1, 0.1)  # per metric, for --data sensor

@@ -56,7 +56,7 @@ def cluster_schema(database: str, cluster: str, config: StoreConfig | None = Non
         name = r["name"]
         ddl = r["ddl"].replace(f"CREATE TABLE {scratch}.{name} ",
                                f"CREATE TABLE IF NOT EXISTS {database}.{name}_local ON CLUSTER {cluster} ", 1)
-        ddl = _MERGE_TREE.sub(lambda m: _replicated(m, database, name), ddl, count=1)
+        ddl = _MERGE_TREE.sub(lambda m, name=name: _replicated(m, database, name), ddl, count=1)
         ddl = re.sub(r"non_replicated_deduplication_window = \d+, ", "", ddl)  # replicas deduplicate anyway
         local.append(ddl.replace(f"{scratch}.", f"{database}."))
         distributed.append(f"CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} AS "

@@ -17,15 +17,15 @@ _US = "fromUnixTimestamp64Micro({%s:Int64}, 'UTC')"
 # at five times it); values match the proto's Severity enum.
 SEVERITY = "multiIf(peak_score >= 0.7, 3, peak_score >= 0.6, 2, 1)"
 
-RECOMPUTE = f"""
+RECOMPUTE = """
 INSERT INTO $db.anomaly_episodes (device_id, metric, kind, opened, updated, closes, readings, peak_time,
     peak_value, peak_score, peak_zscore, created, version, deleted)
 WITH
     keys AS (
         SELECT tupleElement(k, 1) AS device_id, tupleElement(k, 2) AS metric, tupleElement(k, 3) AS kind,
                fromUnixTimestamp64Milli(tupleElement(k, 4), 'UTC') AS since
-        FROM (SELECT arrayJoin(arrayZip({{kd:Array(String)}}, {{km:Array(String)}}, {{kk:Array(String)}},
-                                        {{kt:Array(Int64)}})) AS k)
+        FROM (SELECT arrayJoin(arrayZip({kd:Array(String)}, {km:Array(String)}, {kk:Array(String)},
+                                        {kt:Array(Int64)})) AS k)
     ),
     current AS (
         SELECT * FROM $db.anomaly_episodes FINAL
@@ -34,7 +34,7 @@ WITH
     -- Per key: the first episode the earliest new reading can join (ends within Q before it), else that reading.
     starts AS (
         SELECT k.device_id AS device_id, k.metric AS metric, k.kind AS kind,
-               least(any(k.since), coalesce(minIfOrNull(c.opened, addMilliseconds(c.updated, {{q:Int64}}) >= k.since),
+               least(any(k.since), coalesce(minIfOrNull(c.opened, addMilliseconds(c.updated, {q:Int64}) >= k.since),
                                             any(k.since))) AS start
         FROM keys AS k LEFT JOIN current AS c
             ON c.device_id = k.device_id AND c.metric = k.metric AND c.kind = k.kind
@@ -50,7 +50,7 @@ WITH
     gaps AS (
         SELECT *, toUInt8(toUnixTimestamp64Milli(time) - lagInFrame(toUnixTimestamp64Milli(time), 1, toInt64(0))
                           OVER (PARTITION BY device_id, metric, kind ORDER BY time
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) > {{q:Int64}}) AS gap
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) > {q:Int64}) AS gap
         FROM events
     ),
     numbered AS (
@@ -77,7 +77,7 @@ WITH
 SELECT
     if(f.hit = 1, f.device_id, o.device_id), if(f.hit = 1, f.metric, o.metric), if(f.hit = 1, f.kind, o.kind),
     if(f.hit = 1, f.opened, o.opened),
-    if(f.hit = 1, f.updated, o.updated) AS e_updated, addMilliseconds(e_updated, {{q:Int64}}),
+    if(f.hit = 1, f.updated, o.updated) AS e_updated, addMilliseconds(e_updated, {q:Int64}),
     if(f.hit = 1, f.readings, o.readings), if(f.hit = 1, f.peak_time, o.peak_time),
     if(f.hit = 1, f.peak_value, o.peak_value), if(f.hit = 1, f.peak_score, o.peak_score),
     if(f.hit = 1, f.peak_zscore, o.peak_zscore),

@@ -343,4 +343,4 @@ def episode_keys(data: pa.Table) -> list[tuple[str, str, str, int]]:
         cols[name] = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
     cols["t"] = data.column("time").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     grouped = pa.table(cols).group_by(["device_id", "metric", "kind"]).aggregate([("t", "min")])
-    return list(zip(*(grouped.column(n).to_pylist() for n in ("device_id", "metric", "kind", "t_min"))))
+    return list(zip(*(grouped.column(n).to_pylist() for n in ("device_id", "metric", "kind", "t_min")), strict=True))

@@ -33,7 +33,7 @@ def decode_token(token: str, size: int, field: str = "page_token", types: tuple 
     except ValueError:
         key = None
     if not isinstance(key, list) or len(key) != size or (
-            types and not all(isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, types))):
+            types and not all(isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, types, strict=True))):
         raise InvalidArgument(f"{field}: not a value returned by this service")
     return key
 
@@ -73,7 +73,7 @@ def aggregate_response(table, funcs: list[str], sources: list[str]) -> pb.Aggreg
     dev, metric = table.column("dev").to_pylist(), table.column("metric").to_pylist()
     starts = [i for i in range(len(dev)) if i == 0 or (dev[i], metric[i]) != (dev[i - 1], metric[i - 1])]
     cols = {name: table.column(name).to_pylist() for name in ("bucket_ms", *(f.lower() for f in funcs))}
-    for a, b in zip(starts, [*starts[1:], len(dev)]):
+    for a, b in zip(starts, [*starts[1:], len(dev)], strict=True):
         series = resp.series.add(device_id=dev[a], metric=metric[a])
         series.bucket_start_ms.extend(cols["bucket_ms"][a:b])
         for f in funcs:
@@ -197,7 +197,7 @@ class QueryService(pb_grpc.QueryServicer):
             table = await self._run(context, self.store.history, request.device_id, list(request.metrics),
                                     start, end, after, limit + skip + 1)
             metric, times, values = (table.column(c).to_pylist() for c in ("metric", "time_ms", "value"))
-            rows = list(zip(metric, times, values))[skip:]
+            rows = list(zip(metric, times, values, strict=True))[skip:]
             resp = pb.GetHistoryResponse()
             for m, t, v in rows[:limit]:
                 if not resp.series or resp.series[-1].metric != m:

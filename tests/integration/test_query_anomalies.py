@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
+from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.query_service import decode_token
-from iotstream.v1 import query_pb2 as qpb
 
 Q = 60_000  # StoreConfig.episode_quiet_ms default
 

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
+from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.server import Config
-from iotstream.v1 import query_pb2 as qpb
 
 SILENCE_MS = 2_000
 

@@ -8,10 +8,10 @@ import time
 import grpc
 import pyarrow as pa
 import pytest
-
-from iotstream.query_service import QueryService, add_to_server
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
+
+from iotstream.query_service import QueryService, add_to_server
 
 HOSTILE = ["it's", 'say "hi"', "a\\b", "x\\'y", "\\N", "tab\there", "nl\nx", "'; DROP TABLE readings; --",
            "1' OR '1'='1", "{d:String}", "$db.readings", "%_*", "[a,b]", "é😀", "nul\0z", "x" * 10_000]

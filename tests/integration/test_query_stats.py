@@ -5,10 +5,10 @@ import math
 import time
 
 import pyarrow as pa
-
-from iotstream.query_service import QueryService
 from iotstream.v1 import ingest_pb2 as ipb
 from iotstream.v1 import query_pb2 as qpb
+
+from iotstream.query_service import QueryService
 
 
 def now_ms():

@@ -10,10 +10,10 @@ import grpc
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
-
 from iotstream.clickhouse.store import StoreConfig
-from iotstream.server import Config
 from iotstream.v1 import query_pb2 as qpb
+
+from iotstream.server import Config
 
 Q = 1_500
 AHEAD = 1_500

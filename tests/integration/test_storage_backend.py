@@ -6,7 +6,6 @@ import uuid
 
 import pyarrow as pa
 import pytest
-
 from iotstream.clickhouse import ChdbBackend
 
 

@@ -6,7 +6,6 @@ import re
 import uuid
 
 import pytest
-
 from iotstream.clickhouse import ChdbBackend, Store
 from iotstream.clickhouse.backend import RemoteBackend
 from iotstream.clickhouse.cluster import cluster_schema, main

@@ -5,8 +5,8 @@ import time
 import uuid
 
 import pyarrow as pa
-
-from iotstream.clickhouse import ChdbBackend, Store, store as store_module
+from iotstream.clickhouse import ChdbBackend, Store
+from iotstream.clickhouse import store as store_module
 
 HOUR = 3_600_000
 

@@ -14,7 +14,6 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 import pytest
-
 from iotstream.clickhouse import ChdbBackend, RemoteBackend, Store
 
 URL = os.environ.get("IOTSTREAM_CLICKHOUSE_URL", "")

@@ -7,7 +7,6 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from iotstream.clickhouse import ChdbBackend, Store
 from iotstream.clickhouse.rollups import FUNCS
 
@@ -31,7 +30,7 @@ def make_data(seed=7):
         for m in METRICS:
             t = DAY0 - 3 * HOUR + np.cumsum(rng.integers(1_000, 120_000, 4_000))
             t = t[t < DAY0 + 2 * DAY + 5 * HOUR]
-            rows += [(d, m, int(ti), float(v)) for ti, v in zip(t, rng.normal(20, 5, len(t)))]
+            rows += [(d, m, int(ti), float(v)) for ti, v in zip(t, rng.normal(20, 5, len(t)), strict=True)]
     return rows
 
 

@@ -2,7 +2,6 @@
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from iotstream.clickhouse.rollups import FUNCS, RAW, ROLLUPS, aggregate_sql, plan
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -34,7 +33,7 @@ def test_pieces_tile_the_range_with_whole_rows(start, length, interval):
     end = start + length
     pieces = plan(start, end, interval)
     assert pieces[0][1] == start and pieces[-1][2] == end
-    assert all(a[2] == b[1] for a, b in zip(pieces, pieces[1:]))  # contiguous, no overlap
+    assert all(a[2] == b[1] for a, b in zip(pieces, pieces[1:], strict=False))  # contiguous, no overlap
     for table, lo, hi in pieces:
         assert lo < hi
         if table != RAW:

@@ -122,3 +122,8 @@ def test_bad_arguments_name_the_field(server):
     with pytest.raises(grpc.RpcError) as err:
         server.query.GetDevice(qpb.GetDeviceRequest(device_id="nobody"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_aggregate_with_no_matching_readings_is_empty(server):
+    reply = server.query.Aggregate(qpb.AggregateRequest(device_ids=["nobody"], interval_ms=60_000), timeout=10)
+    assert list(reply.series) == []

@@ -90,10 +90,6 @@ def test_fuzz_query_never_hangs_or_downs_the_server(query_report):
     assert not [c for c in r.crashes if c["kind"] == "server"]
 
 
-@pytest.mark.xfail(reason="query_service lets out-of-range enum values through: ListDevices(status=-2**31) fails "
-                          "in ClickHouse parameter parsing and Aggregate(funcs=[2**31-1]) raises ValueError, both "
-                          "answered UNKNOWN instead of INVALID_ARGUMENT (found by this fuzz; owner: query service)",
-                   strict=False)
 def test_fuzz_query_answers_with_proper_statuses(query_report):
     r = query_report
     assert r.crashes == [], r.crashes[:3]

@@ -73,7 +73,8 @@ def aggregate_response(table, funcs: list[str], sources: list[str]) -> pb.Aggreg
     dev, metric = table.column("dev").to_pylist(), table.column("metric").to_pylist()
     starts = [i for i in range(len(dev)) if i == 0 or (dev[i], metric[i]) != (dev[i - 1], metric[i - 1])]
     cols = {name: table.column(name).to_pylist() for name in ("bucket_ms", *(f.lower() for f in funcs))}
-    for a, b in zip(starts, [*starts[1:], len(dev)][:len(starts)], strict=True):  # no rows: no series
+    ends = [*starts[1:], len(dev)] if starts else []  # no rows: no series
+    for a, b in zip(starts, ends, strict=True):
         series = resp.series.add(device_id=dev[a], metric=metric[a])
         series.bucket_start_ms.extend(cols["bucket_ms"][a:b])
         for f in funcs:

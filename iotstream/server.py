@@ -28,8 +28,9 @@ from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
 from iotstream.queue import LocalQueue
 from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query_service import add_to_server as add_query_to_server
 from iotstream.tls import ServerTLS
-from iotstream.v1 import ingest_pb2, query_pb2, query_pb2_grpc
+from iotstream.v1 import ingest_pb2, query_pb2
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,7 @@ class Node:
             add_to_server(self.ingest, self.server)
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
-            query_pb2_grpc.add_QueryServicer_to_server(
-                QueryService(self.store, self.live_stats, cfg.silence_ms), self.server)
+            add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms), self.server)
             services.append(QUERY_SERVICE)
         if self.auth is not None:
             services.append(authn.add_admin_to_server(self.auth, self.server))

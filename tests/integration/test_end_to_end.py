@@ -127,3 +127,12 @@ def test_bad_arguments_name_the_field(server):
 def test_aggregate_with_no_matching_readings_is_empty(server):
     reply = server.query.Aggregate(qpb.AggregateRequest(device_ids=["nobody"], interval_ms=60_000), timeout=10)
     assert list(reply.series) == []
+
+
+def test_undecodable_query_is_invalid_argument(server):
+    import grpc
+
+    call = server.channel.unary_unary("/iotstream.v1.Query/GetStats")
+    with pytest.raises(grpc.RpcError) as err:
+        call(b"\xff\xff\xff\xff\x0f", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,7 +1,7 @@
 """Build: generate the gRPC stubs from proto/ and compile the Cython kernels in ext/.
 
-The repository keeps one folder per component (ingest/, processor/, ext/, clickhouse/) and installs them
-as subpackages of `iotstream`; the generated `*_pb2*.py` land in proto/iotstream/v1 as `iotstream.v1`.
+The repository keeps one folder per room (see ARCHITECTURE.md) and installs each as a subpackage of
+`iotstream`; the generated `*_pb2*.py` land in proto/iotstream/v1 as `iotstream.v1`.
 """
 
 from pathlib import Path
@@ -33,18 +33,17 @@ extensions = [
     Extension("iotstream.ext._rolling", ["ext/_rolling.pyx"], extra_compile_args=["-O3"]),
 ]
 
+# Every top-level folder is one room of the `iotstream` package; the package root is proto/iotstream, so no
+# folder named `iotstream` sits in the checkout to shadow the installed package.
+ROOMS = ["ingest", "processor", "ext", "clickhouse", "query", "auth", "bus", "node", "cli", "client", "common",
+         "bench"]
+
 setup(
-    packages=["iotstream", "iotstream.v1", "iotstream.ingest", "iotstream.processor", "iotstream.ext",
-              "iotstream.clickhouse"],
-    package_dir={
-        "iotstream": "iotstream",
-        "iotstream.v1": "proto/iotstream/v1",
-        "iotstream.ingest": "ingest",
-        "iotstream.processor": "processor",
-        "iotstream.ext": "ext",
-        "iotstream.clickhouse": "clickhouse",
-    },
-    package_data={"iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
-                  "iotstream.ext": ["*.pyi"]},
+    packages=["iotstream", "iotstream.v1", *(f"iotstream.{room}" for room in ROOMS), "iotstream.bench.ghz",
+              "iotstream.bench.profile"],
+    package_dir={"iotstream": "proto/iotstream", **{f"iotstream.{room}": room for room in ROOMS}},
+    package_data={"iotstream": ["py.typed"], "iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
+                  "iotstream.ext": ["*.pyi"], "iotstream.bench": ["setup", "kafka-local"],
+                  "iotstream.bench.ghz": ["*.json"]},
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
 )

@@ -1,6 +1,6 @@
 """Ceiling ramp: offer more readings/s step by step until the server stops keeping up.
 
-    python bench/ceiling.py [--kafka BOOTSTRAP] [--start 50000] [--step 50000] [--max 3000000]
+    python -m iotstream.bench.ceiling [--kafka BOOTSTRAP] [--start 50000] [--step 50000] [--max 3000000]
                             [--step-seconds 5] [--slo-ms 1000] [--batch 1000] [--json]
 
 One `iotstream serve` process (embedded, or `--kafka BOOTSTRAP`) takes open-loop load from bench/loadgen.py
@@ -21,15 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, taskset, write_result  # noqa: E402
+from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, taskset, write_result
 
 KEEP_UP = 0.95
 
 
 def step(server: ServerProcess, rate: float, args) -> dict:
-    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}",
+    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
            "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
            "--duration", str(args.step_seconds), "--warmup", str(args.warmup), "--rate", str(rate / args.batch),
            "--prefix", f"ceil{int(rate)}", "--drain-timeout", "20"]
@@ -98,15 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=16, help="batches in flight per stream at most (default 16)")
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--loadgen-cpus", help="taskset CPUs for the load generator (default: unpinned)")
-    ap.add_argument("--as-is", action="store_true",
-                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out", default=str(RESULTS / "ceiling.json"), help="JSON path (PNG beside it)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
     args = ap.parse_args(argv)
 
     steps: list[dict] = []
-    with ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is) as server:
-        workaround = server.workaround
+    with ServerProcess(kafka=args.kafka, cpus=args.server_cpus) as server:
         rate = args.start
         while rate <= args.max:
             s = step(server, rate, args)
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling_batches_per_s": round(ceiling / args.batch, 1) if ceiling else None,
         "stopped_because": steps[-1]["failed_because"] if steps and not steps[-1]["passed"] else "reached --max",
         "at_half_ceiling": half, "steps": steps, "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT)
-        else str(png), "server_workaround": workaround, "machine": machine(),
+        else str(png), "machine": machine(),
     }
     plot(steps, ceiling, args, png)
     path = write_result("ceiling", result, str(out))

@@ -1,6 +1,6 @@
 """Our ingest beside the transport limit and the usual alternative, under the same load in the same run.
 
-    python -m bench.compare [--json] [--duration 5] [--sizes 1 1000] [--kafka BOOTSTRAP]
+    python -m iotstream.bench.compare [--json] [--duration 5] [--sizes 1 1000] [--kafka BOOTSTRAP]
                             [--server-cpus 0 --loadgen-cpus 1] [--streams 8 --window 8]
 
 Four servers, one at a time, each in its own process on a free loopback port:
@@ -34,20 +34,19 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, ROOT, ServerProcess, machine, taskset, write_result  # noqa: E402
+from iotstream.bench.harness import PYTHON, ROOT, ServerProcess, machine, taskset, write_result
 
 SERVERS = {
-    "raw_grpc": {"module": "bench.echo_server", "http": False},
+    "raw_grpc": {"module": "iotstream.bench.echo_server", "http": False},
     "ingest": {"module": None, "http": False},
-    "ingest_front": {"module": "bench.ingest_front", "http": False},
-    "fastapi": {"module": "bench.fastapi_peer", "http": True},
+    "ingest_front": {"module": "iotstream.bench.ingest_front", "http": False},
+    "fastapi": {"module": "iotstream.bench.fastapi_peer", "http": True},
 }
 
 
 def loadgen(target: str, size: int, args) -> dict:
-    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", target, "--readings", str(size),
+    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", target, "--readings", str(size),
            "--streams", str(args.streams), "--window", str(args.window), "--duration", str(args.duration),
            "--warmup", str(args.warmup), "--prefix", f"cmp{size}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.duration + 120)
@@ -61,10 +60,10 @@ def loadgen(target: str, size: int, args) -> dict:
 def measure(name: str, args) -> dict:
     spec = SERVERS[name]
     extra = []
-    if args.kafka and spec["module"] == "bench.fastapi_peer":  # own topics: no backlog of earlier runs
+    if args.kafka and spec["module"] == "iotstream.bench.fastapi_peer":  # own topics: no backlog of earlier runs
         extra = ["--kafka", args.kafka, "--namespace", f"benchfastapi{os.getpid()}x{int(time.time())}"]
     server = ServerProcess(kafka=args.kafka if name == "ingest" else None, cpus=args.server_cpus,
-                           module=spec["module"], http=spec["http"], extra_args=extra, chdb_lock=not args.as_is)
+                           module=spec["module"], http=spec["http"], extra_args=extra)
     out = {}
     with server:
         target = f"http://{server.target}/ingest" if spec["http"] else f"grpc://{server.target}"
@@ -76,7 +75,6 @@ def measure(name: str, args) -> dict:
             r["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
             r["server_cpu_share"] = round(r["server_cpu_s"] / wall, 2)  # cores busy, whole run incl. warm-up
             r["server_rss_mb"] = round(server.rss_bytes() / 2**20, 1)
-            r["server_workaround"] = server.workaround
             out[str(size)] = r
             print(f"{name:<9} {size:>5} readings/msg: {r['messages_per_s']:>9,.0f} msg/s {r['readings_per_s']:>12,.0f} "
                   f"readings/s  ack p50 {r['ack_p50_ms']} ms p99 {r['ack_p99_ms']} ms  errors {r['errors']}  "
@@ -102,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="ingest and the FastAPI peer hand over to Kafka")
     ap.add_argument("--server-cpus", default="0", help="taskset CPUs for the servers (default 0; '' unpinned)")
     ap.add_argument("--loadgen-cpus", default="1", help="taskset CPUs for the load generator (default 1)")
-    ap.add_argument("--as-is", action="store_true",
-                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out", help="JSON path (default bench/results/compare.json)")
     args = ap.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """Wire layout benchmark: a ReadingBatch of packed columns vs the same readings as `repeated Reading`
 messages, each decoded into numpy arrays (time_ms, metric index, values). Prints one JSON object.
 
-    python bench/decode.py [--readings 1000] [--repeat 5] [--json]
+    python -m iotstream.bench.decode [--readings 1000] [--repeat 5] [--json]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from iotstream.processor import decode_batches
-from iotstream.simulate import METRICS, batches, device_signal
+from iotstream.client.simulate import METRICS, batches, device_signal
 
 
 def row_message_class():

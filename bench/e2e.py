@@ -1,6 +1,6 @@
 """End to end: simulated devices -> ingest -> queue (local or Kafka) -> processor -> ClickHouse -> Query.
 
-    python bench/e2e.py [--kafka BOOTSTRAP] [--duration 20] [--rate READINGS/S] [--json]
+    python -m iotstream.bench.e2e [--kafka BOOTSTRAP] [--duration 20] [--rate READINGS/S] [--json]
 
 Starts `iotstream serve` (embedded, or `--kafka BOOTSTRAP`) in its own process and drives it with
 bench/loadgen.py in another (devices on long-lived Ingest/Stream calls, batches of --batch readings,
@@ -30,9 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from iotstream.bench.harness import (
     PYTHON,
     ROOT,
     ServerProcess,
@@ -194,17 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-ms", type=float, default=25.0, help="marker poll interval (default 25)")
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--loadgen-cpus", help="taskset CPUs for the load generator (default: unpinned)")
-    ap.add_argument("--as-is", action="store_true",
-                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out", help="JSON path (default bench/results/e2e.json)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
     args = ap.parse_args(argv)
 
-    server = ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is).start()
-    workaround = server.workaround
+    server = ServerProcess(kafka=args.kafka, cpus=args.server_cpus).start()
     broker = broker_pid(args.kafka)
     try:
-        cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}",
+        cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
                "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
                "--duration", str(args.duration), "--warmup", str(args.warmup), "--prefix", "e2e"]
         if args.rate:
@@ -257,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s": cpu_s,
         "cpu_cores": {k: round(v / args.duration, 2) for k, v in cpu_s.items() if k != "load_generator"},
         "server_threads_cpu_s": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
-        "server_workaround": workaround,
         "load_command": " ".join(cmd[cmd.index(PYTHON):]).replace(PYTHON, "python"),
         "machine": machine(),
     }

@@ -1,6 +1,6 @@
 """The transport ceiling: a plain grpc.aio Ingest server that acks every ReadingBatch at once.
 
-    python -m bench.echo_server --port 50052
+    python -m iotstream.bench.echo_server --port 50052
 
 Same proto, same messages, same server options as `iotstream serve`, written the way the gRPC examples
 write a servicer (generated stubs, deserialized requests), and nothing else: no validation, no queue, no
@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc as pb_grpc
 
-from iotstream.server import SERVER_OPTIONS
+from iotstream.node import SERVER_OPTIONS
 
 
 class EchoIngest(pb_grpc.IngestServicer):

@@ -1,7 +1,7 @@
 """The peer users would otherwise build: a FastAPI/uvicorn `POST /ingest` JSON service in front of the same
 queue, processor and store as `iotstream serve`.
 
-    python -m bench.fastapi_peer --port 8000 [--data-dir DIR] [--kafka BOOTSTRAP]
+    python -m iotstream.bench.fastapi_peer --port 8000 [--data-dir DIR] [--kafka BOOTSTRAP]
 
 It does what the common FastAPI telemetry prototypes do: one pydantic model per reading (row-oriented
 JSON), field validation (device id and metric name patterns, finite values, time window), enrichment
@@ -78,12 +78,12 @@ def enrich(batch: Batch) -> tuple[bytes, int]:
 def create_app(data_dir: str, kafka: str | None = None, namespace: str = "iotstream") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from iotstream.server import Config, EmbeddedServer
+        from iotstream.node import Config, EmbeddedServer
 
         config = Config(host="127.0.0.1", port=0, data_dir=data_dir)
         if kafka:
-            from bench.harness import prepare_kafka
-            from iotstream.kafka import KafkaConfig
+            from iotstream.bench.harness import prepare_kafka
+            from iotstream.bus.kafka import KafkaConfig
 
             prepare_kafka(kafka, namespace)
             config.kafka = KafkaConfig(bootstrap=kafka, namespace=namespace)

@@ -1,6 +1,6 @@
 """Fleet scale: thousands of long-lived, mostly idle device streams against one server process.
 
-    python bench/fleet.py [--streams 10000] [--per-connection 100] [--interval 10] [--batch 10]
+    python -m iotstream.bench.fleet [--streams 10000] [--per-connection 100] [--interval 10] [--batch 10]
                           [--duration 30] [--kafka BOOTSTRAP] [--json]
 
 Real fleets keep a stream open per device and trickle a small batch every few seconds. This opens
@@ -32,10 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import ServerProcess, machine, pct, write_result  # noqa: E402
-from bench.loadgen import grpc_message, grpc_template  # noqa: E402
+from iotstream.bench.harness import ServerProcess, machine, pct, write_result
+from iotstream.bench.loadgen import grpc_message, grpc_template
 
 # Client side of the NAT story: ping every 30 s on an idle connection (NATs drop idle flows after 30-60 s;
 # the server accepts pings 20 s apart), and give up on a silent peer after 10 s.
@@ -220,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpc-option", action="append", default=[], metavar="KEY=INT",
                     help="with --echo: extra server channel argument, e.g. grpc.server.max_pending_requests=20000")
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
-    ap.add_argument("--as-is", action="store_true",
-                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out", help="JSON path (default bench/results/fleet.json)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
     args = ap.parse_args(argv)
@@ -230,12 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
 
-    with ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is,
-                       module="bench.echo_server" if args.echo else None,
+    with ServerProcess(kafka=args.kafka, cpus=args.server_cpus,
+                       module="iotstream.bench.echo_server" if args.echo else None,
                        extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else []
                        ) as server:
         result = asyncio.run(run(args, server))
-        result["server_workaround"] = server.workaround
     result["machine"] = machine()
     path = write_result("fleet", result, args.out)
     if not args.json:

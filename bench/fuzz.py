@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Fuzz a real iotstream server: hostile bytes and absurd messages on every RPC, good neighbours in between.
 
-    python bench/fuzz.py --minutes 10            # starts `iotstream serve` on a temp folder, fuzzes it
-    python bench/fuzz.py --target 127.0.0.1:50051 --minutes 5 [--token T --reader-token R]
+    python -m iotstream.bench.fuzz --minutes 10            # starts `iotstream serve` on a temp folder, fuzzes it
+    python -m iotstream.bench.fuzz --target 127.0.0.1:50051 --minutes 5 [--token T --reader-token R]
 
 Inputs, in rounds until the time is up:
 
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     proc, target = None, args.target
     if target is None:
         data = tempfile.mkdtemp(prefix="iotstream-fuzz-")
-        proc = subprocess.Popen([sys.executable, "-m", "iotstream", "serve", "--port", "0", "--data-dir", data],
+        proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", data],
                                 stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:
             if found := re.search(r"serving on ([\d.]+:\d+)", line):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+# Benchmarks run from any directory: results go under the current one (a checkout keeps them in bench/results).
+ROOT = Path.cwd()
+RESULTS = Path(os.environ.get("IOTSTREAM_BENCH_RESULTS", ROOT / "bench" / "results"))
 TOOLS = Path(os.environ.get("IOTSTREAM_TOOLS", Path.home() / ".cache" / "iotstream" / "bin"))
 PYTHON = sys.executable
 
@@ -53,7 +54,7 @@ def taskset(cpus: str | None) -> list[str]:
 
 
 def serve_supports_kafka() -> bool:
-    out = subprocess.run([PYTHON, "-m", "iotstream", "serve", "--help"], capture_output=True, text=True,
+    out = subprocess.run([PYTHON, "-m", "iotstream.cli", "serve", "--help"], capture_output=True, text=True,
                          cwd=ROOT).stdout
     return "--kafka" in out
 
@@ -68,7 +69,7 @@ def prepare_kafka(bootstrap: str, namespace: str, timeout: float = 60.0) -> None
     """
     from confluent_kafka.admin import AdminClient
 
-    from iotstream.kafka import KafkaConfig, ensure_topics
+    from iotstream.bus.kafka import KafkaConfig, ensure_topics
 
     cfg = KafkaConfig(bootstrap=bootstrap, namespace=namespace)
     ensure_topics(cfg)
@@ -119,19 +120,8 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     module: str | None = None
     http: bool = False
-    # Start `iotstream serve` through bench/serve_locked.py (chDB statements serialized); see that module.
-    chdb_lock: bool = True
     port: int = 0
     proc: subprocess.Popen | None = None
-
-    @property
-    def workaround(self) -> str | None:
-        """What the benchmark changed about the server under test, for the results JSON."""
-        if self.module or not self.chdb_lock:
-            return None
-        from bench.serve_locked import NOTE
-
-        return NOTE
 
     @property
     def target(self) -> str:
@@ -145,8 +135,7 @@ class ServerProcess:
             cmd = [*taskset(self.cpus), PYTHON, "-m", self.module, "--port", str(self.port), "--data-dir", data,
                    *self.extra_args]
         else:
-            entry = ["bench.serve_locked"] if self.chdb_lock else ["iotstream"]
-            cmd = [*taskset(self.cpus), PYTHON, "-m", *entry, "serve", "--host", "127.0.0.1",
+            cmd = [*taskset(self.cpus), PYTHON, "-m", "iotstream.cli", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--data-dir", data, *self.extra_args]
         if self.kafka:
             if not serve_supports_kafka():

@@ -1,7 +1,7 @@
 """Our ingest front alone: iotstream's IngestService (decode, validate, ack) over a queue that takes every
 batch and reports it durable at once - no processor, no store.
 
-    python -m bench.ingest_front --port 50053
+    python -m iotstream.bench.ingest_front --port 50053
 
 bench/compare.py runs it beside the plain echo server and the full `iotstream serve`, which splits our
 distance from the transport limit into what the ingest handler costs and what waiting for durable storage
@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from iotstream.ingest import IngestService, add_to_server
 
-from iotstream.server import SERVER_OPTIONS
+from iotstream.node import SERVER_OPTIONS
 
 
 class InstantQueue:

@@ -5,10 +5,10 @@ For tests, benchmarks and developers; no Docker, no tarball: Kafka's jars come f
 (resolved once with `mvn`, cached in $IOTSTREAM_CACHE or ~/.cache/iotstream/kafka-<version>/lib).
 
 CLI (progress on stderr, the bootstrap address is the last line of stdout):
-    python bench/kafka_local.py start [--port N]     # or bench/kafka-local start
-    python bench/kafka_local.py status               # JSON; exit 0 only if the broker answers
-    python bench/kafka_local.py restart --down 10    # outage: stop, wait 10 s, start on same port and data
-    python bench/kafka_local.py stop                 # stops it and removes its temp data dir
+    python -m iotstream.bench.kafka_local start [--port N]     # or bench/kafka-local start
+    python -m iotstream.bench.kafka_local status               # JSON; exit 0 only if the broker answers
+    python -m iotstream.bench.kafka_local restart --down 10    # outage: stop, wait 10 s, start on same port and data
+    python -m iotstream.bench.kafka_local stop                 # stops it and removes its temp data dir
 
 Library:
     b = kafka_local.start()          # Broker: .bootstrap "127.0.0.1:PORT", .pid, .workdir, .log_path

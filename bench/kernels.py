@@ -1,7 +1,7 @@
 """Kernel micro-benchmark: rolling statistics + all detectors, Cython vs pure-Python twin vs numpy.
 
-    python bench/kernels.py --json          # one JSON object on stdout
-    python bench/kernels.py                 # the same figures as a table
+    python -m iotstream.bench.kernels --json          # one JSON object on stdout
+    python -m iotstream.bench.kernels                 # the same figures as a table
 
 Every figure is updates (readings) per CPU second of the measuring thread (``time.thread_time``: the
 machine is shared, and wall-clock figures would measure the neighbours; ``wall`` gives those too),
@@ -28,11 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from iotstream.ext import rolling_py
-except ImportError:  # run from a checkout without installing: ext/ is the package iotstream.ext
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from iotstream.ext import rolling_py
+from iotstream.ext import rolling_py
 
 try:
     from iotstream.ext import _rolling

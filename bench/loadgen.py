@@ -1,9 +1,9 @@
 """One load generator for every server the benchmarks compare: gRPC Ingest/Stream or Ingest/Send with
 ReadingBatch messages, or HTTP POST of the same readings as row-oriented JSON.
 
-    python -m bench.loadgen --target grpc://127.0.0.1:50051 --readings 1000 --streams 8 --window 8 \\
+    python -m iotstream.bench.loadgen --target grpc://127.0.0.1:50051 --readings 1000 --streams 8 --window 8 \\
         --duration 5 [--mode stream|send] [--rate MSG/S] [--json]
-    python -m bench.loadgen --target http://127.0.0.1:8000/ingest --readings 1 ...
+    python -m iotstream.bench.loadgen --target http://127.0.0.1:8000/ingest --readings 1 ...
 
 Equivalent load: at most streams x window messages are outstanding at any time. A gRPC stream pipelines up
 to `window` messages ahead of its acks (devices do); HTTP/1.1 cannot pipeline, so the HTTP load uses

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: hold `iotstream serve` at half its measured ceiling for a long time and record every process's RSS.
 
-    python bench/soak.py [--minutes 30] [--rate READINGS/S] [--every 10] [--kafka BOOTSTRAP]
+    python -m iotstream.bench.soak [--minutes 30] [--rate READINGS/S] [--every 10] [--kafka BOOTSTRAP]
 
 The offered rate defaults to half of `ceiling_readings_per_s` in bench/results/ceiling.json (bench/ceiling.py),
 with that run's batch size, streams and window. The server is its own process (bench/harness.py
@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, write_result  # noqa: E402
+from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, write_result
 
 MB = 1024 * 1024
 
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
     server = ServerProcess(kafka=args.kafka).start()
     started = time.monotonic()
     try:
-        cmd = [PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}", "--readings", str(batch),
+        cmd = [PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}", "--readings", str(batch),
                "--streams", str(streams), "--window", str(window), "--rate", str(rate / batch),
                "--duration", str(seconds), "--warmup", "0", "--prefix", "soak"]
         loadgen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
         "rss": {"server": rss("server"), "loadgen": rss("loadgen")},
         "achieved_readings_per_s": load.get("readings_per_s"), "ack_p50_ms": load.get("ack_p50_ms"),
         "ack_p99_ms": load.get("ack_p99_ms"), "errors": load.get("errors"), "server_alive_at_end": server_alive,
-        "server_workaround": server.workaround, "machine": machine(), "loadgen": load, "samples": samples,
+        "machine": machine(), "loadgen": load, "samples": samples,
     }
     path = write_result("soak", result, args.out)
     if samples:

@@ -6,14 +6,12 @@ faults (bad device id, column lengths that disagree) reject every reading of the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
+from iotstream.common.ids import DEVICE_ID, METRIC_NAME
 from iotstream.v1 import ingest_pb2 as pb
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 DAY_MS = 86_400_000
 
 

@@ -1,6 +1,6 @@
 """Writes the ghz scenario configs in this folder (bench/ghz/*.json); rerun after changing a scenario.
 
-    python bench/ghz/make_configs.py
+    python -m iotstream.bench.ghz.make_configs
 
 Each config works as it stands against `iotstream serve` on 127.0.0.1:50051 through server reflection:
 

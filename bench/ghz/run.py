@@ -1,6 +1,6 @@
 """Runs the ghz scenarios of bench/ghz/*.json against a server it starts, and summarises them.
 
-    python bench/ghz/run.py [--kafka BOOTSTRAP] [--duration 10s] [--only ingest-stream-1000 ...]
+    python -m iotstream.bench.ghz.run [--kafka BOOTSTRAP] [--duration 10s] [--only ingest-stream-1000 ...]
                             [--descriptors auto|reflection|proto] [--server-cpus 0 --ghz-cpus 1] [--json]
 
 Starts `iotstream serve` (embedded, or with `--kafka BOOTSTRAP`) in its own process on a free loopback
@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.harness import (  # noqa: E402
+from iotstream.bench.harness import (
     RESULTS,
     ROOT,
     ServerProcess,
@@ -58,7 +57,7 @@ def scenarios(only: list[str] | None) -> list[Path]:
 
 def seed(target: str) -> None:
     """Ten devices with readings over the last 10 minutes, so GetDevice/Aggregate have something to read."""
-    from iotstream.simulate import run_fleet
+    from iotstream.client.simulate import run_fleet
 
     summary, _ = asyncio.run(run_fleet(target, SEED_DEVICES, SEED_READINGS, batch=300, prefix="bench",
                                        anomalies=0.0))
@@ -133,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="where ghz gets the message types (default auto: reflection if it works)")
     ap.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 0 (default: unpinned)")
     ap.add_argument("--ghz-cpus", help="taskset CPU list for ghz, e.g. 1 (default: unpinned)")
-    ap.add_argument("--as-is", action="store_true",
-                    help="start `iotstream serve` itself, without bench/serve_locked.py's chDB lock")
     ap.add_argument("--out-dir", default=str(RESULTS / "ghz"), help="where reports go (default bench/results/ghz)")
     ap.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     args = ap.parse_args(argv)
@@ -142,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = scenarios(args.only)
-    server = None if args.target else ServerProcess(kafka=args.kafka, cpus=args.server_cpus,
-                                                      chdb_lock=not args.as_is).start()
+    server = None if args.target else ServerProcess(kafka=args.kafka, cpus=args.server_cpus).start()
     target = args.target or server.target
     try:
         if server:
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ghz", "mode": "kafka" if args.kafka else "embedded",
         "descriptors": "proto files" if use_proto else "server reflection",
         "reflection_problem": problem if use_proto else None,
-        "server_workaround": server.workaround if server else None,
+        
         "server_cpus": args.server_cpus, "ghz_cpus": args.ghz_cpus, "machine": machine(),
         "scenarios": results,
     }

@@ -1,6 +1,6 @@
 """Reproducer: one chDB session used from several threads at once mixes up query parameters.
 
-    python bench/profile/chdb_concurrency.py [--threads 4] [--queries 300]
+    python -m iotstream.bench.profile.chdb_concurrency [--threads 4] [--queries 300]
 
 Each thread runs `SELECT {v:String}` with its own value and checks the answer, first with no lock (as
 clickhouse/backend.py's ChdbBackend runs reads today: only inserts take its `_write_lock`), then with one

@@ -1,6 +1,6 @@
 """What one insert into `readings` costs, with the schema's materialized views and without them.
 
-    python bench/profile/store_insert.py [--rows 1000 10000 100000] [--inserts 20] [--json]
+    python -m iotstream.bench.profile.store_insert [--rows 1000 10000 100000] [--inserts 20] [--json]
 
 Builds the real schema (Store.migrate) in throwaway chDB databases, then times --inserts inserts of --rows
 readings each (1,000 devices x 3 metrics, times within the last minutes, one token per insert like the
@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 VARIANTS = {
     "full": [],

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import grpc
 
+from iotstream.common.ids import DEVICE_ID
+
 log = logging.getLogger(__name__)
 
 DEVICE, READER, ADMIN = "device", "reader", "admin"
@@ -359,8 +361,6 @@ class AdminService:
 
     @staticmethod
     async def _check(role: str, subject: str, context) -> None:
-        from iotstream.ingest.validate import DEVICE_ID
-
         if role not in ROLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}, not {role[:40]!r}")
         if not DEVICE_ID.match(subject):  # device ids and names follow the same rule

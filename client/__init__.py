@@ -1,0 +1,1 @@
+"""Device side: the fleet simulator (and the device client library)."""

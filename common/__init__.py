@@ -1,0 +1,1 @@
+"""Lower layer shared by every room: metrics, logging setup, TLS credentials."""

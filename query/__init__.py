@@ -1,0 +1,1 @@
+"""The Query service: gRPC read RPCs over the store."""

@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow as pa
-from iotstream.clickhouse import ChdbBackend, Store
+from iotstream.clickhouse import Store, open_backend
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc
 
@@ -233,14 +233,14 @@ def main(argv=None) -> int:
     if args.reuse:
         if not args.data_dir:
             p.error("--reuse needs the --data-dir of an earlier run")
-        found = ChdbBackend(data_dir, "default").query(
+        found = open_backend(data_dir=data_dir, database="default").query(
             "SELECT name FROM system.databases WHERE startsWith(name, 'bench_')").column("name").to_pylist()
         if len(found) != 1:
             p.error(f"--reuse: expected one bench_ database in {data_dir}, found {found}")
         database = found[0]
     now_ms = time.time_ns() // 1_000_000
     fleet = Fleet(args.devices, args.rows, args.days, now_ms - 60_000, args.data, args.seed)
-    store = Store(ChdbBackend(data_dir, database))
+    store = Store(open_backend(data_dir=data_dir, database=database))
     result = {"rows": 0, "data": args.data, "devices": args.devices, "days": args.days,
               "interval_s": fleet.interval / 1000, "cpus": os.cpu_count(),
               "loadavg_1m_before": round(os.getloadavg()[0], 2)}

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from iotstream.bus.local import QueueUnavailable
@@ -59,13 +59,27 @@ class KafkaConfig:
     def group_id(self) -> str:
         return self.group or f"{self.namespace}-processor"
 
+    # The one place Kafka clients are made: every client gets the bootstrap servers and Python logging.
+    def producer(self, **settings) -> Producer:
+        return Producer(self._settings(settings))
+
+    def consumer(self, **settings) -> Consumer:
+        return Consumer(self._settings(settings))
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self._settings({}))
+
+    def _settings(self, settings: dict) -> dict:
+        return {"bootstrap.servers": self.bootstrap, "logger": RDKAFKA_LOG,
+                **{key.replace("_", "."): value for key, value in settings.items()}}
+
 
 STATE_MAX_BYTES = 64 * 1024 * 1024  # a partition snapshot holds every key's window
 
 
 def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
     """Create the topics that do not exist yet (an existing topic keeps its settings)."""
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG})
+    admin = cfg.admin()
     wanted = [
         NewTopic(cfg.topic, cfg.partitions, 1),
         # Short segments so compaction keeps the state topic (read whole on every assignment) small.
@@ -95,15 +109,9 @@ class KafkaQueue:
     def __init__(self, cfg: KafkaConfig):
         self.cfg = cfg
         self.depth = 0  # readings handed to the producer and not yet acknowledged by the broker
-        self.producer = Producer({
-            "bootstrap.servers": cfg.bootstrap, "logger": RDKAFKA_LOG,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "queue.buffering.max.kbytes": cfg.buffer_kbytes,
-            "delivery.timeout.ms": cfg.delivery_timeout_ms,
-        })
+        self.producer = cfg.producer(enable_idempotence=True, acks="all", linger_ms=5, compression_type="lz4",
+                                     queue_buffering_max_kbytes=cfg.buffer_kbytes,
+                                     delivery_timeout_ms=cfg.delivery_timeout_ms)
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -147,3 +155,30 @@ class KafkaQueue:
         self._running = False
         self._poller.join()
         return left
+
+
+def watch_lag(cfg: KafkaConfig, report, stop: threading.Event, every_s: float = 2.0) -> threading.Thread:
+    """Every `every_s`, report({partition: messages the group has not committed}) from the committed offsets
+    against the high watermarks, until `stop` is set. Its own client: consumers are not shared by threads."""
+
+    def poll() -> None:
+        consumer = cfg.consumer(group_id=cfg.group_id, enable_auto_commit=False)
+        try:
+            while not stop.is_set():
+                try:
+                    topic = consumer.list_topics(cfg.topic, timeout=5).topics.get(cfg.topic)
+                    parts = [TopicPartition(cfg.topic, p) for p in (topic.partitions if topic else {})]
+                    lag = {}
+                    for tp in consumer.committed(parts, timeout=5) if parts else []:
+                        low, high = consumer.get_watermark_offsets(tp, timeout=5)
+                        lag[tp.partition] = max(0, high - (tp.offset if tp.offset >= 0 else low))
+                    report(lag)
+                except KafkaException as exc:  # broker away: keep the last figures; health says the rest
+                    log.debug("consumer lag not read: %s", exc)
+                stop.wait(every_s)
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=poll, name="kafka-lag", daemon=True)
+    thread.start()
+    return thread

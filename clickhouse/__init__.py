@@ -1,6 +1,6 @@
-"""ClickHouse storage: schema migrations, the two backends, and every SQL statement the product runs."""
+"""ClickHouse storage: schema migrations, the clickhouse-connect backend (server or embedded chDB), and every SQL statement the product runs."""
 
-from .backend import ChdbBackend, RemoteBackend, StorageError, open_backend
+from .backend import Backend, StorageError, open_backend
 from .store import Store
 
-__all__ = ["ChdbBackend", "RemoteBackend", "Store", "StorageError", "open_backend"]
+__all__ = ["Backend", "Store", "StorageError", "open_backend"]

@@ -1,98 +1,24 @@
-"""The two ways to reach ClickHouse: the embedded engine (chDB) and a server (clickhouse-connect).
+"""How the product reaches ClickHouse: clickhouse-connect, over HTTP to a server or in-process to chDB.
 
-Both expose the same three calls (`command`, `query`, `insert`), take parameters bound on the server
-(`{name:Type}` placeholders), and return results as Arrow tables, so Store's SQL runs unchanged on either.
+Three calls (`command`, `query`, `insert`), parameters bound on the server (`{name:Type}` placeholders),
+results as Arrow tables, so Store's SQL runs unchanged on either.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import threading
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import pyarrow as pa
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENGINE_PATH: str | None = None  # the data folder of this process's chDB engine (one per process), once opened
 
 
 class StorageError(RuntimeError):
     """ClickHouse refused or failed a statement."""
-
-
-# chDB runs one engine per process, and one statement at a time is all it survives: two parameterised
-# queries at once can swap parameters, and a query during an `INSERT ... FROM Python(table)` can hang both
-# (found by bench/e2e.py). Every ChdbBackend of the process shares this lock.
-_ENGINE_LOCK = threading.RLock()
-ENGINE_PATH: str | None = None  # the data path the process's chDB engine was opened with
-
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
-
-
-def bind_text(value) -> str:
-    """A parameter value as the text ClickHouse parses for `{name:Type}`: scalars in the escaped (TSV)
-    format, arrays as literals of quoted elements. chDB takes this text; clickhouse-connect does its own."""
-    if isinstance(value, str):
-        return "".join(_ESCAPES.get(c, c) for c in value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_quoted(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _quoted(value) -> str:
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return bind_text(value)
-
-
-def _settings_clause(token: str | None) -> str:
-    if token is None:
-        return ""
-    if not _TOKEN.match(token):  # tokens are built internally; this guards the one place they meet SQL
-        raise ValueError(f"bad insert_deduplication_token {token!r}")
-    return f" SETTINGS insert_deduplication_token = '{token}'"
-
-
-class ChdbBackend:
-    """ClickHouse's own engine in this process, data in `path`. chDB allows one path per process."""
-
-    def __init__(self, path: str, database: str = "iotstream"):
-        from chdb import session
-
-        if not _IDENT.match(database):
-            raise ValueError(f"bad database name {database!r}")
-        self.path = path
-        self.database = database
-        global ENGINE_PATH
-        with _ENGINE_LOCK:
-            self._session = session.Session(path)
-            ENGINE_PATH = ENGINE_PATH or path
-        self._run(f"CREATE DATABASE IF NOT EXISTS {database}", None, "CSV")
-
-    def command(self, sql: str, params: dict | None = None) -> None:
-        self._run(sql, params, "CSV")
-
-    def query(self, sql: str, params: dict | None = None) -> pa.Table:
-        return self._run(sql, params, "ArrowTable")
-
-    def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
-        columns = ", ".join(data.column_names)
-        sql = f"INSERT INTO {table} ({columns}){_settings_clause(token)} SELECT * FROM Python(data)"
-        self._run(sql, None, "CSV")
-
-    def close(self) -> None:
-        with _ENGINE_LOCK:
-            self._session.close()
-
-    def _run(self, sql, params, fmt):
-        bound = {k: bind_text(v) for k, v in (params or {}).items()}
-        try:
-            with _ENGINE_LOCK:
-                return self._session.query(sql, fmt, params=bound)
-        except Exception as exc:  # chDB raises its own ChdbError; callers see one type
-            raise StorageError(str(exc)) from exc
 
 
 # Settings for a cluster: rows of a device live on one shard (Distributed by device_id), so joins and IN
@@ -101,33 +27,36 @@ class ChdbBackend:
 CLUSTER_SETTINGS = {"distributed_product_mode": "local", "distributed_foreground_insert": 1}
 
 
-class RemoteBackend:
-    """A ClickHouse server over HTTP, e.g. `http://user:pass@host:8123/iotstream`; with `?cluster=NAME`,
-    a cluster: Store.migrate then creates the Replicated/Distributed schema (clickhouse.cluster)."""
+class Backend:
+    """ClickHouse through clickhouse-connect, one client code path for both modes:
 
-    def __init__(self, url: str):
+    - a server over HTTP(S), e.g. `http://user:pass@host:8123/iotstream`; with `?cluster=NAME` a cluster,
+      for which Store.migrate creates the Replicated/Distributed schema (clickhouse.cluster);
+    - the embedded engine, `chdb://DATA_DIR` (chDB registers itself as a clickhouse-connect transport;
+      one data folder per process, shared by every client of the process).
+    """
+
+    def __init__(self, dsn: str, database: str = "iotstream", cluster: str | None = None):
         import clickhouse_connect
 
-        parts = urlparse(url)
-        query = dict(parse_qsl(parts.query))
-        self.cluster = query.pop("cluster", None)
-        database = parts.path.strip("/") or "iotstream"
-        if not _IDENT.match(database) or (self.cluster is not None and not _IDENT.match(self.cluster)):
-            raise ValueError(f"bad database or cluster name in {url!r}")
+        if not _IDENT.fullmatch(database) or (cluster is not None and not _IDENT.fullmatch(cluster)):
+            raise ValueError(f"bad database or cluster name: {database!r}, {cluster!r}")
         self.database = database
-        dsn = parts._replace(path="/", query=urlencode(query)).geturl()
-        settings = CLUSTER_SETTINGS if self.cluster else None
-        self._client = clickhouse_connect.get_client(dsn=dsn, settings=settings)
-        on_cluster = f" ON CLUSTER {self.cluster}" if self.cluster else ""
-        self._client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
+        self.cluster = cluster
+        settings = CLUSTER_SETTINGS if cluster else None
+        self._client = self._call(clickhouse_connect.get_client, dsn=dsn, settings=settings)
+        on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+        self.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
 
     def command(self, sql: str, params: dict | None = None) -> None:
-        self._call(self._client.command, sql, parameters=params or {})
+        self._call(self._client.command, sql, parameters=_bindable(params))
 
     def query(self, sql: str, params: dict | None = None) -> pa.Table:
-        return self._call(self._client.query_arrow, sql, parameters=params or {})
+        return self._call(self._client.query_arrow, sql, parameters=_bindable(params))
 
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
+        if token is not None and not _TOKEN.fullmatch(token):  # tokens are built internally; guard all the same
+            raise ValueError(f"bad insert_deduplication_token {token!r}")
         settings = {"insert_deduplication_token": token} if token else None
         database, _, name = table.rpartition(".")
         self._call(self._client.insert_arrow, name, data, database=database or None, settings=settings)
@@ -137,16 +66,30 @@ class RemoteBackend:
 
     @staticmethod
     def _call(fn, *args, **kwargs):
-        from clickhouse_connect.driver.exceptions import ClickHouseError
+        from clickhouse_connect.driver.exceptions import Error
 
         try:
             return fn(*args, **kwargs)
-        except ClickHouseError as exc:
+        except (Error, RuntimeError) as exc:  # the chDB transport lets the engine's RuntimeError through
             raise StorageError(str(exc)) from exc
 
 
-def open_backend(data_dir: str | None = None, clickhouse_url: str | None = None, database: str = "iotstream"):
-    """The server backend when a URL is given, else the embedded engine on `data_dir`."""
-    if clickhouse_url:
-        return RemoteBackend(clickhouse_url)
-    return ChdbBackend(data_dir or "./iotstream-data", database)
+def _bindable(params: dict | None) -> dict:
+    # clickhouse-connect sends a bool as "True", which no numeric ClickHouse type parses.
+    return {k: int(v) if isinstance(v, bool) else v for k, v in (params or {}).items()}
+
+
+def open_backend(data_dir: str | None = None, clickhouse_url: str | None = None,
+                 database: str = "iotstream") -> Backend:
+    """The server when a URL is given (its path names the database), else the embedded engine on `data_dir`."""
+    if not clickhouse_url:
+        global ENGINE_PATH
+        path = os.path.realpath(data_dir or "./iotstream-data")
+        backend = Backend(f"chdb://{path}", database)
+        ENGINE_PATH = ENGINE_PATH or path
+        return backend
+    parts = urlparse(clickhouse_url)
+    query = dict(parse_qsl(parts.query))
+    cluster = query.pop("cluster", None)
+    dsn = parts._replace(path="/", query=urlencode(query)).geturl()
+    return Backend(dsn, parts.path.strip("/") or "iotstream", cluster)

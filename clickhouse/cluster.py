@@ -15,6 +15,7 @@ Store.migrate applies it by itself when the backend URL says `?cluster=NAME`.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import tempfile
@@ -32,7 +33,7 @@ def scratch_tables(config: StoreConfig) -> tuple[str, list[dict]]:
     """(scratch database name, its tables and views as system.tables rows) after every migration."""
     path = backend_module.ENGINE_PATH or tempfile.mkdtemp(prefix="iotstream-schema-")  # one path per process
     scratch = "schema_gen_" + uuid.uuid4().hex[:12]
-    store = Store(backend_module.ChdbBackend(path, scratch), config)
+    store = Store(backend_module.open_backend(data_dir=path, database=scratch), config)
     try:
         store.migrate()
         rows = store.backend.query("SELECT name, engine, create_table_query AS ddl FROM system.tables "
@@ -45,32 +46,33 @@ def scratch_tables(config: StoreConfig) -> tuple[str, list[dict]]:
 
 def cluster_schema(database: str, cluster: str, config: StoreConfig | None = None) -> list[str]:
     """CREATE statements, in order: replicated local tables, distributed tables, materialized views."""
-    for name, value in (("database", database), ("cluster", cluster)):
+    for what, value in (("database", database), ("cluster", cluster)):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"bad {name} name {value!r}")
+            raise ValueError(f"bad {what} name {value!r}")
     scratch, rows = scratch_tables(config or StoreConfig())
     tables = [r for r in rows if r["engine"].endswith("MergeTree")]
     views = [r for r in rows if r["engine"] == "MaterializedView"]
     local, distributed, mvs = [], [], []
     for r in tables:
-        name = r["name"]
-        ddl = r["ddl"].replace(f"CREATE TABLE {scratch}.{name} ",
-                               f"CREATE TABLE IF NOT EXISTS {database}.{name}_local ON CLUSTER {cluster} ", 1)
-        ddl = _MERGE_TREE.sub(lambda m, name=name: _replicated(m, database, name), ddl, count=1)
+        name = str(r["name"])
+        ddl = str(r["ddl"]).replace(f"CREATE TABLE {scratch}.{name} ",
+                                    f"CREATE TABLE IF NOT EXISTS {database}.{name}_local ON CLUSTER {cluster} ", 1)
+        ddl = _MERGE_TREE.sub(functools.partial(_replicated, database=database, name=name), ddl, count=1)
         ddl = re.sub(r"non_replicated_deduplication_window = \d+, ", "", ddl)  # replicas deduplicate anyway
         local.append(ddl.replace(f"{scratch}.", f"{database}."))
         distributed.append(f"CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} AS "
                            f"{database}.{name}_local ENGINE = Distributed({cluster}, {database}, {name}_local, "
                            f"{SHARDING_KEY})")
     table_names = {r["name"] for r in tables}
+
+    def to_local(m: re.Match[str]) -> str:  # views act on each node's own inserts: from and to the _local tables
+        return f"{database}.{m.group(1)}_local" if m.group(1) in table_names else f"{database}.{m.group(1)}"
+
     for r in views:
-        ddl = r["ddl"].replace(f"CREATE MATERIALIZED VIEW {scratch}.{r['name']} ",
-                               f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{r['name']} ON CLUSTER {cluster} ", 1)
-        # Views act on each node's own inserts: from and to the _local tables.
-        ddl = re.sub(rf"\b{scratch}\.(\w+)\b",
-                     lambda m: f"{database}.{m.group(1)}_local" if m.group(1) in table_names else
-                     f"{database}.{m.group(1)}", ddl)
-        mvs.append(ddl)
+        ddl = str(r["ddl"]).replace(f"CREATE MATERIALIZED VIEW {scratch}.{r['name']} ",
+                                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{r['name']} "
+                                    f"ON CLUSTER {cluster} ", 1)
+        mvs.append(re.sub(rf"\b{scratch}\.(\w+)\b", to_local, ddl))
     return local + distributed + mvs
 
 

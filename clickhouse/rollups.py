@@ -87,7 +87,7 @@ def aggregate_sql(pieces: list[tuple[str, int, int]], funcs: list[str], merge_de
         where.append("device_id IN {devices:Array(String)}")
     if by_metric:
         where.append("metric IN {metrics:Array(String)}")
-    params = {}
+    params: dict[str, object] = {}
     if all(table == RAW for table, _, _ in pieces):
         # One raw scan: plain aggregates, no states to build and merge.
         lo, hi = pieces[0][1], pieces[-1][2]

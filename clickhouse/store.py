@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import string
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -64,7 +66,7 @@ _TTL_DAYS = re.compile(r"\bTTL\b.*?toIntervalDay\((\d+)\)", re.S)
 
 def schema_files() -> list[tuple[str, str]]:
     folder = resources.files("iotstream.clickhouse") / "schema"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name, p.read_text()) for p in files]
 
 
@@ -74,12 +76,16 @@ def split_statements(text: str) -> list[str]:
 
 
 class Store:
-    """Readings, anomalies and device state in ClickHouse."""
+    """Readings, anomalies and device state in ClickHouse.
 
-    def __init__(self, backend, config: StoreConfig | None = None):
+    `on_insert(table, seconds, data)`, when given, hears of every insert that succeeded (the metrics)."""
+
+    def __init__(self, backend, config: StoreConfig | None = None,
+                 on_insert: Callable[[str, float, pa.Table], None] | None = None):
         self.backend = backend
         self.config = config or StoreConfig()
         self.db = backend.database
+        self.on_insert = on_insert
         # Episode rows are versioned by write time; one writer at a time in this process keeps versions in
         # commit order, which WatchAnomalies relies on.
         self._episode_lock = threading.Lock()
@@ -100,7 +106,7 @@ class Store:
     def migrate(self) -> list[str]:
         """Apply the numbered schema files not applied yet; returns their names. On a cluster, create the
         Replicated/Distributed schema generated from the same files (clickhouse.cluster) instead."""
-        if getattr(self.backend, "cluster", None):
+        if self.backend.cluster:
             from .cluster import cluster_schema
 
             for statement in cluster_schema(self.db, self.backend.cluster, self.config):
@@ -142,8 +148,14 @@ class Store:
 
     # ---- writes ---------------------------------------------------------------------------------
 
+    def _insert(self, table: str, data: pa.Table, token: str | None) -> None:
+        started = time.perf_counter()
+        self.backend.insert(f"{self.db}.{table}", data, token)
+        if self.on_insert is not None:
+            self.on_insert(table, time.perf_counter() - started, data)
+
     def insert_readings(self, data: pa.Table, token: str | None = None) -> None:
-        self.backend.insert(f"{self.db}.readings", data, token)
+        self._insert("readings", data, token)
 
     def insert_anomalies(self, data: pa.Table, token: str | None = None) -> None:
         """Flagged readings (device_id, metric, time, value, kind, score, zscore; one row per reading and
@@ -151,7 +163,7 @@ class Store:
         stores nothing twice and leaves the episodes as they are."""
         if data.num_rows == 0:
             return
-        self.backend.insert(f"{self.db}.anomalies", data, token)
+        self._insert("anomalies", data, token)
         self.update_episodes(episode_keys(data))
 
     def update_episodes(self, keys: list[tuple[str, str, str, int]]) -> None:

@@ -13,15 +13,12 @@
 | `iotstream_dependency_up{dependency}` | gauge | 1 while Kafka / ClickHouse answers the health probe |
 
 The ingest figures are read from `ingest.Counters` at scrape time, so GetStats and the metrics never
-disagree. Inserts are measured by wrapping the Store's two insert methods (`instrument_store`), which
-every processor path calls.
+disagree. Inserts are reported by the Store itself through its `on_insert` hook (`observe_insert`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -61,8 +58,7 @@ class Metrics:
                          registry=r)
         self.up = Gauge("iotstream_dependency_up", "1 while the dependency answers", ["dependency"], registry=r)
         self._http = None
-        self._lag_stop = threading.Event()
-        self._lag_thread: threading.Thread | None = None
+        self.consumer_lag = 0  # the group's messages not yet committed, all partitions (GetStats.consumer_lag)
 
     def watch_ingest(self, counters, queue_depth) -> None:
         self.registry.register(_IngestCollector(counters, queue_depth))
@@ -79,45 +75,11 @@ class Metrics:
             for entry in kinds:
                 self.anomalies.labels(entry["values"]).inc(entry["counts"])
 
-    def instrument_store(self, store) -> None:
-        """Time every insert of `store` (readings and anomalies) and count what it wrote."""
-        for table in ("readings", "anomalies"):
-            inner = getattr(store, f"insert_{table}")
-
-            def timed(data, *args, _inner=inner, _table=table, **kwargs):
-                started = time.perf_counter()
-                result = _inner(data, *args, **kwargs)
-                self.observe_insert(_table, time.perf_counter() - started, data)
-                return result
-
-            setattr(store, f"insert_{table}", timed)
-
-    def watch_lag(self, kafka_cfg, every_s: float = 2.0) -> None:
-        """Poll the consumer group's committed offsets against the high watermarks (own client: the
-        processor's consumer is not shared across threads)."""
-        self._lag_thread = threading.Thread(target=self._poll_lag, args=(kafka_cfg, every_s), name="metrics-lag",
-                                            daemon=True)
-        self._lag_thread.start()
-
-    def _poll_lag(self, cfg, every_s: float) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        consumer = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": cfg.group_id,
-                             "enable.auto.commit": False, "logger": logging.getLogger("iotstream.rdkafka")})
-        try:
-            while not self._lag_stop.is_set():
-                try:
-                    topic = consumer.list_topics(cfg.topic, timeout=5).topics.get(cfg.topic)
-                    parts = [TopicPartition(cfg.topic, p) for p in (topic.partitions if topic else {})]
-                    for tp in consumer.committed(parts, timeout=5) if parts else []:
-                        low, high = consumer.get_watermark_offsets(tp, timeout=5)
-                        done = tp.offset if tp.offset >= 0 else low
-                        self.lag.labels(str(tp.partition)).set(max(0, high - done))
-                except Exception as exc:  # broker away: keep the last figures; health says the rest
-                    log.debug("consumer lag not read: %s", exc)
-                self._lag_stop.wait(every_s)
-        finally:
-            consumer.close()
+    def set_lag(self, lag: dict[int, int]) -> None:
+        """Kafka messages the group has not committed, per partition (from bus.kafka.watch_lag)."""
+        for partition, n in lag.items():
+            self.lag.labels(str(partition)).set(n)
+        self.consumer_lag = sum(lag.values())
 
     # ---- HTTP ---------------------------------------------------------------------------------------
 
@@ -127,10 +89,7 @@ class Metrics:
         return self._http.server_port
 
     def close(self) -> None:
-        self._lag_stop.set()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        if self._lag_thread is not None:
-            self._lag_thread.join(10)

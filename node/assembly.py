@@ -13,23 +13,23 @@ import threading
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from iotstream import auth as authn
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_lag
+from iotstream.bus.local import LocalQueue
 from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
+from iotstream.common.metrics import Metrics
+from iotstream.common.tls import ServerTLS
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics
-from iotstream.common.metrics import Metrics
 from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
-from iotstream.bus.local import LocalQueue
 from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
 from iotstream.query.service import add_to_server as add_query_to_server
-from iotstream.common.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2
 
 log = logging.getLogger(__name__)
@@ -147,17 +147,17 @@ class Node:
         self._auth_backend = None
         self._background: list[asyncio.Task] = []
         self._kafka_admin = None
+        self._lag_stop = threading.Event()
 
     async def start(self) -> int:
         cfg = self.config
         roles = cfg.roles
         if PROCESS in roles or QUERY in roles:
             backend = open_backend(data_dir=cfg.data_dir, clickhouse_url=cfg.clickhouse_url, database=cfg.database)
-            self.store = Store(backend, cfg.store)
+            self.store = Store(backend, cfg.store, on_insert=self.metrics.observe_insert)
             applied = await asyncio.to_thread(self.store.migrate)
             if applied:
                 log.info("schema migrations applied: %s", ", ".join(applied))
-            self.metrics.instrument_store(self.store)
         if cfg.kafka:
             await asyncio.to_thread(ensure_topics, cfg.kafka)
         if cfg.kafka is None and INGEST in roles:
@@ -183,7 +183,7 @@ class Node:
                 thread.start()
                 self._tasks.append(thread)
         if self.kafka_processor is not None:
-            self.metrics.watch_lag(cfg.kafka)
+            self._tasks.append(watch_lag(cfg.kafka, self.metrics.set_lag, self._lag_stop))
         if INGEST in roles:
             self.metrics.watch_ingest(self.counters, lambda: self.queue.depth if self.queue is not None else 0)
         if cfg.metrics_port is not None:
@@ -271,11 +271,8 @@ class Node:
         this process and need no probe."""
         cfg, probes = self.config, {}
         if cfg.kafka is not None:
-            from confluent_kafka.admin import AdminClient
-
             if self._kafka_admin is None:
-                self._kafka_admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap,
-                                                 "logger": logging.getLogger("iotstream.rdkafka")})
+                self._kafka_admin = cfg.kafka.admin()
             admin, timeout = self._kafka_admin, cfg.probe_timeout_s
 
             def kafka():
@@ -325,6 +322,7 @@ class Node:
     def live_stats(self) -> dict:
         return {"readings_per_s": self.counters.rate_per_s(),
                 "queue_readings": self.queue.depth if self.queue is not None else 0,
+                "consumer_lag": self.metrics.consumer_lag,
                 "rejected": dict(self.counters.rejected)}
 
     async def stop(self) -> None:
@@ -350,6 +348,7 @@ class Node:
                 log.warning("%d batches not delivered to Kafka at shutdown (never acked)", left)
         if self.kafka_processor is not None:
             self.kafka_processor.stopping.set()
+        self._lag_stop.set()
         for task in self._tasks:
             await (asyncio.to_thread(task.join) if isinstance(task, threading.Thread) else task)
         self._tasks = []

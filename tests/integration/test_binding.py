@@ -2,7 +2,7 @@
 
 import pytest
 
-from iotstream.clickhouse import ChdbBackend
+from iotstream.clickhouse import open_backend
 
 HOSTILE = ["a\\b", "it's", "tab\there", "nl\nx", "\\N", "x\\ty", "'; DROP TABLE readings; --", "\0z",
            "é😀", "[a,b]", "a'b\\'c", "{x:String}", "x" * 10_000, ""]
@@ -10,7 +10,7 @@ HOSTILE = ["a\\b", "it's", "tab\there", "nl\nx", "\\N", "x\\ty", "'; DROP TABLE 
 
 @pytest.fixture(scope="module")
 def backend(chdb_dir):
-    return ChdbBackend(chdb_dir, "binding_test")
+    return open_backend(data_dir=chdb_dir, database="binding_test")
 
 
 @pytest.mark.parametrize("value", HOSTILE)

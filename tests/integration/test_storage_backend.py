@@ -6,12 +6,12 @@ import uuid
 
 import pyarrow as pa
 import pytest
-from iotstream.clickhouse import ChdbBackend
+from iotstream.clickhouse import open_backend
 
 
 @pytest.fixture(scope="module")
 def backend(chdb_dir):
-    b = ChdbBackend(chdb_dir, "t_backend_" + uuid.uuid4().hex[:8])
+    b = open_backend(data_dir=chdb_dir, database="t_backend_" + uuid.uuid4().hex[:8])
     b.command(f"CREATE TABLE {b.database}.t (k UInt32, v String) ENGINE = MergeTree ORDER BY k")
     yield b
     b.close()

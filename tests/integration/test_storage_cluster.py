@@ -6,21 +6,20 @@ import re
 import uuid
 
 import pytest
-from iotstream.clickhouse import ChdbBackend, Store
-from iotstream.clickhouse.backend import RemoteBackend
+from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.cluster import cluster_schema, main
 from iotstream.clickhouse.store import StoreConfig
 
 
 @pytest.fixture(scope="module")
 def schema(chdb_dir):
-    ChdbBackend(chdb_dir, "t_cluster_anchor")  # the engine of this process is on chdb_dir already
+    open_backend(data_dir=chdb_dir, database="t_cluster_anchor")  # the engine of this process is on chdb_dir already
     return cluster_schema("telemetry", "main", StoreConfig(retention_days=20, long_retention_days=400))
 
 
 @pytest.fixture(scope="module")
 def single(chdb_dir):
-    s = Store(ChdbBackend(chdb_dir, "t_single_" + uuid.uuid4().hex[:8]))
+    s = Store(open_backend(data_dir=chdb_dir, database="t_single_" + uuid.uuid4().hex[:8]))
     s.migrate()
     rows = s.backend.query("SELECT name, engine FROM system.tables WHERE database = {d:String}",
                            {"d": s.db}).to_pylist()
@@ -78,4 +77,4 @@ def test_cli_prints_it(schema, capsys):
 
 def test_url_names_the_cluster():
     with pytest.raises(ValueError):
-        RemoteBackend("http://localhost:1/iotstream?cluster=bad;name")
+        open_backend(clickhouse_url="http://localhost:1/iotstream?cluster=bad;name")

@@ -5,7 +5,7 @@ import time
 import uuid
 
 import pyarrow as pa
-from iotstream.clickhouse import ChdbBackend, Store
+from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse import store as store_module
 
 HOUR = 3_600_000
@@ -22,7 +22,7 @@ def test_upgrade_backfills_rollups_and_devices(chdb_dir, monkeypatch):
                       "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
                       "value": [r[3] for r in rows]})
 
-    s = Store(ChdbBackend(chdb_dir, "t_upgrade_" + uuid.uuid4().hex[:8]))
+    s = Store(open_backend(data_dir=chdb_dir, database="t_upgrade_" + uuid.uuid4().hex[:8]))
     monkeypatch.setattr(store_module, "schema_files", lambda: old)
     assert [name for name, _ in old] == s.migrate()
     s.insert_readings(table)  # stored by the old schema: no rollups, no first reading time

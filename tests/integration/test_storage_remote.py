@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 import pytest
-from iotstream.clickhouse import ChdbBackend, RemoteBackend, Store
+from iotstream.clickhouse import Store, open_backend
 
 URL = os.environ.get("IOTSTREAM_CLICKHOUSE_URL", "")
 pytestmark = pytest.mark.skipif(not URL, reason="IOTSTREAM_CLICKHOUSE_URL is not set, so there is no ClickHouse "
@@ -30,8 +30,8 @@ def stores(chdb_dir):
     """(remote, embedded) stores, each migrated into a fresh database."""
     parts = urlparse(URL)
     name = f"{parts.path.strip('/') or 'iotstream_test'}_{uuid.uuid4().hex[:8]}"
-    remote = Store(RemoteBackend(parts._replace(path="/" + name).geturl()))
-    local = Store(ChdbBackend(chdb_dir, name))
+    remote = Store(open_backend(clickhouse_url=parts._replace(path="/" + name).geturl()))
+    local = Store(open_backend(data_dir=chdb_dir, database=name))
     for s in (remote, local):
         s.migrate()
     yield remote, local

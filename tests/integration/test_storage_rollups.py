@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
-from iotstream.clickhouse import ChdbBackend, Store
+from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.rollups import FUNCS
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -36,7 +36,7 @@ def make_data(seed=7):
 
 @pytest.fixture(scope="module")
 def store(chdb_dir):
-    s = Store(ChdbBackend(chdb_dir, "t_rollups_" + uuid.uuid4().hex[:8]))
+    s = Store(open_backend(data_dir=chdb_dir, database="t_rollups_" + uuid.uuid4().hex[:8]))
     s.migrate()
     rows = make_data()
     order = np.random.default_rng(1).permutation(len(rows))  # arrival order unrelated to reading time
@@ -141,10 +141,10 @@ def test_retention_follows_the_config(chdb_dir):
     from iotstream.clickhouse.store import StoreConfig
 
     db = "t_ttl_" + uuid.uuid4().hex[:8]
-    s = Store(ChdbBackend(chdb_dir, db), StoreConfig(retention_days=30, long_retention_days=400))
+    s = Store(open_backend(data_dir=chdb_dir, database=db), StoreConfig(retention_days=30, long_retention_days=400))
     s.migrate()
     assert s.apply_retention() == []  # already as configured
-    s2 = Store(ChdbBackend(chdb_dir, db), StoreConfig(retention_days=7, long_retention_days=400))
+    s2 = Store(open_backend(data_dir=chdb_dir, database=db), StoreConfig(retention_days=7, long_retention_days=400))
     assert sorted(s2.apply_retention()) == ["anomalies", "readings", "rollup_1m"]
     ddl = s2.backend.query("SELECT create_table_query AS q FROM system.tables WHERE database = {d:String} "
                            "AND name = 'readings'", {"d": db}).column("q")[0].as_py()

@@ -10,6 +10,10 @@ keeps `created`, the version of the episode's first row, so a watcher can tell "
 
 from __future__ import annotations
 
+import pyarrow as pa
+
+from .tables import Tables
+
 _MS = "fromUnixTimestamp64Milli({%s:Int64}, 'UTC')"
 _US = "fromUnixTimestamp64Micro({%s:Int64}, 'UTC')"
 
@@ -179,3 +183,82 @@ WHERE (e.version, e.device_id, e.metric, e.kind, e.opened) <= ({_US % 'v'}, {{vd
 ORDER BY e.closes, e.device_id, e.metric, e.kind, e.opened
 LIMIT {{limit:UInt32}}
 """
+
+
+EPISODE_KEYS_PER_STATEMENT = 2_000
+
+
+class Episodes(Tables):
+    """Episodes derived from flagged readings, listed, acknowledged and followed (the SQL above)."""
+
+    def update_episodes(self, keys: list[tuple[str, str, str, int]]) -> None:
+        """Recompute the episodes of these (device_id, metric, kind, earliest new flagged reading ms)."""
+        with self._episode_lock:
+            for i in range(0, len(keys), EPISODE_KEYS_PER_STATEMENT):
+                chunk = keys[i:i + EPISODE_KEYS_PER_STATEMENT]
+                self._command(RECOMPUTE, {
+                    "kd": [k[0] for k in chunk], "km": [k[1] for k in chunk], "kk": [k[2] for k in chunk],
+                    "kt": [int(k[3]) for k in chunk], "q": int(self.config.episode_quiet_ms)})
+
+    def rebuild_episodes(self) -> None:
+        """Episodes of every flagged reading stored (after the migration that adds them)."""
+        rows = self._query("SELECT device_id, metric, kind, toUnixTimestamp64Milli(min(time)) AS t "
+                           "FROM $db.anomalies GROUP BY device_id, metric, kind").to_pylist()
+        self.update_episodes([(r["device_id"], r["metric"], r["kind"], r["t"]) for r in rows])
+
+    def anomalies(self, device_id: str, metric: str, kind: str, min_severity: int, state: int, acked: int,
+                  start_ms: int, end_ms: int, now_ms: int, after: tuple | None, limit: int) -> list:
+        """Episodes newest first by (opened, device_id, metric, kind) descending; `after` is the previous
+        page's last (opened_ms, device_id, metric, kind), exclusive. state: 0 any, 1 open, 2 closed;
+        acked: 0 any, 1 acknowledged, 2 not."""
+        at, ad, am, ak = after or (0, "", "", "")
+        return self._query(list_sql(after is not None, acked), {
+            "d": device_id, "m": metric, "k": kind, "sev": min_severity, "state": state, "start": start_ms,
+            "end": end_ms, "now": now_ms, "at": at, "ad": ad, "am": am, "ak": ak, "limit": limit}).to_pylist()
+
+    def anomaly(self, device_id: str, metric: str, kind: str, opened_ms: int) -> dict | None:
+        rows = self._query(GET, {"d": device_id, "m": metric, "k": kind, "o": opened_ms}).to_pylist()
+        return rows[0] if rows else None
+
+    def acknowledge(self, device_id: str, metric: str, kind: str, opened_ms: int, by: str,
+                    at_ms: int) -> dict | None:
+        """Acknowledge an episode (the first acknowledgement stands); None if there is no such episode."""
+        if self.anomaly(device_id, metric, kind, opened_ms) is None:
+            return None
+        self._command(ACKNOWLEDGE, {"d": device_id, "m": metric, "k": kind, "o": opened_ms,
+                                             "by": by, "at": at_ms})
+        return self.anomaly(device_id, metric, kind, opened_ms)
+
+    def episode_version(self) -> int:
+        """Newest episode version (Unix microseconds), 0 if none: where a new watcher starts."""
+        return self._query("SELECT toUnixTimestamp64Micro(max(version)) AS v FROM $db.anomaly_episodes"
+                           ).column("v")[0].as_py() or 0
+
+    def episode_changes(self, after: tuple, now_ms: int, limit: int) -> list:
+        """Newest version of each episode written after `after` = (version_us, device_id, metric, kind,
+        opened_ms), oldest first, at most `limit`; versions younger than watch_settle_ms wait."""
+        v, vd, vm, vk, vo = after
+        upto = (now_ms - int(self.config.watch_settle_ms)) * 1000 + 999
+        return self._query(CHANGES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "upto": upto,
+                                              "limit": limit}).to_pylist()
+
+    def episode_closures(self, seen: tuple, after: tuple, now_ms: int, limit: int) -> list:
+        """Episodes whose current version is at or before `seen` = (version_us, device_id, metric, kind,
+        opened_ms) and whose closes time is after `after` = (closes_ms, device_id, metric, kind, opened_ms)
+        and not after now_ms, by closes time."""
+        v, vd, vm, vk, vo = seen
+        c, cd, cm, ck, co = after
+        return self._query(CLOSURES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "c": c, "cd": cd,
+                                               "cm": cm, "ck": ck, "co": co, "now": now_ms, "limit": limit}
+                           ).to_pylist()
+
+
+def episode_keys(data: pa.Table) -> list[tuple[str, str, str, int]]:
+    """Distinct (device_id, metric, kind) of flagged readings, each with its earliest reading time in ms."""
+    cols = {}
+    for name in ("device_id", "metric", "kind"):
+        col = data.column(name)
+        cols[name] = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
+    cols["t"] = data.column("time").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    grouped = pa.table(cols).group_by(["device_id", "metric", "kind"]).aggregate([("t", "min")])
+    return list(zip(*(grouped.column(n).to_pylist() for n in ("device_id", "metric", "kind", "t_min")), strict=True))

@@ -6,7 +6,7 @@ import uuid
 
 import pyarrow as pa
 from iotstream.clickhouse import Store, open_backend
-from iotstream.clickhouse import store as store_module
+from iotstream.clickhouse import migrations as store_module
 
 HOUR = 3_600_000
 

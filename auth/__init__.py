@@ -7,8 +7,8 @@ managing tokens). Calls carry the token as `authorization: Bearer <token>` metad
 
 The registry lives where every role can reach it:
 
-* `ClickHouseTokens`: a table `$db.auth_tokens` in the node's database (embedded or server), created here
-  with CREATE TABLE IF NOT EXISTS, so ingest nodes, query nodes and the CLI share one registry;
+* `ClickHouseTokens`: a table `$db.auth_tokens` in the node's database (embedded or server), created
+  with CREATE TABLE IF NOT EXISTS (clickhouse.tokens), so ingest nodes, query nodes and the CLI share one registry;
 * `FileTokens`: a JSON-lines file of hashes (for ingest nodes that have no ClickHouse at hand); the
   server re-reads it when it changes.
 
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import grpc
 
+from iotstream.clickhouse.tokens import TokenTable
 from iotstream.common.ids import DEVICE_ID
 
 log = logging.getLogger(__name__)
@@ -78,54 +79,27 @@ def check_role(role: str) -> None:
 
 # ---- registries -------------------------------------------------------------------------------------
 
-AUTH_TABLE = """
-CREATE TABLE IF NOT EXISTS $db.auth_tokens
-(
-    token_sha256 String,
-    role LowCardinality(String),
-    subject String,
-    created DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC'),
-    revoked UInt8 DEFAULT 0,
-    version UInt64
-)
-ENGINE = ReplacingMergeTree(version)
-ORDER BY token_sha256
-"""
-
-
 class ClickHouseTokens:
-    """The registry as a ClickHouse table next to the data (`backend` is a clickhouse backend: `command`
-    and `query` with server-side parameters). Revoking writes a newer row version; reads use FINAL."""
+    """The registry as a ClickHouse table next to the data (clickhouse.tokens holds its SQL)."""
 
     def __init__(self, backend):
-        self.backend = backend
-        self.table = f"{backend.database}.auth_tokens"
-        backend.command(AUTH_TABLE.replace("$db", backend.database))
+        self.table = TokenTable(backend)
 
     def add(self, role: str, subject: str) -> str:
         check_role(role)
         token = new_token()
-        self.backend.command(
-            f"INSERT INTO {self.table} (token_sha256, role, subject, version) "
-            "VALUES ({h:String}, {role:String}, {subject:String}, {v:UInt64})",
-            {"h": token_hash(token), "role": role, "subject": subject, "v": time.time_ns()})
+        self.table.write(token_hash(token), role, subject)
         return token
 
     def revoke(self, role: str, subject: str) -> int:
         """Revoke every token of (role, subject); returns how many were live."""
         live = [r for r in self.list() if r["role"] == role and r["subject"] == subject]
         for r in live:
-            self.backend.command(
-                f"INSERT INTO {self.table} (token_sha256, role, subject, revoked, version) "
-                "VALUES ({h:String}, {role:String}, {subject:String}, 1, {v:UInt64})",
-                {"h": r["token_sha256"], "role": role, "subject": subject, "v": time.time_ns()})
+            self.table.write(r["token_sha256"], role, subject, revoked=True)
         return len(live)
 
     def list(self) -> list[dict]:
-        rows = self.backend.query(
-            f"SELECT token_sha256, role, subject, toUnixTimestamp64Milli(created) AS created_ms "
-            f"FROM {self.table} FINAL WHERE revoked = 0 ORDER BY role, subject").to_pylist()
-        return rows
+        return self.table.live()
 
     def load(self) -> dict[str, Principal]:
         return {r["token_sha256"]: Principal(r["role"], r["subject"]) for r in self.list()}

@@ -12,8 +12,8 @@ import time
 import pyarrow as pa
 
 from .episodes import Episodes, episode_keys
-from .reads import Reads
 from .migrations import Schema
+from .reads import Reads
 from .tables import StoreConfig
 
 __all__ = ["Store", "StoreConfig"]

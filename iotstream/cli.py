@@ -40,7 +40,10 @@ def node_config(args, roles):
                   clickhouse_url=getattr(args, "clickhouse", None), kafka=kafka,
                   rules_path=getattr(args, "rules", None),
                   max_chunk_messages=getattr(args, "chunk_messages", 1000),
-                  snapshot_every_s=getattr(args, "snapshot_every", 5.0), **security_config(args, roles))
+                  snapshot_every_s=getattr(args, "snapshot_every", 5.0),
+                  webhooks_path=getattr(args, "webhooks", None), webhooks_state=getattr(args, "webhooks_state", None),
+                  http_port=getattr(args, "http_port", None), http_host=getattr(args, "http_host", "127.0.0.1"),
+                  **security_config(args, roles))
 
 
 def security_config(args, roles) -> dict:
@@ -418,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="serve Prometheus /metrics on this port (0 picks one; default off)")
         parser.add_argument("--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
 
+    def operator(parser):
+        from iotstream import webhooks
+
+        webhooks.add_flags(parser)
+
     def client(parser):
         g = parser.add_argument_group("auth and TLS")
         g.add_argument("--tls", action="store_true", help="TLS with the system's CA roots")
@@ -435,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules(s)
     security(s, default_auth=False)
     metrics(s)
+    operator(s)
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("ingest", help="run the ingest role alone (distributed, needs --kafka)",
@@ -469,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage(s)
     security(s, default_auth=True)
     metrics(s)
+    operator(s)
     s.set_defaults(fn=cmd_query_server)
 
     for command, what in (("devices", "device tokens"), ("tokens", "reader and admin tokens")):

@@ -44,7 +44,8 @@ setup(
         "iotstream.ext": "ext",
         "iotstream.clickhouse": "clickhouse",
     },
-    package_data={"iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
+    package_data={"iotstream": ["console_static/*", "console_static/uplot/*"],
+                  "iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
                   "iotstream.ext": ["*.pyi"]},
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
 )

@@ -91,6 +91,8 @@ def run_node(config, what: str) -> int:
         where = f"serving on {config.host}:{port}" if port else "running"
         if node.metrics_port:
             where += f", metrics on {config.metrics_host}:{node.metrics_port}"
+        if node.console is not None:
+            where += f", console on http{'s' if config.tls else ''}://{config.http_host}:{node.console.port}/"
         queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
         storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
         say(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops")
@@ -422,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
 
     def operator(parser):
-        from iotstream import webhooks
+        from iotstream import console, webhooks
 
+        console.add_flags(parser)
         webhooks.add_flags(parser)
 
     def client(parser):

@@ -6,10 +6,10 @@ import argparse
 
 # Keyed by the words after `iotstream`; every subcommand has one (tests/unit/test_cli_help.py checks).
 EXAMPLES = {
-    "serve": "iotstream serve --port 50051 --data-dir ./iotstream-data",
+    "serve": "iotstream serve --port 50051 --data-dir ./iotstream-data --http-port 8080",
     "ingest": "iotstream ingest --kafka 127.0.0.1:9092 --tokens-file tokens.json --port 50051",
     "process": "iotstream process --kafka 127.0.0.1:9092 --clickhouse http://default:@127.0.0.1:8123/iotstream",
-    "query-server": "iotstream query-server --clickhouse http://default:@127.0.0.1:8123/iotstream",
+    "query-server": "iotstream query-server --clickhouse http://default:@127.0.0.1:8123/iotstream --http-port 8080",
     "devices": "iotstream devices list",
     "devices add": "iotstream devices add sensor-0001 sensor-0002 --json > device-tokens.json",
     "devices revoke": "iotstream devices revoke sensor-0001",

@@ -156,6 +156,7 @@ class Node:
         self._auth_backend = None
         self._background: list[asyncio.Task] = []
         self._kafka_admin = None
+        self.console = None  # iotstream.console.Console, with --http-port
 
     async def start(self) -> int:
         cfg = self.config
@@ -218,6 +219,10 @@ class Node:
             state = cfg.webhooks_state or os.path.join(cfg.data_dir, f"webhooks-{cfg.database}.sqlite")
             dispatcher = await start_webhooks(cfg.webhooks_path, state, self.store, self.metrics)
             self._background.append(asyncio.create_task(self._supervise(dispatcher.run(), "the webhook dispatcher")))
+        if cfg.http_port is not None:
+            from iotstream.console import start_console
+
+            self.console = start_console(self)
 
     async def _supervise(self, coro, what: str) -> None:
         """Run a background part; if it dies, the node says so (NOT_SERVING, `failed`)."""
@@ -364,6 +369,9 @@ class Node:
         UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the queue is
         drained (anything still queued was never acked, but storing it saves the devices a resend), the
         Kafka producer flushed, the processor commits and snapshots, and the store closes."""
+        if self.console is not None:
+            await asyncio.to_thread(self.console.stop)
+            self.console = None
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

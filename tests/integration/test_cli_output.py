@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from iotstream.v1 import query_pb2 as qpb
 
-from iotstream.simulate import run_fleet
+from iotstream.client.simulate import run_fleet
 
 DEVICES, READINGS = 3, 180
 
@@ -34,7 +34,7 @@ class Tty:
 
     def __init__(self, *args):
         master, slave = pty.openpty()
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotstream", *args], stdout=slave,
+        self.proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", *args], stdout=slave,
                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         os.close(slave)
         self.master, self.text = master, ""
@@ -74,7 +74,7 @@ def tty(*args) -> str:
 
 
 def piped(*args) -> str:
-    out = subprocess.run([sys.executable, "-m", "iotstream", *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "iotstream.cli", *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -18,8 +18,8 @@ from conftest import ServerThread
 from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.server import Config
-from iotstream.simulate import METRICS, run_fleet
+from iotstream.node import Config
+from iotstream.client.simulate import METRICS, run_fleet
 
 DEVICES, READINGS = 5, 1800  # 10 minutes of 3 metrics at 1 s
 SCREENSHOT = Path(__file__).resolve().parents[2] / "bench" / "results" / "console.png"

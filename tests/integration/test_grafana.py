@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from iotstream.v1 import query_pb2 as qpb
 
-from iotstream.simulate import METRICS, run_fleet
+from iotstream.client.simulate import METRICS, run_fleet
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "dashboards"
 DEVICES, READINGS = 4, 900  # 300 time points of 3 metrics, 1 s apart: five 1-minute buckets per series
@@ -107,7 +107,7 @@ def fleet(chdb_dir):
 
     from conftest import ServerThread
 
-    from iotstream.server import Config
+    from iotstream.node import Config
 
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12]))
     try:

@@ -16,7 +16,7 @@ import pytest
 from conftest import ServerThread
 from iotstream.clickhouse.store import StoreConfig
 
-from iotstream.server import Config
+from iotstream.node import Config
 
 SECRET = "s3cret-for-tests"
 

@@ -22,14 +22,14 @@ from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.kafka import KafkaConfig, KafkaQueue, ensure_topics
-from iotstream.metrics import Metrics
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics
+from iotstream.common.metrics import Metrics
 from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
-from iotstream.queue import LocalQueue
-from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
-from iotstream.query_service import add_to_server as add_query_to_server
-from iotstream.tls import ServerTLS
+from iotstream.bus.local import LocalQueue
+from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query.service import add_to_server as add_query_to_server
+from iotstream.common.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Config:
     probe_timeout_s: float = 3.0
     rules_path: str | None = None  # detector rules (TOML); built-in defaults when None
     silence_check_s: float = 10.0  # how often the processor looks for keys that went silent
-    # Operator side (query role): alert webhooks (iotstream.webhooks) and the console page (iotstream.console).
+    # Operator side (query role): alert webhooks (iotstream.alerts.webhooks) and the console page (iotstream.console.server).
     webhooks_path: str | None = None  # TOML file of [[webhook]] tables; None: no webhooks
     webhooks_state: str | None = None  # the webhooks' outbox (SQLite); None: DATA_DIR/webhooks-DATABASE.sqlite
     http_port: int | None = None  # console page and its JSON/SSE endpoints; None: off, 0: a free port
@@ -94,7 +94,7 @@ class Config:
         if self.rules_path is not None:
             load_rules_file(self.rules_path)  # fail now, naming the file, table and key
         if self.webhooks_path is not None:
-            from iotstream.webhooks import load_hooks
+            from iotstream.alerts.webhooks import load_hooks
 
             load_hooks(self.webhooks_path)  # fail now, naming the file, hook and key
         if self.kafka is None and self.roles not in (ALL_ROLES, {QUERY}):
@@ -156,7 +156,7 @@ class Node:
         self._auth_backend = None
         self._background: list[asyncio.Task] = []
         self._kafka_admin = None
-        self.console = None  # iotstream.console.Console, with --http-port
+        self.console = None  # iotstream.console.server.Console, with --http-port
 
     async def start(self) -> int:
         cfg = self.config
@@ -214,13 +214,13 @@ class Node:
         """Alert webhooks and the console page, when configured."""
         cfg = self.config
         if cfg.webhooks_path:
-            from iotstream.webhooks import start_webhooks
+            from iotstream.alerts.webhooks import start_webhooks
 
             state = cfg.webhooks_state or os.path.join(cfg.data_dir, f"webhooks-{cfg.database}.sqlite")
             dispatcher = await start_webhooks(cfg.webhooks_path, state, self.store, self.metrics)
             self._background.append(asyncio.create_task(self._supervise(dispatcher.run(), "the webhook dispatcher")))
         if cfg.http_port is not None:
-            from iotstream.console import start_console
+            from iotstream.console.server import start_console
 
             self.console = start_console(self)
 

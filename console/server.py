@@ -318,7 +318,7 @@ class Feed:
 
 def start_console(node) -> Console:
     """Serve the console for a node that runs the query role, on its --http-host/--http-port."""
-    from iotstream.query_service import QueryService
+    from iotstream.query.service import QueryService
 
     cfg = node.config
     service = QueryService(node.store, node.live_stats, cfg.silence_ms)

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from iotstream.query_service import anomaly_id, decode_token, episode_events, start_cursor
+from iotstream.query.service import anomaly_id, decode_token, episode_events, start_cursor
 from iotstream.v1 import query_pb2 as pb
 
 log = logging.getLogger(__name__)

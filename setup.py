@@ -36,7 +36,7 @@ extensions = [
 # Every top-level folder is one room of the `iotstream` package; the package root is proto/iotstream, so no
 # folder named `iotstream` sits in the checkout to shadow the installed package.
 ROOMS = ["ingest", "processor", "ext", "clickhouse", "query", "auth", "bus", "node", "cli", "client", "common",
-         "bench"]
+         "console", "alerts", "bench"]
 
 setup(
     packages=["iotstream", "iotstream.v1", *(f"iotstream.{room}" for room in ROOMS), "iotstream.bench.ghz",
@@ -44,6 +44,6 @@ setup(
     package_dir={"iotstream": "proto/iotstream", **{f"iotstream.{room}": room for room in ROOMS}},
     package_data={"iotstream": ["py.typed"], "iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
                   "iotstream.ext": ["*.pyi"], "iotstream.bench": ["setup", "kafka-local"],
-                  "iotstream.bench.ghz": ["*.json"]},
+                  "iotstream.bench.ghz": ["*.json"], "iotstream.console": ["static/*", "static/uplot/*"]},
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
 )

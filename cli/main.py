@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from . import nodes, query, simulate, tokens
+from .help import add_examples
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_parsers(sub)
     simulate.add_parser(sub)
     query.add_parser(sub)
+    add_examples(p)
     return p
 
 

@@ -35,6 +35,8 @@ def run_node(config, what: str) -> int:
         where = f"serving on {config.host}:{port}" if port else "running"
         if node.metrics_port:
             where += f", metrics on {config.metrics_host}:{node.metrics_port}"
+        if node.console is not None:
+            where += f", console on http{'s' if config.tls else ''}://{config.http_host}:{node.console.port}/"
         queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
         storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
         say(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops")
@@ -122,6 +124,7 @@ def add_parsers(sub) -> None:
     options.rules(s)
     options.security(s, default_auth=False)
     options.metrics(s)
+    options.operator(s)
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("ingest", help="run the ingest role alone (distributed, needs --kafka)",
@@ -156,6 +159,7 @@ def add_parsers(sub) -> None:
     options.storage(s)
     options.security(s, default_auth=True)
     options.metrics(s)
+    options.operator(s)
     s.set_defaults(fn=cmd_query_server)
 
     s = sub.add_parser("demo", help="serve + simulate + query once, then stop",

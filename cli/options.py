@@ -31,7 +31,10 @@ def node_config(args, roles):
                   clickhouse_url=getattr(args, "clickhouse", None), kafka=kafka,
                   rules_path=getattr(args, "rules", None),
                   max_chunk_messages=getattr(args, "chunk_messages", 1000),
-                  snapshot_every_s=getattr(args, "snapshot_every", 5.0), **security_config(args, roles))
+                  snapshot_every_s=getattr(args, "snapshot_every", 5.0),
+                  webhooks_path=getattr(args, "webhooks", None), webhooks_state=getattr(args, "webhooks_state", None),
+                  http_port=getattr(args, "http_port", None), http_host=getattr(args, "http_host", "127.0.0.1"),
+                  **security_config(args, roles))
 
 
 def security_config(args, roles) -> dict:
@@ -111,6 +114,14 @@ def metrics(parser):
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics on this port (0 picks one; default off)")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
+
+def operator(parser):
+    from iotstream.alerts import webhooks
+    from iotstream.console import server as console
+
+    console.add_flags(parser)
+    webhooks.add_flags(parser)
+
 
 def client_tls(parser):
     g = parser.add_argument_group("auth and TLS")

@@ -43,27 +43,26 @@ def cmd_query(args) -> int:
         "stats": lambda: ("GetStats", pb.GetStatsRequest()),
     }
     from iotstream.auth import bearer
+    from iotstream.cli import render
     from iotstream.common.tls import channel as open_channel
     from iotstream.common.tls import client_tls
 
     method, request = requests[args.what]()
+    human = not args.json and sys.stdout.isatty()  # tables for a person, JSON for a pipe or --json
     with open_channel(args.target, client_tls(args)) as channel:
         stub = pb_grpc.QueryStub(channel)
         try:
-            if args.what == "watch":  # a stream: one JSON line per event, until Ctrl-C or --count events
-                seen = 0
-                for event in stub.WatchAnomalies(request, metadata=bearer(args.token)):
-                    print(json.dumps(MessageToDict(event, preserving_proto_field_name=True)), flush=True)
-                    seen += event.type != pb.AnomalyEvent.WATCHING
-                    if args.count and seen >= args.count:
-                        return 0
-                return 0
+            if args.what == "watch":  # a stream: one line per event, until Ctrl-C or --count events
+                return watch(stub.WatchAnomalies(request, metadata=bearer(args.token)), args, human)
             reply = getattr(stub, method)(request, timeout=args.timeout, metadata=bearer(args.token))
         except grpc.RpcError as exc:
             print(f"iotstream query {args.what}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 0
+    if human:
+        print(render.RENDER[args.what](reply))
+        return 0
     as_dict = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     if args.what == "stats":  # uint64 fields come out as JSON strings in proto3 JSON; stats are counts
         as_dict = {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in as_dict.items()}
@@ -71,8 +70,33 @@ def cmd_query(args) -> int:
     return 0
 
 
+def watch(events, args, human: bool) -> int:
+    """Print WatchAnomalies events as they come; on the way out, say how to resume after the last one."""
+    from google.protobuf.json_format import MessageToDict
+
+    from iotstream.cli import render
+    from iotstream.v1 import query_pb2 as pb
+
+    seen, cursor = 0, args.cursor
+    try:
+        for event in events:
+            cursor = event.cursor
+            line = render.event(event) if human else json.dumps(MessageToDict(event, preserving_proto_field_name=True))
+            print(line, flush=True)
+            seen += event.type != pb.AnomalyEvent.WATCHING
+            if args.count and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if human and cursor:
+            print(f"resume with: iotstream query watch --since {cursor}", file=sys.stderr)
+    return 0
+
+
 def add_parser(sub) -> None:
-    q = sub.add_parser("query", help="call the Query service", description="Call one Query RPC and print the reply as JSON.")
+    q = sub.add_parser("query", help="call the Query service",
+                       description="Call one Query RPC; print tables on a terminal, JSON when piped or with --json.")
     q.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT (default 127.0.0.1:50051)")
     q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
     q.add_argument("--json", action="store_true", help="one JSON object on one line")
@@ -121,11 +145,12 @@ def add_parser(sub) -> None:
     x = qs.add_parser("ack", help="AcknowledgeAnomaly (admin token)")
     x.add_argument("id", help="the anomaly's id, from `query anomalies`")
     x.add_argument("--by", required=True, help="who acknowledges it")
-    x = qs.add_parser("watch", help="WatchAnomalies: one JSON line per event, until Ctrl-C")
+    x = qs.add_parser("watch", help="WatchAnomalies: one line per event, until Ctrl-C")
     x.add_argument("--device", default="", help="device id")
     x.add_argument("--metric", dest="metric_name", default="", help="metric")
     x.add_argument("--kind", default="", help="detector kind, e.g. zscore")
-    x.add_argument("--cursor", default="", help="resume after the event that carried this cursor")
+    x.add_argument("--since", "--cursor", dest="cursor", metavar="CURSOR", default="",
+                   help="resume after the event that carried this cursor (default: from now on)")
     x.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
     qs.add_parser("stats", help="GetStats: rows, rates, devices online, rejections")
     for sub_q in qs.choices.values():  # also after the subcommand: `iotstream query stats --json`

@@ -11,6 +11,8 @@
 | `iotstream_anomalies_total{kind}` | counter | anomalies stored, by detector kind |
 | `iotstream_consumer_lag_messages{partition}` | gauge | Kafka messages not yet processed by the group (process role) |
 | `iotstream_dependency_up{dependency}` | gauge | 1 while Kafka / ClickHouse answers the health probe |
+| `iotstream_webhook_deliveries_total{hook,result}` | counter | webhook tries: `delivered`, `failed` (a try that failed), `dead` (dead-lettered) |
+| `iotstream_webhook_pending{hook}` | gauge | webhook events waiting in the outbox |
 
 The ingest figures are read from `ingest.Counters` at scrape time, so GetStats and the metrics never
 disagree. Inserts are reported by the Store itself through its `on_insert` hook (`observe_insert`).
@@ -57,6 +59,10 @@ class Metrics:
         self.lag = Gauge("iotstream_consumer_lag_messages", "Kafka messages not yet processed", ["partition"],
                          registry=r)
         self.up = Gauge("iotstream_dependency_up", "1 while the dependency answers", ["dependency"], registry=r)
+        self.webhook_deliveries = Counter("iotstream_webhook_deliveries", "Webhook tries by hook and result",
+                                          ["hook", "result"], registry=r)
+        self.webhook_pending = Gauge("iotstream_webhook_pending", "Webhook events waiting in the outbox", ["hook"],
+                                     registry=r)
         self._http = None
         self.consumer_lag = 0  # the group's messages not yet committed, all partitions (GetStats.consumer_lag)
 

@@ -82,12 +82,21 @@ class Config:
     probe_timeout_s: float = 3.0
     rules_path: str | None = None  # detector rules (TOML); built-in defaults when None
     silence_check_s: float = 10.0  # how often the processor looks for keys that went silent
+    # Operator side (query role): alert webhooks (iotstream.alerts.webhooks) and the console page (iotstream.console.server).
+    webhooks_path: str | None = None  # TOML file of [[webhook]] tables; None: no webhooks
+    webhooks_state: str | None = None  # the webhooks' outbox (SQLite); None: DATA_DIR/webhooks-DATABASE.sqlite
+    http_port: int | None = None  # console page and its JSON/SSE endpoints; None: off, 0: a free port
+    http_host: str = "127.0.0.1"
 
     def check(self) -> None:
         if not self.roles or not self.roles <= ALL_ROLES:
             raise ValueError(f"roles must be a non-empty subset of {sorted(ALL_ROLES)}, not {sorted(self.roles)}")
         if self.rules_path is not None:
             load_rules_file(self.rules_path)  # fail now, naming the file, table and key
+        if self.webhooks_path is not None:
+            from iotstream.alerts.webhooks import load_hooks
+
+            load_hooks(self.webhooks_path)  # fail now, naming the file, hook and key
         if self.kafka is None and self.roles not in (ALL_ROLES, {QUERY}):
             raise ValueError("without Kafka, ingest and process must run together with query "
                              "(the queue is in-process): pass --kafka")
@@ -148,6 +157,7 @@ class Node:
         self._background: list[asyncio.Task] = []
         self._kafka_admin = None
         self._lag_stop = threading.Event()
+        self.console = None  # iotstream.console.server.Console, with --http-port
 
     async def start(self) -> int:
         cfg = self.config
@@ -195,8 +205,34 @@ class Node:
             await self._start_auth()
         if INGEST in roles or QUERY in roles:
             await self._start_grpc()
+        if QUERY in roles:
+            await self._start_operator()
         self._background.append(asyncio.create_task(self._watch_health()))
         return self.port
+
+    async def _start_operator(self) -> None:
+        """Alert webhooks and the console page, when configured."""
+        cfg = self.config
+        if cfg.webhooks_path:
+            from iotstream.alerts.webhooks import start_webhooks
+
+            state = cfg.webhooks_state or os.path.join(cfg.data_dir, f"webhooks-{cfg.database}.sqlite")
+            dispatcher = await start_webhooks(cfg.webhooks_path, state, self.store, self.metrics)
+            self._background.append(asyncio.create_task(self._supervise(dispatcher.run(), "the webhook dispatcher")))
+        if cfg.http_port is not None:
+            from iotstream.console.server import start_console
+
+            self.console = start_console(self)
+
+    async def _supervise(self, coro, what: str) -> None:
+        """Run a background part; if it dies, the node says so (NOT_SERVING, `failed`)."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped on an error", what)
+            self._fail(f"{what} stopped on an error")
 
     def _run_processor(self, loop) -> None:
         """The Kafka processor's thread. If it dies, the node says so: NOT_SERVING, and `failed` is set
@@ -331,8 +367,12 @@ class Node:
         UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the queue is
         drained (anything still queued was never acked, but storing it saves the devices a resend), the
         Kafka producer flushed, the processor commits and snapshots, and the store closes."""
+        if self.console is not None:
+            await asyncio.to_thread(self.console.stop)
+            self.console = None
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
         if self.server is not None:
             await self.health.enter_graceful_shutdown()

@@ -130,6 +130,37 @@ def watch_matches(request: pb.WatchAnomaliesRequest, row: dict) -> bool:
             and (not request.kind or row["kind"] == request.kind))
 
 
+def start_cursor(version_us: int) -> tuple[tuple, tuple]:
+    """Watch positions for "from now on": every version written so far and every closure so far seen."""
+    return (version_us + 1, "", "", "", -1), (now_ms() + 1, "", "", "", -1)
+
+
+async def episode_events(store, changes: tuple, closures: tuple, run, poll_s: float, batch: int):
+    """Episode changes after the positions (see WATCH_CURSOR), forever: (AnomalyEvent type, store row, now,
+    cursor after it). Each look reports, in order: episodes seen open before whose quiet period has now ended
+    (CLOSED), then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come
+    first so that an episode reported open in a look is reported closed by a later one, exactly once.
+    `run(fn, *args)` awaits a blocking store call. WatchAnomalies and the webhooks both follow this."""
+    while True:
+        now = now_ms()
+        while True:
+            rows = await run(store.episode_closures, changes, closures, now, batch)
+            for row in rows:
+                closures = (row["closes_ms"], *episode_key(row))
+                yield pb.AnomalyEvent.CLOSED, row, now, encode_cursor(changes, closures)
+            if len(rows) < batch:
+                break
+        closures = (now + 1, "", "", "", -1)
+        rows = await run(store.episode_changes, changes, now, batch)
+        for row in rows:
+            seen, changes = changes, (row["version_us"], *episode_key(row))
+            if row["deleted"]:
+                continue  # a deleted episode was merged into an earlier one, which comes as its own change
+            yield watch_event_type(row, seen, now), row, now, encode_cursor(changes, closures)
+        if len(rows) < batch:
+            await asyncio.sleep(poll_s)
+
+
 class QueryService(pb_grpc.QueryServicer):
     WATCH_POLL_S = 0.2  # how often a WatchAnomalies stream looks for changes
     WATCH_BATCH = 500  # episode changes read per look
@@ -264,42 +295,25 @@ class QueryService(pb_grpc.QueryServicer):
         return await self._call(context, build)
 
     async def WatchAnomalies(self, request: pb.WatchAnomaliesRequest, context):
-        """Each look reports, in order: episodes seen open before whose quiet period has now ended (CLOSED),
-        then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come first
-        so that an episode reported open in a look is reported closed by a later one, exactly once. The
-        cursor in each event holds both positions: resuming from it misses nothing and repeats nothing."""
+        """The events of episode_events that match the request. The cursor in each event holds both
+        positions: resuming from it misses nothing and repeats nothing."""
         try:
             cursor = decode_token(request.cursor, 10, "cursor", WATCH_CURSOR)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if cursor is None:  # from now on: every version written so far and every closure so far are "seen"
-            version = await self._run(context, self.store.episode_version)
-            changes, closures = (version + 1, "", "", "", -1), (now_ms() + 1, "", "", "", -1)
+        if cursor is None:
+            changes, closures = start_cursor(await self._run(context, self.store.episode_version))
         else:
             changes, closures = tuple(cursor[:5]), tuple(cursor[5:])
         yield pb.AnomalyEvent(type=pb.AnomalyEvent.WATCHING, cursor=encode_cursor(changes, closures))
-        while True:
-            now = now_ms()
-            while True:
-                rows = await self._run(context, self.store.episode_closures, changes, closures, now,
-                                       self.WATCH_BATCH)
-                for row in rows:
-                    closures = (row["closes_ms"], *episode_key(row))
-                    if watch_matches(request, row):
-                        yield pb.AnomalyEvent(type=pb.AnomalyEvent.CLOSED, anomaly=anomaly_message(row, now),
-                                              cursor=encode_cursor(changes, closures))
-                if len(rows) < self.WATCH_BATCH:
-                    break
-            closures = (now + 1, "", "", "", -1)
-            rows = await self._run(context, self.store.episode_changes, changes, now, self.WATCH_BATCH)
-            for row in rows:
-                seen, changes = changes, (row["version_us"], *episode_key(row))
-                if row["deleted"] or not watch_matches(request, row):
-                    continue  # a deleted episode was merged into an earlier one, which comes as its own change
-                yield pb.AnomalyEvent(type=watch_event_type(row, seen, now), anomaly=anomaly_message(row, now),
-                                      cursor=encode_cursor(changes, closures))
-            if len(rows) < self.WATCH_BATCH:
-                await asyncio.sleep(self.WATCH_POLL_S)
+
+        def run(fn, *args):
+            return self._run(context, fn, *args)
+
+        async for kind, row, now, cursor in episode_events(self.store, changes, closures, run, self.WATCH_POLL_S,
+                                                           self.WATCH_BATCH):
+            if watch_matches(request, row):
+                yield pb.AnomalyEvent(type=kind, anomaly=anomaly_message(row, now), cursor=cursor)
 
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.Stats:
         now = now_ms()

@@ -1,0 +1,1 @@
+"""Alerts: anomaly episodes delivered to webhooks."""

@@ -53,24 +53,6 @@ class Reads(Tables):
             {"prefix": prefix, "after": after, "status": status, "since": online_since_ms, "limit": limit},
         ).to_pylist()
 
-    def device(self, device_id: str) -> dict | None:
-        """The registry row of one device, or None if it never sent a reading."""
-        rows = self._query(f"SELECT {_DEVICE_COLUMNS} FROM $db.device_metrics WHERE device_id = {{d:String}}",
-                           {"d": device_id}).to_pylist()
-        return rows[0] if rows and rows[0]["readings"] else None
-
-    def device_metrics(self, device_id: str) -> list:
-        """Newest value of each metric by reading time (argMax on time, whatever the arrival order)."""
-        return self._query(
-            """
-            SELECT metric, toUnixTimestamp64Milli(max(last_time)) AS time_ms,
-                   argMaxMerge(last_value) AS value, sum(readings) AS readings
-            FROM $db.device_metrics WHERE device_id = {d:String}
-            GROUP BY metric ORDER BY metric
-            """,
-            {"d": device_id},
-        ).to_pylist()
-
     def device_summary(self, device_id: str, now_ms: int) -> list:
         """GetDevice in one round trip: per metric its newest value by reading time, readings, first
         reading time and last stored time, each row also carrying the device's episode counts."""
@@ -87,13 +69,6 @@ class Reads(Tables):
             """ + ONE_THREAD,
             {"d": device_id, "now": now_ms},
         ).to_pylist()
-
-    def device_anomalies(self, device_id: str, now_ms: int) -> tuple[int, int]:
-        """(episodes, open episodes) of one device."""
-        row = self._query(f"SELECT count() AS n, countIf(closes > {_MS % 'now'}) AS open "
-                          "FROM $db.anomaly_episodes FINAL WHERE device_id = {d:String}",
-                          {"d": device_id, "now": now_ms}).to_pylist()[0]
-        return row["n"], row["open"]
 
     def history(self, device_id: str, metrics: list[str], start_ms: int, end_ms: int,
                 after: tuple | None, limit: int) -> pa.Table:

@@ -34,13 +34,13 @@ def test_upgrade_backfills_rollups_and_devices(chdb_dir, monkeypatch):
     assert sources == ["rollup_1h"]
     assert [(r["bucket_ms"], r["count"], r["sum"]) for r in agg.to_pylist()] == \
         [(t0, 1, 1.0), (t0 + HOUR, 1, 2.0), (t0 + 2 * HOUR, 1, 3.0)]
-    a = s.device("a")
+    a = s.list_devices("a", 0, 0, "", 1)[0]
     assert (a["first_seen_ms"], a["last_seen_ms"], a["readings"]) == (t0 + 10, t0 + 2 * HOUR, 3)
-    assert {r["metric"]: (r["time_ms"], r["value"]) for r in s.device_metrics("a")} == \
+    assert {r["metric"]: (r["time_ms"], r["value"]) for r in s.device_summary("a", 0)} == \
         {"temp": (t0 + 2 * HOUR, 3.0), "hum": (t0 + 10, 7.0)}
     # New readings after the upgrade go through the new views and merge with the backfilled rows.
     s.insert_readings(pa.table({"device_id": ["a"], "metric": ["temp"],
                                 "time": pa.array([t0 - 1], pa.timestamp("ms", tz="UTC")), "value": [0.5]}))
-    a = s.device("a")
+    a = s.list_devices("a", 0, 0, "", 1)[0]
     assert (a["first_seen_ms"], a["readings"]) == (t0 - 1, 4) and a["last_stored_ms"] > t0 + 4 * HOUR
     s.backend.close()

@@ -84,7 +84,7 @@ def test_same_answers_as_the_embedded_engine(stores):
         now = time.time_ns() // 1_000_000
         episodes = [{k: plain(v) for k, v in r.items() if k not in ("version_us", "created_us")}
                     for r in s.anomalies("", "", "", 0, 0, 0, 0, now + 1, now, None, 1_000)]
-        return (agg, s.device(HOSTILE[5])["readings"], s.device_metrics("d2"), episodes,
+        return (agg, s.list_devices(HOSTILE[5], 0, 0, "", 1)[0]["readings"], s.device_summary("d2", 0), episodes,
                 s.history("d1", ["temp"], t0, t0 + HOUR, None, 100).to_pylist())
 
     remote, local = stores

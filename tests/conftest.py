@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 
 import grpc
@@ -33,6 +34,10 @@ class ServerThread:
     def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def settle(self, timeout: float = 60) -> None:
+        """Wait until the processor has stored every acked batch (an Ack means durable in the log, not stored)."""
+        wait_stored(self.query, timeout)
+
     def sql(self, text: str, params: dict | None = None) -> list[dict]:
         """Rows of a query on this server's store; `$db` names its database."""
         store = self.server.store
@@ -44,6 +49,17 @@ class ServerThread:
         self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def wait_stored(query_stub, timeout: float = 60) -> None:
+    """Poll GetStats until no acked reading waits in the queue/log (the processor caught up)."""
+    from iotstream.v1 import query_pb2 as qpb
+
+    deadline = time.monotonic() + timeout
+    while query_stub.GetStats(qpb.GetStatsRequest(), timeout=30).queue_readings:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"acked readings still not stored after {timeout} s")
+        time.sleep(0.05)  # polling a condition, not waiting for time to pass
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ import sys
 
 import grpc
 
+from conftest import wait_stored
+
 from iotstream.simulate import run_fleet
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
@@ -41,6 +43,8 @@ def test_restart_keeps_acked_readings(tmp_path):
     try:
         summary, _ = asyncio.run(run_fleet(target, 5, 300, batch=40, seed=9))
         assert summary["acked"] == 1500
+        with grpc.insecure_channel(target) as ch:
+            wait_stored(query_pb2_grpc.QueryStub(ch))
         before = stats(target)
         # The CLI, as the README shows it: exactly one JSON object on stdout.
         out = subprocess.run([sys.executable, "-m", "iotstream", "query", "--target", target, "stats", "--json"],

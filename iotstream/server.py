@@ -126,7 +126,7 @@ class MethodAwarePool:
 
 class Node:
     """start() brings the roles up and returns the gRPC port (0 when no role serves gRPC);
-    stop() stops taking calls, drains what is queued, and closes the store."""
+    stop() stops taking calls, stores what the local log holds, and closes the store."""
 
     def __init__(self, config: Config):
         config.check()
@@ -344,9 +344,10 @@ class Node:
     async def stop(self) -> None:
         """Drain in order: health says NOT_SERVING (load balancers move devices away); ingest stops reading
         (new calls get UNAVAILABLE, open streams get the acks of what they sent once it is durable, then
-        UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the queue is
-        drained (anything still queued was never acked, but storing it saves the devices a resend), the
-        Kafka producer flushed, the processor commits and snapshots, and the store closes."""
+        UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the local log
+        takes its last appends and the processor stores what it holds (for up to `shutdown_grace_s` more;
+        the rest waits in the log for the next start), or the Kafka producer is flushed; the processor
+        snapshots, and the store closes."""
         for task in self._background:
             task.cancel()
         self._background = []
@@ -363,10 +364,13 @@ class Node:
             if left:
                 log.warning("%d batches not delivered to Kafka at shutdown (never acked)", left)
         if self.processor_loop is not None:
-            # Over the local log: store what it holds first (saves work at the next start); over Kafka: now.
-            (self.processor_loop.finishing if isinstance(self.queue, LocalLog) else self.processor_loop.stopping).set()
+            self.processor_loop.finishing.set()  # over the local log: store what it holds first
+            if not isinstance(self.queue, LocalLog):
+                self.processor_loop.stopping.set()  # over Kafka: now; the group carries on
         for task in self._tasks:
-            await (asyncio.to_thread(task.join) if isinstance(task, threading.Thread) else task)
+            await asyncio.to_thread(task.join, self.config.shutdown_grace_s)
+            self.processor_loop.stopping.set()
+            await asyncio.to_thread(task.join)
         self._tasks = []
         if self.store is not None:
             await asyncio.to_thread(self.store.backend.close)

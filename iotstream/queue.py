@@ -84,6 +84,7 @@ def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit: a commit is on disk
+    db.execute("PRAGMA secure_delete=OFF")  # a truncation writes page headers, not the freed pages
     return db
 
 
@@ -287,7 +288,8 @@ class LocalLog:
             db.execute("DELETE FROM log WHERE offset < ?", (next_offset,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         with self._cv:
             self.bytes -= freed

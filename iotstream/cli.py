@@ -40,7 +40,9 @@ def node_config(args, roles):
                   clickhouse_url=getattr(args, "clickhouse", None), kafka=kafka,
                   rules_path=getattr(args, "rules", None),
                   max_chunk_messages=getattr(args, "chunk_messages", 1000),
-                  snapshot_every_s=getattr(args, "snapshot_every", 5.0), **security_config(args, roles))
+                  snapshot_every_s=getattr(args, "snapshot_every", 5.0),
+                  log_max_bytes=int(getattr(args, "log_max_mb", 512) * 1024 * 1024),
+                  unavailable_after_s=getattr(args, "unavailable_after", 30.0), **security_config(args, roles))
 
 
 def security_config(args, roles) -> dict:
@@ -88,7 +90,7 @@ def run_node(config, what: str) -> int:
         where = f"serving on {config.host}:{port}" if port else "running"
         if node.metrics_port:
             where += f", metrics on {config.metrics_host}:{node.metrics_port}"
-        queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
+        queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "durable local log"
         storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
         say(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops")
         stop = asyncio.Event()
@@ -346,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     def kafka(parser, required):
         parser.add_argument("--kafka", metavar="BOOTSTRAP", required=required,
                             help="Kafka bootstrap servers, e.g. 127.0.0.1:9092" + ("" if required else
-                                 " (default: the in-process queue)"))
+                                 " (default: the durable local log)"))
         parser.add_argument("--namespace", default="iotstream",
                             help="topics NS.readings/.state/.deadletter/.anomalies, group NS-processor "
                                  "(default iotstream)")
@@ -404,11 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--tls-server-name", help="name to check the server certificate against")
 
     s = sub.add_parser("serve", help="run ingest + processor + query in one process",
-                       description="Run ingest, processor and query in one process: with the in-process queue "
+                       description="Run ingest, processor and query in one process: with the durable local log "
                                    "and embedded ClickHouse (chDB) by default, or with --kafka between them.")
     listen(s)
     kafka(s, required=False)
     storage(s)
+    s.add_argument("--log-max-mb", type=float, default=512,
+                   help="local log size cap in MiB: at the cap ingest pushes back (default 512)")
+    s.add_argument("--unavailable-after", type=float, default=30.0,
+                   help="seconds a full local log pushes back before calls get UNAVAILABLE (default 30)")
     rules(s)
     security(s, default_auth=False)
     metrics(s)

@@ -19,7 +19,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from iotstream.kafka import RDKAFKA_LOG, STATE_CHUNK_BYTES, KafkaConfig
+from iotstream.bus.kafka import RDKAFKA_LOG, STATE_CHUNK_BYTES, KafkaConfig
 
 log = logging.getLogger(__name__)
 _MANIFEST = struct.Struct("<qI")  # offset covered (= generation), chunk count

@@ -13,7 +13,7 @@ the recorded intents with exactly the same ranges: the state advances as it did 
 inserts carry the same tokens, so ClickHouse stores them once. The committed offsets only report progress
 (lag); the snapshot decides where reading resumes, and the local log is truncated behind it.
 
-Storage errors go through iotstream.retry: transient ones are retried with backoff a bounded number of
+Storage errors go through iotstream.common.retry: transient ones are retried with backoff a bounded number of
 times; a permanent one (or the last transient one) ends the loop, and the node turns NOT_SERVING and exits.
 """
 
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 
 from iotstream.clickhouse import StorageError
-from iotstream.queue import LocalLog
-from iotstream.retry import Interrupted, retry
+from iotstream.bus.local import LocalLog
+from iotstream.common.retry import Interrupted, retry
 
 from .processor import Processor
 from .state import PartitionState

@@ -10,8 +10,8 @@ import uuid
 import grpc
 import pytest
 
-from iotstream.queue import LocalLog
-from iotstream.server import Config, Node
+from iotstream.bus.local import LocalLog
+from iotstream.node import Config, Node
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 
 pytest_plugins = ["kafka_fixture"]

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from conftest import wait_stored
-from iotstream.simulate import batches, device_signal
+from iotstream.client.simulate import batches, device_signal
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 from iotstream.v1 import query_pb2 as qpb
 from test_restart import start_serve, stop_serve

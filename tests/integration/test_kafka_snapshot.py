@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 
-from iotstream.kafka import KafkaConfig, ensure_topics
+from iotstream.bus.kafka import KafkaConfig, ensure_topics
 from iotstream.processor import Processor
 from iotstream.processor.kafka_loop import StateLog
 from iotstream.v1 import ingest_pb2 as pb

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import ServerThread
 from iotstream.clickhouse import StorageError
-from iotstream.server import Config
-from iotstream.simulate import batches, device_signal
+from iotstream.node import Config
+from iotstream.client.simulate import batches, device_signal
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc
 

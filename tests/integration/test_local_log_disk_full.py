@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from iotstream.queue import LocalLog, QueueUnavailable
+from iotstream.bus.local import LocalLog, QueueUnavailable
 
 
 @pytest.fixture

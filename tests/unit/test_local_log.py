@@ -2,8 +2,8 @@
 
 import asyncio
 
-from iotstream import queue
-from iotstream.queue import LocalLog
+from iotstream.bus import local as queue
+from iotstream.bus.local import LocalLog
 
 
 def append(log: LocalLog, payloads: list[bytes]) -> None:

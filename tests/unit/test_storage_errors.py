@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from iotstream.clickhouse import StorageError
-from iotstream.retry import Interrupted, retry
+from iotstream.common.retry import Interrupted, retry
 
 
 @pytest.mark.parametrize(("message", "transient"), [

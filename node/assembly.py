@@ -1,6 +1,6 @@
 """One iotstream process: any of the roles ingest, process and query, over the local log or Kafka.
 
-Embedded (the default) runs all three with the durable local log (iotstream.queue) and chDB. Distributed runs each role in
+Embedded (the default) runs all three with the durable local log (iotstream.bus.local) and chDB. Distributed runs each role in
 its own processes against Kafka and a ClickHouse server; `serve --kafka` runs all three with Kafka between.
 """
 
@@ -22,14 +22,14 @@ from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.kafka import KafkaConfig, KafkaQueue, ensure_topics
-from iotstream.metrics import Metrics
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics
+from iotstream.common.metrics import Metrics
 from iotstream.processor.kafka_loop import KafkaSource
 from iotstream.processor.loop import ChunkLoop, LocalSource
-from iotstream.queue import MAX_BYTES, UNAVAILABLE_AFTER_S, LocalLog, open_log
-from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
-from iotstream.query_service import add_to_server as add_query_to_server
-from iotstream.tls import ServerTLS
+from iotstream.bus.local import MAX_BYTES, UNAVAILABLE_AFTER_S, LocalLog, open_log
+from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query.service import add_to_server as add_query_to_server
+from iotstream.common.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2
 
 log = logging.getLogger(__name__)

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = ServerProcess(kafka=args.kafka, cpus=args.server_cpus).start()
     broker = broker_pid(args.kafka)
+    lg = None
     try:
         cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
                "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
@@ -226,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.5)  # one more stored-rows sample after the load stopped
         probe.stop.set()
         probe.thread.join(probe.give_up_s + 15)
-    finally:
+    finally:  # on success, error and Ctrl-C alike: end what this run started
+        if lg is not None and lg.poll() is None:
+            lg.kill()
+            lg.wait()
         server.stop()
     if not out.strip():
         raise SystemExit(f"load generator failed: {err.strip()[-2000:]}")

@@ -74,7 +74,9 @@ class KafkaConfig:
                 **{key.replace("_", "."): value for key, value in settings.items()}}
 
 
-STATE_MAX_BYTES = 64 * 1024 * 1024  # a partition snapshot holds every key's window
+# A partition snapshot holds every key's window (~2.4 KB a key at full capacity), so it goes in chunks of
+# this size, well under the broker's default 1 MB message limit (processor.kafka_loop.StateLog).
+STATE_CHUNK_BYTES = 256 * 1024
 
 
 def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
@@ -84,8 +86,7 @@ def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
         NewTopic(cfg.topic, cfg.partitions, 1),
         # Short segments so compaction keeps the state topic (read whole on every assignment) small.
         NewTopic(cfg.state_topic, 1, 1, config={"cleanup.policy": "compact", "segment.ms": "600000",
-                                                "min.cleanable.dirty.ratio": "0.1",
-                                                "max.message.bytes": str(STATE_MAX_BYTES)}),
+                                                "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(cfg.deadletter_topic, 1, 1),
         NewTopic(cfg.anomalies_topic, cfg.partitions, 1),
     ]

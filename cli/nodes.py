@@ -37,7 +37,7 @@ def run_node(config, what: str) -> int:
             where += f", metrics on {config.metrics_host}:{node.metrics_port}"
         if node.console is not None:
             where += f", console on http{'s' if config.tls else ''}://{config.http_host}:{node.console.port}/"
-        queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "in-process queue"
+        queue = f"Kafka {config.kafka.bootstrap}" if config.kafka else "durable local log"
         storage = config.clickhouse_url or f"ClickHouse data in {config.data_dir}"
         say(f"iotstream {what} {where} ({queue}; {storage}); Ctrl-C stops")
         stop = asyncio.Event()
@@ -116,11 +116,15 @@ def cmd_demo(args) -> int:
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("serve", help="run ingest + processor + query in one process",
-                       description="Run ingest, processor and query in one process: with the in-process queue "
+                       description="Run ingest, processor and query in one process: with the durable local log "
                                    "and embedded ClickHouse (chDB) by default, or with --kafka between them.")
     options.listen(s)
     options.kafka(s, required=False)
     options.storage(s)
+    s.add_argument("--log-max-mb", type=float, default=512,
+                   help="local log size cap in MiB: at the cap ingest pushes back (default 512)")
+    s.add_argument("--unavailable-after", type=float, default=30.0,
+                   help="seconds a full local log pushes back before calls get UNAVAILABLE (default 30)")
     options.rules(s)
     options.security(s, default_auth=False)
     options.metrics(s)

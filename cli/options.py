@@ -32,6 +32,8 @@ def node_config(args, roles):
                   rules_path=getattr(args, "rules", None),
                   max_chunk_messages=getattr(args, "chunk_messages", 1000),
                   snapshot_every_s=getattr(args, "snapshot_every", 5.0),
+                  log_max_bytes=int(getattr(args, "log_max_mb", 512) * 1024 * 1024),
+                  unavailable_after_s=getattr(args, "unavailable_after", 30.0),
                   webhooks_path=getattr(args, "webhooks", None), webhooks_state=getattr(args, "webhooks_state", None),
                   http_port=getattr(args, "http_port", None), http_host=getattr(args, "http_host", "127.0.0.1"),
                   **security_config(args, roles))
@@ -66,7 +68,7 @@ def listen(parser, port=50051):
 def kafka(parser, required):
     parser.add_argument("--kafka", metavar="BOOTSTRAP", required=required,
                         help="Kafka bootstrap servers, e.g. 127.0.0.1:9092" + ("" if required else
-                             " (default: the in-process queue)"))
+                             " (default: the durable local log)"))
     parser.add_argument("--namespace", default="iotstream",
                         help="topics NS.readings/.state/.deadletter/.anomalies, group NS-processor "
                              "(default iotstream)")

@@ -17,8 +17,28 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENGINE_PATH: str | None = None  # the data folder of this process's chDB engine (one per process), once opened
 
 
+_CODE = re.compile(r"\bCode:\s*(\d+)")
+# ClickHouse error codes that pass by themselves: a busy or restarting server, the network, too many parts
+# waiting for merges. A repeated insert carries the same deduplication token, so retrying is safe. Every
+# other error (schema, types, disk full, read-only, ...) needs an operator and is not retried.
+TRANSIENT_CODES = frozenset({
+    3, 32,  # UNEXPECTED_END_OF_FILE, ATTEMPT_TO_READ_AFTER_EOF: the connection broke
+    159, 209, 210, 1000,  # TIMEOUT_EXCEEDED, SOCKET_TIMEOUT, NETWORK_ERROR, POCO_EXCEPTION
+    202, 236, 241, 394,  # TOO_MANY_SIMULTANEOUS_QUERIES, ABORTED, MEMORY_LIMIT_EXCEEDED, QUERY_WAS_CANCELLED
+    225, 242, 319, 999,  # NO_ZOOKEEPER, TABLE_IS_READ_ONLY (replica lost Keeper), UNKNOWN_STATUS_OF_INSERT, KEEPER
+    252,  # TOO_MANY_PARTS
+})
+
+
 class StorageError(RuntimeError):
-    """ClickHouse refused or failed a statement."""
+    """ClickHouse refused or failed a statement. `code` is ClickHouse's error code when the message has one;
+    `transient` says whether retrying the same statement later can succeed."""
+
+    def __init__(self, message: str, transient: bool | None = None):
+        super().__init__(message)
+        found = _CODE.search(message)
+        self.code = int(found.group(1)) if found else None
+        self.transient = self.code in TRANSIENT_CODES if transient is None else transient
 
 
 # Settings for a cluster: rows of a device live on one shard (Distributed by device_id), so joins and IN
@@ -66,10 +86,12 @@ class Backend:
 
     @staticmethod
     def _call(fn, *args, **kwargs):
-        from clickhouse_connect.driver.exceptions import Error
+        from clickhouse_connect.driver.exceptions import Error, OperationalError
 
         try:
             return fn(*args, **kwargs)
+        except OperationalError as exc:  # the server could not be reached or answered garbage
+            raise StorageError(str(exc), transient=True if getattr(exc, "code", None) is None else None) from exc
         except (Error, RuntimeError) as exc:  # the chDB transport lets the engine's RuntimeError through
             raise StorageError(str(exc)) from exc
 

@@ -5,7 +5,7 @@
 | `iotstream_readings_accepted_total` | counter | readings accepted by ingest |
 | `iotstream_rejected_total{reason}` | counter | refusals by reason: per-reading RejectReason names and `RATE_LIMITED`/`WRONG_DEVICE` count readings, `*_CALLS` count calls, `THROTTLED_BATCHES` batches held back |
 | `iotstream_throttled_seconds_total` | counter | time batches were held back by rate limits |
-| `iotstream_queue_readings` | gauge | readings accepted and not yet durable (local queue or Kafka producer) |
+| `iotstream_queue_readings` | gauge | readings acked and not yet stored (local log), or not yet delivered (Kafka producer) |
 | `iotstream_stored_readings_total` | counter | readings inserted into ClickHouse by this node's processor |
 | `iotstream_insert_seconds{table}` | histogram | ClickHouse insert latency |
 | `iotstream_anomalies_total{kind}` | counter | anomalies stored, by detector kind |
@@ -44,7 +44,7 @@ class _IngestCollector:
         yield rejected
         yield CounterMetricFamily("iotstream_throttled_seconds", "Time batches were held back by rate limits",
                                   value=c.throttled_s)
-        yield GaugeMetricFamily("iotstream_queue_readings", "Readings accepted, not yet durable",
+        yield GaugeMetricFamily("iotstream_queue_readings", "Readings acked, not yet stored or delivered",
                                 value=self.queue_depth())
 
 

@@ -1,6 +1,6 @@
-"""One iotstream process: any of the roles ingest, process and query, over a local queue or Kafka.
+"""One iotstream process: any of the roles ingest, process and query, over the local log or Kafka.
 
-Embedded (the default) runs all three with the in-process queue and chDB. Distributed runs each role in
+Embedded (the default) runs all three with the durable local log (iotstream.bus.local) and chDB. Distributed runs each role in
 its own processes against Kafka and a ClickHouse server; `serve --kafka` runs all three with Kafka between.
 """
 
@@ -18,16 +18,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from iotstream import auth as authn
-from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_lag
-from iotstream.bus.local import LocalQueue
 from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.common.metrics import Metrics
 from iotstream.common.tls import ServerTLS
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.processor import Processor, embedded
-from iotstream.processor.kafka_loop import KafkaProcessor
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_lag
+from iotstream.processor.kafka_loop import KafkaSource
+from iotstream.processor.loop import ChunkLoop, LocalSource
+from iotstream.bus.local import MAX_BYTES, UNAVAILABLE_AFTER_S, LocalLog, open_log
 from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
 from iotstream.query.service import add_to_server as add_query_to_server
 from iotstream.v1 import ingest_pb2, query_pb2
@@ -63,8 +63,9 @@ class Config:
     data_dir: str = "./iotstream-data"  # embedded ClickHouse (chDB), when no clickhouse_url
     database: str = "iotstream"
     clickhouse_url: str | None = None
-    kafka: KafkaConfig | None = None  # None: the in-process queue (all roles in this process)
-    queue_readings: int = 1_000_000
+    kafka: KafkaConfig | None = None  # None: the durable local log (all roles in this process)
+    log_max_bytes: int = MAX_BYTES  # local log size cap (README "Durability")
+    unavailable_after_s: float = UNAVAILABLE_AFTER_S  # a full local log answers UNAVAILABLE after this
     limits: Limits = field(default_factory=Limits)
     store: StoreConfig = field(default_factory=StoreConfig)
     silence_ms: int = DEFAULT_SILENCE_MS
@@ -99,7 +100,7 @@ class Config:
             load_hooks(self.webhooks_path)  # fail now, naming the file, hook and key
         if self.kafka is None and self.roles not in (ALL_ROLES, {QUERY}):
             raise ValueError("without Kafka, ingest and process must run together with query "
-                             "(the queue is in-process): pass --kafka")
+                             "(the local log is in-process): pass --kafka")
 
 
 def load_rules_file(path: str):
@@ -134,7 +135,7 @@ class MethodAwarePool:
 
 class Node:
     """start() brings the roles up and returns the gRPC port (0 when no role serves gRPC);
-    stop() stops taking calls, drains what is queued, and closes the store."""
+    stop() stops taking calls, stores what the local log holds, and closes the store."""
 
     def __init__(self, config: Config):
         config.check()
@@ -144,7 +145,7 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.counters = Counters()
-        self.kafka_processor: KafkaProcessor | None = None
+        self.processor_loop: ChunkLoop | None = None
         self._tasks: list = []
         self.ingest: IngestService | None = None
         self.auth: authn.Authenticator | None = None
@@ -170,29 +171,26 @@ class Node:
                 log.info("schema migrations applied: %s", ", ".join(applied))
         if cfg.kafka:
             await asyncio.to_thread(ensure_topics, cfg.kafka)
+        loop = asyncio.get_running_loop()
+        source = None
         if cfg.kafka is None and INGEST in roles:
-            self.queue = LocalQueue(cfg.queue_readings)
-            processor = Processor(self.store, load_rules(cfg.rules_path))
-            os.makedirs(cfg.data_dir, exist_ok=True)
-            state_file = embedded.StateFile(os.path.join(cfg.data_dir, f"processor-state-{cfg.database}.bin"),
-                                            cfg.snapshot_every_s)
-            if await asyncio.to_thread(state_file.load, processor):
-                log.info("rolling state restored from %s", state_file.path)
-            self._tasks.append(asyncio.create_task(
-                embedded.run(self.queue, processor, cfg.silence_check_s, state_file)))
+            self.queue = await asyncio.to_thread(
+                open_log, cfg.data_dir, cfg.database, max_bytes=cfg.log_max_bytes,
+                unavailable_after_s=cfg.unavailable_after_s,
+                on_death=lambda why: loop.call_soon_threadsafe(self._fail, why))
+            source = LocalSource(self.queue)
         elif cfg.kafka is not None:
             if INGEST in roles:
                 self.queue = KafkaQueue(cfg.kafka)
             if PROCESS in roles:
-                self.kafka_processor = KafkaProcessor(cfg.kafka, self.store, cfg.max_chunk_messages,
-                                                      cfg.snapshot_every_s, rules=load_rules(cfg.rules_path),
-                                                      silence_every_s=cfg.silence_check_s)
-                loop = asyncio.get_running_loop()
-                thread = threading.Thread(target=self._run_processor, args=(loop,), name="kafka-processor",
-                                          daemon=True)
-                thread.start()
-                self._tasks.append(thread)
-        if self.kafka_processor is not None:
+                source = KafkaSource(cfg.kafka)
+        if source is not None:
+            self.processor_loop = ChunkLoop(source, self.store, cfg.max_chunk_messages, cfg.snapshot_every_s,
+                                            rules=load_rules(cfg.rules_path), silence_every_s=cfg.silence_check_s)
+            thread = threading.Thread(target=self._run_processor, args=(loop,), name="processor", daemon=True)
+            thread.start()
+            self._tasks.append(thread)
+        if cfg.kafka is not None and self.processor_loop is not None:
             self._tasks.append(watch_lag(cfg.kafka, self.metrics.set_lag, self._lag_stop))
         if INGEST in roles:
             self.metrics.watch_ingest(self.counters, lambda: self.queue.depth if self.queue is not None else 0)
@@ -207,7 +205,7 @@ class Node:
             await self._start_grpc()
         if QUERY in roles:
             await self._start_operator()
-        self._background.append(asyncio.create_task(self._watch_health()))
+        self._background.append(self._supervise(asyncio.create_task(self._watch_health(), name="health")))
         return self.port
 
     async def _start_operator(self) -> None:
@@ -218,34 +216,40 @@ class Node:
 
             state = cfg.webhooks_state or os.path.join(cfg.data_dir, f"webhooks-{cfg.database}.sqlite")
             dispatcher = await start_webhooks(cfg.webhooks_path, state, self.store, self.metrics)
-            self._background.append(asyncio.create_task(self._supervise(dispatcher.run(), "the webhook dispatcher")))
+            self._background.append(self._supervise(asyncio.create_task(dispatcher.run(), name="webhooks")))
         if cfg.http_port is not None:
             from iotstream.console.server import start_console
 
             self.console = start_console(self)
 
-    async def _supervise(self, coro, what: str) -> None:
-        """Run a background part; if it dies, the node says so (NOT_SERVING, `failed`)."""
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s stopped on an error", what)
-            self._fail(f"{what} stopped on an error")
-
     def _run_processor(self, loop) -> None:
-        """The Kafka processor's thread. If it dies, the node says so: NOT_SERVING, and `failed` is set
-        (the CLI exits non-zero so a supervisor restarts it; its state is safe in the state topic)."""
+        """The processor loop's thread. If it dies, the node says so: NOT_SERVING, and `failed` is set (the
+        CLI exits non-zero so a supervisor restarts it; its state is safe in the state topic or the log)."""
         try:
-            self.kafka_processor.run()
-        except Exception:
-            log.exception("the Kafka processor stopped on an error")
-            loop.call_soon_threadsafe(self._fail, "the Kafka processor stopped on an error")
+            self.processor_loop.run()
+        except Exception as exc:
+            log.exception("the processor stopped on an error")
+            loop.call_soon_threadsafe(self._fail, f"the processor stopped on an error: {exc}")
+
+    def _supervise(self, task: asyncio.Task) -> asyncio.Task:
+        """A background task that ends with an error fails the node (none of them ends by itself)."""
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s died", t.get_name(), exc_info=t.exception())
+                self._fail(f"background task {t.get_name()} died: {t.exception()}")
+
+        task.add_done_callback(done)
+        return task
 
     def _fail(self, why: str) -> None:
+        """Stop taking data and say why: health NOT_SERVING for every service; the CLI exits non-zero."""
+        if self.failed.is_set():
+            return
+        log.error("node failed: %s", why)
         self.failure = why
         self.failed.set()
+        if self.ingest is not None:
+            self.ingest.drain()
         asyncio.ensure_future(self._publish_health(self._probes()))
 
     async def _start_auth(self) -> None:
@@ -268,7 +272,7 @@ class Node:
                 await asyncio.sleep(cfg.auth_refresh_s)
                 await asyncio.to_thread(self.auth.refresh)
 
-        self._background.append(asyncio.create_task(refresh_tokens()))
+        self._background.append(self._supervise(asyncio.create_task(refresh_tokens(), name="auth-refresh")))
 
     async def _start_grpc(self) -> None:
         cfg = self.config
@@ -364,9 +368,10 @@ class Node:
     async def stop(self) -> None:
         """Drain in order: health says NOT_SERVING (load balancers move devices away); ingest stops reading
         (new calls get UNAVAILABLE, open streams get the acks of what they sent once it is durable, then
-        UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the queue is
-        drained (anything still queued was never acked, but storing it saves the devices a resend), the
-        Kafka producer flushed, the processor commits and snapshots, and the store closes."""
+        UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the local log
+        takes its last appends and the processor stores what it holds (for up to `shutdown_grace_s` more;
+        the rest waits in the log for the next start), or the Kafka producer is flushed; the processor
+        snapshots, and the store closes."""
         if self.console is not None:
             await asyncio.to_thread(self.console.stop)
             self.console = None
@@ -380,17 +385,21 @@ class Node:
                 self.ingest.drain()
             await self.server.stop(self.config.shutdown_grace_s)
             self.server = None
-        if isinstance(self.queue, LocalQueue):
-            self.queue.close()
+        if isinstance(self.queue, LocalLog):
+            await asyncio.to_thread(self.queue.close)
         elif isinstance(self.queue, KafkaQueue):
             left = await asyncio.to_thread(self.queue.close)
             if left:
                 log.warning("%d batches not delivered to Kafka at shutdown (never acked)", left)
-        if self.kafka_processor is not None:
-            self.kafka_processor.stopping.set()
         self._lag_stop.set()
+        if self.processor_loop is not None:
+            self.processor_loop.finishing.set()  # over the local log: store what it holds first
+            if not isinstance(self.queue, LocalLog):
+                self.processor_loop.stopping.set()  # over Kafka: now; the group carries on
         for task in self._tasks:
-            await (asyncio.to_thread(task.join) if isinstance(task, threading.Thread) else task)
+            await asyncio.to_thread(task.join, self.config.shutdown_grace_s)
+            self.processor_loop.stopping.set()
+            await asyncio.to_thread(task.join)
         self._tasks = []
         if self.store is not None:
             await asyncio.to_thread(self.store.backend.close)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 
 import grpc
 import pytest
 
+from iotstream.bus.local import LocalLog
 from iotstream.node import Config, Node
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 
@@ -28,13 +30,24 @@ class ServerThread:
         self.target = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.target) if self.port else None
         self.ingest = ingest_pb2_grpc.IngestStub(self.channel) if self.port else None
-        self.query = query_pb2_grpc.QueryStub(self.channel) if self.port else None
+        self.raw_query = query_pb2_grpc.QueryStub(self.channel) if self.port else None
+        self.query = Settled(self.raw_query, self.settle) if self.port else None
 
     def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def settle(self, timeout: float = 60) -> None:
+        """Wait until the processor has stored every acked batch (an Ack means durable in the log, not stored)."""
+        log = self.server.queue
+        deadline = time.monotonic() + timeout
+        while isinstance(log, LocalLog) and log.depth and not self.server.failed.is_set():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"acked readings still not stored after {timeout} s")
+            time.sleep(0.02)  # polling a condition, not waiting for time to pass
+
     def sql(self, text: str, params: dict | None = None) -> list[dict]:
-        """Rows of a query on this server's store; `$db` names its database."""
+        """Rows of a query on this server's store, once what was acked is stored; `$db` names its database."""
+        self.settle()
         store = self.server.store
         return store.backend.query(store._sql(text), params).to_pylist()
 
@@ -44,6 +57,34 @@ class ServerThread:
         self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+class Settled:
+    """A Query stub whose calls first wait until every acked reading is stored, as tests that send and
+    then read expect (acks no longer wait for ClickHouse). `raw_query` reads without waiting."""
+
+    def __init__(self, stub, settle):
+        self._stub, self._settle = stub, settle
+
+    def __getattr__(self, name):
+        method = getattr(self._stub, name)
+
+        def call(*args, **kw):
+            self._settle()
+            return method(*args, **kw)
+
+        return call
+
+
+def wait_stored(query_stub, timeout: float = 60) -> None:
+    """Poll GetStats until no acked reading waits in the queue/log (the processor caught up)."""
+    from iotstream.v1 import query_pb2 as qpb
+
+    deadline = time.monotonic() + timeout
+    while query_stub.GetStats(qpb.GetStatsRequest(), timeout=30).queue_readings:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"acked readings still not stored after {timeout} s")
+        time.sleep(0.05)  # polling a condition, not waiting for time to pass
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ def test_two_processors_share_the_work_exactly(kafka_broker, chdb_dir):
         a = processor_node(cfg, chdb_dir)
         wait_caught_up(cfg)
         b = processor_node(cfg, chdb_dir)
-        wait_for(lambda: len(a.server.kafka_processor.runs) < 4, 60, "the group to rebalance")
+        wait_for(lambda: len(a.server.processor_loop.runs) < 4, 60, "the group to rebalance")
         assert all(ingest.ingest.Send(x, timeout=30).accepted == 100 for x in halves[1])
         wait_caught_up(cfg)
         reference = processor_node(KafkaConfig(bootstrap=cfg.bootstrap, namespace=cfg.namespace, group="ref"),
@@ -292,9 +292,9 @@ def test_dead_processor_thread_turns_the_node_not_serving(kafka_broker, chdb_dir
     try:
         health = health_pb2_grpc.HealthStub(node.channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
-        node.server.kafka_processor.consumer.close()  # its next consume() raises: the thread dies
+        node.server.processor_loop.source.consumer.close()  # its next consume() raises: the thread dies
         wait_for(lambda: node.server.failed.is_set(), 30, "the node to notice")
-        assert "Kafka processor" in node.server.failure
+        assert "processor stopped" in node.server.failure
         wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
                  == health_pb2.HealthCheckResponse.NOT_SERVING, 30, "health to say NOT_SERVING")
     finally:

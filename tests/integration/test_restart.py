@@ -10,6 +10,8 @@ import sys
 
 import grpc
 
+from conftest import wait_stored
+
 from iotstream.client.simulate import run_fleet
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
@@ -41,6 +43,8 @@ def test_restart_keeps_acked_readings(tmp_path):
     try:
         summary, _ = asyncio.run(run_fleet(target, 5, 300, batch=40, seed=9))
         assert summary["acked"] == 1500
+        with grpc.insecure_channel(target) as ch:
+            wait_stored(query_pb2_grpc.QueryStub(ch))
         before = stats(target)
         # The CLI, as the README shows it: exactly one JSON object on stdout.
         out = subprocess.run([sys.executable, "-m", "iotstream.cli", "query", "--target", target, "stats", "--json"],
@@ -54,6 +58,8 @@ def test_restart_keeps_acked_readings(tmp_path):
         assert after.readings == before.readings == 1500
         assert (after.anomalies, after.devices) == (before.anomalies, before.devices)
         summary, _ = asyncio.run(run_fleet(target, 5, 300, batch=40, seed=10, prefix="more"))
+        with grpc.insecure_channel(target) as ch:
+            wait_stored(query_pb2_grpc.QueryStub(ch))
         assert stats(target).readings == 3000
     finally:
         stop_serve(proc)
@@ -79,6 +85,7 @@ def test_rolling_state_survives_a_restart(tmp_path):
                                 values=[float(d.values[d.metric == 0][-1]) + 50.0])
         with grpc.insecure_channel(target) as ch:
             assert ingest_pb2_grpc.IngestStub(ch).Send(spike, timeout=30).accepted == 1
+            wait_stored(query_pb2_grpc.QueryStub(ch))
             found = query_pb2_grpc.QueryStub(ch).ListAnomalies(
                 qpb.ListAnomaliesRequest(device_id=d.device_id, kind="zscore"), timeout=30)
         # A cold window (no readings yet) would not judge it at all.

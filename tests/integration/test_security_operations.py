@@ -49,8 +49,8 @@ def test_metrics_endpoint_counts_ingest_store_and_anomalies(metered):
     assert metered.ingest.Send(bad, timeout=10).accepted == 3
     summary, _ = asyncio.run(run_fleet(metered.target, 4, 600, batch=100, anomalies=0.02, seed=3))
     assert summary["acked"] == 2400
-    m = poll(lambda: (s := scrape(port)).get(("iotstream_stored_readings_total",), 0) >= 2403 and s,
-             what="stored readings in metrics")
+    m = poll(lambda: (s := scrape(port)).get(("iotstream_stored_readings_total",), 0) >= 2403
+             and s.get(("iotstream_queue_readings",)) == 0 and s, what="stored readings in metrics")
     assert m[("iotstream_readings_accepted_total",)] == 2403
     assert m[("iotstream_rejected_total", ("reason", "NON_FINITE_VALUE"))] == 1
     assert m[("iotstream_queue_readings",)] == 0

@@ -1,0 +1,231 @@
+"""The processor loop, one for both modes: per partition, read -> compute -> write -> commit, exactly once.
+
+A partition comes from a source: a Kafka consumer-group member (processor.kafka_loop.KafkaSource) or the
+embedded durable log (LocalSource below). Both offer what a Kafka partition offers: records with offsets,
+a commit, and a place to keep the partition's state (the compacted state topic, or the log's own table).
+
+Each chunk of a partition is a contiguous offset range [a, b]; its inserts carry the deduplication token
+`topic:partition:a:b`. Before inserting, the chunk's range is saved as an "intent". Every few seconds,
+when a partition is revoked and at a clean stop, the partition's whole state (rolling windows, key slots,
+recent batch fingerprints) is saved as a snapshot with the offset it covers, in chunks so any number of
+keys fits. A loop that gains the partition restores the snapshot, reads from its offset, and re-processes
+the recorded intents with exactly the same ranges: the state advances as it did before and the repeated
+inserts carry the same tokens, so ClickHouse stores them once. The committed offsets only report progress
+(lag); the snapshot decides where reading resumes, and the local log is truncated behind it.
+
+Storage errors go through iotstream.common.retry: transient ones are retried with backoff a bounded number of
+times; a permanent one (or the last transient one) ends the loop, and the node turns NOT_SERVING and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from iotstream.clickhouse import StorageError
+from iotstream.bus.local import LocalLog
+from iotstream.common.retry import Interrupted, retry
+
+from .processor import Processor
+from .state import PartitionState
+
+log = logging.getLogger(__name__)
+
+
+def transient(exc: Exception) -> bool:
+    return isinstance(exc, StorageError) and exc.transient
+
+
+@dataclass
+class PartitionRun:
+    """A partition this loop currently owns."""
+
+    next_offset: int
+    replay: list[tuple[int, int]]  # ranges to re-process exactly as recorded
+    intents: list[tuple[int, int]] = field(default_factory=list)  # ranges since the last snapshot
+    buffer: list = field(default_factory=list)
+    snapshot_at: float = 0.0  # monotonic time of the last snapshot
+    ahead: bool = False  # the state holds a chunk that is not stored yet: no snapshot may be taken
+
+
+@dataclass
+class Progress:
+    readings: int = 0
+    anomalies: int = 0
+    resent: int = 0
+    dead_letters: int = 0
+    chunks: int = 0
+
+
+class ChunkLoop:
+    def __init__(self, source, store, max_chunk_messages: int = 1000, snapshot_every_s: float = 5.0, rules=None,
+                 silence_every_s: float = 10.0):
+        self.source = source
+        self.processor = Processor(store, rules)
+        self.max_chunk_messages = max_chunk_messages
+        self.snapshot_every_s = snapshot_every_s
+        self.silence_every_s = silence_every_s
+        self.runs: dict[int, PartitionRun] = {}
+        self.progress = Progress()
+        self.stopping = threading.Event()  # stop now (what is read and not stored is read again later)
+        self.finishing = threading.Event()  # stop once the source has nothing more (the local log at shutdown)
+
+    # ---- partitions come and go (the source calls these) ----------------------------------------
+
+    def assign(self, partition: int, snapshot: bytes | None, offset: int, intents: list) -> None:
+        """Take a partition over from its saved state; reading starts at `offset`."""
+        state = PartitionState.from_bytes(snapshot) if snapshot is not None else PartitionState()
+        replay = [tuple(r) for r in intents if r[0] >= offset]
+        self.processor.adopt(partition, state)
+        self.runs[partition] = PartitionRun(offset, replay, intents=list(replay))
+        log.info("partition %d assigned: from offset %s, %d chunk(s) to replay", partition, offset, len(replay))
+
+    def release(self, partition: int, save: bool) -> None:
+        run = self.runs.pop(partition, None)
+        if save and run is not None:
+            self._snapshot(partition, run)
+        self.processor.partitions.pop(partition, None)
+
+    def _snapshot(self, partition: int, run: PartitionRun) -> None:
+        """Not while a chunk is half done, nor while recorded ranges wait for replay (the snapshot clears
+        the intents, and those ranges must be chunked as recorded if this loop dies too)."""
+        if run.next_offset >= 0 and not run.ahead and not run.replay:
+            self.source.save_snapshot(partition, run.next_offset, self.processor.state(partition).to_bytes())
+            run.intents, run.snapshot_at = [], time.monotonic()
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until `stopping` (or `finishing` and nothing is left); then snapshot and close. An error
+        ends it without a snapshot: the next start replays from the last one."""
+        self.source.start(self)
+        next_check = time.monotonic() + self.silence_every_s
+        clean = False
+        try:
+            while not self.stopping.is_set():
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.silence_every_s
+                    self._check_silence()
+                records = self.source.poll(self.max_chunk_messages, 0.2)
+                for msg in records:
+                    run = self.runs.get(msg.partition())
+                    if run is not None and msg.offset() >= max(run.next_offset, 0):
+                        run.buffer.append(msg)
+                for partition, run in list(self.runs.items()):
+                    self._drain(partition, run)
+                    due = time.monotonic() - run.snapshot_at >= self.snapshot_every_s or self.source.pressed()
+                    if run.intents and due:
+                        self._snapshot(partition, run)
+                        self.source.flush()
+                if (not records and self.finishing.is_set() and self.source.caught_up()
+                        and not any(run.buffer for run in self.runs.values())):
+                    break
+            clean = True
+        except Interrupted:
+            clean = True
+        finally:
+            self._leave(clean)
+
+    def _drain(self, partition: int, run: PartitionRun) -> None:
+        while run.buffer and not self.stopping.is_set():
+            if run.replay:
+                first, last = run.replay[0]
+                if run.buffer[-1].offset() < last:
+                    return  # the recorded range is not all here yet
+                count = sum(1 for m in run.buffer if m.offset() <= last)
+                run.replay.pop(0)
+            else:
+                count = min(len(run.buffer), self.max_chunk_messages)
+                first, last = run.buffer[0].offset(), run.buffer[count - 1].offset()
+                run.intents.append((first, last))
+                self.source.save_intents(partition, run.intents)
+                self.source.flush()  # the intent is durable before the insert it describes
+            chunk, run.buffer = run.buffer[:count], run.buffer[count:]
+            self._process(partition, run, chunk, f"{self.source.topic}:{partition}:{first}:{last}")
+            run.next_offset = last + 1
+            self.source.commit(partition, last + 1)
+
+    def _process(self, partition: int, run: PartitionRun, chunk: list, token: str) -> None:
+        """Prepare once (the state advances once), then insert, retrying transient errors."""
+        run.ahead = True
+        prepared = self.processor.prepare([m.value() for m in chunk], partition)
+        for index, reason in prepared.undecodable:
+            self.source.dead_letter(chunk[index], reason)
+            log.warning("dead letter %s/%d/%d: %s", chunk[index].topic(), partition, chunk[index].offset(), reason)
+        retry(lambda: self.processor.write(prepared, token), f"insert {token}", transient, self.stopping)
+        run.ahead = False
+        self.source.publish_anomalies(prepared.anomalies)
+        p = self.progress
+        p.readings += prepared.readings.num_rows
+        p.anomalies += prepared.anomalies.num_rows
+        p.resent += prepared.resent
+        p.dead_letters += len(prepared.undecodable)
+        p.chunks += 1
+
+    def _check_silence(self) -> None:
+        table = self.processor.silence(time.time_ns() // 1_000_000)
+        if table.num_rows:
+            retry(lambda: self.processor.store.insert_anomalies(table), "silence anomalies", transient, self.stopping)
+            self.source.publish_anomalies(table)
+
+    def _leave(self, clean: bool) -> None:
+        try:
+            if clean:
+                for partition, run in self.runs.items():
+                    self._snapshot(partition, run)
+            self.source.flush()
+            self.runs.clear()  # saved: a revoke while closing has nothing left to write
+        finally:
+            self.source.close()
+
+
+class LocalSource:
+    """The embedded durable log as the loop's one partition (0)."""
+
+    def __init__(self, log: LocalLog):
+        self.log = log
+        self.topic = log.topic
+        self._position = 0
+
+    def start(self, loop: ChunkLoop) -> None:
+        snapshot, offset, intents = self.log.load_state(0)
+        loop.assign(0, snapshot, offset, json.loads(intents or b"[]"))
+        self._position = max(offset, 0)
+
+    def poll(self, max_records: int, timeout: float) -> list:
+        records = self.log.read(self._position, max_records, timeout)
+        if records:
+            self._position = records[-1].offset() + 1
+        return records
+
+    def pressed(self) -> bool:
+        """Over half full: snapshot now, so the log is truncated, rather than at the next period."""
+        return self.log.bytes > self.log.max_bytes // 2
+
+    def caught_up(self) -> bool:
+        """Nothing more will come: the log is closed (its writer has committed everything) and read to the end."""
+        return self.log.closed and not self.log.read(self._position, 1, 0)
+
+    def commit(self, partition: int, next_offset: int) -> None:
+        self.log.commit(next_offset)
+
+    def save_snapshot(self, partition: int, next_offset: int, data: bytes) -> None:
+        self.log.save_snapshot(partition, next_offset, data)
+
+    def save_intents(self, partition: int, ranges: list) -> None:
+        self.log.save_intents(partition, json.dumps(ranges).encode())
+
+    def flush(self) -> None:
+        """Every save above is its own committed transaction already."""
+
+    def dead_letter(self, msg, reason: str) -> None:
+        self.log.dead_letter(msg.offset(), reason, msg.value())
+
+    def publish_anomalies(self, table) -> None:
+        """Embedded, anomalies are read from ClickHouse (WatchAnomalies); there is no topic to feed."""
+
+    def close(self) -> None:
+        self.log.close_reader()

@@ -12,8 +12,8 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 import pyarrow as pa
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class StorageError(RuntimeError):
@@ -50,7 +50,7 @@ def _quoted(value) -> str:
 def _settings_clause(token: str | None) -> str:
     if token is None:
         return ""
-    if not _TOKEN.match(token):  # tokens are built internally; this guards the one place they meet SQL
+    if not _TOKEN.fullmatch(token):  # tokens are built internally; this guards the one place they meet SQL
         raise ValueError(f"bad insert_deduplication_token {token!r}")
     return f" SETTINGS insert_deduplication_token = '{token}'"
 
@@ -61,7 +61,7 @@ class ChdbBackend:
     def __init__(self, path: str, database: str = "iotstream"):
         from chdb import session
 
-        if not _IDENT.match(database):
+        if not _IDENT.fullmatch(database):
             raise ValueError(f"bad database name {database!r}")
         self.path = path
         self.database = database
@@ -112,7 +112,7 @@ class RemoteBackend:
         query = dict(parse_qsl(parts.query))
         self.cluster = query.pop("cluster", None)
         database = parts.path.strip("/") or "iotstream"
-        if not _IDENT.match(database) or (self.cluster is not None and not _IDENT.match(self.cluster)):
+        if not _IDENT.fullmatch(database) or (self.cluster is not None and not _IDENT.fullmatch(self.cluster)):
             raise ValueError(f"bad database or cluster name in {url!r}")
         self.database = database
         dsn = parts._replace(path="/", query=urlencode(query)).geturl()

@@ -59,6 +59,23 @@ EPISODE_KEYS_PER_STATEMENT = 2_000
 # (measured ~3.8 -> ~2.9 ms for a device-day of rollup_1m on 2 cores).
 ONE_THREAD = " SETTINGS max_threads = 1"
 FEW_DEVICES = 16
+
+
+@dataclass(frozen=True)
+class ReadCap:
+    """Work one query may do, enforced by ClickHouse itself (so a query the caller gave up on stops too):
+    rows read (TOO_MANY_ROWS when passed) and seconds (TIMEOUT_EXCEEDED). 0: no cap."""
+
+    rows: int = 0
+    seconds: float = 0.0
+
+    def settings(self, one_thread: bool = False) -> str:
+        items = ["max_threads = 1"] if one_thread else []
+        if self.rows:
+            items.append(f"max_rows_to_read = {int(self.rows)}, read_overflow_mode = 'throw'")
+        if self.seconds:
+            items.append(f"max_execution_time = {max(0.001, float(self.seconds)):.3f}, timeout_overflow_mode = 'throw'")
+        return " SETTINGS " + ", ".join(items) if items else ""
 _TTL_DAYS = re.compile(r"\bTTL\b.*?toIntervalDay\((\d+)\)", re.S)
 
 
@@ -253,7 +270,7 @@ class Store:
         return row["n"], row["open"]
 
     def history(self, device_id: str, metrics: list[str], start_ms: int, end_ms: int,
-                after: tuple | None, limit: int) -> pa.Table:
+                after: tuple | None, limit: int, cap: ReadCap = ReadCap()) -> pa.Table:
         """Readings ordered by (metric, time, value), from the cursor `after` = (metric, time_ms, value)
         inclusive; the caller drops the rows of the cursor it already returned."""
         metric, time_ms, value = after or ("", start_ms, 0.0)
@@ -268,20 +285,20 @@ class Store:
               AND {cursor}
             ORDER BY metric, time, value
             LIMIT {{limit:UInt32}}
-            """ + ONE_THREAD,
+            """ + cap.settings(one_thread=True),
             {"d": device_id, "metrics": metrics, "start": start_ms, "end": end_ms, "am": metric,
              "at": time_ms, "av": value, "limit": limit},
         )
 
     def aggregate(self, device_ids: list[str], metrics: list[str], start_ms: int, end_ms: int,
-                  interval_ms: int, funcs: list[str], merge_devices: bool) -> tuple[pa.Table, list[str]]:
+                  interval_ms: int, funcs: list[str], merge_devices: bool,
+                  cap: ReadCap = ReadCap()) -> tuple[pa.Table, list[str]]:
         """Buckets of `interval_ms` over [start_ms, end_ms), and the tables read (see rollups.plan)."""
         pieces = rollups.plan(start_ms, end_ms, interval_ms)
         if not pieces:
             pieces = [(rollups.RAW, start_ms, end_ms)]
         sql, params = rollups.aggregate_sql(pieces, funcs, merge_devices, bool(device_ids), bool(metrics))
-        if 0 < len(device_ids) <= FEW_DEVICES:
-            sql += ONE_THREAD
+        sql += cap.settings(one_thread=0 < len(device_ids) <= FEW_DEVICES)
         params.update(devices=device_ids, metrics=metrics, iv=interval_ms)
         sources = list(dict.fromkeys(table for table, _, _ in pieces))
         return self._query(sql, params), sources

@@ -27,7 +27,7 @@ from iotstream.metrics import Metrics
 from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
 from iotstream.queue import LocalQueue
-from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query_service import DEFAULT_SILENCE_MS, QueryLimits, QueryService
 from iotstream.query_service import add_to_server as add_query_to_server
 from iotstream.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2
@@ -66,6 +66,7 @@ class Config:
     kafka: KafkaConfig | None = None  # None: the in-process queue (all roles in this process)
     queue_readings: int = 1_000_000
     limits: Limits = field(default_factory=Limits)
+    query_limits: QueryLimits = field(default_factory=QueryLimits)
     store: StoreConfig = field(default_factory=StoreConfig)
     silence_ms: int = DEFAULT_SILENCE_MS
     shutdown_grace_s: float = 5.0
@@ -244,7 +245,8 @@ class Node:
             add_to_server(self.ingest, self.server)
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
-            add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms), self.server)
+            add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms, self.auth, cfg.query_limits),
+                                self.server)
             services.append(QUERY_SERVICE)
         if self.auth is not None:
             services.append(authn.add_admin_to_server(self.auth, self.server))

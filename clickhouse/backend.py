@@ -88,11 +88,20 @@ class ChdbBackend:
 
     def _run(self, sql, params, fmt):
         bound = {k: bind_text(v) for k, v in (params or {}).items()}
-        try:
-            with _ENGINE_LOCK:
+        with _ENGINE_LOCK:
+            try:
                 return self._session.query(sql, fmt, params=bound)
-        except Exception as exc:  # chDB raises its own ChdbError; callers see one type
-            raise StorageError(str(exc)) from exc
+            except Exception as exc:  # chDB raises its own ChdbError; callers see one type
+                self._flush()
+                raise StorageError(str(exc)) from exc
+
+    def _flush(self) -> None:
+        """A query that fails mid-output (a read or time limit) leaves output behind that the session's
+        next query would return as its own (chDB): a throw-away query takes it."""
+        try:
+            self._session.query("SELECT 1", "CSV")
+        except Exception:  # what it returns or raises is the leftover, not news
+            pass
 
 
 # Settings for a cluster: rows of a device live on one shard (Distributed by device_id), so joins and IN

@@ -59,6 +59,7 @@ class Verdict:
 
     accepted: np.ndarray  # bool mask, one entry per reading
     rejections: list[pb.Rejection]
+    counts: dict[str, int]  # rejected readings by reason name
 
     @property
     def n_accepted(self) -> int:
@@ -67,7 +68,7 @@ class Verdict:
 
 def _reject_all(n: int, reason: int, detail: str) -> Verdict:
     rejected = [pb.Rejection(index=i, reason=reason, detail=detail) for i in range(n)]
-    return Verdict(np.zeros(n, dtype=bool), rejected)
+    return Verdict(np.zeros(n, dtype=bool), rejected, {pb.RejectReason.Name(reason): n} if n else {})
 
 
 def check_names(names, limits: Limits) -> tuple[np.ndarray, list[str]]:
@@ -155,7 +156,9 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit |
     bad = np.flatnonzero(reason)
     rejections = [pb.Rejection(index=i, reason=r, detail=details[d])
                   for i, r, d in zip(bad.tolist(), reason[bad].tolist(), detail[bad].tolist(), strict=True)]
-    return Verdict(reason == 0, rejections)
+    codes, n = np.unique(reason[bad], return_counts=True)
+    counts = {pb.RejectReason.Name(c): k for c, k in zip(codes.tolist(), n.tolist(), strict=True)}
+    return Verdict(reason == 0, rejections, counts)
 
 
 def accepted_only(batch: pb.ReadingBatch, verdict: Verdict) -> pb.ReadingBatch:

@@ -78,9 +78,9 @@ def test_gzip_name_table_flood_is_refused_without_stalling_anyone(server):
 
 
 def test_many_distinct_bad_names_are_checked_off_the_loop(server):
-    """As many readings as names (the rule above allows it), 200,000 distinct invalid names: the batch is
+    """As many readings as names (the rule above allows it), 50,000 distinct invalid names: the batch is
     validated in a worker thread while health keeps answering; every reading gets its reason."""
-    n = 200_000
+    n = 50_000
     attack = name_flood([f"!{i}" for i in range(n)], n)
     attack.metric_index[:] = range(n)
     with grpc.insecure_channel(server.target, options=BIG) as channel:

@@ -21,8 +21,8 @@ from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import batch, bearer, code_of, database, now_ms, poll
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.query_service import QueryLimits
-from iotstream.server import Config
+from iotstream.query.service import QueryLimits
+from iotstream.node import Config
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 BIG = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 64 * 1024 * 1024)]

@@ -297,7 +297,8 @@ class Dispatcher:
             return asyncio.to_thread(fn, *args)
 
         async for kind, row, now, cursor in episode_events(self.store, tuple(self._start[:5]),
-                                                           tuple(self._start[5:]), run, POLL_S, BATCH):
+                                                           tuple(self._start[5:]), run,
+                                                           lambda: asyncio.sleep(POLL_S), BATCH):
             await self.on_change(kind, row, now, cursor)
 
     async def on_change(self, kind: int, row: dict, now: int, cursor: str) -> None:

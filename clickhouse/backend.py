@@ -63,6 +63,7 @@ class Backend:
             raise ValueError(f"bad database or cluster name: {database!r}, {cluster!r}")
         self.database = database
         self.cluster = cluster
+        self.embedded = dsn.startswith("chdb://")
         settings = CLUSTER_SETTINGS if cluster else None
         self._client = self._call(clickhouse_connect.get_client, dsn=dsn, settings=settings)
         on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
@@ -84,16 +85,26 @@ class Backend:
     def close(self) -> None:
         self._client.close()
 
-    @staticmethod
-    def _call(fn, *args, **kwargs):
+    def _call(self, fn, *args, **kwargs):
         from clickhouse_connect.driver.exceptions import Error, OperationalError
 
         try:
             return fn(*args, **kwargs)
         except OperationalError as exc:  # the server could not be reached or answered garbage
+            self._flush()
             raise StorageError(str(exc), transient=True if getattr(exc, "code", None) is None else None) from exc
         except (Error, RuntimeError) as exc:  # the chDB transport lets the engine's RuntimeError through
+            self._flush()
             raise StorageError(str(exc)) from exc
+
+    def _flush(self) -> None:
+        """chDB: a query that fails mid-output (a read or time limit) leaves output behind that the next
+        query on the client would read as its own; a throw-away query takes it."""
+        if self.embedded:
+            try:
+                self._client.command("SELECT 1")
+            except Exception:  # noqa: BLE001 - what it returns or raises is the leftover, not news
+                pass
 
 
 def _bindable(params: dict | None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from . import rollups
-from .tables import _MS, FEW_DEVICES, ONE_THREAD, Tables
+from .tables import _MS, FEW_DEVICES, ONE_THREAD, ReadCap, Tables
 
 _DEVICE_COLUMNS = """toUnixTimestamp64Milli(min(first_time)) AS first_seen_ms,
     toUnixTimestamp64Milli(max(last_time)) AS last_seen_ms,
@@ -71,7 +71,7 @@ class Reads(Tables):
         ).to_pylist()
 
     def history(self, device_id: str, metrics: list[str], start_ms: int, end_ms: int,
-                after: tuple | None, limit: int) -> pa.Table:
+                after: tuple | None, limit: int, cap: ReadCap = ReadCap()) -> pa.Table:
         """Readings ordered by (metric, time, value), from the cursor `after` = (metric, time_ms, value)
         inclusive; the caller drops the rows of the cursor it already returned."""
         metric, time_ms, value = after or ("", start_ms, 0.0)
@@ -86,20 +86,20 @@ class Reads(Tables):
               AND {cursor}
             ORDER BY metric, time, value
             LIMIT {{limit:UInt32}}
-            """ + ONE_THREAD,
+            """ + cap.settings(one_thread=True),
             {"d": device_id, "metrics": metrics, "start": start_ms, "end": end_ms, "am": metric,
              "at": time_ms, "av": value, "limit": limit},
         )
 
     def aggregate(self, device_ids: list[str], metrics: list[str], start_ms: int, end_ms: int,
-                  interval_ms: int, funcs: list[str], merge_devices: bool) -> tuple[pa.Table, list[str]]:
+                  interval_ms: int, funcs: list[str], merge_devices: bool,
+                  cap: ReadCap = ReadCap()) -> tuple[pa.Table, list[str]]:
         """Buckets of `interval_ms` over [start_ms, end_ms), and the tables read (see rollups.plan)."""
         pieces = rollups.plan(start_ms, end_ms, interval_ms)
         if not pieces:
             pieces = [(rollups.RAW, start_ms, end_ms)]
         sql, params = rollups.aggregate_sql(pieces, funcs, merge_devices, bool(device_ids), bool(metrics))
-        if 0 < len(device_ids) <= FEW_DEVICES:
-            sql += ONE_THREAD
+        sql += cap.settings(one_thread=0 < len(device_ids) <= FEW_DEVICES)
         params.update(devices=device_ids, metrics=metrics, iv=interval_ms)
         sources = list(dict.fromkeys(table for table, _, _ in pieces))
         return self._query(sql, params), sources

@@ -14,9 +14,9 @@ import pyarrow as pa
 from .episodes import Episodes, episode_keys
 from .migrations import Schema
 from .reads import Reads
-from .tables import StoreConfig
+from .tables import ReadCap, StoreConfig
 
-__all__ = ["Store", "StoreConfig"]
+__all__ = ["ReadCap", "Store", "StoreConfig"]
 
 
 class Store(Schema, Reads, Episodes):

@@ -19,6 +19,24 @@ FEW_DEVICES = 16
 
 
 @dataclass(frozen=True)
+class ReadCap:
+    """Work one query may do, enforced by ClickHouse itself (so a query the caller gave up on stops too):
+    rows read (TOO_MANY_ROWS when passed) and seconds (TIMEOUT_EXCEEDED). 0: no cap."""
+
+    rows: int = 0
+    seconds: float = 0.0
+
+    def settings(self, one_thread: bool = False) -> str:
+        items = ["max_threads = 1"] if one_thread else []
+        if self.rows:
+            items.append(f"max_rows_to_read = {int(self.rows)}, read_overflow_mode = 'throw'")
+        if self.seconds:
+            items.append(f"max_execution_time = {max(0.001, float(self.seconds)):.3f}, "
+                         "timeout_overflow_mode = 'throw'")
+        return " SETTINGS " + ", ".join(items) if items else ""
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     # Raw readings, 1-minute rollups and flagged readings older than this are dropped by TTL, so ingest
     # must not accept older readings.

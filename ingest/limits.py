@@ -1,5 +1,6 @@
-"""Per-device limits: a token bucket over readings that slows a device down before it refuses it, and a
-cap on the streams a device holds open at once.
+"""Per-device limits: a token bucket over readings that slows a device down before it refuses it, caps on
+the streams and the unary Send calls a device holds open at once, a cap on the bytes of its batches in
+flight (read, not yet acked), and a cap on the distinct metrics it sends (MetricBook).
 
 A batch takes its readings from its device's bucket. While the bucket has them, nothing happens. When it
 runs dry, the bucket goes into debt and the batch is held back until the debt is paid (`delay`): the
@@ -13,9 +14,11 @@ that flushes an offline backlog over one stream is therefore paced, and refused 
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class RateLimited(Exception):
@@ -28,6 +31,16 @@ class RateLimited(Exception):
 
 class TooManyStreams(Exception):
     """The device already holds its maximum of concurrent streams."""
+
+
+class TooManySends(Exception):
+    """The device already has its maximum of unary Send calls in progress."""
+
+
+@dataclass
+class _Inflight:
+    nbytes: int = 0
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -78,15 +91,20 @@ class DeviceLimiter:
     SWEEP_EVERY = 10_000
 
     def __init__(self, rate: float = 0.0, burst: float = 0.0, max_delay_s: float = 5.0,
-                 reject_after_s: float = 30.0, max_streams: int = 0, clock=time.monotonic):
+                 reject_after_s: float = 30.0, max_streams: int = 0, max_sends: int = 0,
+                 max_inflight_bytes: int = 0, clock=time.monotonic):
         self.rate = rate
         self.burst = burst or max(rate, 1.0)
         self.max_delay_s = max_delay_s
         self.reject_after_s = reject_after_s
         self.max_streams = max_streams
+        self.max_sends = max_sends
+        self.max_inflight_bytes = max_inflight_bytes
         self.clock = clock
         self.buckets: dict[str, TokenBucket] = {}
         self.streams: dict[str, int] = {}
+        self.sends: dict[str, int] = {}
+        self.inflight: dict[str, _Inflight] = {}  # only devices with bytes in flight
         self._takes = 0
 
     def take(self, device: str, n: int) -> float:
@@ -111,8 +129,76 @@ class DeviceLimiter:
         self.streams[device] = count + 1
 
     def close_stream(self, device: str) -> None:
-        count = self.streams.get(device, 0) - 1
-        if count > 0:
-            self.streams[device] = count
-        else:
-            self.streams.pop(device, None)
+        _decrement(self.streams, device)
+
+    def open_send(self, device: str) -> None:
+        count = self.sends.get(device, 0)
+        if self.max_sends and count >= self.max_sends:
+            raise TooManySends(f"device {device!r} already has {count} Send calls in progress (limit "
+                               f"{self.max_sends}); wait for their acks or use one Stream")
+        self.sends[device] = count + 1
+
+    def close_send(self, device: str) -> None:
+        _decrement(self.sends, device)
+
+    async def hold_bytes(self, device: str, nbytes: int) -> None:
+        """Wait until `nbytes` more of `device` fit under `max_inflight_bytes`, then count them (a device
+        with nothing in flight always gets its batch in, so one batch over the cap cannot wait forever)."""
+        while True:
+            entry = self.inflight.setdefault(device, _Inflight())
+            if not self.max_inflight_bytes or not entry.nbytes or entry.nbytes + nbytes <= self.max_inflight_bytes:
+                entry.nbytes += nbytes
+                return
+            entry.freed.clear()
+            await entry.freed.wait()
+
+    def free_bytes(self, device: str, nbytes: int) -> None:
+        entry = self.inflight[device]
+        entry.nbytes -= nbytes
+        entry.freed.set()
+        if not entry.nbytes:
+            del self.inflight[device]  # waiters woken above take a fresh entry
+
+
+def _decrement(counts: dict[str, int], device: str) -> None:
+    count = counts.get(device, 0) - 1
+    if count > 0:
+        counts[device] = count
+    else:
+        counts.pop(device, None)
+
+
+class MetricBook:
+    """The distinct metric names each device has sent (on this node), at most `max_metrics` per device.
+    A device unseen for `idle_s` is forgotten (swept every SWEEP_EVERY calls), so the book is bounded by
+    the devices active within `idle_s`. Thread-safe: validation of large batches runs in a worker thread."""
+
+    SWEEP_EVERY = 10_000
+
+    def __init__(self, max_metrics: int, idle_s: float, clock=time.monotonic):
+        self.max_metrics, self.idle_s, self.clock = max_metrics, idle_s, clock
+        self.devices: dict[str, tuple[set[str], list[float]]] = {}  # device -> (names, [last seen])
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    def admit(self, device: str, names: list[str]) -> tuple[list[int], str]:
+        """Record `names` for `device`; returns the positions of those over its cap, and why."""
+        if not self.max_metrics:
+            return [], ""
+        now = self.clock()
+        with self._lock:
+            self._calls += 1
+            if self._calls % self.SWEEP_EVERY == 0:
+                self.devices = {d: e for d, e in self.devices.items() if now - e[1][0] < self.idle_s}
+            known, seen = self.devices.setdefault(device, (set(), [now]))
+            seen[0] = now
+            refused = []
+            for i, name in enumerate(names):
+                if name not in known:
+                    if len(known) >= self.max_metrics:
+                        refused.append(i)
+                    else:
+                        known.add(name)
+        why = (f"device {device!r} already sends {self.max_metrics} distinct metrics (the limit); "
+               "readings of further metrics are refused") if refused else ""
+        return refused, why

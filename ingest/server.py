@@ -14,18 +14,26 @@ What ends a call, and with which status (each one counted in `Counters` under th
 * with auth on, a batch of another device than the token's: PERMISSION_DENIED [WRONG_DEVICE, readings];
   no token or a bad one never reaches a handler (iotstream.auth.AuthInterceptor) [UNAUTHENTICATED_CALLS];
 * more open streams for one device than `max_streams_per_device`: RESOURCE_EXHAUSTED [TOO_MANY_STREAMS_CALLS];
+  more Send calls of one device in progress than `max_sends_per_device`: the same [TOO_MANY_SENDS_CALLS];
+* with auth on, the call's token revoked while a stream is open: UNAUTHENTICATED within the token refresh
+  interval [REVOKED_CALLS];
 * a device over its rate for too long: RESOURCE_EXHAUSTED with trailing metadata `grpc-retry-pushback-ms`
   [RATE_LIMITED, readings]; before that, its batches are only held back [THROTTLED_BATCHES];
 * the queue unavailable, or the server shutting down: UNAVAILABLE [QUEUE_UNAVAILABLE_CALLS, DRAINING_CALLS].
 
 On a stream, every batch before the one that ended the call has been acked (acks leave in order), so the
 device knows exactly what to resend.
+
+A message over OFFLOAD_BYTES is decoded and validated in a small pool of worker threads, so one large batch
+(validation is linear in its size) never holds the event loop that serves every other call and health.
+A device's batches in flight (read, not yet acked) are held under `max_inflight_bytes_per_device`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import time
@@ -38,19 +46,23 @@ from iotstream.v1 import ingest_pb2 as pb
 from iotstream.auth import AuthError
 from iotstream.bus.local import QueueUnavailable
 
-from .limits import DeviceLimiter, RateLimited, TooManyStreams
+from .limits import DeviceLimiter, MetricBook, RateLimited, TooManySends, TooManyStreams
 from .validate import Limits, accepted_only, validate
 
 log = logging.getLogger(__name__)
 
 SERVICE = "iotstream.v1.Ingest"
 MAX_INFLIGHT_PER_STREAM = 64  # batches read ahead of their acks; past this the stream is not read
+OFFLOAD_BYTES = 64 * 1024  # larger messages are decoded and validated off the event loop
+OFFLOAD_THREADS = 2  # at most this many large messages are worked on at once; the rest wait their turn
 
 # Call-level counters next to the per-reading RejectReason names (see the module docstring).
 MALFORMED_REQUEST_CALLS = "MALFORMED_REQUEST_CALLS"
 MESSAGE_TOO_LARGE_CALLS = "MESSAGE_TOO_LARGE_CALLS"
 WRONG_DEVICE = "WRONG_DEVICE"
 TOO_MANY_STREAMS_CALLS = "TOO_MANY_STREAMS_CALLS"
+TOO_MANY_SENDS_CALLS = "TOO_MANY_SENDS_CALLS"
+REVOKED_CALLS = "REVOKED_CALLS"
 RATE_LIMITED = "RATE_LIMITED"
 THROTTLED_BATCHES = "THROTTLED_BATCHES"
 QUEUE_UNAVAILABLE_CALLS = "QUEUE_UNAVAILABLE_CALLS"
@@ -87,10 +99,10 @@ class Counters:
         self.throttled_s = 0.0  # total time batches were held back by rate limits
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=61)  # [second, count]
 
-    def add(self, accepted: int, rejections) -> None:
+    def add(self, accepted: int, rejected: dict[str, int]) -> None:
+        """`rejected`: reason name -> readings (Verdict.counts)."""
         self.accepted += accepted
-        for r in rejections:
-            self.rejected[pb.RejectReason.Name(r.reason)] += 1
+        self.rejected.update(rejected)
         now = int(time.monotonic())
         if not self._per_second or self._per_second[-1][0] != now:
             self._per_second.append([now, 0])
@@ -122,9 +134,29 @@ class IngestService:
         self.auth = auth  # iotstream.auth.Authenticator, or None: open (any caller may send for any device)
         lim = self.limits
         self.limiter = DeviceLimiter(lim.rate_readings_per_s, lim.burst_readings, lim.max_delay_s,
-                                     lim.reject_after_s, lim.max_streams_per_device)
+                                     lim.reject_after_s, lim.max_streams_per_device, lim.max_sends_per_device,
+                                     lim.max_inflight_bytes_per_device)
+        self.metric_book = MetricBook(lim.max_metrics_per_device, lim.metrics_idle_s)
         self.draining = asyncio.Event()
         self._readers: set[asyncio.Task] = set()
+        self._pool = concurrent.futures.ThreadPoolExecutor(OFFLOAD_THREADS, thread_name_prefix="ingest-validate")
+
+    async def offload(self, fn, *args):
+        """fn(*args) here when the message is small, else in the validation pool."""
+        if len(args[0]) <= OFFLOAD_BYTES:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _decode(self, raw: bytes) -> pb.ReadingBatch:
+        return decode(raw, self.limits)
+
+    def _validate(self, raw: bytes, batch: pb.ReadingBatch, now_ms: int):
+        """(verdict, payload of the accepted readings, Ack): all the work linear in the batch's size."""
+        verdict = validate(batch, now_ms, self.limits, self.metric_book.admit)
+        ack = pb.Ack(seq=batch.seq, accepted=verdict.n_accepted, rejected=verdict.rejections)
+        if not verdict.rejections:
+            return verdict, raw, ack
+        return verdict, accepted_only(batch, verdict).SerializeToString(), ack
 
     def drain(self) -> None:
         """Stop reading: new calls get UNAVAILABLE, open streams send the acks of what they have read and
@@ -146,7 +178,7 @@ class IngestService:
         if self.draining.is_set():
             raise Draining("server is shutting down; reconnect and resend what was not acked")
         if batch is None:
-            batch = decode(raw, self.limits)
+            batch = await self.offload(self._decode, raw)
         if device is not None and batch.device_id != device:
             exc = WrongDevice(f"batch seq={batch.seq} is for device {batch.device_id[:80]!r}, "
                               f"but the token belongs to {device!r}")
@@ -154,15 +186,21 @@ class IngestService:
             raise exc
         await self.pace(batch)
         now_ms = time.time_ns() // 1_000_000
-        verdict = validate(batch, now_ms, self.limits)
-        self.counters.add(verdict.n_accepted, verdict.rejections)
-        ack = pb.Ack(seq=batch.seq, accepted=verdict.n_accepted, rejected=verdict.rejections)
+        verdict, payload, ack = await self.offload(self._validate, raw, batch, now_ms)
+        self.counters.add(verdict.n_accepted, verdict.counts)
         if verdict.n_accepted == 0:
             return None, ack
-        payload = raw if not verdict.rejections else accepted_only(batch, verdict).SerializeToString()
         # Protobuf merges concatenated messages, so appending sets these fields without re-encoding.
         payload += pb.ReadingBatch(received_ms=now_ms, fingerprint=fingerprint(raw)).SerializeToString()
-        return await self.queue.put(payload, verdict.n_accepted, batch.device_id), ack
+        device, size = batch.device_id, len(payload)
+        await self.limiter.hold_bytes(device, size)
+        try:
+            done = await self.queue.put(payload, verdict.n_accepted, device)
+        except BaseException:
+            self.limiter.free_bytes(device, size)
+            raise
+        done.add_done_callback(lambda _: self.limiter.free_bytes(device, size))
+        return done, ack
 
     async def pace(self, batch: pb.ReadingBatch) -> None:
         """Hold the batch while its device is over its rate (the stream is not read meanwhile)."""
@@ -178,10 +216,20 @@ class IngestService:
 
     async def Send(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         try:
-            done, ack = await self.accept(request, device=self.device_of(context))
+            device = self.device_of(context)
+            batch = await self.offload(self._decode, request)
+            sender = device or batch.device_id
+            self.limiter.open_send(sender)
         except Exception as exc:
             await self.end_call(exc, context)
-        return await durable(done, ack, context)
+        try:
+            try:
+                done, ack = await self.accept(request, batch, device)
+            except Exception as exc:
+                await self.end_call(exc, context)
+            return await durable(done, ack, context)
+        finally:
+            self.limiter.close_send(sender)
 
     async def Stream(self, request_iterator: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
@@ -191,6 +239,7 @@ class IngestService:
         pending: asyncio.Queue = asyncio.Queue()
         window = asyncio.Semaphore(MAX_INFLIGHT_PER_STREAM)
         opened: list[str] = []
+        revocation = self.auth.watch(context.invocation_metadata()) if self.auth is not None else None
 
         async def read() -> None:
             try:
@@ -201,20 +250,24 @@ class IngestService:
                     self.limiter.open_stream(device)
                     opened.append(device)
                 async for raw in request_iterator:
-                    batch = decode(raw, self.limits)
+                    batch = await self.offload(self._decode, raw)
                     if not opened:  # open mode: the stream belongs to its first batch's device
                         self.limiter.open_stream(batch.device_id)
                         opened.append(batch.device_id)
                     await window.acquire()
                     pending.put_nowait(await self.accept(raw, batch, device))
                 await pending.put(None)
-            except asyncio.CancelledError:  # drain(): no more reading; what was read still gets its ack
-                pending.put_nowait(Draining("server is shutting down; resend what was not acked"))
+            except asyncio.CancelledError:  # drain() or revocation: no more reading; what was read gets its ack
+                if revocation is not None and revocation.revoked.is_set():
+                    pending.put_nowait(revocation.error())
+                else:
+                    pending.put_nowait(Draining("server is shutting down; resend what was not acked"))
             except Exception as exc:  # handed to the writer, which ends the call with a status
                 pending.put_nowait(exc)
 
         reader = asyncio.create_task(read())
         self._readers.add(reader)
+        guard = asyncio.create_task(_cancel_when(revocation, reader)) if revocation is not None else None
         try:
             while (item := await pending.get()) is not None:
                 if isinstance(item, Exception):
@@ -225,19 +278,25 @@ class IngestService:
         finally:
             self._readers.discard(reader)
             reader.cancel()
+            if revocation is not None:
+                guard.cancel()
+                revocation.close()
             for d in opened:
                 self.limiter.close_stream(d)
 
     async def end_call(self, exc: Exception, context) -> None:
         """End the call with the status `exc` stands for, counting why."""
         if isinstance(exc, AuthError):
-            code, reason = exc.code, f"{exc.code.name}_CALLS"
+            revoked = exc.code == grpc.StatusCode.UNAUTHENTICATED
+            code, reason = exc.code, REVOKED_CALLS if revoked else f"{exc.code.name}_CALLS"
         elif isinstance(exc, BadRequest):
             code, reason = grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_CALLS
         elif isinstance(exc, WrongDevice):
             code, reason = grpc.StatusCode.PERMISSION_DENIED, WRONG_DEVICE
         elif isinstance(exc, TooManyStreams):
             code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_STREAMS_CALLS
+        elif isinstance(exc, TooManySends):
+            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_SENDS_CALLS
         elif isinstance(exc, RateLimited):
             code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED
             pushback = str(max(1, round(exc.retry_after_s * 1000)))
@@ -253,6 +312,11 @@ class IngestService:
         # WRONG_DEVICE and RATE_LIMITED count the batch's readings; the others count calls.
         self.counters.count(reason, getattr(exc, "readings", 1))
         await context.abort(code, str(exc))
+
+
+async def _cancel_when(revocation, reader: asyncio.Task) -> None:
+    await revocation.revoked.wait()
+    reader.cancel()
 
 
 async def durable(done: asyncio.Future | None, ack: pb.Ack, context) -> pb.Ack:

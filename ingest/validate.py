@@ -1,11 +1,17 @@
 """Per-reading validation of a ReadingBatch, on whole columns at once.
 
 A bad reading is rejected with its index and reason; the rest of the batch is accepted. Batch-level
-faults (bad device id, column lengths that disagree) reject every reading of the batch.
+faults (bad device id, column lengths that disagree, more metric names than readings) reject every reading
+of the batch.
+
+The work is O(readings + metric names), and a batch may not carry more names than readings (beyond a small
+allowance, for devices that always send their whole name table), so it is bounded by what was sent: names are checked once each, and readings look their name's verdict up by index.
+Readings past `max_readings` are rejected as BATCH_TOO_LARGE whatever else is wrong with them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +24,8 @@ DAY_MS = 86_400_000
 @dataclass(frozen=True)
 class Limits:
     max_readings: int = 10_000
+    # metric_names may hold max(readings, names_allowance) entries; more reject the whole batch.
+    names_allowance: int = 64
     # Older readings would fall out of ClickHouse's TTL at insert, i.e. be acked and then dropped:
     # keep this at or below the store's retention.
     max_past_ms: int = 30 * DAY_MS
@@ -28,6 +36,14 @@ class Limits:
     # RESOURCE_EXHAUSTED before it is decoded.
     max_message_bytes: int = 8 * 1024 * 1024
     max_streams_per_device: int = 8  # 0: no cap
+    max_sends_per_device: int = 8  # concurrent unary Send calls of one device; 0: no cap
+    # Bytes of one device's batches read but not yet acked (all its calls); past it its streams are not
+    # read until acks free room. One batch alone always passes, so this cannot deadlock.
+    max_inflight_bytes_per_device: int = 16 * 1024 * 1024
+    # Distinct metric names one device may send (per ingest node); readings of further names are
+    # rejected as TOO_MANY_METRICS. A device idle for metrics_idle_s is forgotten.
+    max_metrics_per_device: int = 1000
+    metrics_idle_s: float = 3600.0
     rate_readings_per_s: float = 0.0  # per device; 0: no rate limit
     burst_readings: int = 0  # bucket size; 0: one second of rate
     max_delay_s: float = 5.0  # the most debt a device may run up, in seconds of its rate
@@ -40,6 +56,7 @@ class Verdict:
 
     accepted: np.ndarray  # bool mask, one entry per reading
     rejections: list[pb.Rejection]
+    counts: dict[str, int]  # rejected readings by reason name
 
     @property
     def n_accepted(self) -> int:
@@ -48,29 +65,64 @@ class Verdict:
 
 def _reject_all(n: int, reason: int, detail: str) -> Verdict:
     rejected = [pb.Rejection(index=i, reason=reason, detail=detail) for i in range(n)]
-    return Verdict(np.zeros(n, dtype=bool), rejected)
+    return Verdict(np.zeros(n, dtype=bool), rejected, {pb.RejectReason.Name(reason): n} if n else {})
 
 
-def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits) -> Verdict:
+def check_names(names, limits: Limits) -> tuple[np.ndarray, list[str]]:
+    """Per name: 0 when good, else its reason; and the detail of each bad name (in name order)."""
+    codes = np.zeros(len(names), dtype=np.int32)
+    details = []
+    for i, name in enumerate(names):
+        if not METRIC_NAME.fullmatch(name):
+            codes[i] = pb.BAD_METRIC_NAME
+            details.append(f"metric name {name[:80]!r} must match {METRIC_NAME.pattern}")
+        elif limits.metrics is not None and name not in limits.metrics:
+            codes[i] = pb.UNKNOWN_METRIC
+            details.append(f"metric {name!r} is not registered")
+    return codes, details
+
+
+# Given the device and the names its otherwise-good readings use, returns which of them it may not send
+# (indexes into the list) and why; see ingest.limits.MetricBook.
+Admit = Callable[[str, list[str]], tuple[list[int], str]]
+
+
+def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit | None = None) -> Verdict:
     n = len(batch.values)
-    if not DEVICE_ID.match(batch.device_id):
+    if not DEVICE_ID.fullmatch(batch.device_id):
         return _reject_all(n, pb.BAD_DEVICE_ID, f"device_id {batch.device_id[:80]!r} must match "
                                                  f"{DEVICE_ID.pattern}")
     if len(batch.time_offset_ms) != n or len(batch.metric_index) != n:
         return _reject_all(n, pb.MALFORMED_BATCH,
                            f"column lengths differ: values {n}, time_offset_ms "
                            f"{len(batch.time_offset_ms)}, metric_index {len(batch.metric_index)}")
+    if len(batch.metric_names) > max(n, limits.names_allowance):
+        return _reject_all(n, pb.TOO_MANY_METRIC_NAMES,
+                           f"metric_names has {len(batch.metric_names)} entries for {n} readings; "
+                           "list only the names the readings use")
 
     reason = np.zeros(n, dtype=np.int32)  # 0 = accepted; the first failing check wins
     detail = np.zeros(n, dtype=np.int32)  # index into details
     details: list[str] = []
 
-    def mark(mask: np.ndarray, code: int, text: str) -> None:
+    def mark(mask: np.ndarray, code: int | np.ndarray, text: str | list[str], which: np.ndarray | None = None):
+        """Reject the readings of `mask` not rejected yet; with `which`, reading i gets code[i] and
+        text[which[i]] (per-name verdicts), else one code and text for all."""
         hit = mask & (reason == 0)
-        if hit.any():
-            reason[hit] = code
-            detail[hit] = len(details)
+        if not hit.any():
+            return
+        if which is None:
+            reason[hit], detail[hit] = code, len(details)
             details.append(text)
+        else:
+            reason[hit], detail[hit] = code[hit], len(details) + which[hit]
+            details.extend(text)
+
+    m = min(n, limits.max_readings)
+    if n > m:
+        over = np.zeros(n, dtype=bool)
+        over[m:] = True
+        mark(over, pb.BATCH_TOO_LARGE, f"batch holds more than {limits.max_readings} readings")
 
     values = np.array(batch.values, dtype=np.float64)
     mark(~np.isfinite(values), pb.NON_FINITE_VALUE, "value must be finite (not NaN or infinite)")
@@ -81,24 +133,29 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits) -> Verdict:
     mark(times > now_ms + limits.max_future_ms, pb.TIME_OUT_OF_RANGE,
          f"time more than {limits.max_future_ms // 1000} s after server time")
 
-    index = np.array(batch.metric_index, dtype=np.int64)
     names = list(batch.metric_names)
+    index = np.array(batch.metric_index, dtype=np.int64)
     mark(index >= len(names), pb.UNKNOWN_METRIC,
          f"metric_index outside metric_names (which has {len(names)} entries)")
-    for i, name in enumerate(names):  # per distinct name, not per reading
-        if not METRIC_NAME.match(name):
-            mark(index == i, pb.BAD_METRIC_NAME, f"metric name {name[:80]!r} must match {METRIC_NAME.pattern}")
-        elif limits.metrics is not None and name not in limits.metrics:
-            mark(index == i, pb.UNKNOWN_METRIC, f"metric {name!r} is not registered")
-
-    if n > limits.max_readings:
-        over = np.zeros(n, dtype=bool)
-        over[limits.max_readings:] = True
-        mark(over, pb.BATCH_TOO_LARGE, f"batch holds more than {limits.max_readings} readings")
+    if names:
+        known = np.minimum(index, len(names) - 1)  # out-of-range ones are rejected already
+        codes, texts = check_names(names, limits)
+        bad_rank = np.cumsum(codes != 0) - 1  # a bad name's position in `texts`
+        mark(codes[known] != 0, codes[known], texts, bad_rank[known])
+        if admit is not None:
+            used = np.flatnonzero(np.bincount(known[reason == 0], minlength=len(names)))
+            refused, why = admit(batch.device_id, [names[i] for i in used.tolist()])
+            if refused:
+                out = np.zeros(len(names), dtype=bool)
+                out[used[refused]] = True
+                mark(out[known], pb.TOO_MANY_METRICS, why)
 
     bad = np.flatnonzero(reason)
-    rejections = [pb.Rejection(index=int(i), reason=int(reason[i]), detail=details[detail[i]]) for i in bad]
-    return Verdict(reason == 0, rejections)
+    rejections = [pb.Rejection(index=i, reason=r, detail=details[d])
+                  for i, r, d in zip(bad.tolist(), reason[bad].tolist(), detail[bad].tolist(), strict=True)]
+    codes, n = np.unique(reason[bad], return_counts=True)
+    counts = {pb.RejectReason.Name(c): k for c, k in zip(codes.tolist(), n.tolist(), strict=True)}
+    return Verdict(reason == 0, rejections, counts)
 
 
 def accepted_only(batch: pb.ReadingBatch, verdict: Verdict) -> pb.ReadingBatch:

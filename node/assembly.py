@@ -28,7 +28,7 @@ from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_la
 from iotstream.processor.kafka_loop import KafkaSource
 from iotstream.processor.loop import ChunkLoop, LocalSource
 from iotstream.bus.local import MAX_BYTES, UNAVAILABLE_AFTER_S, LocalLog, open_log
-from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query.service import DEFAULT_SILENCE_MS, QueryLimits, QueryService
 from iotstream.query.service import add_to_server as add_query_to_server
 from iotstream.v1 import ingest_pb2, query_pb2
 
@@ -67,6 +67,7 @@ class Config:
     log_max_bytes: int = MAX_BYTES  # local log size cap (README "Durability")
     unavailable_after_s: float = UNAVAILABLE_AFTER_S  # a full local log answers UNAVAILABLE after this
     limits: Limits = field(default_factory=Limits)
+    query_limits: QueryLimits = field(default_factory=QueryLimits)
     store: StoreConfig = field(default_factory=StoreConfig)
     silence_ms: int = DEFAULT_SILENCE_MS
     shutdown_grace_s: float = 5.0
@@ -284,7 +285,8 @@ class Node:
             add_to_server(self.ingest, self.server)
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
-            add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms), self.server)
+            add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms, self.auth, cfg.query_limits),
+                                self.server)
             services.append(QUERY_SERVICE)
         if self.auth is not None:
             services.append(authn.add_admin_to_server(self.auth, self.server))

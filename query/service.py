@@ -1,23 +1,65 @@
-"""The gRPC Query service: argument checks and paging here, every SQL statement in clickhouse.Store."""
+"""The gRPC Query service: argument checks and paging here, every SQL statement in clickhouse.Store.
+
+Guardrails (QueryLimits; each refusal counted in GetStats' `rejected` map under the name in brackets):
+
+* a call without a deadline gets `default_deadline_s`; past its deadline it ends with DEADLINE_EXCEEDED and
+  ClickHouse stops the query too (max_execution_time) [QUERY_DEADLINE_CALLS];
+* Aggregate: more than `max_buckets` buckets per series is INVALID_ARGUMENT, more than `max_result_rows`
+  (series x buckets) RESOURCE_EXHAUSTED [AGGREGATE_TOO_LARGE_CALLS]; Aggregate and GetHistory reading more
+  than `max_rows_read` rows: RESOURCE_EXHAUSTED (max_rows_to_read) [ROWS_READ_LIMIT_CALLS];
+* more than `max_watches` WatchAnomalies streams open: RESOURCE_EXHAUSTED [TOO_MANY_WATCHES_CALLS];
+* with auth on, a WatchAnomalies stream whose token is revoked ends UNAUTHENTICATED [REVOKED_CALLS].
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import contextvars
 import json
 import time
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from iotstream.clickhouse import StorageError
+from iotstream.clickhouse.store import ReadCap
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
 
 DEFAULT_SILENCE_MS = 5 * 60_000
+HISTORY_PAGE_CAP = 100_000
+QUERY_DEADLINE_CALLS = "QUERY_DEADLINE_CALLS"
+AGGREGATE_TOO_LARGE_CALLS = "AGGREGATE_TOO_LARGE_CALLS"
+ROWS_READ_LIMIT_CALLS = "ROWS_READ_LIMIT_CALLS"
+TOO_MANY_WATCHES_CALLS = "TOO_MANY_WATCHES_CALLS"
+REVOKED_CALLS = "REVOKED_CALLS"
+
+# When the current unary call must end (monotonic seconds), set by its handler wrapper.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("query_deadline", default=None)
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    default_deadline_s: float = 30.0  # for calls that set no deadline (streams: per query they run)
+    max_buckets: int = 100_000  # per series, (end - start) / interval_ms
+    max_result_rows: int = 1_000_000  # Aggregate rows: series x buckets
+    max_rows_read: int = 200_000_000  # rows one Aggregate or GetHistory query may read
+    max_watches: int = 100  # WatchAnomalies streams open at once on this node
 
 
 class InvalidArgument(ValueError):
     pass
+
+
+class Refused(Exception):
+    """A request the guardrails refuse: ends the call with `code`, counted under `reason`."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason = code, reason
 
 
 def encode_token(key: list) -> str:
@@ -135,12 +177,13 @@ def start_cursor(version_us: int) -> tuple[tuple, tuple]:
     return (version_us + 1, "", "", "", -1), (now_ms() + 1, "", "", "", -1)
 
 
-async def episode_events(store, changes: tuple, closures: tuple, run, poll_s: float, batch: int):
+async def episode_events(store, changes: tuple, closures: tuple, run, pause, batch: int):
     """Episode changes after the positions (see WATCH_CURSOR), forever: (AnomalyEvent type, store row, now,
     cursor after it). Each look reports, in order: episodes seen open before whose quiet period has now ended
     (CLOSED), then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come
     first so that an episode reported open in a look is reported closed by a later one, exactly once.
-    `run(fn, *args)` awaits a blocking store call. WatchAnomalies and the webhooks both follow this."""
+    `run(fn, *args)` awaits a blocking store call; `pause()` waits between looks that found nothing more.
+    WatchAnomalies and the webhooks both follow this."""
     while True:
         now = now_ms()
         while True:
@@ -158,31 +201,67 @@ async def episode_events(store, changes: tuple, closures: tuple, run, poll_s: fl
                 continue  # a deleted episode was merged into an earlier one, which comes as its own change
             yield watch_event_type(row, seen, now), row, now, encode_cursor(changes, closures)
         if len(rows) < batch:
-            await asyncio.sleep(poll_s)
+            await pause()
 
 
 class QueryService(pb_grpc.QueryServicer):
     WATCH_POLL_S = 0.2  # how often a WatchAnomalies stream looks for changes
     WATCH_BATCH = 500  # episode changes read per look
 
-    def __init__(self, store, stats_source=None, silence_ms: int = DEFAULT_SILENCE_MS):
+    def __init__(self, store, stats_source=None, silence_ms: int = DEFAULT_SILENCE_MS, auth=None,
+                 limits: QueryLimits | None = None):
         self.store = store
         self.stats_source = stats_source  # gives live ingest figures (rate, queue depth, rejections)
         self.silence_ms = silence_ms
+        self.auth = auth  # iotstream.auth.Authenticator, or None: open
+        self.limits = limits or QueryLimits()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.watches = 0
 
-    async def _run(self, context, fn, *args):
-        """Run a blocking store call off the event loop, within the call's deadline."""
+    def remaining_s(self, context) -> float:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            return max(0.0, deadline - time.monotonic())
         remaining = context.time_remaining()
+        return self.limits.default_deadline_s if remaining is None else remaining
+
+    async def _run(self, context, fn, *args, capped: bool = False):
+        """Run a blocking store call off the event loop, within the call's deadline (or the default one);
+        `capped` store calls also get the rows-read cap and the time left, enforced by ClickHouse."""
+        remaining = self.remaining_s(context)
+        kwargs = {"cap": ReadCap(self.limits.max_rows_read, remaining)} if capped else {}
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args), remaining)
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), remaining)
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed during the query")
+            raise self._deadline_passed(context) from None
+        except StorageError as exc:
+            if "TIMEOUT_EXCEEDED" in str(exc):
+                raise self._deadline_passed(context) from None
+            if "TOO_MANY_ROWS" in str(exc):
+                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, ROWS_READ_LIMIT_CALLS,
+                              f"the query would read more than {self.limits.max_rows_read} rows (the limit); "
+                              "narrow the time range, the devices or the metrics (Aggregate: an interval that "
+                              "is a multiple of 1 min, 1 h or 1 day reads the rollups)") from None
+            raise
+
+    def _deadline_passed(self, context) -> Refused:
+        unset = context.time_remaining() is None
+        return Refused(grpc.StatusCode.DEADLINE_EXCEEDED, QUERY_DEADLINE_CALLS,
+                       "deadline passed during the query" + (
+                           f" (the call set none: the server's default of {self.limits.default_deadline_s:g} s "
+                           "applies); narrow the query" if unset else ""))
 
     async def _call(self, context, build):
         try:
             return await build()
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Refused as exc:
+            await self._refuse(context, exc)
+
+    async def _refuse(self, context, exc: Refused):
+        self.refused[exc.reason] += 1
+        await context.abort(exc.code, str(exc))
 
     # ---- RPCs ---------------------------------------------------------------------------------
 
@@ -222,12 +301,14 @@ class QueryService(pb_grpc.QueryServicer):
             if not request.device_id:
                 raise InvalidArgument("device_id: required")
             start, end = time_range(request.start_ms, request.end_ms)
-            limit = page_size(request.page_size, 10_000, 100_000)
+            limit = page_size(request.page_size, 10_000, HISTORY_PAGE_CAP)
             # metric, time_ms, value, rows of that key sent
             cursor = decode_token(request.page_token, 4, types=(str, int, (int, float), int))
             after, skip = (tuple(cursor[:3]), cursor[3]) if cursor else (None, 0)
+            if not 0 <= skip <= HISTORY_PAGE_CAP:  # a made-up skip must not widen the scan
+                raise InvalidArgument("page_token: not a value returned by this service")
             table = await self._run(context, self.store.history, request.device_id, list(request.metrics),
-                                    start, end, after, limit + skip + 1)
+                                    start, end, after, limit + skip + 1, capped=True)
             metric, times, values = (table.column(c).to_pylist() for c in ("metric", "time_ms", "value"))
             rows = list(zip(metric, times, values, strict=True))[skip:]
             resp = pb.GetHistoryResponse()
@@ -254,9 +335,22 @@ class QueryService(pb_grpc.QueryServicer):
             funcs = [pb.AggFunc.Name(f) for f in request.funcs if f != pb.AGG_FUNC_UNSPECIFIED] or \
                 ["AVG", "MIN", "MAX", "COUNT"]
             funcs = list(dict.fromkeys(funcs))
+            lim = self.limits
+            buckets = -(-(end - start) // request.interval_ms)
+            if buckets > lim.max_buckets:
+                self.refused[AGGREGATE_TOO_LARGE_CALLS] += 1
+                raise InvalidArgument(
+                    f"interval_ms: {request.interval_ms} ms buckets over {end - start} ms make {buckets} buckets per "
+                    f"series, over the limit of {lim.max_buckets}; use interval_ms >= "
+                    f"{-(-(end - start) // lim.max_buckets)} or a shorter range")
             table, sources = await self._run(context, self.store.aggregate, list(request.device_ids),
                                              list(request.metrics), start, end, request.interval_ms, funcs,
-                                             request.merge_devices)
+                                             request.merge_devices, capped=True)
+            if table.num_rows > lim.max_result_rows:
+                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, AGGREGATE_TOO_LARGE_CALLS,
+                              f"the answer has {table.num_rows} buckets over all series, over the limit of "
+                              f"{lim.max_result_rows}; name fewer device_ids or metrics, merge_devices, a wider "
+                              "interval_ms or a shorter range")
             return aggregate_response(table, funcs, sources)
         return await self._call(context, build)
 
@@ -301,6 +395,24 @@ class QueryService(pb_grpc.QueryServicer):
             cursor = decode_token(request.cursor, 10, "cursor", WATCH_CURSOR)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self.watches >= self.limits.max_watches:
+            await self._refuse(context, Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_WATCHES_CALLS,
+                f"{self.watches} WatchAnomalies streams are open on this server (the limit); retry later or "
+                "share one stream"))
+        self.watches += 1
+        revocation = self.auth.watch(context.invocation_metadata()) if self.auth is not None else None
+        try:
+            async for event in self._watch(request, cursor, context, revocation):
+                yield event
+        except Refused as exc:
+            await self._refuse(context, exc)
+        finally:
+            self.watches -= 1
+            if revocation is not None:
+                revocation.close()
+
+    async def _watch(self, request, cursor, context, revocation):
         if cursor is None:
             changes, closures = start_cursor(await self._run(context, self.store.episode_version))
         else:
@@ -310,25 +422,40 @@ class QueryService(pb_grpc.QueryServicer):
         def run(fn, *args):
             return self._run(context, fn, *args)
 
-        async for kind, row, now, cursor in episode_events(self.store, changes, closures, run, self.WATCH_POLL_S,
-                                                           self.WATCH_BATCH):
+        async for kind, row, now, cursor in episode_events(self.store, changes, closures, run,
+                                                           lambda: self._pause(revocation), self.WATCH_BATCH):
             if watch_matches(request, row):
                 yield pb.AnomalyEvent(type=kind, anomaly=anomaly_message(row, now), cursor=cursor)
 
+    async def _pause(self, revocation) -> None:
+        """WATCH_POLL_S, or less if the call's token is revoked meanwhile: then the call ends."""
+        if revocation is None:
+            await asyncio.sleep(self.WATCH_POLL_S)
+            return
+        try:
+            await asyncio.wait_for(revocation.revoked.wait(), self.WATCH_POLL_S)
+        except TimeoutError:
+            return
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CALLS, "token revoked during the call")
+
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.Stats:
-        now = now_ms()
-        counts = await self._run(context, self.store.counts, now - self.silence_ms, now)
-        sizes = await self._run(context, self.store.table_sizes)
-        stats = pb.Stats(**counts, table_rows={r["table"]: r["rows"] for r in sizes},
-                         table_bytes={r["table"]: r["bytes"] for r in sizes})
-        if self.stats_source is not None:  # this node's ingest and processor, if it runs them
-            live = self.stats_source()
-            stats.readings_per_s = live.get("readings_per_s", 0.0)
-            stats.queue_readings = live.get("queue_readings", 0)
-            stats.queue_lag_ms = live.get("queue_lag_ms", 0)
-            stats.consumer_lag = live.get("consumer_lag", 0)
-            stats.rejected.update(live.get("rejected", {}))
-        return stats
+        async def build():
+            now = now_ms()
+            counts = await self._run(context, self.store.counts, now - self.silence_ms, now)
+            sizes = await self._run(context, self.store.table_sizes)
+            stats = pb.Stats(**counts, table_rows={r["table"]: r["rows"] for r in sizes},
+                             table_bytes={r["table"]: r["bytes"] for r in sizes})
+            if self.stats_source is not None:  # this node's ingest and processor, if it runs them
+                live = self.stats_source()
+                stats.readings_per_s = live.get("readings_per_s", 0.0)
+                stats.queue_readings = live.get("queue_readings", 0)
+                stats.queue_lag_ms = live.get("queue_lag_ms", 0)
+                stats.consumer_lag = live.get("consumer_lag", 0)
+                stats.rejected.update(live.get("rejected", {}))
+            for reason, n in self.refused.items():  # this service's own refusals
+                stats.rejected[reason] = stats.rejected[reason] + n
+            return stats
+        return await self._call(context, build)
 
     def _status(self, last_stored_ms: int) -> int:
         return pb.ONLINE if last_stored_ms >= now_ms() - self.silence_ms else pb.OFFLINE
@@ -373,14 +500,16 @@ def add_to_server(service: QueryService, server) -> None:
                 _guard_stream(behaviour, method.input_type.name), **kw)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guard(behaviour, method.input_type.name), **kw)
+                _guard(behaviour, method.input_type.name, service.limits.default_deadline_s), **kw)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
-def _guard(behaviour, name):
+def _guard(behaviour, name, default_deadline_s: float):
     async def handler(request, context):
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse(name, request))
+        remaining = context.time_remaining()
+        _DEADLINE.set(time.monotonic() + (default_deadline_s if remaining is None else remaining))
         return await behaviour(request, context)
     return handler
 

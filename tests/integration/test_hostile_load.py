@@ -1,0 +1,282 @@
+"""Hostile-but-valid load over real gRPC against an embedded server: a compressed message whose name table
+would once freeze the event loop, look-alike ids, the per-device cap on Send calls, revocation of open
+calls, and the query guardrails (default deadline, bucket / row / result caps, page tokens, watch cap)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import threading
+import time
+
+import grpc
+import pyarrow as pa
+import pytest
+from conftest import ServerThread
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from iotstream.ingest import Limits
+from iotstream.v1 import ingest_pb2 as pb
+from iotstream.v1 import query_pb2 as qpb
+from security_fixtures import batch, bearer, code_of, database, now_ms, poll
+
+from iotstream.auth import ClickHouseTokens
+from iotstream.query.service import QueryLimits
+from iotstream.node import Config
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+BIG = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+
+
+class HealthWatch:
+    """Checks health with a 1 s deadline, back to back, in a thread, until stopped; keeps every outcome."""
+
+    def __init__(self, target: str):
+        self.channel = grpc.insecure_channel(target)
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.outcomes: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                status = self.stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                self.outcomes.append("SERVING" if status == SERVING else str(status))
+            except grpc.RpcError as exc:
+                self.outcomes.append(exc.code().name)
+
+    def __enter__(self):
+        self.thread.start()
+        poll(lambda: self.outcomes, what="first health answer")
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+        self.channel.close()
+
+
+def name_flood(names: list[str], readings: int, device: str = "dev-flood") -> pb.ReadingBatch:
+    return pb.ReadingBatch(device_id=device, seq=1, base_time_ms=now_ms() - 1000, time_offset_ms=[0] * readings,
+                           metric_names=names, metric_index=[0] * readings, values=[1.0] * readings)
+
+
+def test_gzip_name_table_flood_is_refused_without_stalling_anyone(server):
+    """The attack of issue 12: 3.5 million (invalid) names, 7 MB, gzip-compressed to a few kB on the wire,
+    every reading using name 0. Health answers within 1 s throughout, another device is acked meanwhile,
+    and the attack gets its answer within its deadline, storing nothing."""
+    attack = name_flood([""] * 3_500_000, 10)
+    assert 6_000_000 < attack.ByteSize() < Limits().max_message_bytes
+    with HealthWatch(server.target) as health:
+        ack = server.ingest.Send(attack, timeout=20, compression=grpc.Compression.Gzip)
+        assert server.ingest.Send(batch("dev-bystander", 3), timeout=5).accepted == 3
+    assert ack.accepted == 0 and {r.reason for r in ack.rejected} == {pb.TOO_MANY_METRIC_NAMES}
+    assert "3500000 entries for 10 readings" in ack.rejected[0].detail
+    assert health.outcomes and set(health.outcomes) == {"SERVING"}, health.outcomes
+    assert server.sql("SELECT count() AS n FROM $db.readings WHERE device_id = 'dev-flood'")[0]["n"] == 0
+
+
+def test_many_distinct_bad_names_are_checked_off_the_loop(server):
+    """As many readings as names (the rule above allows it), 50,000 distinct invalid names: the batch is
+    validated in a worker thread while health keeps answering; every reading gets its reason."""
+    n = 50_000
+    attack = name_flood([f"!{i}" for i in range(n)], n)
+    attack.metric_index[:] = range(n)
+    with grpc.insecure_channel(server.target, options=BIG) as channel:
+        send = channel.unary_unary("/iotstream.v1.Ingest/Send", request_serializer=pb.ReadingBatch.SerializeToString,
+                                   response_deserializer=pb.Ack.FromString)
+        with HealthWatch(server.target) as health:
+            ack = send(attack, timeout=60, compression=grpc.Compression.Gzip)
+    assert ack.accepted == 0 and len(ack.rejected) == n
+    reasons = [r.reason for r in ack.rejected]
+    limit = Limits().max_readings
+    assert set(reasons[:limit]) == {pb.BAD_METRIC_NAME} and set(reasons[limit:]) == {pb.BATCH_TOO_LARGE}
+    assert "'!7'" in ack.rejected[7].detail
+    assert set(health.outcomes) == {"SERVING"}, health.outcomes
+
+
+def test_look_alike_ids_are_rejected(server):
+    ack = server.ingest.Send(batch("sim-00001\n", 2), timeout=10)
+    assert ack.accepted == 0 and {r.reason for r in ack.rejected} == {pb.BAD_DEVICE_ID}
+    named = batch("sim-00001", 2)
+    named.metric_names[:] = ["temp\n"]
+    assert {r.reason for r in server.ingest.Send(named, timeout=10).rejected} == {pb.BAD_METRIC_NAME}
+
+
+@pytest.fixture(scope="module")
+def paced(chdb_dir):
+    limits = Limits(rate_readings_per_s=100.0, burst_readings=100, max_delay_s=5.0, max_sends_per_device=2,
+                    max_metrics_per_device=3)
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), limits=limits))
+    yield srv
+    srv.stop()
+
+
+def test_concurrent_sends_of_one_device_are_capped(paced):
+    """Two Sends of dev-s are held back by its rate (in progress); a third is refused at once, counted;
+    the two held ones are acked and stored."""
+    stats = paced.server.live_stats
+    held = [paced.ingest.Send.future(batch("dev-s", 150, seq=s), timeout=30) for s in (1, 2)]
+    poll(lambda: stats()["rejected"].get("THROTTLED_BATCHES", 0) >= 2, what="both Sends held back")
+    assert code_of(paced.ingest.Send, batch("dev-s", 1, seq=3), timeout=10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stats()["rejected"]["TOO_MANY_SENDS_CALLS"] == 1
+    assert [f.result().accepted for f in held] == [150, 150]
+    assert paced.ingest.Send(batch("dev-s", 1, seq=4), timeout=30).accepted == 1  # room again
+
+
+def test_metrics_per_device_are_capped_with_their_reason(paced):
+    b = batch("dev-m", 5)
+    b.metric_names[:] = ["a", "b", "c", "d", "e"]
+    b.metric_index[:] = [0, 1, 2, 3, 4]
+    ack = paced.ingest.Send(b, timeout=30)
+    assert ack.accepted == 3 and [(r.index, r.reason) for r in ack.rejected] == \
+        [(3, pb.TOO_MANY_METRICS), (4, pb.TOO_MANY_METRICS)]
+    assert paced.server.live_stats()["rejected"]["TOO_MANY_METRICS"] == 2
+    stored = paced.sql("SELECT groupArray(metric) AS m FROM (SELECT metric FROM $db.readings "
+                       "WHERE device_id = 'dev-m' ORDER BY metric)")[0]["m"]
+    assert stored == ["a", "b", "c"]
+
+
+# ---- revocation ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secured(chdb_dir):
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), auth=True))
+    srv.registry = ClickHouseTokens(srv.server.store.backend)  # what `iotstream devices revoke` writes to
+    yield srv
+    srv.stop()
+
+
+def test_revoked_token_ends_an_open_stream(secured):
+    """Revoked in the registry (not through this server), the open stream ends UNAUTHENTICATED within the
+    promised 5 s (the call's 8 s deadline would end it DEADLINE_EXCEEDED otherwise); a batch sent after it
+    is not stored, the one before is."""
+    token = secured.registry.add("device", "dev-rv")
+    feed: queue.Queue = queue.Queue()
+    feed.put(batch("dev-rv", 2, seq=1))
+    call = secured.ingest.Stream(iter(feed.get, None), timeout=8, metadata=bearer(token))
+    assert next(call).accepted == 2
+    assert secured.registry.revoke("device", "dev-rv") == 1
+    with pytest.raises(grpc.RpcError) as err:
+        next(call)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+    feed.put(batch("dev-rv", 3, seq=2))
+    feed.put(None)
+    assert secured.sql("SELECT count() AS n FROM $db.readings WHERE device_id = 'dev-rv'")[0]["n"] == 2
+    assert secured.server.live_stats()["rejected"]["REVOKED_CALLS"] >= 1
+
+
+def test_revoked_token_ends_a_watch(secured):
+    token = secured.registry.add("reader", "dash-rv")
+    call = secured.query.WatchAnomalies(qpb.WatchAnomaliesRequest(), timeout=8, metadata=bearer(token))
+    assert next(call).type == qpb.AnomalyEvent.WATCHING
+    secured.registry.revoke("reader", "dash-rv")
+    with pytest.raises(grpc.RpcError) as err:
+        next(call)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---- query guardrails ---------------------------------------------------------------------------------
+
+ROWS = 40_000  # one every 0.5 s: 20,000 s; ClickHouse reads whole granules of 8192 rows
+
+
+@pytest.fixture(scope="module")
+def guarded(chdb_dir):
+    limits = QueryLimits(max_buckets=1000, max_result_rows=100, max_rows_read=ROWS // 2, max_watches=1)
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), query_limits=limits))
+    t0 = now_ms() - 6 * 3_600_000
+    srv.t0 = t0 - t0 % 60_000
+    srv.server.store.insert_readings(pa.table({
+        "device_id": ["dev-q"] * ROWS, "metric": ["temp"] * ROWS,
+        "time": pa.array([srv.t0 + i * 500 for i in range(ROWS)], pa.timestamp("ms", tz="UTC")),
+        "value": [float(i) for i in range(ROWS)]}))
+    yield srv
+    srv.stop()
+
+
+def refusal(fn, request, **kw) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        fn(request, **kw)
+    return err.value
+
+
+def refused(srv) -> dict:
+    return dict(srv.query.GetStats(qpb.GetStatsRequest(), timeout=30).rejected)
+
+
+def test_aggregate_over_ten_years_at_one_second_is_refused_with_a_way_out(guarded):
+    end = now_ms()
+    err = refusal(guarded.query.Aggregate, qpb.AggregateRequest(
+        device_ids=["dev-q"], start_ms=end - 10 * 365 * 86_400_000, end_ms=end, interval_ms=1000), timeout=10)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the limit of 1000" in err.details() and "use interval_ms >=" in err.details()
+    assert refused(guarded)["AGGREGATE_TOO_LARGE_CALLS"] >= 1
+
+
+def test_rows_read_and_result_rows_are_capped(guarded):
+    t0 = guarded.t0
+    # Raw readings at 30 s buckets (667 of them): the query would read all 40,000 rows, over the cap.
+    err = refusal(guarded.query.Aggregate, qpb.AggregateRequest(
+        device_ids=["dev-q"], start_ms=t0, end_ms=t0 + ROWS * 500, interval_ms=30_000), timeout=10)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and f"more than {ROWS // 2} rows" in err.details()
+    err = refusal(guarded.query.GetHistory, qpb.GetHistoryRequest(device_id="dev-q", start_ms=t0), timeout=10)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A narrower range reads few enough rows, but 500 buckets of 1 s are over the result cap of 100.
+    err = refusal(guarded.query.Aggregate, qpb.AggregateRequest(
+        device_ids=["dev-q"], start_ms=t0, end_ms=t0 + 500_000, interval_ms=1000), timeout=10)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "over the limit of 100" in err.details()
+    ok = guarded.query.Aggregate(qpb.AggregateRequest(device_ids=["dev-q"], start_ms=t0, end_ms=t0 + 500_000,
+                                                      interval_ms=10_000, funcs=[qpb.COUNT]), timeout=10)
+    assert sum(ok.series[0].count) == 1000  # 50 buckets of 20 readings: the oracle is the insert above
+    stats = refused(guarded)
+    assert stats["ROWS_READ_LIMIT_CALLS"] >= 2 and stats["AGGREGATE_TOO_LARGE_CALLS"] >= 1
+
+
+def token(key: list) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+@pytest.mark.parametrize("skip", [10**9, -3])
+def test_history_page_token_cannot_widen_the_scan(guarded, skip):
+    err = refusal(guarded.query.GetHistory, qpb.GetHistoryRequest(
+        device_id="dev-q", start_ms=guarded.t0, page_size=10, page_token=token(["temp", guarded.t0, 0.0, skip])),
+        timeout=10)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in err.details()
+
+
+def test_history_pages_still_walk_the_range(guarded):
+    got, page_token = [], ""
+    end = guarded.t0 + 100 * 500
+    while True:
+        resp = guarded.query.GetHistory(qpb.GetHistoryRequest(device_id="dev-q", start_ms=guarded.t0, end_ms=end,
+                                                              page_size=30, page_token=page_token), timeout=10)
+        got += [v for s in resp.series for v in s.values]
+        if not resp.next_page_token:
+            break
+        page_token = resp.next_page_token
+    assert got == [float(i) for i in range(100)]
+
+
+def test_watches_are_capped(guarded):
+    first = guarded.query.WatchAnomalies(qpb.WatchAnomaliesRequest(), timeout=30)
+    assert next(first).type == qpb.AnomalyEvent.WATCHING
+    assert code_of(guarded.query.WatchAnomalies, qpb.WatchAnomaliesRequest(), timeout=10) == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    first.cancel()
+    poll(lambda: code_of(lambda: next(guarded.query.WatchAnomalies(qpb.WatchAnomaliesRequest(), timeout=5))) ==
+         grpc.StatusCode.OK, what="a watch slot freed")
+    assert refused(guarded)["TOO_MANY_WATCHES_CALLS"] == 1
+
+
+def test_a_call_without_deadline_gets_the_default(chdb_dir):
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(),
+                              query_limits=QueryLimits(default_deadline_s=1e-6)))
+    try:
+        err = refusal(srv.query.GetStats, qpb.GetStatsRequest())  # no timeout: the server's default applies
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "default of 1e-06 s" in err.details()
+        assert srv.query.GetStats(qpb.GetStatsRequest(), timeout=30).rejected["QUERY_DEADLINE_CALLS"] == 1
+    finally:
+        srv.stop()

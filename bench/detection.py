@@ -49,7 +49,6 @@ RULES = """
 [default]
 z_threshold = 6.0
 robust_threshold = 8.0
-shift_threshold = 1.0
 stuck_count = 10
 silence_ms = {silence_ms}
 """

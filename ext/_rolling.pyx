@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from libc.math cimport INFINITY, NAN, fabs, log1p, sqrt
+from libc.math cimport INFINITY, NAN, expm1, fabs, log1p, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
@@ -50,11 +50,11 @@ from ._common import (
     FLAG_ZSCORE,
     FLOAT_FIELDS,
     INT_FIELDS,
-    LEVEL_ALPHA,
+    LEVEL_ALPHA_MAX,
+    LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
     RVAR_ALPHA,
-    TREND_BETA,
     check_alpha,
     check_batch,
     check_detectors,
@@ -90,12 +90,11 @@ cdef enum:
     F_EWM_VAR = 9
     F_TSHIFT = 10   # F_TSHIFT..F_TPREV: the time window's Welford block, laid out like F_SHIFT..F_PREV
     F_RES = 17      # learned resolution: smallest non-zero step between real readings (0 = none yet)
-    F_LEVEL = 18    # Holt's linear predictor of the next reading: level and trend per reading
-    F_TREND = 19
-    F_RVAR = 20     # EW mean square of its (clipped) residuals
-    F_CUP = 21      # the two one-sided CUSUMs of standardized residuals
-    F_CDOWN = 22
-    NF = 23
+    F_LEVEL = 18    # EW level in time (LEVEL_TAU_MS) that predicts the next reading
+    F_RVAR = 19     # EW mean square of its (clipped) residuals
+    F_CUP = 20      # the two one-sided CUSUMs of standardized residuals
+    F_CDOWN = 21
+    NF = 22
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -147,7 +146,7 @@ cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
-                     "level", "trend", "rvar", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
+                     "level", "rvar", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
                           "tnsame", "tn", "cn", "nup", "ndown"]
         or len(INT_FIELDS) != NI
@@ -178,8 +177,8 @@ cdef enum:
     PF_FAR = 16
     PF_NEAR = 8
 # Change detector constants, taken from _common so both twins use the very same doubles.
-cdef double LEVEL_ALPHA_C = LEVEL_ALPHA
-cdef double TREND_BETA_C = TREND_BETA
+cdef double LEVEL_TAU_C = LEVEL_TAU_MS
+cdef double LEVEL_ALPHA_MAX_C = LEVEL_ALPHA_MAX
 cdef double RVAR_ALPHA_C = RVAR_ALPHA
 cdef int64_t RVAR_N = <int64_t>(1.0 / RVAR_ALPHA)
 cdef double CLIP_SD_C = CLIP_SD
@@ -602,28 +601,27 @@ cdef inline bint is_counter(const int64_t *g) noexcept nogil:
 # Change at onset
 #
 # The z-scores compare a reading with the last `window` readings, so they miss changes the window follows
-# (a level shift after a few readings, a slow drift). Here Holt's linear predictor (level + trend, per
-# reading) forecasts each reading; its residual, standardized by the residuals' own EW root mean square
-# floored at the resolution and clipped to +-CLIP_SD, feeds two one-sided CUSUMs (Page 1954) with
-# allowance ALLOWANCE. The detector speaks at the onset of a change, once a CUSUM exceeds shift_threshold,
-# and is then re-armed: both sums restart at 0 and the predictor restarts at the new level, so a lasting
-# shift is one event, not a state. Noise and single spikes (clipped) do not accumulate; a daily cycle is
-# followed by the trend, so its residuals stay small at 1 s to 60 s sampling.
+# (a level shift after a few readings, a slow drift). Here an exponentially weighted level with a time
+# constant in time, not readings (LEVEL_TAU_MS, so it means the same at 1 s and 60 s sampling), predicts
+# each reading; the residual, standardized by the residuals' own EW root mean square floored at the
+# resolution and clipped to +-CLIP_SD, feeds two one-sided CUSUMs (Page 1954) with allowance ALLOWANCE.
+# The detector speaks at the onset of a change, once a CUSUM exceeds shift_threshold, and is then
+# re-armed: both sums restart at 0 and the level restarts at the new value, so a lasting shift is one
+# event, not a state. Noise and single spikes (clipped) do not accumulate; a daily cycle lags the level by
+# its slope times LEVEL_TAU_MS, a fraction of an sd for usual sensors.
 
-cdef inline float64_t change(float64_t val, float64_t *f, int64_t *g, float64_t h, int64_t warm,
-                             bint restart) noexcept nogil:
+cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t h,
+                             int64_t warm, bint restart) noexcept nogil:
     """Feed one real reading; returns the CUSUM evidence (largest sum / h, > 1 when it fires)."""
-    cdef float64_t pred, r, sd, c, u, x = 0.0, lv, a
+    cdef float64_t r, sd, c, u, x = 0.0, a
     cdef int64_t n = g[I_CN]
     g[I_CN] = n + 1
     if n == 0 or restart:
         f[F_LEVEL] = val
-        f[F_TREND] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
         return 0.0
-    pred = f[F_LEVEL] + f[F_TREND]
-    r = val - pred
+    r = val - f[F_LEVEL]
     sd = sqrt(f[F_RVAR])
     if sd < f[F_RES]:
         sd = f[F_RES]
@@ -644,13 +642,14 @@ cdef inline float64_t change(float64_t val, float64_t *f, int64_t *g, float64_t 
             x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
             if x > 1.0:
                 f[F_LEVEL] = val
-                f[F_TREND] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
                 return x
-    lv = f[F_LEVEL]
-    f[F_LEVEL] = pred + LEVEL_ALPHA_C * r
-    f[F_TREND] = f[F_TREND] + TREND_BETA_C * ((f[F_LEVEL] - lv) - f[F_TREND])
+    if ts > g[I_LAST_TS]:  # the level moves with time; a late reading or one at the same time does not
+        a = -expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_C)
+        if a > LEVEL_ALPHA_MAX_C:
+            a = LEVEL_ALPHA_MAX_C
+        f[F_LEVEL] = f[F_LEVEL] + a * r
     a = RVAR_ALPHA_C if n >= RVAR_N else 1.0 / n
     f[F_RVAR] = f[F_RVAR] + a * (r * r - f[F_RVAR])
     return x
@@ -787,7 +786,7 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             dom = THRESHOLD_FLAG
         flags |= THRESHOLD_FLAG
     if val == val:
-        x = change(val, f, g, p[P_STHR], window, reset)
+        x = change(val, ts, f, g, p[P_STHR], window, reset)
         if x > e:
             e = x
             dom = SHIFT_FLAG

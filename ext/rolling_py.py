@@ -30,11 +30,11 @@ from ._common import (
     FLAG_ZSCORE,
     FLOAT_FIELDS,
     INT_FIELDS,
-    LEVEL_ALPHA,
+    LEVEL_ALPHA_MAX,
+    LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
     RVAR_ALPHA,
-    TREND_BETA,
     check_alpha,
     check_batch,
     check_detectors,
@@ -57,7 +57,7 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
 (F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR,
  F_TSHIFT, F_TMEAN, F_TCMEAN, F_TSSQDM, F_TCSSQ, F_TSABS, F_TPREV,
- F_RES, F_LEVEL, F_TREND, F_RVAR, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
+ F_RES, F_LEVEL, F_RVAR, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
 (I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
  I_TNOBS, I_TNSAME, I_TN, I_CN, I_NUP, I_NDOWN) = range(len(INT_FIELDS))
 (P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
@@ -381,18 +381,16 @@ def is_counter(g: list) -> bool:
 # ----------------------------------------------------------------------
 # Change at onset
 
-def change(val: float, f: list, g: list, h: float, warm: int, restart: bool) -> float:
+def change(val: float, ts: int, f: list, g: list, h: float, warm: int, restart: bool) -> float:
     n = g[I_CN]
     g[I_CN] = n + 1
     if n == 0 or restart:
         f[F_LEVEL] = val
-        f[F_TREND] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
         return 0.0
     x = 0.0
-    pred = f[F_LEVEL] + f[F_TREND]
-    r = val - pred
+    r = val - f[F_LEVEL]
     sd = math.sqrt(f[F_RVAR])
     if sd < f[F_RES]:
         sd = f[F_RES]
@@ -413,13 +411,14 @@ def change(val: float, f: list, g: list, h: float, warm: int, restart: bool) -> 
             x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
             if x > 1.0:
                 f[F_LEVEL] = val
-                f[F_TREND] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
                 return x
-    lv = f[F_LEVEL]
-    f[F_LEVEL] = pred + LEVEL_ALPHA * r
-    f[F_TREND] = f[F_TREND] + TREND_BETA * ((f[F_LEVEL] - lv) - f[F_TREND])
+    if ts > g[I_LAST_TS]:
+        a = -math.expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_MS)
+        if a > LEVEL_ALPHA_MAX:
+            a = LEVEL_ALPHA_MAX
+        f[F_LEVEL] = f[F_LEVEL] + a * r
     a = RVAR_ALPHA if n >= RVAR_N else 1.0 / n
     f[F_RVAR] = f[F_RVAR] + a * (r * r - f[F_RVAR])
     return x
@@ -538,7 +537,7 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
             dom = FLAG_THRESHOLD
         flags |= FLAG_THRESHOLD
     if val == val:
-        x = change(val, f, g, p[P_STHR], window, reset)
+        x = change(val, ts, f, g, p[P_STHR], window, reset)
         if x > e:
             e = x
             dom = FLAG_SHIFT

@@ -54,6 +54,7 @@ from ._common import (
     LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
+    RMEAN_TAU_MS,
     RVAR_ALPHA,
     check_alpha,
     check_batch,
@@ -91,10 +92,11 @@ cdef enum:
     F_TSHIFT = 10   # F_TSHIFT..F_TPREV: the time window's Welford block, laid out like F_SHIFT..F_PREV
     F_RES = 17      # learned resolution: smallest non-zero step between real readings (0 = none yet)
     F_LEVEL = 18    # EW level in time (LEVEL_TAU_MS) that predicts the next reading
-    F_RVAR = 19     # EW mean square of its (clipped) residuals
-    F_CUP = 20      # the two one-sided CUSUMs of standardized residuals
-    F_CDOWN = 21
-    NF = 22
+    F_RMEAN = 19    # EW mean and variance of its (clipped) residuals
+    F_RVAR = 20
+    F_CUP = 21      # the two one-sided CUSUMs of standardized residuals
+    F_CDOWN = 22
+    NF = 23
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -146,7 +148,7 @@ cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
-                     "level", "rvar", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
+                     "level", "rmean", "rvar", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
                           "tnsame", "tn", "cn", "nup", "ndown"]
         or len(INT_FIELDS) != NI
@@ -181,6 +183,7 @@ cdef double LEVEL_TAU_C = LEVEL_TAU_MS
 cdef double LEVEL_ALPHA_MAX_C = LEVEL_ALPHA_MAX
 cdef double RVAR_ALPHA_C = RVAR_ALPHA
 cdef int64_t RVAR_N = <int64_t>(1.0 / RVAR_ALPHA)
+cdef double RMEAN_TAU_C = RMEAN_TAU_MS
 cdef double CLIP_SD_C = CLIP_SD
 cdef double ALLOWANCE_C = ALLOWANCE
 cdef int64_t COUNTER_UPS_C = COUNTER_UPS
@@ -602,37 +605,40 @@ cdef inline bint is_counter(const int64_t *g) noexcept nogil:
 #
 # The z-scores compare a reading with the last `window` readings, so they miss changes the window follows
 # (a level shift after a few readings, a slow drift). Here an exponentially weighted level with a time
-# constant in time, not readings (LEVEL_TAU_MS, so it means the same at 1 s and 60 s sampling), predicts
-# each reading; the residual, standardized by the residuals' own EW root mean square floored at the
-# resolution and clipped to +-CLIP_SD, feeds two one-sided CUSUMs (Page 1954) with allowance ALLOWANCE.
-# The detector speaks at the onset of a change, once a CUSUM exceeds shift_threshold, and is then
-# re-armed: both sums restart at 0 and the level restarts at the new value, so a lasting shift is one
-# event, not a state. Noise and single spikes (clipped) do not accumulate; a daily cycle lags the level by
-# its slope times LEVEL_TAU_MS, a fraction of an sd for usual sensors.
+# constant in time, not readings (LEVEL_TAU_MS, capped at LEVEL_ALPHA_MAX per reading), predicts each
+# reading. The residual, less its own slowly moving EW mean (so the steady lag of the level behind a
+# slope, e.g. a daily cycle, is not evidence), is standardized by its EW sd floored at the resolution,
+# clipped to +-CLIP_SD, and feeds two one-sided CUSUMs (Page 1954) with allowance ALLOWANCE. The detector
+# speaks at the onset of a change, once a CUSUM exceeds shift_threshold, and is then re-armed: both sums
+# restart at 0 and the level at the new value, so a lasting shift is one event, not a state. Noise and
+# single spikes (clipped) do not accumulate. A counter's increments take the place of its values.
+
 
 cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t h,
-                             int64_t warm, bint restart) noexcept nogil:
+                             int64_t warm) noexcept nogil:
     """Feed one real reading; returns the CUSUM evidence (largest sum / h, > 1 when it fires)."""
-    cdef float64_t r, sd, c, u, x = 0.0, a
+    cdef float64_t d, sd, c, u, x = 0.0, a
     cdef int64_t n = g[I_CN]
     g[I_CN] = n + 1
-    if n == 0 or restart:
+    if n == 0:
         f[F_LEVEL] = val
+        f[F_RMEAN] = 0.0
+        f[F_RVAR] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
         return 0.0
-    r = val - f[F_LEVEL]
+    d = (val - f[F_LEVEL]) - f[F_RMEAN]
     sd = sqrt(f[F_RVAR])
     if sd < f[F_RES]:
         sd = f[F_RES]
     if sd > 0.0:
         c = CLIP_SD_C * sd
-        if r > c:
-            r = c
-        elif r < -c:
-            r = -c
+        if d > c:
+            d = c
+        elif d < -c:
+            d = -c
         if n >= warm and h < INFINITY:
-            u = r / sd
+            u = d / sd
             f[F_CUP] = f[F_CUP] + u - ALLOWANCE_C
             if not (f[F_CUP] > 0.0):
                 f[F_CUP] = 0.0
@@ -640,18 +646,21 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
             if not (f[F_CDOWN] > 0.0):
                 f[F_CDOWN] = 0.0
             x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
-            if x > 1.0:
+            if x > 1.0:  # fired: re-armed at the new level
                 f[F_LEVEL] = val
+                f[F_RMEAN] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
                 return x
-    if ts > g[I_LAST_TS]:  # the level moves with time; a late reading or one at the same time does not
+    a = RVAR_ALPHA_C if n >= RVAR_N else 1.0 / n
+    f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
+    if ts > g[I_LAST_TS]:  # level and residual mean move with time; a late or same-time reading does not
         a = -expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_C)
         if a > LEVEL_ALPHA_MAX_C:
             a = LEVEL_ALPHA_MAX_C
-        f[F_LEVEL] = f[F_LEVEL] + a * r
-    a = RVAR_ALPHA_C if n >= RVAR_N else 1.0 / n
-    f[F_RVAR] = f[F_RVAR] + a * (r * r - f[F_RVAR])
+        f[F_LEVEL] = f[F_LEVEL] + a * (f[F_RMEAN] + d)
+        a = -expm1(-(ts - g[I_LAST_TS]) / RMEAN_TAU_C) if n >= RVAR_N else 1.0 / n
+        f[F_RMEAN] = f[F_RMEAN] + a * d
     return x
 
 
@@ -734,9 +743,7 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
         uint8_t flags = 0, dom = 0
         float64_t z = NAN, rz, e = 0.0, x, rate, ex, span, bound
         int64_t dt
-        bint counter = is_counter(g), reset = False
-    if counter and val < f[F_PREV]:
-        reset = True  # a counter's reset: the predictor restarts at the new value
+        bint counter = is_counter(g)
     if not counter:
         z = calc_z(val, f, g, b, window, minp)
         x = fabs(z) / p[P_ZTHR]
@@ -786,7 +793,13 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             dom = THRESHOLD_FLAG
         flags |= THRESHOLD_FLAG
     if val == val:
-        x = change(val, ts, f, g, p[P_STHR], window, reset)
+        x = 0.0
+        if not counter:
+            x = change(val, ts, f, g, p[P_STHR], window)
+        elif val >= f[F_PREV]:  # a counter's increments, not its values; a reset is no evidence
+            if g[I_NUP] == COUNTER_UPS_C:
+                g[I_CN] = 0  # just found to be a counter: the detector starts afresh on increments
+            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window)
         if x > e:
             e = x
             dom = SHIFT_FLAG

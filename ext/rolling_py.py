@@ -34,6 +34,7 @@ from ._common import (
     LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
+    RMEAN_TAU_MS,
     RVAR_ALPHA,
     check_alpha,
     check_batch,
@@ -57,7 +58,7 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
 (F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR,
  F_TSHIFT, F_TMEAN, F_TCMEAN, F_TSSQDM, F_TCSSQ, F_TSABS, F_TPREV,
- F_RES, F_LEVEL, F_RVAR, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
+ F_RES, F_LEVEL, F_RMEAN, F_RVAR, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
 (I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
  I_TNOBS, I_TNSAME, I_TN, I_CN, I_NUP, I_NDOWN) = range(len(INT_FIELDS))
 (P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
@@ -381,27 +382,29 @@ def is_counter(g: list) -> bool:
 # ----------------------------------------------------------------------
 # Change at onset
 
-def change(val: float, ts: int, f: list, g: list, h: float, warm: int, restart: bool) -> float:
+def change(val: float, ts: int, f: list, g: list, h: float, warm: int) -> float:
     n = g[I_CN]
     g[I_CN] = n + 1
-    if n == 0 or restart:
+    if n == 0:
         f[F_LEVEL] = val
+        f[F_RMEAN] = 0.0
+        f[F_RVAR] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
         return 0.0
     x = 0.0
-    r = val - f[F_LEVEL]
+    d = (val - f[F_LEVEL]) - f[F_RMEAN]
     sd = math.sqrt(f[F_RVAR])
     if sd < f[F_RES]:
         sd = f[F_RES]
     if sd > 0.0:
         c = CLIP_SD * sd
-        if r > c:
-            r = c
-        elif r < -c:
-            r = -c
+        if d > c:
+            d = c
+        elif d < -c:
+            d = -c
         if n >= warm and h < INF:
-            u = r / sd
+            u = d / sd
             f[F_CUP] = f[F_CUP] + u - ALLOWANCE
             if not (f[F_CUP] > 0.0):
                 f[F_CUP] = 0.0
@@ -411,16 +414,19 @@ def change(val: float, ts: int, f: list, g: list, h: float, warm: int, restart: 
             x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
             if x > 1.0:
                 f[F_LEVEL] = val
+                f[F_RMEAN] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
                 return x
+    a = RVAR_ALPHA if n >= RVAR_N else 1.0 / n
+    f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
     if ts > g[I_LAST_TS]:
         a = -math.expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_MS)
         if a > LEVEL_ALPHA_MAX:
             a = LEVEL_ALPHA_MAX
-        f[F_LEVEL] = f[F_LEVEL] + a * r
-    a = RVAR_ALPHA if n >= RVAR_N else 1.0 / n
-    f[F_RVAR] = f[F_RVAR] + a * (r * r - f[F_RVAR])
+        f[F_LEVEL] = f[F_LEVEL] + a * (f[F_RMEAN] + d)
+        a = -math.expm1(-(ts - g[I_LAST_TS]) / RMEAN_TAU_MS) if n >= RVAR_N else 1.0 / n
+        f[F_RMEAN] = f[F_RMEAN] + a * d
     return x
 
 
@@ -486,9 +492,6 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
     e = 0.0
     z = NAN
     counter = is_counter(g)
-    reset = False
-    if counter and val < f[F_PREV]:
-        reset = True
     if not counter:
         z = calc_z(val, f, g, b, minp)
         x = abs(z) / p[P_ZTHR]
@@ -537,7 +540,13 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
             dom = FLAG_THRESHOLD
         flags |= FLAG_THRESHOLD
     if val == val:
-        x = change(val, ts, f, g, p[P_STHR], window, reset)
+        x = 0.0
+        if not counter:
+            x = change(val, ts, f, g, p[P_STHR], window)
+        elif val >= f[F_PREV]:
+            if g[I_NUP] == COUNTER_UPS:
+                g[I_CN] = 0
+            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window)
         if x > e:
             e = x
             dom = FLAG_SHIFT

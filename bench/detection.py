@@ -90,7 +90,8 @@ def detect(data: list, rules: str | None = None, interval_ms: int = INTERVAL_MS)
     for m, name in enumerate(METRICS):
         book.apply(stats, np.arange(m, len(data) * n_metrics, n_metrics), name)
     silence_ms = np.array([stats.settings(s)["silence_ms"] for s in range(len(data) * n_metrics)])
-    tracker = EpisodeTracker(quiet_ms=QUIET * interval_ms, kinds=EpisodeTracker().kinds | FLAG_SILENCE)
+    tracker = EpisodeTracker(quiet_ms=QUIET * interval_ms, kinds=EpisodeTracker().kinds | FLAG_SILENCE,
+                             by_key=True)
     episodes = []
     cpu = 0.0
     ticks = np.arange(ts[0] + interval_ms, ts[-1] + interval_ms, interval_ms)
@@ -99,9 +100,10 @@ def detect(data: list, rules: str | None = None, interval_ms: int = INTERVAL_MS)
     for tick, stop in zip(ticks.tolist(), bounds.tolist(), strict=True):
         if stop > start:
             t0 = time.process_time()
-            _, score, flags = stats.update(slots[start:stop], ts[start:stop], values[start:stop])
+            _, score, flags, dom = stats.update(slots[start:stop], ts[start:stop], values[start:stop],
+                                                dominant=True)
             cpu += time.process_time() - t0
-            episodes += [e.episode for e in tracker.update(slots[start:stop], ts[start:stop], score, flags)
+            episodes += [e.episode for e in tracker.update(slots[start:stop], ts[start:stop], score, flags, dom)
                          if e.action == "closed"]
             start = stop
         quiet = stats.silent(tick)
@@ -109,8 +111,8 @@ def detect(data: list, rules: str | None = None, interval_ms: int = INTERVAL_MS)
             gap = np.array([tick - stats.last_ts(s) for s in quiet.tolist()], dtype=np.float64)
             e = gap / silence_ms[quiet]
             score = np.log1p((math.e - 1) * e) / (1 + np.log1p((math.e - 1) * e))
-            episodes += [e.episode for e in tracker.update(quiet, np.full(len(quiet), tick), score,
-                                                           np.full(len(quiet), FLAG_SILENCE, np.uint8))
+            sil = np.full(len(quiet), FLAG_SILENCE, np.uint8)
+            episodes += [e.episode for e in tracker.update(quiet, np.full(len(quiet), tick), score, sil, sil)
                          if e.action == "closed"]
     episodes += [e.episode for e in tracker.close_idle(2**62)]
     return episodes, cpu

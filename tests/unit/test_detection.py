@@ -1,4 +1,5 @@
-"""The simulator's labelled anomalies (iotstream.simulate) and the event-level scoring of bench/detection.py."""
+"""The simulator's labelled anomalies (iotstream.simulate), the event-level scoring of bench/detection.py,
+and false alarms on normal real-sensor signals (iotstream.signals) with the shipped defaults."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iotstream.ext import Episode
+from iotstream.ext import Episode, EpisodeTracker, RollingStats, RuleBook
+from iotstream.signals import DAY_MS, NORMAL, normal_signal
 
 from iotstream.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
 
@@ -110,3 +112,52 @@ def test_detection_quality_does_not_regress(kind):
     episodes, _ = bench.detect(data)
     r = bench.score(data, episodes, (kind,))[kind]
     assert r["labelled"] >= 8 and r["recall"] >= 0.85 and r["precision"] >= 0.85, r
+
+
+# ----------------------------------------------------------------------
+# False alarms on normal real-sensor signals (issue 11's table, counters, daily cycles)
+
+def normal_episodes(kind: str, interval_ms: int, keys: int = 4, days: int = 1) -> list:
+    """Stream ``keys`` keys of a normal signal through the shipped defaults (``RollingStats()`` and
+    ``RuleBook()``, as the processor runs without a rules file) in 10-minute batches; opened episodes,
+    one per incident (``EpisodeTracker(by_key=True)``, as anomalies are stored: one per reading)."""
+    n = days * DAY_MS // interval_ms
+    rng = np.random.default_rng(sorted(NORMAL).index(kind) + interval_ms)
+    parts = [normal_signal(kind, n, interval_ms, rng) for _ in range(keys)]
+    slots = np.repeat(np.arange(keys), n).reshape(keys, n).T.ravel()
+    ts = np.stack([t for t, _ in parts], axis=1).ravel()
+    values = np.stack([v for _, v in parts], axis=1).ravel()
+    stats = RollingStats()
+    RuleBook().apply(stats, np.arange(keys), kind)
+    tracker = EpisodeTracker(by_key=True)
+    events = []
+    step = keys * max(1, 600_000 // interval_ms)
+    for a in range(0, len(values), step):
+        sl = slice(a, a + step)
+        _, score, flags, dom = stats.update(slots[sl], ts[sl], values[sl], dominant=True)
+        events += tracker.update(slots[sl], ts[sl], score, flags, dom)
+    events += tracker.close_idle(2**62)
+    return [e.episode for e in events if e.action == "opened"]
+
+
+@pytest.mark.parametrize("interval_ms", [1_000, 10_000, 60_000])
+@pytest.mark.parametrize("kind", sorted(NORMAL))
+def test_normal_signals_stay_quiet(kind, interval_ms):
+    """At most one false episode per key-day with the shipped defaults."""
+    keys = 4
+    opened = normal_episodes(kind, interval_ms, keys)
+    assert len(opened) <= keys, [(e.slot, e.kind, e.start_ms) for e in opened]
+
+
+def test_normal_generator_is_what_it_says():
+    rng = np.random.default_rng(0)
+    t, v = normal_signal("temperature_q", 1000, 10_000, rng)
+    assert np.array_equal(t, np.arange(1000) * 10_000) and np.allclose(v * 10, np.round(v * 10))
+    _, v = normal_signal("door", DAY_MS // 1000, 1000, rng)
+    assert set(np.unique(v)) == {0.0, 1.0} and 0.002 < v.mean() < 0.03
+    _, v = normal_signal("counter", 5000, 1000, rng)
+    assert (np.diff(v) < 0).sum() <= 1 and np.all(v == np.round(v))
+    _, v = normal_signal("humidity_q", 1000, 1000, rng)
+    assert np.all(v == np.round(v))
+    with pytest.raises(ValueError, match="unknown normal signal kind"):
+        normal_signal("gremlin", 10, 1000, rng)

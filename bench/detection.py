@@ -34,15 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, parse_rules
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.skab, also from a bare checkout
+from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, RuleBook, parse_rules
+from iotstream.signals import DAY_MS, NORMAL, normal_signal
 
-    from iotstream.simulate import KINDS, METRICS, device_signal
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, parse_rules
-
-    from iotstream.simulate import KINDS, METRICS, device_signal
+from bench import skab
+from iotstream.simulate import KINDS, METRICS, device_signal
 
 # The one configuration, in the rules-file format the product reads (README "Detection").
 RULES = """
@@ -202,6 +199,42 @@ def run(devices: int, readings: int, seed: int, kinds: tuple[str, ...] = KINDS,
     }
 
 
+def normal_episodes(kind: str, interval_ms: int, keys: int, seed: int, days: int = 1) -> list:
+    """Stream ``keys`` keys of a normal signal through the shipped defaults (``RollingStats()`` and
+    ``RuleBook()``, as the processor runs without a rules file) in 10-minute batches; opened episodes,
+    one per incident (``EpisodeTracker(by_key=True)``, as anomalies are stored: one per reading)."""
+    n = days * DAY_MS // interval_ms
+    rng = np.random.default_rng(seed)
+    parts = [normal_signal(kind, n, interval_ms, rng) for _ in range(keys)]
+    slots = np.tile(np.arange(keys, dtype=np.int64), n)
+    ts = np.stack([t for t, _ in parts], axis=1).ravel()
+    values = np.stack([v for _, v in parts], axis=1).ravel()
+    stats = RollingStats()
+    RuleBook().apply(stats, np.arange(keys), kind)
+    tracker = EpisodeTracker(by_key=True)
+    events = []
+    step = keys * max(1, 600_000 // interval_ms)
+    for a in range(0, len(values), step):
+        sl = slice(a, a + step)
+        _, score, flags, dom = stats.update(slots[sl], ts[sl], values[sl], dominant=True)
+        events += tracker.update(slots[sl], ts[sl], score, flags, dom)
+    events += tracker.close_idle(2**62)
+    return [e.episode for e in events if e.action == "opened"]
+
+
+def normal(keys: int, seed: int) -> dict:
+    """False episodes per key-day of each normal signal at 1 s, 10 s and 60 s sampling."""
+    out = {}
+    for interval_ms in (1_000, 10_000, 60_000):
+        for kind in NORMAL:
+            opened = normal_episodes(kind, interval_ms, keys, seed)
+            out[f"{kind}@{interval_ms // 1000}s"] = {
+                "episodes_per_key_day": round(len(opened) / keys, 3),
+                "by_detector": dict(Counter(e.kind for e in opened).most_common())}
+    return {"keys": keys, "days": 1, "signals": NORMAL, "results": out,
+            "config": "RollingStats() and RuleBook() defaults, EpisodeTracker(by_key=True) 60 s quiet"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -212,7 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval-ms", type=int, default=INTERVAL_MS,
                     help="time between two readings of a metric (the detectors count in readings, the "
                          "daily cycle in time: slower sampling makes the cycle a faster change)")
+    ap.add_argument("--skab", type=Path, metavar="DIR",
+                    help="score SKAB (a copy of waico/SKAB with data/) instead of the simulator (bench/skab.py)")
+    ap.add_argument("--normal", action="store_true",
+                    help="false alarms on normal real-sensor signals (iotstream.signals) at 1 s, 10 s, 60 s")
     args = ap.parse_args(argv)
+    if args.skab or args.normal:
+        res = skab.run(args.skab) if args.skab else normal(args.devices, args.seed)
+        print(json.dumps(res) if args.json else json.dumps(res, indent=1))
+        out = Path(__file__).resolve().parent / "results" / f"detection-{'skab' if args.skab else 'normal'}.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     res = run(args.devices, args.readings, args.seed, tuple(args.kinds.split(",")), args.interval_ms)
     if args.json:
         print(json.dumps(res))

@@ -26,13 +26,13 @@ NEVER = -(2**63)  # timestamp sentinel: no reading yet
 # and so are nobs/nsame and tnobs/tnsame.
 FLOAT_FIELDS = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean", "ewm_var",
                 "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev",
-                "res", "level", "rmean", "rvar", "cup", "cdown"]
+                "res", "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"]
 INT_FIELDS = ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n",
               "tnobs", "tnsame", "tn", "cn", "nup", "ndown"]
 FLOAT_DEFAULTS = {"shift": 0.0, "mean": 0.0, "cmean": 0.0, "ssqdm": 0.0, "cssq": 0.0, "sabs": 0.0,
                   "prev": math.nan, "rprev": math.nan, "ewm_mean": math.nan, "ewm_var": math.nan,
                   "tshift": 0.0, "tmean": 0.0, "tcmean": 0.0, "tssqdm": 0.0, "tcssq": 0.0, "tsabs": 0.0,
-                  "tprev": math.nan, "res": 0.0, "level": 0.0, "rmean": 0.0, "rvar": 0.0, "cup": 0.0, "cdown": 0.0}
+                  "tprev": math.nan, "res": 0.0, "level": 0.0, "rmean": 0.0, "rvar": 0.0, "rcov": 0.0, "dprev": 0.0, "cup": 0.0, "cdown": 0.0}
 INT_DEFAULTS = {"pos": 0, "nfill": 0, "nobs": 0, "nsame": 0, "last_ts": NEVER, "prev_ts": NEVER,
                 "run_ts": NEVER, "ewm_n": 0, "tnobs": 0, "tnsame": 0, "tn": 0, "cn": 0, "nup": 0, "ndown": 0}
 # Older layouts also held the histogram shift detector's columns (lmean, lvar, hsum, hw, ln, hn, srun)
@@ -54,6 +54,11 @@ RMEAN_TAU_MS = 1_000_000.0  # time constant of the residual mean: the level's sl
                             # a daily cycle is taken out, a drift's growing lag stands out
 CLIP_SD = 4.0         # a residual moves the predictor and the CUSUM by at most this many sd
 ALLOWANCE = 1.0       # CUSUM allowance k (sd per reading): changes of about 2 sd and more accumulate
+WINDOW_SD_SHARE = 0.5  # the residual sd is at least this share of the count window's sd
+RHO_MAX = 0.9         # largest lag-1 autocorrelation of the residuals the sd is scaled for
+RCOV_ALPHA = 0.01     # weight of a residual pair in their lag-1 covariance, learnt only while both
+                      # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
+                      # the sensor's autocorrelation
 COUNTER_UPS = 100     # a key is a counter once it has stepped up this often ...
 COUNTER_RATIO = 100   # ... and at least this many times as often as it stepped down (resets)
 

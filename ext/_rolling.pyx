@@ -37,6 +37,7 @@ cdef extern from *:
 from . import _snapshot
 from ._common import (
     ALLOWANCE,
+    WINDOW_SD_SHARE,
     ANOMALY_FLAGS,
     CLIP_SD,
     COUNTER_RATIO,
@@ -54,6 +55,8 @@ from ._common import (
     LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
+    RCOV_ALPHA,
+    RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
     check_alpha,
@@ -92,11 +95,13 @@ cdef enum:
     F_TSHIFT = 10   # F_TSHIFT..F_TPREV: the time window's Welford block, laid out like F_SHIFT..F_PREV
     F_RES = 17      # learned resolution: smallest non-zero step between real readings (0 = none yet)
     F_LEVEL = 18    # EW level in time (LEVEL_TAU_MS) that predicts the next reading
-    F_RMEAN = 19    # EW mean and variance of its (clipped) residuals
+    F_RMEAN = 19    # EW mean, variance and lag-1 covariance of its (clipped) residuals
     F_RVAR = 20
-    F_CUP = 21      # the two one-sided CUSUMs of standardized residuals
-    F_CDOWN = 22
-    NF = 23
+    F_RCOV = 21
+    F_DPREV = 22    # the previous (clipped) residual
+    F_CUP = 23      # the two one-sided CUSUMs of standardized residuals
+    F_CDOWN = 24
+    NF = 25
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -148,7 +153,7 @@ cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
-                     "level", "rmean", "rvar", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
+                     "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
                           "tnsame", "tn", "cn", "nup", "ndown"]
         or len(INT_FIELDS) != NI
@@ -186,6 +191,10 @@ cdef int64_t RVAR_N = <int64_t>(1.0 / RVAR_ALPHA)
 cdef double RMEAN_TAU_C = RMEAN_TAU_MS
 cdef double CLIP_SD_C = CLIP_SD
 cdef double ALLOWANCE_C = ALLOWANCE
+cdef double WINDOW_SD_SHARE_C = WINDOW_SD_SHARE
+cdef double RHO_MAX_C = RHO_MAX
+cdef double RCOV_ALPHA_C = RCOV_ALPHA
+cdef int64_t RCOV_N = <int64_t>(1.0 / RCOV_ALPHA)
 cdef int64_t COUNTER_UPS_C = COUNTER_UPS
 cdef int64_t COUNTER_RATIO_C = COUNTER_RATIO
 
@@ -614,23 +623,42 @@ cdef inline bint is_counter(const int64_t *g) noexcept nogil:
 # single spikes (clipped) do not accumulate. A counter's increments take the place of its values.
 
 
+cdef inline float64_t change_floor(const float64_t *f, const int64_t *g) noexcept nogil:
+    """Smallest residual sd: the resolution, and WINDOW_SD_SHARE of the count window's sd (a signal
+    that wanders smoothly with little noise is judged against its wandering, not its noise)."""
+    cdef float64_t v = calc_var(&f[F_SHIFT], &g[I_NOBS]), floor = f[F_RES]
+    if v == v and WINDOW_SD_SHARE_C * sqrt(v) > floor:
+        floor = WINDOW_SD_SHARE_C * sqrt(v)
+    return floor
+
+
 cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t h,
-                             int64_t warm) noexcept nogil:
+                             int64_t warm, float64_t floor) noexcept nogil:
     """Feed one real reading; returns the CUSUM evidence (largest sum / h, > 1 when it fires)."""
-    cdef float64_t d, sd, c, u, x = 0.0, a
+    cdef float64_t d, sd, c, u, x = 0.0, a, rho
     cdef int64_t n = g[I_CN]
     g[I_CN] = n + 1
     if n == 0:
         f[F_LEVEL] = val
         f[F_RMEAN] = 0.0
         f[F_RVAR] = 0.0
+        f[F_RCOV] = 0.0
+        f[F_DPREV] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
         return 0.0
     d = (val - f[F_LEVEL]) - f[F_RMEAN]
     sd = sqrt(f[F_RVAR])
-    if sd < f[F_RES]:
-        sd = f[F_RES]
+    if sd > 0.0:
+        # residuals of real sensors are autocorrelated: scale to the sd of their run averages (AR(1))
+        rho = f[F_RCOV] / f[F_RVAR]
+        if not (rho > 0.0):
+            rho = 0.0
+        elif rho > RHO_MAX_C:
+            rho = RHO_MAX_C
+        sd = sd * sqrt((1.0 + rho) / (1.0 - rho))
+    if sd < floor:
+        sd = floor
     if sd > 0.0:
         c = CLIP_SD_C * sd
         if d > c:
@@ -649,11 +677,16 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
             if x > 1.0:  # fired: re-armed at the new level
                 f[F_LEVEL] = val
                 f[F_RMEAN] = 0.0
+                f[F_DPREV] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
                 return x
     a = RVAR_ALPHA_C if n >= RVAR_N else 1.0 / n
     f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
+    if f[F_CUP] == 0.0 and f[F_CDOWN] == 0.0:  # learnt only while no change builds up
+        a = RCOV_ALPHA_C if n >= RCOV_N else 1.0 / n
+        f[F_RCOV] = f[F_RCOV] + a * (d * f[F_DPREV] - f[F_RCOV])
+    f[F_DPREV] = d
     if ts > g[I_LAST_TS]:  # level and residual mean move with time; a late or same-time reading does not
         a = -expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_C)
         if a > LEVEL_ALPHA_MAX_C:
@@ -795,11 +828,11 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
     if val == val:
         x = 0.0
         if not counter:
-            x = change(val, ts, f, g, p[P_STHR], window)
+            x = change(val, ts, f, g, p[P_STHR], window, change_floor(f, g))
         elif val >= f[F_PREV]:  # a counter's increments, not its values; a reset is no evidence
             if g[I_NUP] == COUNTER_UPS_C:
                 g[I_CN] = 0  # just found to be a counter: the detector starts afresh on increments
-            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window)
+            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window, f[F_RES])
         if x > e:
             e = x
             dom = SHIFT_FLAG

@@ -17,6 +17,7 @@ import numpy as np
 from . import _snapshot
 from ._common import (
     ALLOWANCE,
+    WINDOW_SD_SHARE,
     ANOMALY_FLAGS,
     CLIP_SD,
     COUNTER_RATIO,
@@ -34,6 +35,8 @@ from ._common import (
     LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
+    RCOV_ALPHA,
+    RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
     check_alpha,
@@ -58,7 +61,7 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
 (F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR,
  F_TSHIFT, F_TMEAN, F_TCMEAN, F_TSSQDM, F_TCSSQ, F_TSABS, F_TPREV,
- F_RES, F_LEVEL, F_RMEAN, F_RVAR, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
+ F_RES, F_LEVEL, F_RMEAN, F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
 (I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
  I_TNOBS, I_TNSAME, I_TN, I_CN, I_NUP, I_NDOWN) = range(len(INT_FIELDS))
 (P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
@@ -68,6 +71,7 @@ assert FLOAT_FIELDS[F_CDOWN] == "cdown" and INT_FIELDS[I_NDOWN] == "ndown" and P
 V_SHIFT, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV = range(7)
 C_NOBS, C_NSAME = range(2)
 RVAR_N = int(1.0 / RVAR_ALPHA)
+RCOV_N = int(1.0 / RCOV_ALPHA)
 
 RECOMPUTE_RATIO = 1e4
 DRIFT_RATIO = 1e8
@@ -382,21 +386,39 @@ def is_counter(g: list) -> bool:
 # ----------------------------------------------------------------------
 # Change at onset
 
-def change(val: float, ts: int, f: list, g: list, h: float, warm: int) -> float:
+def change_floor(f: list, g: list) -> float:
+    v = calc_var(f, F_SHIFT, g, I_NOBS)
+    floor = f[F_RES]
+    if v == v and WINDOW_SD_SHARE * math.sqrt(v) > floor:
+        floor = WINDOW_SD_SHARE * math.sqrt(v)
+    return floor
+
+
+def change(val: float, ts: int, f: list, g: list, h: float, warm: int, floor: float) -> float:
     n = g[I_CN]
     g[I_CN] = n + 1
     if n == 0:
         f[F_LEVEL] = val
         f[F_RMEAN] = 0.0
         f[F_RVAR] = 0.0
+        f[F_RCOV] = 0.0
+        f[F_DPREV] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
         return 0.0
     x = 0.0
     d = (val - f[F_LEVEL]) - f[F_RMEAN]
     sd = math.sqrt(f[F_RVAR])
-    if sd < f[F_RES]:
-        sd = f[F_RES]
+    if sd > 0.0:
+        # residuals of real sensors are autocorrelated: scale to the sd of their run averages (AR(1))
+        rho = f[F_RCOV] / f[F_RVAR]
+        if not (rho > 0.0):
+            rho = 0.0
+        elif rho > RHO_MAX:
+            rho = RHO_MAX
+        sd = sd * math.sqrt((1.0 + rho) / (1.0 - rho))
+    if sd < floor:
+        sd = floor
     if sd > 0.0:
         c = CLIP_SD * sd
         if d > c:
@@ -415,11 +437,16 @@ def change(val: float, ts: int, f: list, g: list, h: float, warm: int) -> float:
             if x > 1.0:
                 f[F_LEVEL] = val
                 f[F_RMEAN] = 0.0
+                f[F_DPREV] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
                 return x
     a = RVAR_ALPHA if n >= RVAR_N else 1.0 / n
     f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
+    if f[F_CUP] == 0.0 and f[F_CDOWN] == 0.0:  # learnt only while no change builds up
+        a = RCOV_ALPHA if n >= RCOV_N else 1.0 / n
+        f[F_RCOV] = f[F_RCOV] + a * (d * f[F_DPREV] - f[F_RCOV])
+    f[F_DPREV] = d
     if ts > g[I_LAST_TS]:
         a = -math.expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_MS)
         if a > LEVEL_ALPHA_MAX:
@@ -542,11 +569,11 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
     if val == val:
         x = 0.0
         if not counter:
-            x = change(val, ts, f, g, p[P_STHR], window)
+            x = change(val, ts, f, g, p[P_STHR], window, change_floor(f, g))
         elif val >= f[F_PREV]:
             if g[I_NUP] == COUNTER_UPS:
                 g[I_CN] = 0
-            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window)
+            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window, f[F_RES])
         if x > e:
             e = x
             dom = FLAG_SHIFT

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iotstream.ext import Episode, EpisodeTracker, RollingStats, RuleBook
+from iotstream.ext import Episode
 from iotstream.signals import DAY_MS, NORMAL, normal_signal
 
 from iotstream.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
@@ -117,35 +117,12 @@ def test_detection_quality_does_not_regress(kind):
 # ----------------------------------------------------------------------
 # False alarms on normal real-sensor signals (issue 11's table, counters, daily cycles)
 
-def normal_episodes(kind: str, interval_ms: int, keys: int = 4, days: int = 1) -> list:
-    """Stream ``keys`` keys of a normal signal through the shipped defaults (``RollingStats()`` and
-    ``RuleBook()``, as the processor runs without a rules file) in 10-minute batches; opened episodes,
-    one per incident (``EpisodeTracker(by_key=True)``, as anomalies are stored: one per reading)."""
-    n = days * DAY_MS // interval_ms
-    rng = np.random.default_rng(sorted(NORMAL).index(kind) + interval_ms)
-    parts = [normal_signal(kind, n, interval_ms, rng) for _ in range(keys)]
-    slots = np.repeat(np.arange(keys), n).reshape(keys, n).T.ravel()
-    ts = np.stack([t for t, _ in parts], axis=1).ravel()
-    values = np.stack([v for _, v in parts], axis=1).ravel()
-    stats = RollingStats()
-    RuleBook().apply(stats, np.arange(keys), kind)
-    tracker = EpisodeTracker(by_key=True)
-    events = []
-    step = keys * max(1, 600_000 // interval_ms)
-    for a in range(0, len(values), step):
-        sl = slice(a, a + step)
-        _, score, flags, dom = stats.update(slots[sl], ts[sl], values[sl], dominant=True)
-        events += tracker.update(slots[sl], ts[sl], score, flags, dom)
-    events += tracker.close_idle(2**62)
-    return [e.episode for e in events if e.action == "opened"]
-
-
 @pytest.mark.parametrize("interval_ms", [1_000, 10_000, 60_000])
 @pytest.mark.parametrize("kind", sorted(NORMAL))
 def test_normal_signals_stay_quiet(kind, interval_ms):
     """At most one false episode per key-day with the shipped defaults."""
     keys = 4
-    opened = normal_episodes(kind, interval_ms, keys)
+    opened = load_bench().normal_episodes(kind, interval_ms, keys, seed=sorted(NORMAL).index(kind))
     assert len(opened) <= keys, [(e.slot, e.kind, e.start_ms) for e in opened]
 
 

@@ -98,7 +98,8 @@ def anomaly_message(row: dict, now: int) -> pb.Anomaly:
         value=row["value"], score=row["score"], zscore=row["zscore"], id=anomaly_id(row),
         severity=row["severity"], state=pb.ANOMALY_OPEN if row["closes_ms"] > now else pb.ANOMALY_CLOSED,
         opened_ms=row["opened_ms"], updated_ms=row["updated_ms"], closes_ms=row["closes_ms"],
-        readings=row["readings"], acknowledged_ms=row["acked_ms"], acknowledged_by=row["acked_by"])
+        readings=row["readings"], acknowledged_ms=row["acked_ms"], acknowledged_by=row["acked_by"],
+        detectors=row["detectors"])
 
 
 def episode_key(row: dict) -> tuple:

@@ -4,7 +4,7 @@ The simulator's own signals are full-precision Gaussian noise around a daily cyc
 not. Each kind of ``NORMAL`` is a perfectly normal signal of one real sensor type, generated in time (so
 the same kind sampled every 1 s, 10 s or 60 s is the same physical process), for measuring false alarms:
 ``bench/detection.py --normal`` and the false-alarm test stream them through the default rules, and
-``iotstream simulate --quantize`` sends fleets of them.
+``iotstream simulate --quantize`` rounds the simulator's own fleet to real sensors' resolutions.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ NORMAL = {
     "cycle": "full-precision daily cycle of +-3 with noise sd 0.2",
     "counter": "pulse counter: Poisson counts at 2/s, wrapping to 0 at 2**16",
 }
+# the steps real sensors report in, per simulator metric (iotstream.simulate.METRICS)
+RESOLUTION = {"temperature": 0.1, "humidity": 1.0, "pressure": 0.1}
 DOOR_OPEN_S, DOOR_SHARE = 30.0, 0.01
 COUNTER_RATE, COUNTER_WRAP = 2.0, 2**16
 
@@ -72,3 +74,13 @@ def door(n: int, dt_s: float, rng: np.random.Generator) -> np.ndarray:
             state = 1.0 - state
         out[i] = state
     return out
+
+
+def quantize(data):
+    """Round a simulated device's readings (``iotstream.simulate.DeviceData``) to RESOLUTION, in place."""
+    from iotstream.simulate import METRICS
+
+    for m, name in enumerate(METRICS):
+        sel = data.metric == m
+        data.values[sel] = np.round(data.values[sel] / RESOLUTION[name]) * RESOLUTION[name]
+    return data

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from iotstream.ext import Episode
-from iotstream.signals import DAY_MS, NORMAL, normal_signal
+from iotstream.signals import DAY_MS, NORMAL, RESOLUTION, normal_signal, quantize
 
 from iotstream.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
 
@@ -138,3 +138,17 @@ def test_normal_generator_is_what_it_says():
     assert np.all(v == np.round(v))
     with pytest.raises(ValueError, match="unknown normal signal kind"):
         normal_signal("gremlin", 10, 1000, rng)
+
+
+def test_quantized_simulator_fleet_is_quiet():
+    """``simulate --quantize``'s rounding: readings on the resolution grid, and the kinds the detectors
+    judged on full-precision noise still come without false alarms on an anomaly-free quantized fleet."""
+    bench = load_bench()
+    rng = np.random.default_rng(11)
+    data = [quantize(device_signal(f"q-{d}", 9000, END, 1000, 0.0, rng)) for d in range(6)]
+    for d in data:
+        for m, name in enumerate(METRICS):
+            v = d.values[d.metric == m] / RESOLUTION[name]
+            assert np.allclose(v, np.round(v))
+    episodes, _ = bench.detect(data)
+    assert episodes == []

@@ -24,7 +24,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 from iotstream.ext import ANOMALY_FLAGS, EpisodeTracker, RollingStats, RuleBook
 
 TRAIN_ROWS = 400

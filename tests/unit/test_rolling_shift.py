@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from iotstream.ext import _common, _snapshot, rolling_py
-from iotstream.ext._common import FLAG_LATE, FLAG_SHIFT, FLAG_STUCK, FLAG_ZSCORE
+from iotstream.ext._common import FLAG_LATE, FLAG_SHIFT, FLAG_ZSCORE
 
 try:
     from iotstream.ext import _rolling

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import ServerProcess, machine, pct, write_result  # noqa: E402
-from bench.loadgen import grpc_message, grpc_template  # noqa: E402
+from iotstream.bench.harness import ServerProcess, machine, pct, write_result  # noqa: E402
+from iotstream.bench.loadgen import grpc_message, grpc_template  # noqa: E402
 
 # Client side of the NAT story: ping every 30 s on an idle connection (NATs drop idle flows after 30-60 s;
 # the server accepts pings 20 s apart), and give up on a silent peer after 10 s.
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
 
     with ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is,
-                       module="bench.echo_server" if args.echo else None,
+                       module="iotstream.bench.echo_server" if args.echo else None,
                        extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else []
                        ) as server:
         result = asyncio.run(run(args, server))

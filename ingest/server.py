@@ -9,7 +9,7 @@ What ends a call, and with which status (each one counted in `Counters` under th
 
 * bytes that are not a ReadingBatch: INVALID_ARGUMENT [MALFORMED_REQUEST_CALLS];
 * a message over `Limits.max_message_bytes`: RESOURCE_EXHAUSTED [MESSAGE_TOO_LARGE_CALLS]. gRPC's own cap is
-  set at twice that (iotstream.server.server_options), so the handler sees, refuses and counts the usual
+  set at twice that (iotstream.node.server_options), so the handler sees, refuses and counts the usual
   oversized message; one over twice the limit gRPC refuses by itself, with the same status, uncounted;
 * with auth on, a batch of another device than the token's: PERMISSION_DENIED [WRONG_DEVICE, readings];
   no token or a bad one never reaches a handler (iotstream.auth.AuthInterceptor) [UNAUTHENTICATED_CALLS];
@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 from iotstream.v1 import ingest_pb2 as pb
 
 from iotstream.auth import AuthError
-from iotstream.queue import QueueUnavailable
+from iotstream.bus.local import QueueUnavailable
 
 from .limits import DeviceLimiter, RateLimited, TooManyStreams
 from .validate import Limits, accepted_only, validate

@@ -1,5 +1,5 @@
-"""The simulator's labelled anomalies (iotstream.simulate), the event-level scoring of bench/detection.py,
-and false alarms on normal real-sensor signals (iotstream.signals) with the shipped defaults."""
+"""The simulator's labelled anomalies (iotstream.client.simulate), the event-level scoring of bench/detection.py,
+and false alarms on normal real-sensor signals (iotstream.client.signals) with the shipped defaults."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from iotstream.ext import Episode
-from iotstream.signals import DAY_MS, NORMAL, RESOLUTION, normal_signal, quantize
+from iotstream.client.signals import DAY_MS, NORMAL, RESOLUTION, normal_signal, quantize
 
-from iotstream.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
+from iotstream.client.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
 
 END = 1_800_000_000_000
 
@@ -91,7 +91,7 @@ def test_event_level_scoring():
         def __init__(self, anomalies):
             self.anomalies = anomalies
 
-    from iotstream.simulate import Anomaly
+    from iotstream.client.simulate import Anomaly
 
     data = [Data([Anomaly("stuck", 0, 1_000, 5_000), Anomaly("stuck", 1, 1_000, 5_000),
                   Anomaly("stuck", 2, 500_000, 600_000)])]

@@ -25,7 +25,7 @@ NORMAL = {
     "cycle": "full-precision daily cycle of +-3 with noise sd 0.2",
     "counter": "pulse counter: Poisson counts at 2/s, wrapping to 0 at 2**16",
 }
-# the steps real sensors report in, per simulator metric (iotstream.simulate.METRICS)
+# the steps real sensors report in, per simulator metric (iotstream.client.simulate.METRICS)
 RESOLUTION = {"temperature": 0.1, "humidity": 1.0, "pressure": 0.1}
 DOOR_OPEN_S, DOOR_SHARE = 30.0, 0.01
 COUNTER_RATE, COUNTER_WRAP = 2.0, 2**16
@@ -77,8 +77,8 @@ def door(n: int, dt_s: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def quantize(data):
-    """Round a simulated device's readings (``iotstream.simulate.DeviceData``) to RESOLUTION, in place."""
-    from iotstream.simulate import METRICS
+    """Round a simulated device's readings (``iotstream.client.simulate.DeviceData``) to RESOLUTION, in place."""
+    from iotstream.client.simulate import METRICS
 
     for m, name in enumerate(METRICS):
         sel = data.metric == m

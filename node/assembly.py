@@ -22,14 +22,14 @@ from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.kafka import KafkaConfig, KafkaQueue, ensure_topics
-from iotstream.metrics import Metrics
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics
+from iotstream.common.metrics import Metrics
 from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
-from iotstream.queue import LocalQueue
-from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
-from iotstream.query_service import add_to_server as add_query_to_server
-from iotstream.tls import ServerTLS
+from iotstream.bus.local import LocalQueue
+from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query.service import add_to_server as add_query_to_server
+from iotstream.common.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2
 
 log = logging.getLogger(__name__)

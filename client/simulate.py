@@ -228,15 +228,15 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
     """Stream every device's readings and wait for every ack; returns (summary, the generated data).
 
     `tokens` maps device ids to their bearer tokens (servers with auth on); `tls` is an
-    iotstream.tls.ClientTLS (servers with TLS on)."""
-    from iotstream.tls import aio_channel
+    iotstream.common.tls.ClientTLS (servers with TLS on)."""
+    from iotstream.common.tls import aio_channel
 
     rng = np.random.default_rng(seed)
     end_ms = time.time_ns() // 1_000_000
     fleet = [device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng, kinds)
              for i in range(devices)]
-    if quantize:  # real sensors' resolutions (iotstream.signals.RESOLUTION)
-        from iotstream.signals import quantize as to_resolution
+    if quantize:  # real sensors' resolutions (iotstream.client.signals.RESOLUTION)
+        from iotstream.client.signals import quantize as to_resolution
 
         fleet = [to_resolution(d) for d in fleet]
     channels = [aio_channel(target, tls) for _ in range(math.ceil(devices / STREAMS_PER_CHANNEL))]

@@ -34,15 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
+from iotstream.bench import skab
+from iotstream.client.signals import DAY_MS, NORMAL, normal_signal
 from iotstream.client.simulate import KINDS, METRICS, device_signal
-from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, parse_rules
+from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, RuleBook, parse_rules
 
 # The one configuration, in the rules-file format the product reads (README "Detection").
 RULES = """
 [default]
 z_threshold = 6.0
 robust_threshold = 8.0
-shift_threshold = 1.0
 stuck_count = 10
 silence_ms = {silence_ms}
 """
@@ -84,7 +85,8 @@ def detect(data: list, rules: str | None = None, interval_ms: int = INTERVAL_MS)
     for m, name in enumerate(METRICS):
         book.apply(stats, np.arange(m, len(data) * n_metrics, n_metrics), name)
     silence_ms = np.array([stats.settings(s)["silence_ms"] for s in range(len(data) * n_metrics)])
-    tracker = EpisodeTracker(quiet_ms=QUIET * interval_ms, kinds=EpisodeTracker().kinds | FLAG_SILENCE)
+    tracker = EpisodeTracker(quiet_ms=QUIET * interval_ms, kinds=EpisodeTracker().kinds | FLAG_SILENCE,
+                             by_key=True)
     episodes = []
     cpu = 0.0
     ticks = np.arange(ts[0] + interval_ms, ts[-1] + interval_ms, interval_ms)
@@ -93,9 +95,10 @@ def detect(data: list, rules: str | None = None, interval_ms: int = INTERVAL_MS)
     for tick, stop in zip(ticks.tolist(), bounds.tolist(), strict=True):
         if stop > start:
             t0 = time.process_time()
-            _, score, flags = stats.update(slots[start:stop], ts[start:stop], values[start:stop])
+            _, score, flags, dom = stats.update(slots[start:stop], ts[start:stop], values[start:stop],
+                                                dominant=True)
             cpu += time.process_time() - t0
-            episodes += [e.episode for e in tracker.update(slots[start:stop], ts[start:stop], score, flags)
+            episodes += [e.episode for e in tracker.update(slots[start:stop], ts[start:stop], score, flags, dom)
                          if e.action == "closed"]
             start = stop
         quiet = stats.silent(tick)
@@ -103,8 +106,8 @@ def detect(data: list, rules: str | None = None, interval_ms: int = INTERVAL_MS)
             gap = np.array([tick - stats.last_ts(s) for s in quiet.tolist()], dtype=np.float64)
             e = gap / silence_ms[quiet]
             score = np.log1p((math.e - 1) * e) / (1 + np.log1p((math.e - 1) * e))
-            episodes += [e.episode for e in tracker.update(quiet, np.full(len(quiet), tick), score,
-                                                           np.full(len(quiet), FLAG_SILENCE, np.uint8))
+            sil = np.full(len(quiet), FLAG_SILENCE, np.uint8)
+            episodes += [e.episode for e in tracker.update(quiet, np.full(len(quiet), tick), score, sil, sil)
                          if e.action == "closed"]
     episodes += [e.episode for e in tracker.close_idle(2**62)]
     return episodes, cpu
@@ -194,6 +197,42 @@ def run(devices: int, readings: int, seed: int, kinds: tuple[str, ...] = KINDS,
     }
 
 
+def normal_episodes(kind: str, interval_ms: int, keys: int, seed: int, days: int = 1) -> list:
+    """Stream ``keys`` keys of a normal signal through the shipped defaults (``RollingStats()`` and
+    ``RuleBook()``, as the processor runs without a rules file) in 10-minute batches; opened episodes,
+    one per incident (``EpisodeTracker(by_key=True)``, as anomalies are stored: one per reading)."""
+    n = days * DAY_MS // interval_ms
+    rng = np.random.default_rng(seed)
+    parts = [normal_signal(kind, n, interval_ms, rng) for _ in range(keys)]
+    slots = np.tile(np.arange(keys, dtype=np.int64), n)
+    ts = np.stack([t for t, _ in parts], axis=1).ravel()
+    values = np.stack([v for _, v in parts], axis=1).ravel()
+    stats = RollingStats()
+    RuleBook().apply(stats, np.arange(keys), kind)
+    tracker = EpisodeTracker(by_key=True)
+    events = []
+    step = keys * max(1, 600_000 // interval_ms)
+    for a in range(0, len(values), step):
+        sl = slice(a, a + step)
+        _, score, flags, dom = stats.update(slots[sl], ts[sl], values[sl], dominant=True)
+        events += tracker.update(slots[sl], ts[sl], score, flags, dom)
+    events += tracker.close_idle(2**62)
+    return [e.episode for e in events if e.action == "opened"]
+
+
+def normal(keys: int, seed: int) -> dict:
+    """False episodes per key-day of each normal signal at 1 s, 10 s and 60 s sampling."""
+    out = {}
+    for interval_ms in (1_000, 10_000, 60_000):
+        for kind in NORMAL:
+            opened = normal_episodes(kind, interval_ms, keys, seed)
+            out[f"{kind}@{interval_ms // 1000}s"] = {
+                "episodes_per_key_day": round(len(opened) / keys, 3),
+                "by_detector": dict(Counter(e.kind for e in opened).most_common())}
+    return {"keys": keys, "days": 1, "signals": NORMAL, "results": out,
+            "config": "RollingStats() and RuleBook() defaults, EpisodeTracker(by_key=True) 60 s quiet"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -204,7 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval-ms", type=int, default=INTERVAL_MS,
                     help="time between two readings of a metric (the detectors count in readings, the "
                          "daily cycle in time: slower sampling makes the cycle a faster change)")
+    ap.add_argument("--skab", type=Path, metavar="DIR",
+                    help="score SKAB (a copy of waico/SKAB with data/) instead of the simulator (bench/skab.py)")
+    ap.add_argument("--normal", action="store_true",
+                    help="false alarms on normal real-sensor signals (iotstream.client.signals) at 1 s, 10 s, 60 s")
     args = ap.parse_args(argv)
+    if args.skab or args.normal:
+        res = skab.run(args.skab) if args.skab else normal(args.devices, args.seed)
+        print(json.dumps(res) if args.json else json.dumps(res, indent=1))
+        out = Path(__file__).resolve().parent / "results" / f"detection-{'skab' if args.skab else 'normal'}.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     res = run(args.devices, args.readings, args.seed, tuple(args.kinds.split(",")), args.interval_ms)
     if args.json:
         print(json.dumps(res))

@@ -19,7 +19,7 @@ def cmd_simulate(args) -> int:
     summary, _ = asyncio.run(run_fleet(args.target, args.devices, args.readings, args.batch, args.rate,
                                        args.anomalies, args.seed, args.interval_ms, args.prefix,
                                        progress=True, tokens=tokens, tls=client_tls(args),
-                                       kinds=args.kinds.split(",")))
+                                       kinds=args.kinds.split(","), quantize=args.quantize))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--interval-ms", type=int, default=1000, help="time between a device's samples (default 1000)")
     s.add_argument("--prefix", default="sim", help="device id prefix (default 'sim')")
+    s.add_argument("--quantize", action="store_true",
+                   help="round readings to real sensors' steps (0.1 degC, 1 %%RH, 0.1 hPa; iotstream.client.signals)")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     s.add_argument("--tokens", help="JSON file {device_id: token} (as printed by `devices add --json`)")
     options.client_tls(s)

@@ -22,8 +22,8 @@ _US = "fromUnixTimestamp64Micro({%s:Int64}, 'UTC')"
 SEVERITY = "multiIf(peak_score >= 0.7, 3, peak_score >= 0.6, 2, 1)"
 
 RECOMPUTE = """
-INSERT INTO $db.anomaly_episodes (device_id, metric, kind, opened, updated, closes, readings, peak_time,
-    peak_value, peak_score, peak_zscore, created, version, deleted)
+INSERT INTO $db.anomaly_episodes (device_id, metric, kind, detectors, opened, updated, closes, readings,
+    peak_time, peak_value, peak_score, peak_zscore, created, version, deleted)
 WITH
     keys AS (
         SELECT tupleElement(k, 1) AS device_id, tupleElement(k, 2) AS metric, tupleElement(k, 3) AS kind,
@@ -45,8 +45,8 @@ WITH
         GROUP BY k.device_id, k.metric, k.kind
     ),
     events AS (
-        SELECT a.device_id AS device_id, a.metric AS metric, a.kind AS kind, a.time AS time, a.value AS value,
-               a.score AS score, a.zscore AS zscore
+        SELECT a.device_id AS device_id, a.metric AS metric, a.kind AS kind, a.detectors AS detectors,
+               a.time AS time, a.value AS value, a.score AS score, a.zscore AS zscore
         FROM $db.anomalies AS a
         INNER JOIN starts AS s ON a.device_id = s.device_id AND a.metric = s.metric AND a.kind = s.kind
         WHERE a.time >= (SELECT min(start) FROM starts) AND a.time >= s.start
@@ -63,14 +63,16 @@ WITH
         FROM gaps
     ),
     fresh AS (
-        SELECT device_id, metric, kind, min(time) AS opened, max(time) AS updated, toUInt32(count()) AS readings,
+        SELECT device_id, metric, kind, arraySort(groupUniqArrayArray(detectors)) AS detectors, min(time) AS opened,
+               max(time) AS updated, toUInt32(count()) AS readings,
                argMax(time, (score, time)) AS peak_time, argMax(value, (score, time)) AS peak_value,
                max(score) AS peak_score, argMax(zscore, (score, time)) AS peak_zscore, 1 AS hit
         FROM numbered
         GROUP BY device_id, metric, kind, episode
     ),
     old AS (
-        SELECT c.device_id AS device_id, c.metric AS metric, c.kind AS kind, c.opened AS opened,
+        SELECT c.device_id AS device_id, c.metric AS metric, c.kind AS kind, c.detectors AS detectors,
+               c.opened AS opened,
                c.updated AS updated, c.readings AS readings, c.peak_time AS peak_time,
                c.peak_value AS peak_value, c.peak_score AS peak_score, c.peak_zscore AS peak_zscore,
                c.created AS created, 1 AS hit
@@ -80,7 +82,7 @@ WITH
     )
 SELECT
     if(f.hit = 1, f.device_id, o.device_id), if(f.hit = 1, f.metric, o.metric), if(f.hit = 1, f.kind, o.kind),
-    if(f.hit = 1, f.opened, o.opened),
+    if(f.hit = 1, f.detectors, o.detectors), if(f.hit = 1, f.opened, o.opened),
     if(f.hit = 1, f.updated, o.updated) AS e_updated, addMilliseconds(e_updated, {q:Int64}),
     if(f.hit = 1, f.readings, o.readings), if(f.hit = 1, f.peak_time, o.peak_time),
     if(f.hit = 1, f.peak_value, o.peak_value), if(f.hit = 1, f.peak_score, o.peak_score),
@@ -95,7 +97,7 @@ SETTINGS join_use_nulls = 0
 """
 
 # Columns of an episode as the Query service reports it; `e` is the episode row, `a` its acknowledgement.
-COLUMNS = f"""e.device_id AS device_id, e.metric AS metric, e.kind AS kind,
+COLUMNS = f"""e.device_id AS device_id, e.metric AS metric, e.kind AS kind, e.detectors AS detectors,
     toUnixTimestamp64Milli(e.opened) AS opened_ms, toUnixTimestamp64Milli(e.updated) AS updated_ms,
     toUnixTimestamp64Milli(e.closes) AS closes_ms, e.readings AS readings,
     toUnixTimestamp64Milli(e.peak_time) AS time_ms, e.peak_value AS value, e.peak_score AS score,

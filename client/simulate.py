@@ -223,7 +223,8 @@ async def stream_device(stub, data: DeviceData, batch_size: int, tally: Tally, l
 async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, rate: float | None = None,
                     anomalies: float = 0.001, seed: int = 0, interval_ms: int = 1000, prefix: str = "sim",
                     progress: bool = False, tokens: dict[str, str] | None = None,
-                    tls=None, kinds: Sequence[str] = ("spike",)) -> tuple[dict, list[DeviceData]]:
+                    tls=None, kinds: Sequence[str] = ("spike",),
+                    quantize: bool = False) -> tuple[dict, list[DeviceData]]:
     """Stream every device's readings and wait for every ack; returns (summary, the generated data).
 
     `tokens` maps device ids to their bearer tokens (servers with auth on); `tls` is an
@@ -234,6 +235,10 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
     end_ms = time.time_ns() // 1_000_000
     fleet = [device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng, kinds)
              for i in range(devices)]
+    if quantize:  # real sensors' resolutions (iotstream.client.signals.RESOLUTION)
+        from iotstream.client.signals import quantize as to_resolution
+
+        fleet = [to_resolution(d) for d in fleet]
     channels = [aio_channel(target, tls) for _ in range(math.ceil(devices / STREAMS_PER_CHANNEL))]
     tally, limit = Tally(), RateLimit(rate)
     started = time.perf_counter()

@@ -11,7 +11,7 @@ FLAG_THRESHOLD = 2    # value outside the slot's static [lo, hi]
 FLAG_RATE = 4         # |rate of change| per second above the slot's max_rate
 FLAG_STUCK = 8        # same value for stuck_count readings or for stuck_ms
 FLAG_ROBUST = 16      # |robust z| (median/MAD) above the slot's robust_threshold
-FLAG_SHIFT = 32       # recent window's distribution far from the long-run one (relative entropy)
+FLAG_SHIFT = 32       # a change (level shift or drift) at its onset: CUSUM of standardized residuals
 FLAG_LATE = 64        # timestamp older than the slot's newest one (informational, not an anomaly)
 FLAG_SILENCE = 128    # slot not heard from for silence_ms (from RollingStats.silent, never from update)
 FLAG_NAMES = {FLAG_ZSCORE: "zscore", FLAG_THRESHOLD: "threshold", FLAG_RATE: "rate", FLAG_STUCK: "stuck",
@@ -26,76 +26,70 @@ NEVER = -(2**63)  # timestamp sentinel: no reading yet
 # and so are nobs/nsame and tnobs/tnsame.
 FLOAT_FIELDS = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean", "ewm_var",
                 "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev",
-                "lmean", "lvar", "hsum", "hw"]
+                "res", "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"]
 INT_FIELDS = ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n",
-              "tnobs", "tnsame", "tn", "ln", "hn", "srun"]
+              "tnobs", "tnsame", "tn", "cn", "nup", "ndown"]
 FLOAT_DEFAULTS = {"shift": 0.0, "mean": 0.0, "cmean": 0.0, "ssqdm": 0.0, "cssq": 0.0, "sabs": 0.0,
                   "prev": math.nan, "rprev": math.nan, "ewm_mean": math.nan, "ewm_var": math.nan,
                   "tshift": 0.0, "tmean": 0.0, "tcmean": 0.0, "tssqdm": 0.0, "tcssq": 0.0, "tsabs": 0.0,
-                  "tprev": math.nan, "lmean": 0.0, "lvar": 0.0, "hsum": 0.0, "hw": 1.0}
+                  "tprev": math.nan, "res": 0.0, "level": 0.0, "rmean": 0.0, "rvar": 0.0, "rcov": 0.0, "dprev": 0.0, "cup": 0.0, "cdown": 0.0}
 INT_DEFAULTS = {"pos": 0, "nfill": 0, "nobs": 0, "nsame": 0, "last_ts": NEVER, "prev_ts": NEVER,
-                "run_ts": NEVER, "ewm_n": 0, "tnobs": 0, "tnsame": 0, "tn": 0, "ln": 0, "hn": 0, "srun": 0}
+                "run_ts": NEVER, "ewm_n": 0, "tnobs": 0, "tnsame": 0, "tn": 0, "cn": 0, "nup": 0, "ndown": 0}
+# Older layouts also held the histogram shift detector's columns (lmean, lvar, hsum, hw, ln, hn, srun)
+# and arrays (bins, hist); a snapshot with them loads, and the change detector starts afresh.
+
 # Per-slot detector settings (float64; counts and milliseconds are whole numbers).
 PARAM_FIELDS = ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count", "stuck_ms",
                 "silence_ms", "shift_threshold", "time_window_ms"]
 
 # ----------------------------------------------------------------------
-# Distribution shift (the numbers both twins use; see _rolling.pyx "Distribution shift")
+# Change detection (see _rolling.pyx "Change at onset"; both twins take these very doubles)
 
-SHIFT_BINS = 16           # histogram bins of u = (x - long-run mean) / long-run sd ...
-SHIFT_BIN_WIDTH = 0.5     # ... each 0.5 wide, centred on 0; the outer two take the tails beyond +-3.5
-NO_BIN = 255              # ring entry with no bin (NaN, or the long-run reference was not warm yet)
-FLAGGED_BIN = 128         # bit set on a ring entry whose reading was flagged (never learned)
-LONG_ALPHA = 1.0 / 1000   # weight of a reading in the long-run mean and variance ...
-LONG_N = 999              # ... after the first LONG_N (before: 1 / (n + 1), the plain mean and variance)
-HIST_ALPHA = 1.0 / 2000   # weight of a reading in the long-run histogram
-HIST_GROWTH = 1.0 / (1.0 - HIST_ALPHA)  # the histogram decays lazily: each new weight is this much larger
-HIST_RESCALE = 2.0**20    # ... until it reaches this, when the histogram is rescaled to weight 1
-HIST_FLOOR = 1e-4         # and every bin is raised to this share of the total (no bin ever has zero mass)
-CLIP_SD = 4.0             # a reading moves the long-run mean by at most this many sd (times LONG_ALPHA)
-PRIOR_WEIGHT = 20.0       # the histogram starts as a standard normal of this many readings
-
-
-def _normal_bins() -> list[float]:
-    edges = [(i - SHIFT_BINS // 2) * SHIFT_BIN_WIDTH for i in range(1, SHIFT_BINS)]
-    cdf = [0.0] + [0.5 * math.erfc(-e / math.sqrt(2.0)) for e in edges] + [1.0]
-    return [cdf[i + 1] - cdf[i] for i in range(SHIFT_BINS)]
+LEVEL_TAU_MS = 200_000.0  # time constant of the level the residuals are taken from: a drift faster than
+                          # ~2 sd per 200 s stands out, a daily cycle lags it by a fifth of an sd or less
+LEVEL_ALPHA_MAX = 0.05    # ... but at slow sampling a reading moves it by at most this share of its
+                          # residual, so a level shift still leaves residuals for a few readings
+RVAR_ALPHA = 0.01     # weight of a residual in the residual variance (after the first 1/RVAR_ALPHA) ...
+RMEAN_TAU_MS = 1_000_000.0  # time constant of the residual mean: the level's slowly changing lag behind
+                            # a daily cycle is taken out, a drift's growing lag stands out
+CLIP_SD = 4.0         # a residual moves the predictor and the CUSUM by at most this many sd
+ALLOWANCE = 1.0       # CUSUM allowance k (sd per reading): changes of about 2 sd and more accumulate
+WINDOW_SD_SHARE = 0.5  # the residual sd is at least this share of the count window's sd
+RHO_MAX = 0.9         # largest lag-1 autocorrelation of the residuals the sd is scaled for
+RCOV_ALPHA = 0.01     # weight of a residual pair in their lag-1 covariance, learnt only while both
+                      # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
+                      # the sensor's autocorrelation
+COUNTER_UPS = 100     # a key is a counter once it has stepped up this often ...
+COUNTER_RATIO = 100   # ... and at least this many times as often as it stepped down (resets)
 
 
-PRIOR = [PRIOR_WEIGHT * q for q in _normal_bins()]  # starting histogram (weights)
+KINDS = ("unknown", "constant", "counter", "binary", "enumerated", "mostly-constant", "quantized",
+         "continuous")
 
 
-def lsum(xs) -> float:
-    """Left-to-right float sum, as the kernels add (``sum`` compensates from Python 3.12 on)."""
-    t = 0.0
-    for x in xs:
-        t += x
-    return t
+def classify(window_sorted: np.ndarray, res: float, nup: int, ndown: int) -> str:
+    """A key's kind from its sorted window, learned resolution and step counts (for operators; the
+    kernel itself only treats counters apart, the resolution floor covers the rest):
 
-
-FLOAT_DEFAULTS["hsum"] = lsum(PRIOR)
-
-
-def xlogx_table(window: int) -> list[float]:
-    """c * log(c) for c = 0..window (0 for c = 0): the entropy part of the relative entropy."""
-    return [0.0] + [c * math.log(c) for c in range(1, window + 1)]
-
-
-def log_table(window: int) -> list[float]:
-    """log(c) for c = 0..window (-inf for c = 0, never used)."""
-    return [-math.inf] + [math.log(c) for c in range(1, window + 1)]
-
-
-def new_hist(n: int) -> np.ndarray:
-    """Histogram state of ``n`` slots: per slot SHIFT_BINS weights, their logs, and the recent counts."""
-    a = np.zeros((n, 3 * SHIFT_BINS), dtype=np.float64)
-    a[:, :SHIFT_BINS] = PRIOR
-    a[:, SHIFT_BINS:2 * SHIFT_BINS] = [math.log(q) for q in PRIOR]
-    return a
-
-
-def new_bins(n: int, window: int) -> np.ndarray:
-    return np.full((n, window), NO_BIN, dtype=np.uint8)
+    counter: stepped up COUNTER_UPS times and COUNTER_RATIO times as often as down; constant: never
+    moved; binary / enumerated: 2 / at most 8 distinct values in the window; mostly-constant: one value
+    holds 90 % of the window; quantized: at most half the window's values distinct; else continuous.
+    """
+    n = len(window_sorted)
+    if n == 0:
+        return "unknown"
+    if nup >= COUNTER_UPS and ndown * COUNTER_RATIO <= nup:
+        return "counter"
+    if res == 0.0:
+        return "constant"
+    _, counts = np.unique(window_sorted, return_counts=True)
+    if len(counts) <= 2:
+        return "binary"
+    if len(counts) <= 8:
+        return "enumerated"
+    if counts.max() >= 0.9 * n:
+        return "mostly-constant"
+    return "quantized" if 2 * len(counts) <= n else "continuous"
 
 
 def new_tsring(n: int, window: int) -> np.ndarray:
@@ -159,11 +153,11 @@ def check_detectors(z_threshold: float, **kw) -> dict[str, float]:
     robust_threshold: |robust z| limit (inf turns the robust detector off); lo, hi: static limits;
     max_rate: largest |change| per second; stuck_count / stuck_ms: identical readings in a row / for that
     long (0 = off); silence_ms: gap after which ``silent()`` reports the slot (0 = off);
-    shift_threshold: relative entropy (nats) of the recent window's histogram against the long-run one
-    (inf = off); time_window_ms: span of the time window (0 = off).
+    shift_threshold: CUSUM decision interval h, in residual sd, of the change detector (inf = off);
+    time_window_ms: span of the time window (0 = off).
     """
     out = {"robust_threshold": 8.0, "lo": -math.inf, "hi": math.inf, "max_rate": math.inf,
-           "stuck_count": 0.0, "stuck_ms": 0.0, "silence_ms": 0.0, "shift_threshold": 1.0,
+           "stuck_count": 0.0, "stuck_ms": 0.0, "silence_ms": 0.0, "shift_threshold": 10.0,
            "time_window_ms": 0.0}
     out["z_threshold"] = float(z_threshold)
     for k, v in kw.items():
@@ -245,12 +239,11 @@ def grown_size(nslots: int, need: int) -> int:
 
 def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], window: int,
                   detectors: dict[str, float]):
-    """Validated ``(fstate, istate, pstate, buf, sorted, tsring, bins, hist)`` from a loaded snapshot.
+    """Validated ``(fstate, istate, pstate, buf, sorted, tsring)`` from a loaded snapshot.
 
     Columns are matched by name; a snapshot from an older layout gets defaults for the new columns,
     its slots get ``detectors`` when it has no per-slot settings, the sorted windows are rebuilt from the
-    rings when missing, and without time rings or histograms the time windows start empty and the
-    long-run reference of the shift detector starts over.
+    rings when missing, and without time rings the time windows start empty.
     """
     from ._snapshot import remap
 
@@ -271,16 +264,12 @@ def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], w
         tsr = np.ascontiguousarray(arrays["tsring"], dtype=np.int64)
     else:
         tsr = new_tsring(n, window if (ps[:, PARAM_FIELDS.index("time_window_ms")] > 0).any() else 0)
-    bins = np.ascontiguousarray(arrays["bins"] if "bins" in arrays else new_bins(n, window), dtype=np.uint8)
-    hist = np.ascontiguousarray(arrays["hist"] if "hist" in arrays else new_hist(n), dtype=np.float64)
-    if not (fs.shape[0] == gs.shape[0] == ps.shape[0] == srt.shape[0] == tsr.shape[0] == bins.shape[0]
-            == hist.shape[0] == n >= 1 and buf.shape[1] == srt.shape[1] == bins.shape[1] == window
-            and tsr.shape[1] in (0, window) and hist.shape[1] == 3 * SHIFT_BINS):
+    if not (fs.shape[0] == gs.shape[0] == ps.shape[0] == srt.shape[0] == tsr.shape[0] == n >= 1
+            and buf.shape[1] == srt.shape[1] == window and tsr.shape[1] in (0, window)):
         msg = (f"inconsistent snapshot shapes: fstate {fs.shape}, istate {gs.shape}, pstate {ps.shape}, "
-               f"buf {buf.shape}, sorted {srt.shape}, tsring {tsr.shape}, bins {bins.shape}, "
-               f"hist {hist.shape} for window={window}")
+               f"buf {buf.shape}, sorted {srt.shape}, tsring {tsr.shape} for window={window}")
         raise ValueError(msg)
-    return fs, gs, ps, buf, srt, tsr, bins, hist
+    return fs, gs, ps, buf, srt, tsr
 
 
 def silent_slots(last_ts: np.ndarray, silence_ms: np.ndarray, now_ms: int) -> np.ndarray:

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from libc.math cimport INFINITY, NAN, fabs, log, log1p, sqrt
+from libc.math cimport INFINITY, NAN, expm1, fabs, log1p, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
@@ -36,7 +36,12 @@ cdef extern from *:
 
 from . import _snapshot
 from ._common import (
+    ALLOWANCE,
+    WINDOW_SD_SHARE,
+    ANOMALY_FLAGS,
     CLIP_SD,
+    COUNTER_RATIO,
+    COUNTER_UPS,
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
@@ -44,41 +49,32 @@ from ._common import (
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
-    FLAGGED_BIN,
     FLOAT_FIELDS,
-    HIST_FLOOR,
-    HIST_GROWTH,
-    HIST_RESCALE,
     INT_FIELDS,
-    LONG_ALPHA,
-    LONG_N,
+    LEVEL_ALPHA_MAX,
+    LEVEL_TAU_MS,
     NEVER,
-    NO_BIN,
     PARAM_FIELDS,
-    PRIOR,
-    SHIFT_BIN_WIDTH,
-    SHIFT_BINS,
-    ANOMALY_FLAGS,
+    RCOV_ALPHA,
+    RHO_MAX,
+    RMEAN_TAU_MS,
+    RVAR_ALPHA,
     check_alpha,
     check_batch,
     check_detectors,
     check_params,
     check_slot,
+    classify,
     grown_size,
-    log_table,
-    lsum,
-    new_bins,
     new_fstate,
-    new_hist,
     new_istate,
     new_pstate,
     new_sorted,
     new_tsring,
     params_of,
-    state_arrays,
     restore_state,
     silent_slots,
-    xlogx_table,
+    state_arrays,
 )
 
 ctypedef double float64_t
@@ -97,11 +93,15 @@ cdef enum:
     F_EWM_MEAN = 8
     F_EWM_VAR = 9
     F_TSHIFT = 10   # F_TSHIFT..F_TPREV: the time window's Welford block, laid out like F_SHIFT..F_PREV
-    F_LMEAN = 17    # long-run mean and variance (EW, learned from unflagged readings)
-    F_LVAR = 18
-    F_HSUM = 19     # total weight of the long-run histogram
-    F_HW = 20       # weight the next reading adds to it (grows instead of decaying the others)
-    NF = 21
+    F_RES = 17      # learned resolution: smallest non-zero step between real readings (0 = none yet)
+    F_LEVEL = 18    # EW level in time (LEVEL_TAU_MS) that predicts the next reading
+    F_RMEAN = 19    # EW mean, variance and lag-1 covariance of its (clipped) residuals
+    F_RVAR = 20
+    F_RCOV = 21
+    F_DPREV = 22    # the previous (clipped) residual
+    F_CUP = 23      # the two one-sided CUSUMs of standardized residuals
+    F_CDOWN = 24
+    NF = 25
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -112,9 +112,9 @@ cdef enum:
     I_EWM_N = 7     # real values seen by the EWMA
     I_TNOBS = 8     # I_TNOBS, I_TNSAME: the time window's counters, laid out like I_NOBS, I_NSAME
     I_TN = 10       # newest ring positions covered by the time window (holes included)
-    I_LN = 11       # readings the long-run mean and variance have learned
-    I_HN = 12       # ring entries with a histogram bin
-    I_SRUN = 13     # consecutive readings flagged FLAG_SHIFT
+    I_CN = 11       # readings the change detector has seen
+    I_NUP = 12      # steps up and down between consecutive real readings (the counter test)
+    I_NDOWN = 13
     NI = 14
     P_ZTHR = 0
     P_RTHR = 1
@@ -148,21 +148,14 @@ cdef enum:
     SHIFT_FLAG = 32
     LATE_FLAG = 64
     ANOMALY = 63
-    # histogram of the shift detector: NB bins, per slot the row [weights | their logs | recent counts]
-    NB = 16
-    H_W = 0
-    H_LOG = 16
-    H_CNT = 32
-    NO_BIN_C = 255
-    FLAGGED_C = 128
 
 cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
-                     "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "lmean",
-                     "lvar", "hsum", "hw"] or len(FLOAT_FIELDS) != NF
+                     "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
+                     "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
-                          "tnsame", "tn", "ln", "hn", "srun"]
+                          "tnsame", "tn", "cn", "nup", "ndown"]
         or len(INT_FIELDS) != NI
         or PARAM_FIELDS != ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count",
                             "stuck_ms", "silence_ms", "shift_threshold", "time_window_ms"]
@@ -172,8 +165,6 @@ if ((FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT
         != (Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY)
         or NEVER != C_NEVER):
     raise ImportError("iotstream.ext._rolling was compiled with different flag bits than _common")
-if (SHIFT_BINS, NO_BIN, FLAGGED_BIN) != (NB, NO_BIN_C, FLAGGED_C):
-    raise ImportError("iotstream.ext._rolling was compiled with a different histogram than _common")
 
 # Recompute the window from the ring buffer when the accumulated rounding error of ssqdm may exceed
 # ~RECOMPUTE_RATIO * eps relative (pandas' InvCondTol idea), or when the mean drifted more than
@@ -192,21 +183,20 @@ cdef double MEANAD_SCALE = 1.2533
 cdef enum:
     PF_FAR = 16
     PF_NEAR = 8
-# Shift detector constants, taken from _common so both twins use the very same doubles.
-cdef double LONG_ALPHA_C = LONG_ALPHA
-cdef int64_t LONG_N_C = LONG_N
+# Change detector constants, taken from _common so both twins use the very same doubles.
+cdef double LEVEL_TAU_C = LEVEL_TAU_MS
+cdef double LEVEL_ALPHA_MAX_C = LEVEL_ALPHA_MAX
+cdef double RVAR_ALPHA_C = RVAR_ALPHA
+cdef int64_t RVAR_N = <int64_t>(1.0 / RVAR_ALPHA)
+cdef double RMEAN_TAU_C = RMEAN_TAU_MS
 cdef double CLIP_SD_C = CLIP_SD
-cdef double HIST_GROWTH_C = HIST_GROWTH
-cdef double HIST_RESCALE_C = HIST_RESCALE
-cdef double HIST_FLOOR_C = HIST_FLOOR
-cdef double BIN_WIDTH_C = SHIFT_BIN_WIDTH
-cdef double HALF_BINS = <double>(NB // 2)
-cdef double PRIOR_C[NB]
-cdef double LOG_PRIOR_C[NB]
-cdef double PRIOR_SUM = lsum(PRIOR)
-for _i in range(NB):
-    PRIOR_C[_i] = PRIOR[_i]
-    LOG_PRIOR_C[_i] = math.log(PRIOR[_i])
+cdef double ALLOWANCE_C = ALLOWANCE
+cdef double WINDOW_SD_SHARE_C = WINDOW_SD_SHARE
+cdef double RHO_MAX_C = RHO_MAX
+cdef double RCOV_ALPHA_C = RCOV_ALPHA
+cdef int64_t RCOV_N = <int64_t>(1.0 / RCOV_ALPHA)
+cdef int64_t COUNTER_UPS_C = COUNTER_UPS
+cdef int64_t COUNTER_RATIO_C = COUNTER_RATIO
 
 
 # ----------------------------------------------------------------------
@@ -385,23 +375,33 @@ cdef float64_t scaled_z(float64_t dev, const float64_t *f, const int64_t *g, con
 
 cdef inline float64_t calc_z(float64_t val, const float64_t *f, const int64_t *g, const float64_t *b,
                              int64_t window, int64_t minp) noexcept nogil:
-    """z of ``val`` against the window before it is added; NaN below ``minp`` real values.
+    """z of ``val`` against the window before it is added, its sd floored at the slot's resolution;
+    NaN below ``minp`` real values.
 
-    A constant window gives 0 for the same value and +-inf for any other (a stuck signal that moves).
+    A constant window gives 0 for the same value and (val - c) / resolution for any other, +-inf while
+    the slot has never moved (no resolution learned: a stuck signal that moves).
     """
-    cdef float64_t c, dev, ssq
+    cdef float64_t c, dev, ssq, z, res = f[F_RES], zf
     if g[I_NOBS] < minp or val != val:
         return NAN
     if g[I_NSAME] >= g[I_NOBS]:
         c = f[F_PREV]
         if val == c:
             return 0.0
+        if res > 0.0:
+            return (val - c) / res
         return INFINITY if val > c else -INFINITY
     dev = (val - f[F_SHIFT]) - (f[F_MEAN] - f[F_CMEAN])
     ssq = f[F_SSQDM]
     if TINY_SSQDM <= ssq <= HUGE_SSQDM:
-        return dev / sqrt(ssq / (g[I_NOBS] - 1))
-    return scaled_z(dev, f, g, b, window)
+        z = dev / sqrt(ssq / (g[I_NOBS] - 1))
+    else:
+        z = scaled_z(dev, f, g, b, window)
+    if res > 0.0:
+        zf = dev / res
+        if fabs(zf) < fabs(z):
+            return zf
+    return z
 
 
 # ----------------------------------------------------------------------
@@ -519,11 +519,13 @@ cdef float64_t calc_mad(const float64_t *s, int64_t n, float64_t med) noexcept n
     return 0.5 * d0 + 0.5 * d1
 
 
-cdef float64_t calc_rz(float64_t val, const float64_t *s, int64_t n, int64_t minp) noexcept nogil:
+cdef float64_t calc_rz(float64_t val, const float64_t *s, int64_t n, int64_t minp,
+                       float64_t res) noexcept nogil:
     """Robust z of ``val`` against the window before it: (val - median) / (1.4826 MAD).
 
     When more than half the window is one value (MAD = 0) the scale falls back to 1.2533 times the mean
-    absolute deviation from the median; a constant window gives 0 or +-inf like the plain z.
+    absolute deviation from the median; either is floored at the resolution ``res``; a constant window
+    of a slot that never moved gives 0 or +-inf like the plain z.
     """
     cdef float64_t med, mad, acc = 0.0, dev
     cdef int64_t j
@@ -533,10 +535,13 @@ cdef float64_t calc_rz(float64_t val, const float64_t *s, int64_t n, int64_t min
     dev = val - med
     mad = calc_mad(s, n, med)
     if mad > 0.0:
-        return dev / (MAD_SCALE * mad)
-    for j in range(n):
-        acc += fabs(s[j] - med)
-    mad = MEANAD_SCALE * (acc / n)
+        mad = MAD_SCALE * mad
+    else:
+        for j in range(n):
+            acc += fabs(s[j] - med)
+        mad = MEANAD_SCALE * (acc / n)
+    if mad < res:
+        mad = res
     if mad > 0.0:
         return dev / mad
     if dev == 0.0:
@@ -579,151 +584,128 @@ cdef inline float64_t calc_score(float64_t e, float64_t em1) noexcept nogil:
 
 
 # ----------------------------------------------------------------------
-# Distribution shift
+# Scale and kind
 #
-# The z-scores compare a reading with the last `window` readings, so they miss changes the window follows:
-# a level shift after the first readings, a slow drift, a burst of noise once it fills the window. This
-# detector compares the recent window's distribution with the slot's long run. Each reading gets a bin
-# of u = (x - long-run mean) / long-run sd (NB bins of width SHIFT_BIN_WIDTH, outer bins open); the ring
-# keeps the bins, so the window's histogram is exact, and a bin leaving the window is added to the
-# long-run histogram, an exponentially decayed one. The score is the relative entropy (Kullback-Leibler
-# divergence, nats) of the window's histogram against the long-run one. The long-run mean, variance and
-# histogram learn only from readings no detector flagged, so an anomaly does not become its own
-# reference; a shift flagged for 2 windows in a row is taken as the new normal and the reference is
-# rebuilt from the window (CUSUM-style restart). With shift_threshold = inf the slot keeps no reference
-# at all (it costs nothing) and warms up afresh when the detector is switched on.
+# Real sensors are quantized: a 0.1 degC thermometer moves in steps of 0.1, and a window where it sat
+# still has a standard deviation of 0 or of a fraction of a step. Every scale (sd, MAD, residual sd) is
+# floored at the slot's resolution, the smallest non-zero step seen between consecutive real readings,
+# so a one-step move is one unit of evidence, never "infinitely unusual". For full-precision data the
+# smallest step shrinks towards 0 and the floor never binds. The steps also tell a counter (monotone
+# with rare resets) from the rest: a counter's value window means nothing, so the z-scores skip it.
 
-cdef inline int64_t calc_bin(float64_t val, const float64_t *f) noexcept nogil:
-    """Histogram bin of u = (val - long-run mean) / long-run sd: floor(u / width) + NB/2, clamped."""
-    cdef float64_t d = val - f[F_LMEAN], sd2 = f[F_LVAR], t
-    if sd2 > 0.0:
-        t = (d / sqrt(sd2)) / BIN_WIDTH_C + HALF_BINS
-    elif d == 0.0:
-        t = HALF_BINS
-    elif d > 0.0:
-        t = INFINITY
-    else:
-        t = -INFINITY
-    if not (t >= 0.0):
-        return 0
-    if t >= NB:
-        return NB - 1
-    return <int64_t>t
+cdef inline void learn_step(float64_t val, float64_t *f, int64_t *g) noexcept nogil:
+    """Count the step from the previous real reading and learn the resolution from it."""
+    cdef float64_t d = val - f[F_PREV]
+    if d > 0.0:
+        g[I_NUP] += 1
+    elif d < 0.0:
+        g[I_NDOWN] += 1
+        d = -d
+    if d > 0.0 and (f[F_RES] == 0.0 or d < f[F_RES]):
+        f[F_RES] = d
 
 
-cdef inline void learn_long(float64_t val, float64_t *f, int64_t *g, int64_t window) noexcept nogil:
-    """Add an unflagged reading to the long-run mean and variance (EW, deviations clipped once warm)."""
-    cdef int64_t n = g[I_LN]
-    cdef float64_t a, d, c
-    if not (fabs(val) <= DBL_MAX):
-        return
+cdef inline bint is_counter(const int64_t *g) noexcept nogil:
+    return g[I_NUP] >= COUNTER_UPS_C and g[I_NDOWN] * COUNTER_RATIO_C <= g[I_NUP]
+
+
+# ----------------------------------------------------------------------
+# Change at onset
+#
+# The z-scores compare a reading with the last `window` readings, so they miss changes the window follows
+# (a level shift after a few readings, a slow drift). Here an exponentially weighted level with a time
+# constant in time, not readings (LEVEL_TAU_MS, capped at LEVEL_ALPHA_MAX per reading), predicts each
+# reading. The residual, less its own slowly moving EW mean (so the steady lag of the level behind a
+# slope, e.g. a daily cycle, is not evidence), is standardized by its EW sd floored at the resolution,
+# clipped to +-CLIP_SD, and feeds two one-sided CUSUMs (Page 1954) with allowance ALLOWANCE. The detector
+# speaks at the onset of a change, once a CUSUM exceeds shift_threshold, and is then re-armed: both sums
+# restart at 0 and the level at the new value, so a lasting shift is one event, not a state. Noise and
+# single spikes (clipped) do not accumulate. A counter's increments take the place of its values.
+
+
+cdef inline float64_t change_floor(const float64_t *f, const int64_t *g) noexcept nogil:
+    """Smallest residual sd: the resolution, and WINDOW_SD_SHARE of the count window's sd (a signal
+    that wanders smoothly with little noise is judged against its wandering, not its noise)."""
+    cdef float64_t v = calc_var(&f[F_SHIFT], &g[I_NOBS]), floor = f[F_RES]
+    if v == v and WINDOW_SD_SHARE_C * sqrt(v) > floor:
+        floor = WINDOW_SD_SHARE_C * sqrt(v)
+    return floor
+
+
+cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t h,
+                             int64_t warm, float64_t floor) noexcept nogil:
+    """Feed one real reading; returns the CUSUM evidence (largest sum / h, > 1 when it fires)."""
+    cdef float64_t d, sd, c, u, x = 0.0, a, rho
+    cdef int64_t n = g[I_CN]
+    g[I_CN] = n + 1
     if n == 0:
-        f[F_LMEAN] = val
-        f[F_LVAR] = 0.0
-    else:
-        # max(1 / (n + 1), LONG_ALPHA), without the division once it no longer matters
-        a = LONG_ALPHA_C if n >= LONG_N_C else 1.0 / (n + 1)
-        d = val - f[F_LMEAN]
-        if n >= window and f[F_LVAR] > 0.0:
-            c = CLIP_SD_C * sqrt(f[F_LVAR])
-            if d > c:
-                d = c
-            elif d < -c:
-                d = -c
-        f[F_LMEAN] = f[F_LMEAN] + a * d
-        f[F_LVAR] = (1.0 - a) * (f[F_LVAR] + a * d * d)
-    g[I_LN] = n + 1
-
-
-cdef void learn_hist(int64_t k, float64_t *f, float64_t *h) noexcept nogil:
-    """Add bin ``k`` to the long-run histogram; older weights decay lazily (each new one is larger)."""
-    cdef float64_t w = f[F_HW], tot, floor
-    cdef int64_t i
-    h[H_W + k] += w
-    f[F_HSUM] += w
-    h[H_LOG + k] = log(h[H_W + k])
-    w = w * HIST_GROWTH_C
-    if w >= HIST_RESCALE_C:
-        tot = 0.0
-        for i in range(NB):
-            h[H_W + i] = h[H_W + i] / w
-            tot += h[H_W + i]
-        floor = HIST_FLOOR_C * tot
-        tot = 0.0
-        for i in range(NB):
-            if h[H_W + i] < floor:
-                h[H_W + i] = floor
-            tot += h[H_W + i]
-            h[H_LOG + i] = log(h[H_W + i])
-        f[F_HSUM] = tot
-        w = 1.0
-    f[F_HW] = w
-
-
-cdef inline float64_t calc_kl(const float64_t *f, const float64_t *h, int64_t n, const float64_t *xlogx,
-                              const float64_t *logn) noexcept nogil:
-    """Relative entropy (nats) of the ring's n binned readings against the long-run histogram:
-    sum c/n log((c/n) / (H/S)) = (sum c log c - sum c log H) / n - log n + log S."""
-    cdef float64_t q = 0.0, t = 0.0, c
-    cdef int64_t i
-    for i in range(NB):
-        # no branch on empty bins: they add xlogx[0] = 0.0 and 0 * log H = +-0.0, which change nothing
-        c = h[H_CNT + i]
-        q += xlogx[<int64_t>c]
-        t += c * h[H_LOG + i]
-    return (q - t) / n - logn[n] + log(f[F_HSUM])
-
-
-cdef void rebuild(float64_t *f, int64_t *g, const float64_t *b, uint8_t *bn, float64_t *h,
-                  int64_t window) noexcept nogil:
-    """A shift flagged for 2 windows in a row is the new normal: the long-run reference restarts from
-    the window (mean, variance, bins) and the histogram from the prior."""
-    cdef int64_t j, i, k, n = 0
-    cdef float64_t v, k0 = f[F_PREV], s1 = 0.0, s2 = 0.0, m, d
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            s1 += v - k0
-            n += 1
-    g[I_SRUN] = 0
-    if n < 2:
-        return
-    m = k0 + s1 / n
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            d = v - m
-            s2 += d * d
-    f[F_LMEAN] = m
-    f[F_LVAR] = s2 / (n - 1)
-    g[I_LN] = n
-    for i in range(NB):
-        h[H_W + i] = PRIOR_C[i]
-        h[H_LOG + i] = LOG_PRIOR_C[i]
-        h[H_CNT + i] = 0.0
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            k = calc_bin(v, f)
-            bn[j] = <uint8_t>k
-            h[H_CNT + k] += 1.0
-        else:
-            bn[j] = NO_BIN_C
-    g[I_HN] = n
-    f[F_HSUM] = PRIOR_SUM
-    f[F_HW] = 1.0
+        f[F_LEVEL] = val
+        f[F_RMEAN] = 0.0
+        f[F_RVAR] = 0.0
+        f[F_RCOV] = 0.0
+        f[F_DPREV] = 0.0
+        f[F_CUP] = 0.0
+        f[F_CDOWN] = 0.0
+        return 0.0
+    d = (val - f[F_LEVEL]) - f[F_RMEAN]
+    sd = sqrt(f[F_RVAR])
+    if sd > 0.0:
+        # residuals of real sensors are autocorrelated: scale to the sd of their run averages (AR(1))
+        rho = f[F_RCOV] / f[F_RVAR]
+        if not (rho > 0.0):
+            rho = 0.0
+        elif rho > RHO_MAX_C:
+            rho = RHO_MAX_C
+        sd = sd * sqrt((1.0 + rho) / (1.0 - rho))
+    if sd < floor:
+        sd = floor
+    if sd > 0.0:
+        c = CLIP_SD_C * sd
+        if d > c:
+            d = c
+        elif d < -c:
+            d = -c
+        if n >= warm and h < INFINITY:
+            u = d / sd
+            f[F_CUP] = f[F_CUP] + u - ALLOWANCE_C
+            if not (f[F_CUP] > 0.0):
+                f[F_CUP] = 0.0
+            f[F_CDOWN] = f[F_CDOWN] - u - ALLOWANCE_C
+            if not (f[F_CDOWN] > 0.0):
+                f[F_CDOWN] = 0.0
+            x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
+            if x > 1.0:  # fired: re-armed at the new level
+                f[F_LEVEL] = val
+                f[F_RMEAN] = 0.0
+                f[F_DPREV] = 0.0
+                f[F_CUP] = 0.0
+                f[F_CDOWN] = 0.0
+                return x
+    a = RVAR_ALPHA_C if n >= RVAR_N else 1.0 / n
+    f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
+    if f[F_CUP] == 0.0 and f[F_CDOWN] == 0.0:  # learnt only while no change builds up
+        a = RCOV_ALPHA_C if n >= RCOV_N else 1.0 / n
+        f[F_RCOV] = f[F_RCOV] + a * (d * f[F_DPREV] - f[F_RCOV])
+    f[F_DPREV] = d
+    if ts > g[I_LAST_TS]:  # level and residual mean move with time; a late or same-time reading does not
+        a = -expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_C)
+        if a > LEVEL_ALPHA_MAX_C:
+            a = LEVEL_ALPHA_MAX_C
+        f[F_LEVEL] = f[F_LEVEL] + a * (f[F_RMEAN] + d)
+        a = -expm1(-(ts - g[I_LAST_TS]) / RMEAN_TAU_C) if n >= RVAR_N else 1.0 / n
+        f[F_RMEAN] = f[F_RMEAN] + a * d
+    return x
 
 
 # ----------------------------------------------------------------------
 # One reading
 
-cdef inline void step(float64_t val, int64_t ts, int64_t k, float64_t *f, int64_t *g, float64_t *b,
-                      float64_t *srt, int64_t *tr, uint8_t *bn, float64_t *h, float64_t twin, int64_t window,
-                      float64_t alpha, float64_t oma) noexcept nogil:
+cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b, float64_t *srt,
+                      int64_t *tr, float64_t twin, int64_t window, float64_t alpha,
+                      float64_t oma) noexcept nogil:
     """Slide the slot's count window (and time window) by one reading and update the running state."""
     cdef float64_t old
     cdef int64_t pos = g[I_POS], j, horizon
-    cdef uint8_t ob
     cdef bint inserted = False
     if g[I_NFILL] == window:
         old = b[pos]
@@ -738,19 +720,9 @@ cdef inline void step(float64_t val, int64_t ts, int64_t k, float64_t *f, int64_
             else:
                 remove_sorted(old, srt, g[I_NOBS])
         remove_var(old, &f[F_SHIFT], &g[I_NOBS])
-        ob = bn[pos]
-        if ob != NO_BIN_C:
-            h[H_CNT + (ob & (FLAGGED_C - 1))] -= 1.0
-            g[I_HN] -= 1
-            if not (ob & FLAGGED_C):
-                learn_hist(ob, f, h)
     else:
         g[I_NFILL] += 1
     b[pos] = val
-    bn[pos] = <uint8_t>k
-    if k != NO_BIN_C:
-        h[H_CNT + k] += 1.0
-        g[I_HN] += 1
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
@@ -795,28 +767,32 @@ cdef inline void step(float64_t val, int64_t ts, int64_t k, float64_t *f, int64_
 
 
 cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b,
-                           float64_t *srt, const float64_t *p, int64_t *tr, uint8_t *bn, float64_t *h,
-                           int64_t window, int64_t minp, float64_t alpha, float64_t oma, float64_t em1,
-                           const float64_t *xlogx, const float64_t *logn, float64_t *z_out,
-                           float64_t *score_out) noexcept nogil:
-    """Score one reading against its slot's state, then add it; returns the flags."""
+                           float64_t *srt, const float64_t *p, int64_t *tr, int64_t window, int64_t minp,
+                           float64_t alpha, float64_t oma, float64_t em1, float64_t *z_out,
+                           float64_t *score_out, uint8_t *dom_out) noexcept nogil:
+    """Score one reading against its slot's state, then add it; returns the flags, and in ``dom_out``
+    the flag of the detector with the largest evidence among those that fired (0 when none did)."""
     cdef:
-        uint8_t flags = 0
-        float64_t z, rz = NAN, e = 0.0, x, rate, ex, span, bound, kl
-        int64_t dt, k = NO_BIN_C, pos
-    z = calc_z(val, f, g, b, window, minp)
-    x = fabs(z) / p[P_ZTHR]
-    if x > e:
-        e = x
-    if fabs(z) > p[P_ZTHR]:
-        flags |= Z_FLAG
-    if p[P_RTHR] < INFINITY:
-        rz = calc_rz(val, srt, g[I_NOBS], minp)
-        x = fabs(rz) / p[P_RTHR]
+        uint8_t flags = 0, dom = 0
+        float64_t z = NAN, rz, e = 0.0, x, rate, ex, span, bound
+        int64_t dt
+        bint counter = is_counter(g)
+    if not counter:
+        z = calc_z(val, f, g, b, window, minp)
+        x = fabs(z) / p[P_ZTHR]
         if x > e:
             e = x
-        if fabs(rz) > p[P_RTHR]:
-            flags |= ROBUST_FLAG
+            dom = Z_FLAG
+        if fabs(z) > p[P_ZTHR]:
+            flags |= Z_FLAG
+        if p[P_RTHR] < INFINITY:
+            rz = calc_rz(val, srt, g[I_NOBS], minp, f[F_RES])
+            x = fabs(rz) / p[P_RTHR]
+            if x > e:
+                e = x
+                dom = ROBUST_FLAG
+            if fabs(rz) > p[P_RTHR]:
+                flags |= ROBUST_FLAG
     if g[I_LAST_TS] != C_NEVER and ts < g[I_LAST_TS]:
         # late: scored and kept in the count window, but no rate is measured from or to it
         flags |= LATE_FLAG
@@ -827,6 +803,7 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             x = fabs(rate) / p[P_MAX_RATE]
             if x > e:
                 e = x
+                dom = RATE_FLAG
             if fabs(rate) > p[P_MAX_RATE]:
                 flags |= RATE_FLAG
         f[F_RPREV] = val
@@ -846,11 +823,24 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
         x = 1.0 + ex / span
         if x > e:
             e = x
+            dom = THRESHOLD_FLAG
         flags |= THRESHOLD_FLAG
-    if val == val and p[P_STHR] < INFINITY and g[I_LN] >= window:
-        k = calc_bin(val, f)
-    pos = g[I_POS]
-    step(val, ts, k, f, g, b, srt, tr, bn, h, p[P_TWIN], window, alpha, oma)
+    if val == val:
+        x = 0.0
+        if not counter:
+            x = change(val, ts, f, g, p[P_STHR], window, change_floor(f, g))
+        elif val >= f[F_PREV]:  # a counter's increments, not its values; a reset is no evidence
+            if g[I_NUP] == COUNTER_UPS_C:
+                g[I_CN] = 0  # just found to be a counter: the detector starts afresh on increments
+            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window, f[F_RES])
+        if x > e:
+            e = x
+            dom = SHIFT_FLAG
+        if x > 1.0:
+            flags |= SHIFT_FLAG
+        if f[F_PREV] == f[F_PREV]:
+            learn_step(val, f, g)  # after scoring: the floor comes from earlier steps only
+    step(val, ts, f, g, b, srt, tr, p[P_TWIN], window, alpha, oma)
     if val == val:
         x = 0.0
         if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
@@ -863,29 +853,12 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             flags |= STUCK_FLAG
             if x > e:
                 e = x
-        if k != NO_BIN_C and z == z and p[P_STHR] < INFINITY and 2 * g[I_HN] >= window:
-            kl = calc_kl(f, h, g[I_HN], xlogx, logn)
-            x = kl / p[P_STHR]
-            if x > e:
-                e = x
-            if kl > p[P_STHR]:
-                flags |= SHIFT_FLAG
-        # the long-run reference learns only from readings no detector flagged
-        if flags & ANOMALY:
-            if k != NO_BIN_C:
-                bn[pos] = <uint8_t>(k | FLAGGED_C)
-            if flags & SHIFT_FLAG:
-                g[I_SRUN] += 1
-                if g[I_SRUN] >= 2 * window:
-                    rebuild(f, g, b, bn, h, window)
-            else:
-                g[I_SRUN] = 0
-        else:
-            g[I_SRUN] = 0
-            if p[P_STHR] < INFINITY:
-                learn_long(val, f, g, window)
+                dom = STUCK_FLAG
+    if not (dom & flags):
+        dom = flags & ANOMALY & -(flags & ANOMALY)  # lowest flag that fired (ties at the threshold)
     z_out[0] = z
     score_out[0] = calc_score(e, em1)
+    dom_out[0] = dom
     return flags
 
 
@@ -912,17 +885,17 @@ cdef class RollingStats:
         Default detector settings of every slot (see ``_common.check_detectors``); ``configure`` changes
         them per slot, e.g. from the per-metric rules file.
 
-    ``update`` returns ``(z, score, flags)`` per reading. z is the plain z-score against the window before
-    the reading: NaN below ``min_count`` real values or for a NaN reading; for a constant window 0 for the
-    same value and +-inf for any other. score is the combined score in [0, 1): each detector's evidence is
-    normalised so that its threshold is 1 (``|z|/z_threshold``, ``|robust z|/robust_threshold``,
-    ``|rate|/max_rate``, ``divergence/shift_threshold``, and for a violated static limit or stuck run
+    ``update`` returns ``(z, score, flags)`` per reading. z is the z-score against the window before
+    the reading, its sd floored at the slot's resolution: NaN below ``min_count`` real values, for a NaN
+    reading, or on a counter; for a constant window 0 for the same value and steps of the resolution for
+    any other (+-inf while the slot never moved). score is the combined score in [0, 1): each detector's
+    evidence is normalised so that its threshold is 1 (``|z|/z_threshold``, ``|robust z|/robust_threshold``,
+    ``|rate|/max_rate``, ``cusum/shift_threshold``, and for a violated static limit or stuck run
     ``1 + excess/span`` and ``run/stuck_count``), the largest counts, and ``score = u/(1+u)`` with
     ``u = log1p((e-1) x)``: 0.5 exactly at a threshold, strictly increasing, never 1.
 
-    The shift detector (FLAG_SHIFT) needs ``window`` readings to warm its long-run reference and then a
-    half-full window of binned readings, so it first speaks after about 1.5 windows; see "Distribution
-    shift" above. The time window (``time_window_ms`` > 0, per slot) keeps mean and variance of the
+    The change detector (FLAG_SHIFT) speaks after ``window`` readings, at the onset of a change, and is
+    re-armed; see "Change at onset" above. The time window (``time_window_ms`` > 0, per slot) keeps mean and variance of the
     readings newer than the slot's newest timestamp minus ``time_window_ms``, among the last ``window``.
 
     A reading older than the slot's newest one is flagged FLAG_LATE, scored, and added to the count
@@ -944,10 +917,6 @@ cdef class RollingStats:
     cdef object _buf
     cdef object _sorted
     cdef object _tsring
-    cdef object _bins
-    cdef object _hist
-    cdef object _xlogx
-    cdef object _logn
 
     def __init__(self, window: int = 100, min_count: int = 20, z_threshold: float = 6.0,
                  capacity: int = 1024, *, ewm_alpha: float = 0.05, **detectors):
@@ -965,10 +934,6 @@ cdef class RollingStats:
         self._buf = np.full((capacity, window), np.nan)
         self._sorted = new_sorted(capacity, window)
         self._tsring = new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0)
-        self._bins = new_bins(capacity, window)
-        self._hist = new_hist(capacity)
-        self._xlogx = np.array(xlogx_table(window), dtype=np.float64)
-        self._logn = np.array(log_table(window), dtype=np.float64)
 
     @property
     def nslots(self) -> int:
@@ -983,11 +948,10 @@ cdef class RollingStats:
         self._buf = np.concatenate([self._buf, np.full((extra, self.window), np.nan)])
         self._sorted = np.concatenate([self._sorted, new_sorted(extra, self.window)])
         self._tsring = np.concatenate([self._tsring, new_tsring(extra, self._tsring.shape[1])])
-        self._bins = np.concatenate([self._bins, new_bins(extra, self.window)])
-        self._hist = np.concatenate([self._hist, new_hist(extra)])
 
-    def update(self, slots, ts_ms, values):
-        """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
+    def update(self, slots, ts_ms, values, dominant=False):
+        """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``, and
+        with ``dominant`` also the flag of the strongest detector that fired per reading (0 if none)."""
         sl, ts, vals = check_batch(slots, ts_ms, values)
         cdef Py_ssize_t n = sl.shape[0], i, j
         if n and sl.max() >= self._fstate.shape[0]:
@@ -995,6 +959,7 @@ cdef class RollingStats:
         z_out = np.empty(n, dtype=np.float64)
         score_out = np.empty(n, dtype=np.float64)
         flags_out = np.empty(n, dtype=np.uint8)
+        dom_out = np.empty(n, dtype=np.uint8)
         cdef:
             const int64_t[::1] s_v = sl
             const int64_t[::1] t_v = ts
@@ -1002,6 +967,7 @@ cdef class RollingStats:
             float64_t[::1] z_v = z_out
             float64_t[::1] sc_v = score_out
             uint8_t[::1] fl_v = flags_out
+            uint8_t[::1] dm_v = dom_out
             float64_t[:, ::1] fs = self._fstate
             int64_t[:, ::1] gs = self._istate
             const float64_t[:, ::1] ps = self._pstate
@@ -1009,10 +975,6 @@ cdef class RollingStats:
             float64_t[:, ::1] ss = self._sorted
             int64_t[:, ::1] ts_r = self._tsring
             bint has_t = self._tsring.shape[1] > 0
-            uint8_t[:, ::1] bn_r = self._bins
-            float64_t[:, ::1] hs = self._hist
-            const float64_t[::1] xlogx = self._xlogx
-            const float64_t[::1] logn = self._logn
             int64_t window = self.window, minp = self.min_count, s
             float64_t alpha = self.ewm_alpha, oma = self._oma, em1 = self._em1
         with nogil:
@@ -1034,20 +996,14 @@ cdef class RollingStats:
                     prefetch(&bs[s, gs[s, I_POS]])
                     for j in range(0, window, 8):
                         prefetch(&ss[s, j])
-                    prefetch(&bn_r[s, gs[s, I_POS]])
                     if has_t:
                         prefetch(&ts_r[s, gs[s, I_POS]])
-                    prefetch(&hs[s, 0])
-                    prefetch(&hs[s, 8])
-                    prefetch(&hs[s, 16])
-                    prefetch(&hs[s, 24])
-                    prefetch(&hs[s, 32])
-                    prefetch(&hs[s, 40])
                 s = s_v[i]
                 fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
-                                 &ts_r[s, 0] if has_t else NULL, &bn_r[s, 0], &hs[s, 0], window, minp,
-                                 alpha, oma, em1,
-                                 &xlogx[0], &logn[0], &z_v[i], &sc_v[i])
+                                 &ts_r[s, 0] if has_t else NULL, window, minp, alpha, oma, em1, &z_v[i],
+                                 &sc_v[i], &dm_v[i])
+        if dominant:
+            return z_out, score_out, flags_out, dom_out
         return z_out, score_out, flags_out
 
     def configure(self, slots, **detectors) -> None:
@@ -1121,20 +1077,26 @@ cdef class RollingStats:
             return 0
         return int(self._istate[s, I_TNOBS])
 
-    def divergence(self, slot) -> float:
-        """Relative entropy of the slot's recent window against its long-run histogram (NaN until the
-        window is half full of binned readings)."""
-        cdef int64_t s = check_slot(slot)
+    def cusum(self, slot) -> float:
+        """Larger of the change detector's two CUSUMs (residual sd; it fires above shift_threshold)."""
+        s = check_slot(slot)
         if s >= self._fstate.shape[0]:
             return math.nan
-        cdef int64_t n = self._istate[s, I_HN]
-        if n == 0 or 2 * n < self.window:
-            return math.nan
-        cdef float64_t[:, ::1] fs = self._fstate
-        cdef float64_t[:, ::1] hs = self._hist
-        cdef const float64_t[::1] xlogx = self._xlogx
-        cdef const float64_t[::1] logn = self._logn
-        return calc_kl(&fs[s, 0], &hs[s, 0], n, &xlogx[0], &logn[0])
+        return float(max(self._fstate[s, F_CUP], self._fstate[s, F_CDOWN]))
+
+    def resolution(self, slot) -> float:
+        """Learned resolution: smallest non-zero step between consecutive real readings (0 = none yet)."""
+        s = check_slot(slot)
+        return math.nan if s >= self._fstate.shape[0] else float(self._fstate[s, F_RES])
+
+    def kind(self, slot) -> str:
+        """The slot's kind as the detectors see it (``_common.classify``)."""
+        s = check_slot(slot)
+        if s >= self._fstate.shape[0]:
+            return "unknown"
+        g = self._istate[s]
+        return classify(self._sorted[s, :g[I_NOBS]], float(self._fstate[s, F_RES]), int(g[I_NUP]),
+                        int(g[I_NDOWN]))
 
     def count(self, slot) -> int:
         """Real (non-NaN) values in the slot's window."""
@@ -1197,15 +1159,15 @@ cdef class RollingStats:
             "RollingStats", params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
             state_arrays(self._tsring, fstate=self._fstate, istate=self._istate, pstate=self._pstate,
-                         buf=self._buf, sorted=self._sorted, bins=self._bins, hist=self._hist))
+                         buf=self._buf, sorted=self._sorted))
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:
         """Restore a snapshot made by ``to_bytes`` of either twin (or of an older layout)."""
         params, fields, arrays = _snapshot.load(data, "RollingStats")
         cdef RollingStats self = cls(capacity=1, **params)
-        (self._fstate, self._istate, self._pstate, self._buf, self._sorted, self._tsring, self._bins,
-         self._hist) = restore_state(fields, arrays, self.window, self.defaults)
+        (self._fstate, self._istate, self._pstate, self._buf, self._sorted,
+         self._tsring) = restore_state(fields, arrays, self.window, self.defaults)
         return self
 
     def __reduce__(self):

@@ -6,6 +6,8 @@ pass without one. Time is the readings' own clock: ``update`` closes what the ba
 makes quiet, and ``close_idle(now_ms)`` lets a timer close episodes of keys that went silent. One
 incident thus yields one "opened", at most one "updated" per batch, and one "closed" event, never a row
 per reading. Severity is the largest combined score seen in the episode (0..1, 0.5 = at a threshold).
+With ``by_key`` an episode is per slot instead, whatever detectors fire, named after the dominant
+detector of its first reading (``RollingStats.update(..., dominant=True)``): one incident, one episode.
 Pure Python: it only touches flagged readings, which are rare.
 """
 
@@ -46,20 +48,27 @@ class EpisodeEvent:
 class EpisodeTracker:
     """Group flagged readings into episodes (see the module docstring)."""
 
-    def __init__(self, quiet_ms: int = 60_000, kinds: int = ANOMALY_FLAGS):
+    def __init__(self, quiet_ms: int = 60_000, kinds: int = ANOMALY_FLAGS, by_key: bool = False):
         if quiet_ms < 0:
             msg = f"quiet_ms must be >= 0, got {quiet_ms}"
             raise ValueError(msg)
         self.quiet_ms = int(quiet_ms)
         self.kinds = int(kinds)
+        self.by_key = bool(by_key)
         self.open: dict[tuple[int, str], Episode] = {}
 
-    def update(self, slots, ts_ms, scores, flags) -> list[EpisodeEvent]:
-        """Feed one batch (the arrays given to and returned by ``RollingStats.update``)."""
+    def update(self, slots, ts_ms, scores, flags, dominant=None) -> list[EpisodeEvent]:
+        """Feed one batch (the arrays given to and returned by ``RollingStats.update``, and with
+        ``by_key`` its ``dominant`` array: the flag that names an episode when it opens)."""
         slots = np.asarray(slots, dtype=np.int64)
         ts_ms = np.asarray(ts_ms, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float64)
         flags = np.asarray(flags, dtype=np.uint8)
+        if self.by_key:
+            if dominant is None:
+                msg = "an EpisodeTracker(by_key=True) needs each reading's dominant flag"
+                raise TypeError(msg)
+            flags = np.where(flags & self.kinds, np.asarray(dominant, dtype=np.uint8), 0).astype(np.uint8)
         events: list[EpisodeEvent] = []
         touched: dict[tuple[int, str], Episode] = {}
         rows = np.flatnonzero(flags & self.kinds)
@@ -68,7 +77,7 @@ class EpisodeTracker:
             for bit, kind in FLAG_NAMES.items():
                 if not fl & bit & self.kinds:
                     continue
-                key = (s, kind)
+                key = (s, "" if self.by_key else kind)
                 ep = self.open.get(key)
                 if ep is not None and t - ep.end_ms > self.quiet_ms:
                     ep.closed = True
@@ -103,16 +112,16 @@ class EpisodeTracker:
 
     def to_bytes(self) -> bytes:
         """Open episodes as JSON, for the processor's warm-state snapshot."""
-        return json.dumps({"quiet_ms": self.quiet_ms, "kinds": self.kinds,
+        return json.dumps({"quiet_ms": self.quiet_ms, "kinds": self.kinds, "by_key": self.by_key,
                            "open": [asdict(ep) for ep in self.open.values()]}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EpisodeTracker:
         doc = json.loads(data)
-        self = cls(doc["quiet_ms"], doc["kinds"])
+        self = cls(doc["quiet_ms"], doc["kinds"], doc.get("by_key", False))
         for d in doc["open"]:
             ep = Episode(**d)
-            self.open[(ep.slot, ep.kind)] = ep
+            self.open[(ep.slot, "" if self.by_key else ep.kind)] = ep
         return self
 
 

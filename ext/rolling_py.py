@@ -16,8 +16,12 @@ import numpy as np
 
 from . import _snapshot
 from ._common import (
+    ALLOWANCE,
+    WINDOW_SD_SHARE,
     ANOMALY_FLAGS,
     CLIP_SD,
+    COUNTER_RATIO,
+    COUNTER_UPS,
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
@@ -25,31 +29,24 @@ from ._common import (
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
-    FLAGGED_BIN,
     FLOAT_FIELDS,
-    HIST_FLOOR,
-    HIST_GROWTH,
-    HIST_RESCALE,
     INT_FIELDS,
-    LONG_ALPHA,
-    LONG_N,
+    LEVEL_ALPHA_MAX,
+    LEVEL_TAU_MS,
     NEVER,
-    NO_BIN,
     PARAM_FIELDS,
-    PRIOR,
-    SHIFT_BIN_WIDTH,
-    SHIFT_BINS,
+    RCOV_ALPHA,
+    RHO_MAX,
+    RMEAN_TAU_MS,
+    RVAR_ALPHA,
     check_alpha,
     check_batch,
     check_detectors,
     check_params,
     check_slot,
+    classify,
     grown_size,
-    log_table,
-    lsum,
-    new_bins,
     new_fstate,
-    new_hist,
     new_istate,
     new_pstate,
     new_sorted,
@@ -58,28 +55,23 @@ from ._common import (
     restore_state,
     silent_slots,
     state_arrays,
-    xlogx_table,
 )
 
 __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
 (F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR,
  F_TSHIFT, F_TMEAN, F_TCMEAN, F_TSSQDM, F_TCSSQ, F_TSABS, F_TPREV,
- F_LMEAN, F_LVAR, F_HSUM, F_HW) = range(len(FLOAT_FIELDS))
+ F_RES, F_LEVEL, F_RMEAN, F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
 (I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
- I_TNOBS, I_TNSAME, I_TN, I_LN, I_HN, I_SRUN) = range(len(INT_FIELDS))
+ I_TNOBS, I_TNSAME, I_TN, I_CN, I_NUP, I_NDOWN) = range(len(INT_FIELDS))
 (P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
  P_TWIN) = range(len(PARAM_FIELDS))
-assert FLOAT_FIELDS[F_HW] == "hw" and INT_FIELDS[I_SRUN] == "srun" and PARAM_FIELDS[P_TWIN] == "time_window_ms"
+assert FLOAT_FIELDS[F_CDOWN] == "cdown" and INT_FIELDS[I_NDOWN] == "ndown" and PARAM_FIELDS[P_TWIN] == "time_window_ms"
 # offsets inside a Welford block (count window at F_SHIFT / I_NOBS, time window at F_TSHIFT / I_TNOBS)
 V_SHIFT, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV = range(7)
 C_NOBS, C_NSAME = range(2)
-NB = SHIFT_BINS
-H_W, H_LOG, H_CNT = 0, NB, 2 * NB  # histogram row: weights, their logs, recent counts
-LOG_PRIOR = [math.log(q) for q in PRIOR]
-PRIOR_SUM = lsum(PRIOR)
-HALF_BINS = float(NB // 2)
-BIN_MASK = FLAGGED_BIN - 1
+RVAR_N = int(1.0 / RVAR_ALPHA)
+RCOV_N = int(1.0 / RCOV_ALPHA)
 
 RECOMPUTE_RATIO = 1e4
 DRIFT_RATIO = 1e8
@@ -249,18 +241,27 @@ def scaled_z(dev: float, f: list, g: list, b: list) -> float:
 
 
 def calc_z(val: float, f: list, g: list, b: list, minp: int) -> float:
+    res = f[F_RES]
     if g[I_NOBS] < minp or val != val:
         return NAN
     if g[I_NSAME] >= g[I_NOBS]:
         c = f[F_PREV]
         if val == c:
             return 0.0
+        if res > 0.0:
+            return (val - c) / res
         return INF if val > c else -INF
     dev = (val - f[F_SHIFT]) - (f[F_MEAN] - f[F_CMEAN])
     ssq = f[F_SSQDM]
     if TINY_SSQDM <= ssq <= HUGE_SSQDM:
-        return dev / math.sqrt(ssq / (g[I_NOBS] - 1))
-    return scaled_z(dev, f, g, b)
+        z = dev / math.sqrt(ssq / (g[I_NOBS] - 1))
+    else:
+        z = scaled_z(dev, f, g, b)
+    if res > 0.0:
+        zf = dev / res
+        if abs(zf) < abs(z):
+            return zf
+    return z
 
 
 # ----------------------------------------------------------------------
@@ -312,18 +313,21 @@ def calc_mad(s: list, n: int, med: float) -> float:
     return 0.5 * d0 + 0.5 * d1
 
 
-def calc_rz(val: float, s: list, n: int, minp: int) -> float:
+def calc_rz(val: float, s: list, n: int, minp: int, res: float) -> float:
     if n < minp or val != val:
         return NAN
     med = calc_median(s, n)
     dev = val - med
     mad = calc_mad(s, n, med)
     if mad > 0.0:
-        return dev / (MAD_SCALE * mad)
-    acc = 0.0
-    for j in range(n):
-        acc += abs(s[j] - med)
-    mad = MEANAD_SCALE * (acc / n)
+        mad = MAD_SCALE * mad
+    else:
+        acc = 0.0
+        for j in range(n):
+            acc += abs(s[j] - med)
+        mad = MEANAD_SCALE * (acc / n)
+    if mad < res:
+        mad = res
     if mad > 0.0:
         return dev / mad
     if dev == 0.0:
@@ -362,127 +366,99 @@ def calc_score(e: float, em1: float) -> float:
 
 
 # ----------------------------------------------------------------------
-# Distribution shift
+# Scale and kind
 
-def calc_bin(val: float, f: list) -> int:
-    """Histogram bin of u = (val - long-run mean) / long-run sd: floor(u / width) + NB/2, clamped."""
-    d = val - f[F_LMEAN]
-    sd2 = f[F_LVAR]
-    if sd2 > 0.0:
-        t = (d / math.sqrt(sd2)) / SHIFT_BIN_WIDTH + HALF_BINS
-    elif d == 0.0:
-        t = HALF_BINS
-    elif d > 0.0:
-        t = INF
-    else:
-        t = -INF
-    if not (t >= 0.0):
-        return 0
-    if t >= NB:
-        return NB - 1
-    return int(t)
+def learn_step(val: float, f: list, g: list) -> None:
+    d = val - f[F_PREV]
+    if d > 0.0:
+        g[I_NUP] += 1
+    elif d < 0.0:
+        g[I_NDOWN] += 1
+        d = -d
+    if d > 0.0 and (f[F_RES] == 0.0 or d < f[F_RES]):
+        f[F_RES] = d
 
 
-def learn_long(val: float, f: list, g: list, window: int) -> None:
-    """Add an unflagged reading to the long-run mean and variance (EW, deviations clipped once warm)."""
-    n = g[I_LN]
-    if not (abs(val) <= DBL_MAX):
-        return
-    if n == 0:
-        f[F_LMEAN] = val
-        f[F_LVAR] = 0.0
-    else:
-        a = LONG_ALPHA if n >= LONG_N else 1.0 / (n + 1)
-        d = val - f[F_LMEAN]
-        if n >= window and f[F_LVAR] > 0.0:
-            c = CLIP_SD * math.sqrt(f[F_LVAR])
-            if d > c:
-                d = c
-            elif d < -c:
-                d = -c
-        f[F_LMEAN] = f[F_LMEAN] + a * d
-        f[F_LVAR] = (1.0 - a) * (f[F_LVAR] + a * d * d)
-    g[I_LN] = n + 1
-
-
-def learn_hist(k: int, f: list, h: list) -> None:
-    """Add bin ``k`` to the long-run histogram; older weights decay lazily (each new one is larger)."""
-    w = f[F_HW]
-    h[H_W + k] += w
-    f[F_HSUM] += w
-    h[H_LOG + k] = math.log(h[H_W + k])
-    w = w * HIST_GROWTH
-    if w >= HIST_RESCALE:
-        tot = 0.0
-        for i in range(NB):
-            h[H_W + i] = h[H_W + i] / w
-            tot += h[H_W + i]
-        floor = HIST_FLOOR * tot
-        tot = 0.0
-        for i in range(NB):
-            if h[H_W + i] < floor:
-                h[H_W + i] = floor
-            tot += h[H_W + i]
-            h[H_LOG + i] = math.log(h[H_W + i])
-        f[F_HSUM] = tot
-        w = 1.0
-    f[F_HW] = w
-
-
-def calc_kl(f: list, h: list, n: int, xlogx: list, logn: list) -> float:
-    """Relative entropy (nats) of the ring's n binned readings against the long-run histogram."""
-    q = 0.0
-    t = 0.0
-    for i in range(NB):
-        c = h[H_CNT + i]
-        q += xlogx[int(c)]
-        t += c * h[H_LOG + i]
-    return (q - t) / n - logn[n] + math.log(f[F_HSUM])
-
-
-def rebuild(f: list, g: list, b: list, bn: list, h: list, window: int) -> None:
-    """A shift flagged for 2 windows in a row is the new normal: the long-run reference restarts from
-    the window (mean, variance, bins) and the histogram from the prior."""
-    n = 0
-    k0 = f[F_PREV]
-    s1 = s2 = 0.0
-    for v in b:
-        if v == v:
-            s1 += v - k0
-            n += 1
-    g[I_SRUN] = 0
-    if n < 2:
-        return
-    m = k0 + s1 / n
-    for v in b:
-        if v == v:
-            d = v - m
-            s2 += d * d
-    f[F_LMEAN] = m
-    f[F_LVAR] = s2 / (n - 1)
-    g[I_LN] = n
-    for i in range(NB):
-        h[H_W + i] = PRIOR[i]
-        h[H_LOG + i] = LOG_PRIOR[i]
-        h[H_CNT + i] = 0.0
-    for j in range(window):
-        v = b[j]
-        if v == v:
-            k = calc_bin(v, f)
-            bn[j] = k
-            h[H_CNT + k] += 1.0
-        else:
-            bn[j] = NO_BIN
-    g[I_HN] = n
-    f[F_HSUM] = PRIOR_SUM
-    f[F_HW] = 1.0
+def is_counter(g: list) -> bool:
+    return g[I_NUP] >= COUNTER_UPS and g[I_NDOWN] * COUNTER_RATIO <= g[I_NUP]
 
 
 # ----------------------------------------------------------------------
-# One reading
+# Change at onset
 
-def step(val: float, ts: int, k: int, f: list, g: list, b: list, srt: list, tr: list, bn: list, h: list,
-         twin: float, window: int, alpha: float, oma: float) -> None:
+def change_floor(f: list, g: list) -> float:
+    v = calc_var(f, F_SHIFT, g, I_NOBS)
+    floor = f[F_RES]
+    if v == v and WINDOW_SD_SHARE * math.sqrt(v) > floor:
+        floor = WINDOW_SD_SHARE * math.sqrt(v)
+    return floor
+
+
+def change(val: float, ts: int, f: list, g: list, h: float, warm: int, floor: float) -> float:
+    n = g[I_CN]
+    g[I_CN] = n + 1
+    if n == 0:
+        f[F_LEVEL] = val
+        f[F_RMEAN] = 0.0
+        f[F_RVAR] = 0.0
+        f[F_RCOV] = 0.0
+        f[F_DPREV] = 0.0
+        f[F_CUP] = 0.0
+        f[F_CDOWN] = 0.0
+        return 0.0
+    x = 0.0
+    d = (val - f[F_LEVEL]) - f[F_RMEAN]
+    sd = math.sqrt(f[F_RVAR])
+    if sd > 0.0:
+        # residuals of real sensors are autocorrelated: scale to the sd of their run averages (AR(1))
+        rho = f[F_RCOV] / f[F_RVAR]
+        if not (rho > 0.0):
+            rho = 0.0
+        elif rho > RHO_MAX:
+            rho = RHO_MAX
+        sd = sd * math.sqrt((1.0 + rho) / (1.0 - rho))
+    if sd < floor:
+        sd = floor
+    if sd > 0.0:
+        c = CLIP_SD * sd
+        if d > c:
+            d = c
+        elif d < -c:
+            d = -c
+        if n >= warm and h < INF:
+            u = d / sd
+            f[F_CUP] = f[F_CUP] + u - ALLOWANCE
+            if not (f[F_CUP] > 0.0):
+                f[F_CUP] = 0.0
+            f[F_CDOWN] = f[F_CDOWN] - u - ALLOWANCE
+            if not (f[F_CDOWN] > 0.0):
+                f[F_CDOWN] = 0.0
+            x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
+            if x > 1.0:
+                f[F_LEVEL] = val
+                f[F_RMEAN] = 0.0
+                f[F_DPREV] = 0.0
+                f[F_CUP] = 0.0
+                f[F_CDOWN] = 0.0
+                return x
+    a = RVAR_ALPHA if n >= RVAR_N else 1.0 / n
+    f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
+    if f[F_CUP] == 0.0 and f[F_CDOWN] == 0.0:  # learnt only while no change builds up
+        a = RCOV_ALPHA if n >= RCOV_N else 1.0 / n
+        f[F_RCOV] = f[F_RCOV] + a * (d * f[F_DPREV] - f[F_RCOV])
+    f[F_DPREV] = d
+    if ts > g[I_LAST_TS]:
+        a = -math.expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_MS)
+        if a > LEVEL_ALPHA_MAX:
+            a = LEVEL_ALPHA_MAX
+        f[F_LEVEL] = f[F_LEVEL] + a * (f[F_RMEAN] + d)
+        a = -math.expm1(-(ts - g[I_LAST_TS]) / RMEAN_TAU_MS) if n >= RVAR_N else 1.0 / n
+        f[F_RMEAN] = f[F_RMEAN] + a * d
+    return x
+
+
+def step(val: float, ts: int, f: list, g: list, b: list, srt: list, tr: list, twin: float, window: int,
+         alpha: float, oma: float) -> None:
     """Slide the slot's count window (and time window) by one reading and update the running state."""
     pos = g[I_POS]
     if g[I_NFILL] == window:
@@ -494,19 +470,9 @@ def step(val: float, ts: int, k: int, f: list, g: list, b: list, srt: list, tr: 
         if old == old:
             srt.pop(bisect_left(srt, old))
         remove_var(old, f, F_SHIFT, g, I_NOBS)
-        ob = bn[pos]
-        if ob != NO_BIN:
-            h[H_CNT + (ob & BIN_MASK)] -= 1.0
-            g[I_HN] -= 1
-            if not ob & FLAGGED_BIN:
-                learn_hist(ob, f, h)
     else:
         g[I_NFILL] += 1
     b[pos] = val
-    bn[pos] = k
-    if k != NO_BIN:
-        h[H_CNT + k] += 1.0
-        g[I_HN] += 1
     g[I_POS] += 1
     if g[I_POS] == window:
         g[I_POS] = 0
@@ -545,25 +511,30 @@ def step(val: float, ts: int, k: int, f: list, g: list, b: list, srt: list, tr: 
         g[I_LAST_TS] = ts
 
 
-def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, tr: list, bn: list,
-           h: list, window: int, minp: int, alpha: float, oma: float, em1: float, xlogx: list,
-           logn: list) -> tuple[float, float, int]:
-    """Score one reading against its slot's state, then add it; returns ``(z, score, flags)``."""
+def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, tr: list, window: int,
+           minp: int, alpha: float, oma: float, em1: float) -> tuple[float, float, int, int]:
+    """Score one reading against its slot's state, then add it; returns ``(z, score, flags, dominant)``."""
     flags = 0
+    dom = 0
     e = 0.0
-    z = calc_z(val, f, g, b, minp)
-    x = abs(z) / p[P_ZTHR]
-    if x > e:
-        e = x
-    if abs(z) > p[P_ZTHR]:
-        flags |= FLAG_ZSCORE
-    if p[P_RTHR] < INF:
-        rz = calc_rz(val, srt, g[I_NOBS], minp)
-        x = abs(rz) / p[P_RTHR]
+    z = NAN
+    counter = is_counter(g)
+    if not counter:
+        z = calc_z(val, f, g, b, minp)
+        x = abs(z) / p[P_ZTHR]
         if x > e:
             e = x
-        if abs(rz) > p[P_RTHR]:
-            flags |= FLAG_ROBUST
+            dom = FLAG_ZSCORE
+        if abs(z) > p[P_ZTHR]:
+            flags |= FLAG_ZSCORE
+        if p[P_RTHR] < INF:
+            rz = calc_rz(val, srt, g[I_NOBS], minp, f[F_RES])
+            x = abs(rz) / p[P_RTHR]
+            if x > e:
+                e = x
+                dom = FLAG_ROBUST
+            if abs(rz) > p[P_RTHR]:
+                flags |= FLAG_ROBUST
     if g[I_LAST_TS] != NEVER and ts < g[I_LAST_TS]:
         flags |= FLAG_LATE
     elif val == val:
@@ -573,6 +544,7 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
             x = abs(rate) / p[P_MAX_RATE]
             if x > e:
                 e = x
+                dom = FLAG_RATE
             if abs(rate) > p[P_MAX_RATE]:
                 flags |= FLAG_RATE
         f[F_RPREV] = val
@@ -592,12 +564,24 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
         x = 1.0 + ex / span
         if x > e:
             e = x
+            dom = FLAG_THRESHOLD
         flags |= FLAG_THRESHOLD
-    k = NO_BIN
-    if val == val and p[P_STHR] < INF and g[I_LN] >= window:
-        k = calc_bin(val, f)
-    pos = g[I_POS]
-    step(val, ts, k, f, g, b, srt, tr, bn, h, p[P_TWIN], window, alpha, oma)
+    if val == val:
+        x = 0.0
+        if not counter:
+            x = change(val, ts, f, g, p[P_STHR], window, change_floor(f, g))
+        elif val >= f[F_PREV]:
+            if g[I_NUP] == COUNTER_UPS:
+                g[I_CN] = 0
+            x = change(val - f[F_PREV], ts, f, g, p[P_STHR], window, f[F_RES])
+        if x > e:
+            e = x
+            dom = FLAG_SHIFT
+        if x > 1.0:
+            flags |= FLAG_SHIFT
+        if f[F_PREV] == f[F_PREV]:
+            learn_step(val, f, g)
+    step(val, ts, f, g, b, srt, tr, p[P_TWIN], window, alpha, oma)
     if val == val:
         x = 0.0
         if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
@@ -610,28 +594,10 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
             flags |= FLAG_STUCK
             if x > e:
                 e = x
-        if k != NO_BIN and z == z and p[P_STHR] < INF and 2 * g[I_HN] >= window:
-            kl = calc_kl(f, h, g[I_HN], xlogx, logn)
-            x = kl / p[P_STHR]
-            if x > e:
-                e = x
-            if kl > p[P_STHR]:
-                flags |= FLAG_SHIFT
-        # the long-run reference learns only from readings no detector flagged
-        if flags & ANOMALY_FLAGS:
-            if k != NO_BIN:
-                bn[pos] = k | FLAGGED_BIN
-            if flags & FLAG_SHIFT:
-                g[I_SRUN] += 1
-                if g[I_SRUN] >= 2 * window:
-                    rebuild(f, g, b, bn, h, window)
-            else:
-                g[I_SRUN] = 0
-        else:
-            g[I_SRUN] = 0
-            if p[P_STHR] < INF:
-                learn_long(val, f, g, window)
-    return z, calc_score(e, em1), flags
+                dom = FLAG_STUCK
+    if not dom & flags:
+        dom = flags & ANOMALY_FLAGS & -(flags & ANOMALY_FLAGS)
+    return z, calc_score(e, em1), flags, dom
 
 
 # ----------------------------------------------------------------------
@@ -650,14 +616,11 @@ class RollingStats:
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
         self._em1 = math.e - 1.0
-        self._xlogx = xlogx_table(window)
-        self._logn = log_table(window)
         self._set_state(new_fstate(capacity), new_istate(capacity), new_pstate(capacity, self.defaults),
                         np.full((capacity, window), np.nan), new_sorted(capacity, window),
-                        new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0),
-                        new_bins(capacity, window), new_hist(capacity))
+                        new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0))
 
-    def _set_state(self, fs, gs, ps, buf, srt, tsr, bins, hist) -> None:
+    def _set_state(self, fs, gs, ps, buf, srt, tsr) -> None:
         self._fs = fs.tolist()
         self._gs = gs.tolist()
         self._ps = ps.tolist()
@@ -665,8 +628,6 @@ class RollingStats:
         self._ss = [[v for v in row if v == v] for row in srt.tolist()]
         self._tr = tsr.tolist()
         self._has_t = tsr.shape[1] > 0
-        self._bn = bins.tolist()
-        self._hs = hist.tolist()
 
     @property
     def nslots(self) -> int:
@@ -681,27 +642,24 @@ class RollingStats:
         self._bs.extend([NAN] * self.window for _ in range(extra))
         self._ss.extend([] for _ in range(extra))
         self._tr.extend(new_tsring(extra, self.window if self._has_t else 0).tolist())
-        self._bn.extend(new_bins(extra, self.window).tolist())
-        self._hs.extend(new_hist(extra).tolist())
 
-    def update(self, slots, ts_ms, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``."""
+    def update(self, slots, ts_ms, values, dominant=False):
+        """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``, and
+        with ``dominant`` also the flag of the strongest detector that fired per reading (0 if none)."""
         sl, ts, vals = check_batch(slots, ts_ms, values)
         n = len(sl)
         if n and sl.max() >= len(self._fs):
             self._grow(int(sl.max()) + 1)
-        z_out = [0.0] * n
-        sc_out = [0.0] * n
-        fl_out = [0] * n
-        fs, gs, ps, bs, ss = self._fs, self._gs, self._ps, self._bs, self._ss
-        tr, bn, hs, xlogx, logn = self._tr, self._bn, self._hs, self._xlogx, self._logn
+        out = [(0.0, 0.0, 0, 0)] * n
+        fs, gs, ps, bs, ss, tr = self._fs, self._gs, self._ps, self._bs, self._ss, self._tr
         window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
         for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
-            z_out[i], sc_out[i], fl_out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s],
-                                                    tr[s] if self._has_t else None, bn[s], hs[s], window,
-                                                    minp, alpha, oma, em1, xlogx, logn)
-        return (np.array(z_out, dtype=np.float64), np.array(sc_out, dtype=np.float64),
-                np.array(fl_out, dtype=np.uint8))
+            out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s], tr[s] if self._has_t else None,
+                            window, minp, alpha, oma, em1)
+        cols = list(zip(*out, strict=True)) if n else [(), (), (), ()]
+        res = (np.array(cols[0], dtype=np.float64), np.array(cols[1], dtype=np.float64),
+               np.array(cols[2], dtype=np.uint8), np.array(cols[3], dtype=np.uint8))
+        return res if dominant else res[:3]
 
     def configure(self, slots, **detectors) -> None:
         """Set detector settings (``robust_threshold``, ``lo``, ``hi``, ...) for the given slots."""
@@ -765,13 +723,22 @@ class RollingStats:
         s = self._slot(slot)
         return 0 if s is None else int(self._gs[s][I_TNOBS])
 
-    def divergence(self, slot) -> float:
-        """Relative entropy of the slot's recent window against its long-run histogram (NaN until the
-        window is half full of binned readings)."""
+    def cusum(self, slot) -> float:
+        """Larger of the change detector's two CUSUMs (residual sd; it fires above shift_threshold)."""
         s = self._slot(slot)
-        if s is None or 2 * self._gs[s][I_HN] < self.window or self._gs[s][I_HN] == 0:
-            return NAN
-        return calc_kl(self._fs[s], self._hs[s], self._gs[s][I_HN], self._xlogx, self._logn)
+        return NAN if s is None else max(self._fs[s][F_CUP], self._fs[s][F_CDOWN])
+
+    def resolution(self, slot) -> float:
+        """Learned resolution: smallest non-zero step between consecutive real readings (0 = none yet)."""
+        s = self._slot(slot)
+        return NAN if s is None else self._fs[s][F_RES]
+
+    def kind(self, slot) -> str:
+        """The slot's kind as the detectors see it (``_common.classify``)."""
+        s = self._slot(slot)
+        if s is None:
+            return "unknown"
+        return classify(np.array(self._ss[s]), self._fs[s][F_RES], self._gs[s][I_NUP], self._gs[s][I_NDOWN])
 
     def count(self, slot) -> int:
         """Real (non-NaN) values in the slot's window."""
@@ -831,9 +798,7 @@ class RollingStats:
                          fstate=np.array(self._fs, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
                          istate=np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
                          pstate=np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
-                         buf=np.array(self._bs, dtype=np.float64).reshape(-1, w), sorted=srt,
-                         bins=np.array(self._bn, dtype=np.uint8).reshape(-1, w),
-                         hist=np.array(self._hs, dtype=np.float64).reshape(-1, 3 * NB)))
+                         buf=np.array(self._bs, dtype=np.float64).reshape(-1, w), sorted=srt))
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:

@@ -7,7 +7,7 @@ File format::
     [default]
     z_threshold = 6.0          # |z| over the count window
     robust_threshold = 8.0     # |robust z| (median/MAD); inf or "off" disables
-    shift_threshold = 1.0      # relative entropy (nats), recent window vs long run; "off" disables
+    shift_threshold = 10.0     # CUSUM of standardized residuals (sd) to report a change; "off" disables
     silence_ms = 300000        # report a key not heard from for 5 min (0 = off)
     time_window_ms = 60000     # also keep mean/variance over the last minute (0 = off)
 
@@ -45,7 +45,7 @@ class Rules:
     stuck_count: int = 0
     stuck_ms: int = 0
     silence_ms: int = 0
-    shift_threshold: float = 1.0
+    shift_threshold: float = 10.0
     time_window_ms: int = 0
 
     def __post_init__(self) -> None:

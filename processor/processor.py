@@ -64,8 +64,9 @@ class Processor:
         cols = to_columns(batches)
         if len(cols) == 0:
             return Prepared(cols.readings_table(), empty_anomalies(), resent, undecodable)
-        z, score, flags = state.stats.update(key_slots(state, cols, self.rules), cols.time_ms, cols.values)
-        return Prepared(cols.readings_table(), anomaly_table(cols, z, score, flags), resent, undecodable)
+        z, score, flags, dom = state.stats.update(key_slots(state, cols, self.rules), cols.time_ms, cols.values,
+                                                  dominant=True)
+        return Prepared(cols.readings_table(), anomaly_table(cols, z, score, flags, dom), resent, undecodable)
 
     def write(self, prepared: Prepared, token: str | None = None) -> None:
         """One insert per table; with `token`, a repeated call stores nothing twice."""
@@ -90,6 +91,7 @@ class Processor:
             "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
             "value": pa.array([float("nan")] * len(rows), pa.float64()),
             "kind": pa.array([FLAG_NAMES[FLAG_SILENCE]] * len(rows), pa.string()),
+            "detectors": pa.array([[FLAG_NAMES[FLAG_SILENCE]]] * len(rows), pa.list_(pa.string())),
             "score": pa.array([0.5] * len(rows), pa.float64()),
             "zscore": pa.array([float("nan")] * len(rows), pa.float64())}, schema=ANOMALY_SCHEMA)
 
@@ -124,24 +126,28 @@ def key_slots(state: PartitionState, cols: Columns, rules: RuleBook) -> np.ndarr
 
 ANOMALY_SCHEMA = pa.schema([("device_id", pa.string()), ("metric", pa.string()),
                             ("time", pa.timestamp("ms", tz="UTC")), ("value", pa.float64()),
-                            ("kind", pa.string()), ("score", pa.float64()), ("zscore", pa.float64())])
+                            ("kind", pa.string()), ("detectors", pa.list_(pa.string())), ("score", pa.float64()),
+                            ("zscore", pa.float64())])
 
 
 def empty_anomalies() -> pa.Table:
     return ANOMALY_SCHEMA.empty_table()
 
 
-def anomaly_table(cols: Columns, z: np.ndarray, score: np.ndarray, flags: np.ndarray) -> pa.Table:
-    """One row per (flagged reading, detector that fired), in the column order of `anomalies`."""
-    tables = []
-    for bit, kind in KINDS.items():
-        rows = np.flatnonzero(flags & bit)
-        if len(rows) == 0:
-            continue
-        t = cols.readings_table(rows)
-        tables.append(pa.table({
-            "device_id": t.column("device_id").cast(pa.string()), "metric": t.column("metric").cast(pa.string()),
-            "time": t.column("time"), "value": t.column("value"),
-            "kind": pa.array([kind] * len(rows), pa.string()), "score": pa.array(score[rows], pa.float64()),
-            "zscore": pa.array(z[rows], pa.float64())}, schema=ANOMALY_SCHEMA))
-    return pa.concat_tables(tables) if tables else empty_anomalies()
+def anomaly_table(cols: Columns, z: np.ndarray, score: np.ndarray, flags: np.ndarray,
+                  dominant: np.ndarray) -> pa.Table:
+    """One row per flagged reading, in the column order of `anomalies`: `kind` is the detector with the
+    largest evidence, `detectors` all that fired (in flag order)."""
+    rows = np.flatnonzero(flags & ANOMALY_FLAGS)
+    if len(rows) == 0:
+        return empty_anomalies()
+    t = cols.readings_table(rows)
+    fired = flags[rows] & ANOMALY_FLAGS
+    names = {int(f): [kind for bit, kind in KINDS.items() if f & bit] for f in np.unique(fired)}
+    return pa.table({
+        "device_id": t.column("device_id").cast(pa.string()), "metric": t.column("metric").cast(pa.string()),
+        "time": t.column("time"), "value": t.column("value"),
+        "kind": pa.array([KINDS[int(d)] for d in dominant[rows]], pa.string()),
+        "detectors": pa.array([names[int(f)] for f in fired], pa.list_(pa.string())),
+        "score": pa.array(score[rows], pa.float64()), "zscore": pa.array(z[rows], pa.float64())},
+        schema=ANOMALY_SCHEMA)

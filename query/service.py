@@ -87,6 +87,10 @@ def page_size(value: int, default: int, cap: int) -> int:
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01: past it, ClickHouse DateTime arithmetic overflows
 
 
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
 def time_range(start_ms: int, end_ms: int) -> tuple[int, int]:
     end = end_ms or time.time_ns() // 1_000_000 + 1
     if not 0 <= start_ms <= MAX_TIME_MS:
@@ -140,7 +144,8 @@ def anomaly_message(row: dict, now: int) -> pb.Anomaly:
         value=row["value"], score=row["score"], zscore=row["zscore"], id=anomaly_id(row),
         severity=row["severity"], state=pb.ANOMALY_OPEN if row["closes_ms"] > now else pb.ANOMALY_CLOSED,
         opened_ms=row["opened_ms"], updated_ms=row["updated_ms"], closes_ms=row["closes_ms"],
-        readings=row["readings"], acknowledged_ms=row["acked_ms"], acknowledged_by=row["acked_by"])
+        readings=row["readings"], acknowledged_ms=row["acked_ms"], acknowledged_by=row["acked_by"],
+        detectors=row["detectors"])
 
 
 def episode_key(row: dict) -> tuple:
@@ -336,6 +341,12 @@ class QueryService(pb_grpc.QueryServicer):
                 ["AVG", "MIN", "MAX", "COUNT"]
             funcs = list(dict.fromkeys(funcs))
             lim = self.limits
+            # Nothing older than the tables' retention is kept, so a range from 0 means "all there is": count
+            # buckets from there (aligned, so the buckets are the same ones).
+            days = self.store.config.retention_days if request.interval_ms < HOUR_MS else \
+                self.store.config.long_retention_days
+            horizon = now_ms() - days * DAY_MS
+            start = max(start, horizon - horizon % request.interval_ms)
             buckets = -(-(end - start) // request.interval_ms)
             if buckets > lim.max_buckets:
                 self.refused[AGGREGATE_TOO_LARGE_CALLS] += 1

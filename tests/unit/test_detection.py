@@ -1,4 +1,5 @@
-"""The simulator's labelled anomalies (iotstream.client.simulate) and the event-level scoring of bench/detection.py."""
+"""The simulator's labelled anomalies (iotstream.client.simulate), the event-level scoring of bench/detection.py,
+and false alarms on normal real-sensor signals (iotstream.client.signals) with the shipped defaults."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from iotstream.ext import Episode
+from iotstream.client.signals import DAY_MS, NORMAL, RESOLUTION, normal_signal, quantize
 
 from iotstream.client.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
 
@@ -110,3 +112,43 @@ def test_detection_quality_does_not_regress(kind):
     episodes, _ = bench.detect(data)
     r = bench.score(data, episodes, (kind,))[kind]
     assert r["labelled"] >= 8 and r["recall"] >= 0.85 and r["precision"] >= 0.85, r
+
+
+# ----------------------------------------------------------------------
+# False alarms on normal real-sensor signals (issue 11's table, counters, daily cycles)
+
+@pytest.mark.parametrize("interval_ms", [1_000, 10_000, 60_000])
+@pytest.mark.parametrize("kind", sorted(NORMAL))
+def test_normal_signals_stay_quiet(kind, interval_ms):
+    """At most one false episode per key-day with the shipped defaults."""
+    keys = 4
+    opened = load_bench().normal_episodes(kind, interval_ms, keys, seed=sorted(NORMAL).index(kind))
+    assert len(opened) <= keys, [(e.slot, e.kind, e.start_ms) for e in opened]
+
+
+def test_normal_generator_is_what_it_says():
+    rng = np.random.default_rng(0)
+    t, v = normal_signal("temperature_q", 1000, 10_000, rng)
+    assert np.array_equal(t, np.arange(1000) * 10_000) and np.allclose(v * 10, np.round(v * 10))
+    _, v = normal_signal("door", DAY_MS // 1000, 1000, rng)
+    assert set(np.unique(v)) == {0.0, 1.0} and 0.002 < v.mean() < 0.03
+    _, v = normal_signal("counter", 5000, 1000, rng)
+    assert (np.diff(v) < 0).sum() <= 1 and np.all(v == np.round(v))
+    _, v = normal_signal("humidity_q", 1000, 1000, rng)
+    assert np.all(v == np.round(v))
+    with pytest.raises(ValueError, match="unknown normal signal kind"):
+        normal_signal("gremlin", 10, 1000, rng)
+
+
+def test_quantized_simulator_fleet_is_quiet():
+    """``simulate --quantize``'s rounding: readings on the resolution grid, and the kinds the detectors
+    judged on full-precision noise still come without false alarms on an anomaly-free quantized fleet."""
+    bench = load_bench()
+    rng = np.random.default_rng(11)
+    data = [quantize(device_signal(f"q-{d}", 9000, END, 1000, 0.0, rng)) for d in range(6)]
+    for d in data:
+        for m, name in enumerate(METRICS):
+            v = d.values[d.metric == m] / RESOLUTION[name]
+            assert np.allclose(v, np.round(v))
+    episodes, _ = bench.detect(data)
+    assert episodes == []

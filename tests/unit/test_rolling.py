@@ -42,8 +42,26 @@ def impl(request):
 # ----------------------------------------------------------------------
 # Oracle
 
+def resolution_before(slots: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per reading: the smallest non-zero |step| between consecutive real readings of its slot before
+    it (0 when there is none), by a running minimum over numpy diffs."""
+    res = np.zeros(len(values))
+    for key in np.unique(slots):
+        idx = np.flatnonzero(slots == key)
+        real = idx[~np.isnan(values[idx])]
+        step = np.abs(np.diff(values[real]))
+        step[step == 0] = np.inf
+        best = np.minimum.accumulate(np.concatenate([[np.inf], step]))  # after each real reading
+        seen = np.searchsorted(real, idx, side="left")  # real readings strictly before each reading
+        r = np.where(seen > 0, best[np.maximum(seen - 1, 0)], np.inf)
+        res[idx] = np.where(np.isinf(r), 0.0, r)
+    return res
+
+
 def oracle(slots: np.ndarray, values: np.ndarray, window: int, minp: int):
-    """Per reading: count, mean, var (ddof=1) and z of the slot's last ``window`` readings before it."""
+    """Per reading: count, mean, var (ddof=1) of the slot's last ``window`` readings before it, and z
+    with the sd floored at the slot's resolution so far."""
+    res_all = resolution_before(slots, values).astype(np.longdouble)
     n = len(values)
     cnt = np.zeros(n, dtype=np.int64)
     mean = np.full(n, np.nan, dtype=np.longdouble)
@@ -60,14 +78,18 @@ def oracle(slots: np.ndarray, values: np.ndarray, window: int, minp: int):
         w = sliding_window_view(padded, window)[: len(v)]
         ok = ~np.isnan(w)
         c = ok.sum(axis=1)
+        res = res_all[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             m = np.where(ok, w, 0).sum(axis=1) / c
             ss = np.where(ok, (w - m[:, None]) ** 2, 0).sum(axis=1)
             vr = np.where(c >= 2, ss / (c - 1), np.nan)
-            zz = (v - m) / np.sqrt(vr)
-        # a constant window: exactly 0 for the same value, +-inf for any other
+            zz = (v - m) / np.maximum(np.sqrt(vr), res)
+        # a constant window: 0 for the same value, else steps of the resolution (+-inf without one)
         const = vr == 0
-        zz[const] = np.where(v[const] == m[const], 0.0, np.copysign(np.inf, v[const] - m[const]))
+        safe = np.where(res[const] > 0, res[const], 1)
+        zz[const] = np.where(v[const] == m[const], 0.0,
+                             np.where(res[const] > 0, (v[const] - m[const]) / safe,
+                                      np.copysign(np.inf, v[const] - m[const])))
         zz[(c < minp) | np.isnan(v)] = np.nan
         cnt[idx], mean[idx], var[idx], z[idx] = c, m + shift, vr, zz
     return cnt, mean, var, z
@@ -87,19 +109,27 @@ def exact_oracle(slots, values, window: int, minp: int) -> list[float]:
     hist: dict[int, list[float]] = {}
     out = []
     for key, x in zip(slots.tolist(), values.tolist(), strict=True):
-        w = hist.setdefault(key, [])[-window:]
+        everything = hist.setdefault(key, [])
+        w = everything[-window:]
         real = [Fraction(v) for v in w if not math.isnan(v)]
+        seen = [v for v in everything if not math.isnan(v)]
+        steps = [abs(b - a) for a, b in zip(seen, seen[1:], strict=False) if a != b]
+        res = min(steps) if steps else 0.0  # the step as the kernel rounds it, then exact from here
         if len(real) < minp or math.isnan(x):
             out.append(math.nan)
         else:
             m = sum(real) / len(real)
             var = sum((v - m) ** 2 for v in real) / (len(real) - 1)
             dev = Fraction(x) - m
-            if var == 0:
-                out.append(0.0 if dev == 0 else math.copysign(math.inf, dev))
+            if dev == 0:
+                out.append(0.0)
+            elif res > 0 and Fraction(res) ** 2 >= var:
+                out.append(float(dev / Fraction(res)))
+            elif var == 0:
+                out.append(math.copysign(math.inf, dev))
             else:
                 out.append(math.copysign(frac_sqrt(dev * dev / var), dev))
-        hist[key].append(x)
+        everything.append(x)
     return out
 
 
@@ -177,7 +207,7 @@ def test_z_matches_oracle(impl, kind):
 
     assert np.array_equal(np.isnan(z), (cnt < minp) | np.isnan(values))
     const = (var == 0) & ~np.isnan(z)
-    np.testing.assert_array_equal(z[const], zref[const])
+    np.testing.assert_allclose(z[const], zref[const], rtol=1e-12, atol=0)
     live = ~np.isnan(z) & ~const
     assert live.sum() > len(z) // 2
     np.testing.assert_allclose(z[live], zref[live], rtol=1e-8, atol=1e-9)
@@ -239,9 +269,14 @@ def test_constant_window_is_exact(impl):
     stats = impl.RollingStats(window=5, min_count=3, z_threshold=4.0)
     seq = [0.1, 0.7, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3000000000000001, 0.3, 0.2]
     z, score, flags = stats.update(np.zeros(len(seq), np.int64), np.arange(len(seq)), seq)
-    # window [0.3]*5 before index 9: a one-ulp change is +inf, the same value is 0
-    assert z[8] == 0.0 and z[9] == math.inf and flags[9] & FLAG_ZSCORE
-    assert 0.5 < score[9] < 1.0
+    # window [0.3]*5 before index 9: the same value is 0, a one-ulp change is one ulp over the smallest
+    # step seen (0.7 - 0.3), not infinitely unusual
+    assert z[8] == 0.0 and z[9] == (0.3000000000000001 - 0.3) / (0.7 - 0.3) and not flags[9] & FLAG_ZSCORE
+    # a slot that never moved has no scale: its first one-ulp move is +inf
+    seq = [0.3] * 6 + [0.3000000000000001]
+    z, score, flags = stats.update(np.ones(len(seq), np.int64), np.arange(len(seq)), seq)
+    assert z[5] == 0.0 and z[6] == math.inf and flags[6] & FLAG_ZSCORE
+    assert 0.5 < score[6] < 1.0
     stats2 = impl.RollingStats(window=3, min_count=2)
     stats2.update(np.zeros(6, np.int64), np.arange(6), [9.0, -4.0, 2.5, 2.5, 2.5, 2.5])
     assert stats2.var(0) == 0.0 and stats2.mean(0) == 2.5

@@ -94,22 +94,28 @@ def test_episodes_group_flagged_readings():
 
 
 def test_one_incident_one_episode():
-    """A level shift flags many readings; the tracker reports one episode per kind, not one per row."""
+    """A level shift flags many readings; the tracker reports one episode per kind and edge, not one per
+    row, and with each reading's dominant detector one episode per edge."""
     rng = np.random.default_rng(0)
     vals = np.concatenate([rng.standard_normal(300), 20 + rng.standard_normal(50), rng.standard_normal(300)])
     ts = np.arange(len(vals), dtype=np.int64) * 1000
     stats = RollingStats(window=50, min_count=20, z_threshold=5.0)
-    tr = EpisodeTracker(quiet_ms=30_000)
-    events = []
+    tr, one = EpisodeTracker(quiet_ms=30_000), EpisodeTracker(quiet_ms=30_000, by_key=True)
+    events, single = [], []
     for a in range(0, len(vals), 64):
         sl = slice(a, a + 64)
-        _, score, flags = stats.update(np.zeros(len(vals[sl]), np.int64), ts[sl], vals[sl])
+        _, score, flags, dom = stats.update(np.zeros(len(vals[sl]), np.int64), ts[sl], vals[sl], dominant=True)
         events += tr.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags)
+        single += one.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags, dom)
     events += tr.close_idle(10**9)
+    single += one.close_idle(10**9)
     opened = [e.episode for e in events if e.action == "opened"]
     # the onset and the return are the two edges: at most one episode per kind and edge
     kinds = [e.kind for e in opened]
     assert 1 <= len(opened) <= 6 and set(kinds) <= {"zscore", "robust", "shift"}
-    assert all(kinds.count(k) <= 2 for k in kinds) and kinds.count("shift") == 1
-    assert all(300_000 <= e.start_ms <= 352_000 for e in opened)
-    assert not tr.open
+    assert all(kinds.count(k) <= 2 for k in kinds) and kinds.count("shift") == 2
+    assert all(300_000 <= e.start_ms <= 355_000 for e in opened)  # the change within 3 readings of each edge
+    edges = sorted((e.episode.start_ms, e.episode.kind) for e in single if e.action == "opened")
+    assert edges == [(300_000, "zscore"), (350_000, "zscore")]
+    assert one.from_bytes(one.to_bytes()).by_key
+    assert not tr.open and not one.open

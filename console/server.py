@@ -24,6 +24,8 @@ import asyncio
 import json
 import logging
 import mimetypes
+import select
+import socket
 import ssl
 import threading
 import time
@@ -41,8 +43,10 @@ from iotstream.v1 import query_pb2 as pb
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 30.0  # the deadline of one endpoint's RPC
-MAX_STREAMS = 16  # live feeds open at once; more get 503 (each holds a thread and a watch)
-KEEPALIVE_S = 15.0  # an idle feed sends a comment this often, which also finds clients that went away
+MAX_STREAMS = 16  # live feeds open at once; more get 429 (each holds a thread and a watch)
+MAX_CONNECTIONS = 64  # connections served at once (a thread each); more are closed unanswered
+KEEPALIVE_S = 15.0  # an idle feed sends a comment this often (proxies drop silent connections)
+GONE_CHECK_S = 1.0  # how often an idle feed looks whether its client went away
 STATUS = {  # gRPC status -> HTTP status
     grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST, grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
     grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED, grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
@@ -150,12 +154,14 @@ class Console:
     def start(self, host: str, port: int, tls=None) -> int:
         """Listen (HTTPS with the node's certificate when it has one); returns the port."""
         handler = type("Handler", (ConsoleHandler,), {"console": self})
-        self._http = ThreadingHTTPServer((host, port), handler)
-        self._http.daemon_threads = True
+        self._http = ConsoleServer((host, port), handler)
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(tls.cert, tls.key)
-            self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
+            # The handshake runs in the request's thread (ConsoleHandler.setup), so a client that connects
+            # and says nothing cannot hold up the accept loop.
+            self._http.socket = context.wrap_socket(self._http.socket, server_side=True,
+                                                    do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._http.serve_forever, name="console-http", daemon=True)
         self._thread.start()
         return self._http.server_port
@@ -189,9 +195,41 @@ class Console:
         return self.run(go(), CALL_TIMEOUT_S + 5)
 
 
+class ConsoleServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once: past it a connection is closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            log.warning("console: %d connections open, refusing one from %s", MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        log.debug("console: connection from %s failed", client_address, exc_info=True)
+
+
 class ConsoleHandler(BaseHTTPRequestHandler):
     console: Console
     server_version = "iotstream-console"
+    timeout = CALL_TIMEOUT_S  # on the socket: a request must arrive (and TLS complete) within it
+
+    def setup(self):
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
 
     def log_message(self, fmt, *args):
         log.debug("console: " + fmt, *args)
@@ -252,26 +290,44 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                                                metric=_one(query, "metric"), kind=_one(query, "kind"))
             feed = Feed(console, request)
             console.feeds.add(feed)
-            first = feed.next(CALL_TIMEOUT_S)  # WATCHING, or the refusal of a bad cursor, before the headers
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
             try:
-                event = first
+                event = feed.next(CALL_TIMEOUT_S)  # WATCHING, or the refusal of a bad cursor, before the headers
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                idle = 0.0
                 while not console.stopping.is_set():
-                    if event is None:
-                        self.wfile.write(b": keepalive\n\n")
-                    else:
+                    if event is not None:
                         self.wfile.write(b"id: " + event.cursor.encode() + b"\nevent: anomaly\ndata: " +
                                          to_json(event) + b"\n\n")
-                    self.wfile.flush()
-                    event = feed.next(KEEPALIVE_S)
+                        self.wfile.flush()
+                        idle = 0.0
+                    elif self.client_gone():
+                        break
+                    elif idle >= KEEPALIVE_S:
+                        self.wfile.write(b": keepalive\n\n")
+                        self.wfile.flush()
+                        idle = 0.0
+                    event = feed.next(GONE_CHECK_S)
+                    idle += GONE_CHECK_S if event is None else 0.0
             finally:
                 console.feeds.discard(feed)
                 console.loop.call_soon_threadsafe(feed.wake)
         finally:
             console.streams.release()
+
+
+    def client_gone(self) -> bool:
+        """True once the browser closed the connection (it sends nothing else on an SSE request), so its
+        feed's slot frees within GONE_CHECK_S. Over TLS, the next keepalive write finds out instead."""
+        if isinstance(self.connection, ssl.SSLSocket):
+            return False
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        try:
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
 
 class Feed:
@@ -300,7 +356,7 @@ class Feed:
             try:
                 return await asyncio.wait_for(self.queue.get(), timeout)
             except TimeoutError:
-                if self.task.done() and self.task.exception() is not None:
+                if self.task.done() and not self.task.cancelled() and self.task.exception() is not None:
                     raise self.task.exception() from None
                 return None
         item = self.console.run(get(), timeout + 5)

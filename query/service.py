@@ -184,7 +184,7 @@ def start_cursor(version_us: int) -> tuple[tuple, tuple]:
 
 async def episode_events(store, changes: tuple, closures: tuple, run, pause, batch: int):
     """Episode changes after the positions (see WATCH_CURSOR), forever: (AnomalyEvent type, store row, now,
-    cursor after it). Each look reports, in order: episodes seen open before whose quiet period has now ended
+    cursor after it), deletions included (row["deleted"]). Each look reports, in order: episodes seen open before whose quiet period has now ended
     (CLOSED), then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come
     first so that an episode reported open in a look is reported closed by a later one, exactly once.
     `run(fn, *args)` awaits a blocking store call; `pause()` waits between looks that found nothing more.
@@ -202,8 +202,8 @@ async def episode_events(store, changes: tuple, closures: tuple, run, pause, bat
         rows = await run(store.episode_changes, changes, now, batch)
         for row in rows:
             seen, changes = changes, (row["version_us"], *episode_key(row))
-            if row["deleted"]:
-                continue  # a deleted episode was merged into an earlier one, which comes as its own change
+            # A deleted episode was merged into an earlier one, which comes as its own change; the
+            # deletion is yielded too (row["deleted"]), for followers that told someone it was open.
             yield watch_event_type(row, seen, now), row, now, encode_cursor(changes, closures)
         if len(rows) < batch:
             await pause()
@@ -435,7 +435,7 @@ class QueryService(pb_grpc.QueryServicer):
 
         async for kind, row, now, cursor in episode_events(self.store, changes, closures, run,
                                                            lambda: self._pause(revocation), self.WATCH_BATCH):
-            if watch_matches(request, row):
+            if not row["deleted"] and watch_matches(request, row):
                 yield pb.AnomalyEvent(type=kind, anomaly=anomaly_message(row, now), cursor=cursor)
 
     async def _pause(self, revocation) -> None:

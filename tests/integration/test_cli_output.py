@@ -153,3 +153,15 @@ def test_watch_follows_on_a_terminal_and_resumes_with_since(server):
     events = [json.loads(ln) for ln in lines]
     assert [e["type"] for e in events] == ["WATCHING", "UPDATED"]
     assert events[1]["anomaly"]["readings"] == 2
+
+
+def test_history_shows_a_sparkline_per_metric(fed):
+    server, data = fed
+    d = data[1]
+    out = tty("query", "--target", server.target, "history", d.device_id, "--metric", "humidity")
+    summary = out.splitlines()[0]
+    values = d.values[d.metric == 1]
+    assert summary.startswith(f"humidity: {len(values):,} readings, min {values.min():.4g}, max {values.max():.4g}")
+    assert re.search("[▁▂▃▄▅▆▇█]{40}$", summary)  # 60 readings drawn in 40 slices
+    rows = [ln for ln in out.splitlines() if ln.startswith("humidity ")]
+    assert [float(ln.split()[-1]) for ln in rows] == pytest.approx(list(values), rel=1e-3)

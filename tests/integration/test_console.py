@@ -1,7 +1,7 @@
 """The console page in a real browser (Debian's headless Chromium, driven by Selenium over chromedriver)
 against a server fed by the simulator over real gRPC; its JSON endpoints and tokens over plain HTTP.
 
-Needs `chromium` and `chromium-driver` (apt) and `selenium` (the test extra); see docs/operations.md."""
+Needs `chromium` and `chromium-driver` (apt) and `selenium` (the test extra); see docs/operator.md."""
 
 import asyncio
 import json
@@ -114,6 +114,7 @@ def test_page_shows_fleet_charts_and_live_feed(fed, browser):
     assert browser.save_screenshot(str(SCREENSHOT)) and SCREENSHOT.stat().st_size > 10_000
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+    browser.get("about:blank")  # the page's live feed ends with it
 
 
 def test_endpoints_answer_as_the_rpcs_do(fed):
@@ -149,6 +150,8 @@ def test_events_resume_from_the_last_id(fed):
         assert read_event(s)["type"] == "WATCHING"
         event = read_event(s)
     assert event["type"] == "OPENED" and event["anomaly"]["device_id"] == "late-dev"
+    status, refused = get(srv.http + "/api/events?since=not-a-cursor")
+    assert status == 400 and "cursor" in refused["message"]
 
 
 def read_event(stream) -> dict:
@@ -185,3 +188,109 @@ def test_tokens_guard_the_console_when_auth_is_on(chdb_dir):
 
 def test_console_is_off_without_http_port(server):
     assert server.server.console is None
+
+
+def test_live_feeds_are_capped(fed):
+    from iotstream.console.server import MAX_STREAMS
+
+    srv, _ = fed
+    streams = []
+    deadline = time.monotonic() + 10  # feeds of earlier tests, closed by their clients, free their slots
+    while srv.server.console.feeds:
+        assert time.monotonic() < deadline, f"{len(srv.server.console.feeds)} feeds still open"
+        time.sleep(0.1)
+    try:
+        for _ in range(MAX_STREAMS):
+            streams.append(urllib.request.urlopen(srv.http + "/api/events", timeout=30))
+            assert read_event(streams[-1])["type"] == "WATCHING"
+        status, refused = get(srv.http + "/api/events")
+        assert status == 429 and refused["code"] == "RESOURCE_EXHAUSTED"
+        assert get(srv.http + "/api/stats")[0] == 200  # the rest of the console still answers
+        streams.pop().close()
+        deadline = time.monotonic() + 10  # the closed feed's slot frees within a second (GONE_CHECK_S)
+        while True:
+            try:
+                streams.append(urllib.request.urlopen(srv.http + "/api/events", timeout=30))
+                break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 429 and time.monotonic() < deadline
+                time.sleep(0.5)
+        assert read_event(streams[-1])["type"] == "WATCHING"
+    finally:
+        for s in streams:
+            s.close()
+
+
+def test_query_server_role_serves_the_console_too(fed, chdb_dir):
+    """`query-server --http-port`: a node with only the query role, over the data the fed node stored."""
+    srv, data = fed
+    alone = ServerThread(Config(port=0, data_dir=chdb_dir, database=srv.config.database, roles=frozenset({"query"}),
+                                http_port=0))
+    try:
+        status, page = get(f"http://127.0.0.1:{alone.server.console.port}/api/devices")
+        assert status == 200 and [d["device_id"] for d in page["devices"]] == sorted(d.device_id for d in data)
+    finally:
+        alone.stop()
+
+
+def test_console_speaks_https_with_the_nodes_certificate(chdb_dir, tmp_path):
+    import ssl
+
+    from security_fixtures import make_pki
+
+    from iotstream.common.tls import ServerTLS
+
+    pki = make_pki(tmp_path)
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12], http_port=0,
+                              tls=ServerTLS(pki.path("server.pem"), pki.path("server.key"))))
+    try:
+        port = srv.server.console.port
+        import socket
+
+        silent = socket.create_connection(("127.0.0.1", port))  # connects, never says hello: holds nobody up
+        trusting = ssl.create_default_context(cafile=pki.path("ca.pem"))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/api/stats", context=trusting, timeout=30) as reply:
+            assert reply.status == 200 and "readings" in json.loads(reply.read())
+        with pytest.raises(urllib.error.URLError):  # a client that does not trust the CA gets no answer
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/api/stats", context=ssl.create_default_context(),
+                                   timeout=30)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # and plain HTTP is not served
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=30)
+        silent.close()
+    finally:
+        srv.stop()
+
+
+def test_connections_past_the_cap_are_closed_and_the_console_recovers(fed):
+    import socket
+
+    from iotstream.console.server import MAX_CONNECTIONS
+
+    srv, _ = fed
+    port = int(srv.http.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the held sockets are accepted one by one; the next connection then finds no slot
+            extra = socket.create_connection(("127.0.0.1", port))
+            extra.settimeout(10)
+            try:
+                extra.sendall(b"GET /api/stats HTTP/1.0\r\n\r\n")
+                answer = extra.recv(100)
+            except ConnectionError:  # closed with our request unread: a reset
+                answer = b""
+            extra.close()
+            if answer == b"":
+                break
+            assert time.monotonic() < deadline, "a connection past the cap was answered"
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 40  # each held connection's thread ends at its read timeout or its close
+    while True:
+        try:
+            assert get(srv.http + "/api/stats")[0] == 200
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)

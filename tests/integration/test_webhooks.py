@@ -215,3 +215,24 @@ def test_an_event_pending_at_shutdown_is_delivered_after_a_restart(node_with, tm
         assert json.loads(later[1]["body"])["episode"]["metric"] == "humidity"
     finally:
         back.stop()
+
+
+def test_an_episode_merged_away_by_a_late_reading_is_closed(node_with, tmp_path):
+    hook = Receiver()
+    srv = node_with(hooks_file(tmp_path, {"name": "all", "url": hook.url}), quiet_ms=8_000)
+    try:
+        store, t = srv.server.store, now_ms()
+        store.insert_anomalies(flagged([("dev-m", "temperature", t - 10_000, 0.6)]))  # A: closed 2 s ago
+        store.insert_anomalies(flagged([("dev-m", "temperature", t, 0.6)]))  # B: open
+        first = hook.wait(2)
+        assert events(first) == [("closed", "dev-m"), ("opened", "dev-m")]
+        b_id = json.loads(first[1]["body"])["episode"]["id"]
+        # A reading 5 s before B, 5 s after A: both gaps within the quiet period, so A absorbs B.
+        store.insert_anomalies(flagged([("dev-m", "temperature", t - 5_000, 0.6)]))
+        later = [verified(r) for r in hook.wait(4)[2:]]
+        by_event = {b["event"]: b["episode"] for b in later}
+        assert set(by_event) == {"opened", "closed"}
+        assert by_event["closed"]["id"] == b_id and by_event["closed"]["state"] == "merged"
+        assert by_event["opened"]["readings"] == 3 and by_event["opened"]["state"] == "open"
+    finally:
+        hook.stop()

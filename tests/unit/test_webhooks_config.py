@@ -65,7 +65,8 @@ def test_signature_is_hmac_sha256_over_timestamp_and_body():
 
 def test_idempotency_key_depends_on_episode_and_event_only():
     row = {"device_id": "d", "metric": "m", "kind": "zscore", "opened_ms": 1, "updated_ms": 2, "closes_ms": 3,
-           "readings": 1, "time_ms": 1, "value": 1.0, "score": 0.6, "zscore": 5.0, "severity": 2, "acked_by": ""}
+           "readings": 1, "time_ms": 1, "value": 1.0, "score": 0.6, "zscore": 5.0, "severity": 2, "acked_by": "",
+           "deleted": 0}
     k1, _ = webhooks.payload("opened", row, 0)
     k2, _ = webhooks.payload("opened", {**row, "readings": 5, "updated_ms": 9}, 0)
     k3, _ = webhooks.payload("closed", row, 0)

@@ -100,7 +100,7 @@ class Fleet:
             async for raw in call:
                 now = time.perf_counter()
                 sent = sent_at.popleft()
-                pb.Ack.FromString(raw)
+                pb.StreamResponse.FromString(raw)
                 self.acked += 1
                 if first:
                     self.first_ack.append(now)

@@ -471,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="admin token for --target (default $IOTSTREAM_TOKEN)")
             client(a)
             a.set_defaults(fn=cmd_tokens)
+        if command == "devices":
+            from iotstream import configure_cli
+
+            configure_cli.add_parsers(acts, storage, client, os.environ.get("IOTSTREAM_TOKEN"))
 
     s = sub.add_parser("demo", help="serve + simulate + query once, then stop",
                        description="Start the embedded server, stream a simulated fleet through it, print "

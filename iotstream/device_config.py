@@ -106,10 +106,14 @@ class ConfigHub:
         return stored
 
     async def report(self, device: str, version: int) -> None:
-        """The device says it applied `version`: no more deliveries of it; recorded for GetDevice."""
+        """The device says it applied `version`: no more deliveries up to it (and the newest again if it is
+        behind); recorded for GetDevice."""
         if self.reported.get(device) == version:
             return  # a device repeating its report costs nothing
         self.reported[device] = version
+        if (config := self.due(device)) is not None:  # it fell behind (reset, reflashed): send it again
+            for send in list(self.streams.get(device, ())):
+                send(config)
         try:
             await asyncio.to_thread(self.configs.report, device, version, now_ms())
         except Exception as exc:  # the report is known here; the store learns it at the next report

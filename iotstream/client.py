@@ -352,7 +352,7 @@ class DeviceClient:
             await report()  # says who this stream is (auth off) and which configuration is applied
             last = 0
             while True:
-                await self._wait(lambda: self.buffer.last_seq() > last
+                await self._wait(lambda last=last: self.buffer.last_seq() > last
                                  and sum(1 for s, _ in inflight if s) < self.max_inflight)
                 seq = next(s for s in self.buffer.batches if s > last)
                 if seq in self._sent:

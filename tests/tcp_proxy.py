@@ -14,7 +14,8 @@ class TcpProxy:
         self.upstream = upstream
         self.refusing = False
         self.muted = False  # drop what the server sends (acks lost on the way), keep forwarding the client
-        self.connections = 0  # accepted since start
+        self.connections = 0  # piped since start
+        self.refused = 0  # turned away while refusing
         self._open: set[asyncio.Transport] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="tcp-proxy")
@@ -28,6 +29,7 @@ class TcpProxy:
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
+            self.refused += 1
             writer.transport.abort()
             return
         try:

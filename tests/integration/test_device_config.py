@@ -138,3 +138,14 @@ def test_with_auth_a_device_sees_only_its_own_configuration(secured):
         stub.GetDeviceConfig(admin_pb2.GetDeviceConfigRequest(device_id="cfg-b"), timeout=10,
                              metadata=bearer(secured.tokens["cfg-a"]))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_cli_on_the_store_reaches_an_open_stream_by_the_refresh(server, capsys):
+    got: queue.Queue = queue.Queue()
+    with BlockingDeviceClient(server.target, "cfg-store", on_config=got.put) as client:
+        client.record("temp", 1.0)
+        client.flush(timeout=10)
+        assert cli(["devices", "configure", "cfg-store", "--data-dir", server.config.data_dir,
+                    "--database", server.config.database, "--set", "via=store"]) == 0
+        assert json.loads(capsys.readouterr().out)["desired"]["version"] == "1"
+        assert got.get(timeout=20).settings["via"] == "store"  # no Admin call: the node's refresh found it

@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, taskset, write_result  # noqa: E402
+from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, taskset, write_result  # noqa: E402
 
 KEEP_UP = 0.95
 
 
 def step(server: ServerProcess, rate: float, args) -> dict:
-    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}",
+    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
            "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
            "--duration", str(args.step_seconds), "--warmup", str(args.warmup), "--rate", str(rate / args.batch),
            "--prefix", f"ceil{int(rate)}", "--drain-timeout", "20"]

@@ -36,18 +36,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, ROOT, ServerProcess, machine, taskset, write_result  # noqa: E402
+from iotstream.bench.harness import PYTHON, ROOT, ServerProcess, machine, taskset, write_result  # noqa: E402
 
 SERVERS = {
-    "raw_grpc": {"module": "bench.echo_server", "http": False},
+    "raw_grpc": {"module": "iotstream.bench.echo_server", "http": False},
     "ingest": {"module": None, "http": False},
-    "ingest_front": {"module": "bench.ingest_front", "http": False},
-    "fastapi": {"module": "bench.fastapi_peer", "http": True},
+    "ingest_front": {"module": "iotstream.bench.ingest_front", "http": False},
+    "fastapi": {"module": "iotstream.bench.fastapi_peer", "http": True},
 }
 
 
 def loadgen(target: str, size: int, args) -> dict:
-    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", target, "--readings", str(size),
+    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", target, "--readings", str(size),
            "--streams", str(args.streams), "--window", str(args.window), "--duration", str(args.duration),
            "--warmup", str(args.warmup), "--prefix", f"cmp{size}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.duration + 120)
@@ -61,7 +61,7 @@ def loadgen(target: str, size: int, args) -> dict:
 def measure(name: str, args) -> dict:
     spec = SERVERS[name]
     extra = []
-    if args.kafka and spec["module"] == "bench.fastapi_peer":  # own topics: no backlog of earlier runs
+    if args.kafka and spec["module"] == "iotstream.bench.fastapi_peer":  # own topics: no backlog of earlier runs
         extra = ["--kafka", args.kafka, "--namespace", f"benchfastapi{os.getpid()}x{int(time.time())}"]
     server = ServerProcess(kafka=args.kafka if name == "ingest" else None, cpus=args.server_cpus,
                            module=spec["module"], http=spec["http"], extra_args=extra, chdb_lock=not args.as_is)

@@ -15,7 +15,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from iotstream.processor import decode_batches
-from iotstream.simulate import METRICS, batches, device_signal
+from iotstream.client.simulate import METRICS, batches, device_signal
 
 
 def row_message_class():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (  # noqa: E402
+from iotstream.bench.harness import (  # noqa: E402
     PYTHON,
     ROOT,
     ServerProcess,
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     workaround = server.workaround
     broker = broker_pid(args.kafka)
     try:
-        cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}",
+        cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
                "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
                "--duration", str(args.duration), "--warmup", str(args.warmup), "--prefix", "e2e"]
         if args.rate:

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc as pb_grpc
 
-from iotstream.server import SERVER_OPTIONS
+from iotstream.node import SERVER_OPTIONS
 
 
 class EchoIngest(pb_grpc.IngestServicer):

@@ -78,12 +78,12 @@ def enrich(batch: Batch) -> tuple[bytes, int]:
 def create_app(data_dir: str, kafka: str | None = None, namespace: str = "iotstream") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from iotstream.server import Config, EmbeddedServer
+        from iotstream.node import Config, EmbeddedServer
 
         config = Config(host="127.0.0.1", port=0, data_dir=data_dir)
         if kafka:
-            from bench.harness import prepare_kafka
-            from iotstream.kafka import KafkaConfig
+            from iotstream.bench.harness import prepare_kafka
+            from iotstream.bus.kafka import KafkaConfig
 
             prepare_kafka(kafka, namespace)
             config.kafka = KafkaConfig(bootstrap=kafka, namespace=namespace)

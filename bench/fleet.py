@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import ServerProcess, machine, pct, write_result  # noqa: E402
-from bench.loadgen import grpc_message, grpc_template  # noqa: E402
+from iotstream.bench.harness import ServerProcess, machine, pct, write_result  # noqa: E402
+from iotstream.bench.loadgen import grpc_message, grpc_template  # noqa: E402
 
-from iotstream.client import KEEPALIVE_OPTIONS, DeviceClient  # noqa: E402
+from iotstream.client.device import KEEPALIVE_OPTIONS, DeviceClient  # noqa: E402
 
 CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), *KEEPALIVE_OPTIONS]
 METRICS = ("temperature", "humidity", "pressure")
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
 
     with ServerProcess(kafka=args.kafka, cpus=args.server_cpus, chdb_lock=not args.as_is,
-                       module="bench.echo_server" if args.echo else None,
+                       module="iotstream.bench.echo_server" if args.echo else None,
                        extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else []
                        ) as server:
         result = asyncio.run(run(args, server))

@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     proc, target = None, args.target
     if target is None:
         data = tempfile.mkdtemp(prefix="iotstream-fuzz-")
-        proc = subprocess.Popen([sys.executable, "-m", "iotstream", "serve", "--port", "0", "--data-dir", data],
+        proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", data],
                                 stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:
             if found := re.search(r"serving on ([\d.]+:\d+)", line):

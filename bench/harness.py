@@ -53,7 +53,7 @@ def taskset(cpus: str | None) -> list[str]:
 
 
 def serve_supports_kafka() -> bool:
-    out = subprocess.run([PYTHON, "-m", "iotstream", "serve", "--help"], capture_output=True, text=True,
+    out = subprocess.run([PYTHON, "-m", "iotstream.cli", "serve", "--help"], capture_output=True, text=True,
                          cwd=ROOT).stdout
     return "--kafka" in out
 
@@ -68,7 +68,7 @@ def prepare_kafka(bootstrap: str, namespace: str, timeout: float = 60.0) -> None
     """
     from confluent_kafka.admin import AdminClient
 
-    from iotstream.kafka import KafkaConfig, ensure_topics
+    from iotstream.bus.kafka import KafkaConfig, ensure_topics
 
     cfg = KafkaConfig(bootstrap=bootstrap, namespace=namespace)
     ensure_topics(cfg)
@@ -129,7 +129,7 @@ class ServerProcess:
         """What the benchmark changed about the server under test, for the results JSON."""
         if self.module or not self.chdb_lock:
             return None
-        from bench.serve_locked import NOTE
+        from iotstream.bench.serve_locked import NOTE
 
         return NOTE
 
@@ -145,7 +145,7 @@ class ServerProcess:
             cmd = [*taskset(self.cpus), PYTHON, "-m", self.module, "--port", str(self.port), "--data-dir", data,
                    *self.extra_args]
         else:
-            entry = ["bench.serve_locked"] if self.chdb_lock else ["iotstream"]
+            entry = ["iotstream.bench.serve_locked"] if self.chdb_lock else ["iotstream"]
             cmd = [*taskset(self.cpus), PYTHON, "-m", *entry, "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--data-dir", data, *self.extra_args]
         if self.kafka:

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from iotstream.ingest import IngestService, add_to_server
 
-from iotstream.server import SERVER_OPTIONS
+from iotstream.node import SERVER_OPTIONS
 
 
 class InstantQueue:

@@ -36,7 +36,7 @@ from iotstream.clickhouse import ChdbBackend, Store
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc
 
-from iotstream.simulate import METRICS, PROFILES
+from iotstream.client.simulate import METRICS, PROFILES
 
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 RESOLUTION = (0.01, 0.1, 0.1)  # per metric, for --data sensor
@@ -156,7 +156,7 @@ class ServerThread:
     """The embedded server on its own event loop, as `iotstream serve` runs it."""
 
     def __init__(self, data_dir: str, database: str):
-        from iotstream.server import Config, EmbeddedServer
+        from iotstream.node import Config, EmbeddedServer
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -41,7 +41,7 @@ def patch() -> None:
 
 def main() -> int:
     patch()
-    from iotstream.cli import main as cli_main
+    from iotstream.cli.main import main as cli_main
 
     return cli_main(sys.argv[1:])
 

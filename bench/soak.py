@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, write_result  # noqa: E402
+from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, write_result  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     server = ServerProcess(kafka=args.kafka).start()
     started = time.monotonic()
     try:
-        cmd = [PYTHON, "-m", "bench.loadgen", "--target", f"grpc://{server.target}", "--readings", str(batch),
+        cmd = [PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}", "--readings", str(batch),
                "--streams", str(streams), "--window", str(window), "--rate", str(rate / batch),
                "--duration", str(seconds), "--warmup", "0", "--prefix", "soak"]
         loadgen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

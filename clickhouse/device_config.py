@@ -1,5 +1,5 @@
 """The SQL of device configuration: desired configurations and applied-version reports
-(schema/010_device_config.sql). Rows are dicts; iotstream.device_config turns them into messages."""
+(schema/010_device_config.sql). Rows are dicts; iotstream.auth.device_config turns them into messages."""
 
 from __future__ import annotations
 

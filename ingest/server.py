@@ -9,7 +9,7 @@ What ends a call, and with which status (each one counted in `Counters` under th
 
 * bytes that are not a ReadingBatch: INVALID_ARGUMENT [MALFORMED_REQUEST_CALLS];
 * a message over `Limits.max_message_bytes`: RESOURCE_EXHAUSTED [MESSAGE_TOO_LARGE_CALLS]. gRPC's own cap is
-  set at twice that (iotstream.server.server_options), so the handler sees, refuses and counts the usual
+  set at twice that (iotstream.node.server_options), so the handler sees, refuses and counts the usual
   oversized message; one over twice the limit gRPC refuses by itself, with the same status, uncounted;
 * with auth on, a batch of another device than the token's: PERMISSION_DENIED [WRONG_DEVICE, readings];
   no token or a bad one never reaches a handler (iotstream.auth.AuthInterceptor) [UNAUTHENTICATED_CALLS];
@@ -22,7 +22,7 @@ On a stream, every batch before the one that ended the call has been acked (acks
 device knows exactly what to resend.
 
 A stream answers StreamResponse: each Ack wrapped, in batch order, and between them the device's desired
-DeviceConfig whenever one is due (iotstream.device_config.ConfigHub: on open, on change, until the device
+DeviceConfig whenever one is due (iotstream.auth.device_config.ConfigHub: on open, on change, until the device
 reports it applied in ReadingBatch.config_applied). A stream's device is its token's, or with auth off its
 first batch's, so a device is only ever sent its own configuration.
 """
@@ -41,7 +41,7 @@ from google.protobuf.message import DecodeError
 from iotstream.v1 import ingest_pb2 as pb
 
 from iotstream.auth import AuthError
-from iotstream.queue import QueueUnavailable
+from iotstream.bus.local import QueueUnavailable
 
 from .limits import DeviceLimiter, RateLimited, TooManyStreams
 from .validate import Limits, accepted_only, validate
@@ -123,7 +123,7 @@ class IngestService:
     def __init__(self, queue, limits: Limits | None = None, counters: Counters | None = None, auth=None,
                  configs=None):
         self.queue = queue
-        self.configs = configs  # iotstream.device_config.ConfigHub, or None: no configuration push
+        self.configs = configs  # iotstream.auth.device_config.ConfigHub, or None: no configuration push
         self.limits = limits or Limits()
         self.counters = counters or Counters()
         self.auth = auth  # iotstream.auth.Authenticator, or None: open (any caller may send for any device)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from iotstream.clickhouse import StorageError
-from iotstream.kafka import RDKAFKA_LOG, STATE_MAX_BYTES, KafkaConfig
+from iotstream.bus.kafka import RDKAFKA_LOG, STATE_MAX_BYTES, KafkaConfig
 
 from .processor import Processor
 from .state import PartitionState

@@ -9,7 +9,7 @@ import uuid
 import grpc
 import pytest
 
-from iotstream.server import Config, Node
+from iotstream.node import Config, Node
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 
 pytest_plugins = ["kafka_fixture"]

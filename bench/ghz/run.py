@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.harness import (  # noqa: E402
+from iotstream.bench.harness import (  # noqa: E402
     RESULTS,
     ROOT,
     ServerProcess,
@@ -58,7 +58,7 @@ def scenarios(only: list[str] | None) -> list[Path]:
 
 def seed(target: str) -> None:
     """Ten devices with readings over the last 10 minutes, so GetDevice/Aggregate have something to read."""
-    from iotstream.simulate import run_fleet
+    from iotstream.client.simulate import run_fleet
 
     summary, _ = asyncio.run(run_fleet(target, SEED_DEVICES, SEED_READINGS, batch=300, prefix="bench",
                                        anomalies=0.0))

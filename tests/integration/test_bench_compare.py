@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 def test_compare_json_shape(tmp_path):
     out = tmp_path / "compare.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.compare", "--json", "--duration", "0.7", "--warmup", "0.2", "--sizes", "1", "10",
+        [sys.executable, "-m", "iotstream.bench.compare", "--json", "--duration", "0.7", "--warmup", "0.2", "--sizes", "1", "10",
          "--streams", "2", "--window", "2", "--server-cpus", "", "--loadgen-cpus", "", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

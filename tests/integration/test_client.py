@@ -16,8 +16,8 @@ from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import database, poll
 from tcp_proxy import TcpProxy
 
-from iotstream.client import BlockingDeviceClient
-from iotstream.server import Config
+from iotstream.client.device import BlockingDeviceClient
+from iotstream.node import Config
 
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.5}  # reconnect quickly: the tests cut and restart on purpose
 

@@ -18,9 +18,9 @@ from security_fixtures import bearer, database, poll
 from tcp_proxy import TcpProxy
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.cli import main as cli
-from iotstream.client import BlockingDeviceClient
-from iotstream.server import Config
+from iotstream.cli.main import main as cli
+from iotstream.client.device import BlockingDeviceClient
+from iotstream.node import Config
 
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.5}
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from iotstream.simulate import METRICS, run_fleet
+from iotstream.client.simulate import METRICS, run_fleet
 from iotstream.v1 import query_pb2 as qpb
 
 DEVICES, READINGS = 50, 200

@@ -14,7 +14,7 @@ import pytest
 from conftest import ServerThread
 from security_fixtures import database
 
-from iotstream.server import Config
+from iotstream.node import Config
 
 FUZZ = Path(__file__).resolve().parents[2] / "bench" / "fuzz.py"
 INGEST_OK = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}

@@ -20,9 +20,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import ServerThread
-from iotstream.kafka import KafkaConfig, ensure_topics
-from iotstream.server import Config
-from iotstream.simulate import batches, device_signal, run_fleet
+from iotstream.bus.kafka import KafkaConfig, ensure_topics
+from iotstream.node import Config
+from iotstream.client.simulate import batches, device_signal, run_fleet
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
@@ -156,14 +156,14 @@ def test_two_processors_share_the_work_exactly(kafka_broker, chdb_dir):
 
 
 def start_process(cfg: KafkaConfig, data_dir, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "iotstream", "process", "--kafka", cfg.bootstrap, "--namespace", cfg.namespace,
+    cmd = [sys.executable, "-m", "iotstream.cli", "process", "--kafka", cfg.bootstrap, "--namespace", cfg.namespace,
            "--group", cfg.group_id, "--data-dir", str(data_dir), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def read_store(data_dir) -> tuple[qpb.Stats, set, dict]:
     """Stats, anomalies and per-device reading counts of an embedded store, through a query-server process."""
-    proc = subprocess.Popen([sys.executable, "-m", "iotstream", "query-server", "--port", "0", "--data-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "query-server", "--port", "0", "--data-dir",
                              str(data_dir), "--insecure-no-auth"], stderr=subprocess.PIPE, text=True)
     try:
         target = next(m.group(1) for line in proc.stderr if (m := re.search(r"serving on ([\d.]+:\d+)", line)))

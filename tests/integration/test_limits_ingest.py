@@ -14,7 +14,7 @@ from iotstream.ingest import Limits
 from iotstream.v1 import ingest_pb2 as pb
 from security_fixtures import batch, code_of, database, poll
 
-from iotstream.server import Config
+from iotstream.node import Config
 
 RATE = 4000.0  # readings/s per device
 REJECT_AFTER_S = 1.0

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from iotstream.v1 import query_pb2 as qpb
 
-from iotstream.query_service import decode_token
+from iotstream.query.service import decode_token
 
 Q = 60_000  # StoreConfig.episode_quiet_ms default
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import ServerThread
 from iotstream.v1 import query_pb2 as qpb
 
-from iotstream.server import Config
+from iotstream.node import Config
 
 SILENCE_MS = 2_000
 

@@ -11,7 +11,7 @@ import pytest
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
 
-from iotstream.query_service import QueryService, add_to_server
+from iotstream.query.service import QueryService, add_to_server
 
 HOSTILE = ["it's", 'say "hi"', "a\\b", "x\\'y", "\\N", "tab\there", "nl\nx", "'; DROP TABLE readings; --",
            "1' OR '1'='1", "{d:String}", "$db.readings", "%_*", "[a,b]", "é😀", "nul\0z", "x" * 10_000]
@@ -99,7 +99,7 @@ def raw_get_device(channel):
 def test_not_utf8_on_the_embedded_server(server):
     with pytest.raises(grpc.RpcError) as err:
         raw_get_device(server.channel)(NOT_UTF8, timeout=10)
-    # iotstream.server registers the generated handlers for now, and grpc.aio answers UNKNOWN "Unexpected
+    # iotstream.node registers the generated handlers for now, and grpc.aio answers UNKNOWN "Unexpected
     # DecodeError ... bad UTF-8"; with query_service.add_to_server it is INVALID_ARGUMENT (next test).
     assert err.value.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INVALID_ARGUMENT)
     assert "UTF-8" in err.value.details()

@@ -8,7 +8,7 @@ import pyarrow as pa
 from iotstream.v1 import ingest_pb2 as ipb
 from iotstream.v1 import query_pb2 as qpb
 
-from iotstream.query_service import QueryService
+from iotstream.query.service import QueryService
 
 
 def now_ms():

@@ -13,7 +13,7 @@ from conftest import ServerThread
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.v1 import query_pb2 as qpb
 
-from iotstream.server import Config
+from iotstream.node import Config
 
 Q = 1_500
 AHEAD = 1_500
@@ -131,12 +131,12 @@ def test_cli_lists_acknowledges_and_watches(quick):
     import sys
 
     def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "iotstream", "query", "--target", quick.target, "--json", *args],
+        out = subprocess.run([sys.executable, "-m", "iotstream.cli", "query", "--target", quick.target, "--json", *args],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines()]
 
-    watcher = subprocess.Popen([sys.executable, "-m", "iotstream", "query", "--target", quick.target, "watch",
+    watcher = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "query", "--target", quick.target, "watch",
                                 "--device", "cli-dev", "--count", "2"], stdout=subprocess.PIPE, text=True)
     try:
         assert json.loads(watcher.stdout.readline())["type"] == "WATCHING"

@@ -10,13 +10,13 @@ import sys
 
 import grpc
 
-from iotstream.simulate import run_fleet
+from iotstream.client.simulate import run_fleet
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
 
 
 def start_serve(data_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "iotstream", "serve", "--port", "0", "--data-dir", str(data_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", str(data_dir)],
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         found = re.search(r"serving on ([\d.]+:\d+)", line)
@@ -43,7 +43,7 @@ def test_restart_keeps_acked_readings(tmp_path):
         assert summary["acked"] == 1500
         before = stats(target)
         # The CLI, as the README shows it: exactly one JSON object on stdout.
-        out = subprocess.run([sys.executable, "-m", "iotstream", "query", "--target", target, "stats", "--json"],
+        out = subprocess.run([sys.executable, "-m", "iotstream.cli", "query", "--target", target, "stats", "--json"],
                              capture_output=True, text=True, timeout=60, check=True).stdout
         assert json.loads(out)["readings"] == 1500 and out.count("\n") == 1
     finally:

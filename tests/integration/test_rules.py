@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import ServerThread
-from iotstream.server import Config
+from iotstream.node import Config
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
 

@@ -12,7 +12,7 @@ from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import batch, bearer, code_of, database, poll
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.server import Config
+from iotstream.node import Config
 
 OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 
@@ -154,7 +154,7 @@ def test_admin_manages_tokens_over_grpc(secured):
 
 
 def test_cli_devices_add_against_a_running_server(secured, capsys):
-    from iotstream.cli import main
+    from iotstream.cli.main import main
 
     admin = secured.tokens["admin"]
     assert main(["devices", "add", "dev-cli", "--target", secured.target, "--token", admin, "--json"]) == 0

@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from security_fixtures import batch, database, poll
 
-from iotstream import logs
-from iotstream.kafka import KafkaConfig
-from iotstream.server import INGEST, Config
-from iotstream.simulate import run_fleet
+from iotstream.common import logs
+from iotstream.bus.kafka import KafkaConfig
+from iotstream.node import INGEST, Config
+from iotstream.client.simulate import run_fleet
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -140,7 +140,7 @@ def test_consumer_lag_and_stored_readings_with_kafka(kafka_broker, chdb_dir):
 def test_health_follows_a_clickhouse_probe(chdb_dir, monkeypatch):
     """The ClickHouse probe only runs against a server (`--clickhouse`); here the probe is swapped for one the
     test controls, to check what an outage does to each service's status."""
-    from iotstream.server import QUERY_SERVICE, Node
+    from iotstream.node import QUERY_SERVICE, Node
 
     up = {"ok": True}
 

@@ -11,9 +11,9 @@ from iotstream.v1 import ingest_pb2_grpc
 from security_fixtures import batch, bearer, code_of, database, make_pki
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.server import Config
-from iotstream.simulate import run_fleet
-from iotstream.tls import ClientTLS, ServerTLS, channel
+from iotstream.node import Config
+from iotstream.client.simulate import run_fleet
+from iotstream.common.tls import ClientTLS, ServerTLS, channel
 
 OK = grpc.StatusCode.OK
 

@@ -28,7 +28,7 @@ class Serve:
     """`iotstream --log-format json serve` in a subprocess; stderr collected by a thread."""
 
     def __init__(self, data_dir, *extra):
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotstream", "--log-format", "json", "serve", "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "--log-format", "json", "serve", "--port",
                                       "0", "--data-dir", str(data_dir), *extra], stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.listening = threading.Event()

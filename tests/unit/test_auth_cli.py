@@ -5,7 +5,7 @@ import json
 import pytest
 
 from iotstream.auth import Authenticator, FileTokens
-from iotstream.cli import build_parser, main, node_config
+from iotstream.cli.main import build_parser, main, node_config
 
 
 def test_devices_add_prints_tokens_once_and_they_authenticate(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The simulator's labelled anomalies (iotstream.simulate) and the event-level scoring of bench/detection.py."""
+"""The simulator's labelled anomalies (iotstream.client.simulate) and the event-level scoring of bench/detection.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from iotstream.ext import Episode
 
-from iotstream.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
+from iotstream.client.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
 
 END = 1_800_000_000_000
 
@@ -89,7 +89,7 @@ def test_event_level_scoring():
         def __init__(self, anomalies):
             self.anomalies = anomalies
 
-    from iotstream.simulate import Anomaly
+    from iotstream.client.simulate import Anomaly
 
     data = [Data([Anomaly("stuck", 0, 1_000, 5_000), Anomaly("stuck", 1, 1_000, 5_000),
                   Anomaly("stuck", 2, 500_000, 600_000)])]

@@ -7,8 +7,8 @@ import asyncio
 
 from iotstream.v1 import ingest_pb2 as pb
 
-from iotstream.client import Buffer, Columns, rejected_readings
-from iotstream.device_config import ConfigHub
+from iotstream.client.device import Buffer, Columns, rejected_readings
+from iotstream.auth.device_config import ConfigHub
 
 
 def test_columns_seal_into_one_reading_batch():

@@ -169,7 +169,7 @@ class DeviceClient:
         target: "host:port" of an ingest server.
         device_id: the device's id (must match the token's device when the server has auth on).
         token: bearer token of the device.
-        tls: an iotstream.tls.ClientTLS for servers with TLS on.
+        tls: an iotstream.common.tls.ClientTLS for servers with TLS on.
         batch_readings / batch_age_s: a batch is sealed at this many readings or this age.
         max_unacked_batches: the buffer's bound; `record` raises BufferFull past it.
         max_inflight: batches sent ahead of their acks.
@@ -270,7 +270,7 @@ class DeviceClient:
     async def start(self) -> DeviceClient:
         self._changed = asyncio.Event()
         if self._channel is None:
-            from iotstream.tls import aio_channel
+            from iotstream.common.tls import aio_channel
 
             self._channel = aio_channel(self.target, self.tls, [*KEEPALIVE_OPTIONS, *self._options])
         self._task = asyncio.create_task(self._run(), name=f"device-{self.device_id}")

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from iotstream.simulate import KINDS
+from iotstream.client.simulate import KINDS
 
 DAY_MS = 86_400_000
 log = logging.getLogger("iotstream")
@@ -19,7 +19,7 @@ log = logging.getLogger("iotstream")
 
 def say(message: str, level: int = logging.INFO) -> None:
     """A node's own status line: a log record when logs are JSON (every stderr line parses), else printed."""
-    from iotstream.logs import json_logs
+    from iotstream.common.logs import json_logs
 
     if json_logs():
         log.log(level, message)
@@ -28,8 +28,8 @@ def say(message: str, level: int = logging.INFO) -> None:
 
 
 def node_config(args, roles):
-    from iotstream.kafka import KafkaConfig
-    from iotstream.server import Config
+    from iotstream.bus.kafka import KafkaConfig
+    from iotstream.node import Config
 
     kafka = None
     if getattr(args, "kafka", None):
@@ -46,7 +46,7 @@ def node_config(args, roles):
 def security_config(args, roles) -> dict:
     """Config fields for auth, TLS, metrics and limits from the flags `security` and `metrics` add."""
     from iotstream.ingest import Limits
-    from iotstream.tls import ServerTLS
+    from iotstream.common.tls import ServerTLS
 
     out = {"metrics_port": getattr(args, "metrics_port", None),
            "metrics_host": getattr(args, "metrics_host", "127.0.0.1")}
@@ -79,7 +79,7 @@ def warn_open(config, what: str, port: int) -> None:
 
 def run_node(config, what: str) -> int:
     """Run a Node until SIGINT/SIGTERM, then stop it gracefully."""
-    from iotstream.server import Node
+    from iotstream.node import Node
 
     async def main():
         node = Node(config)
@@ -131,8 +131,8 @@ def cmd_query_server(args) -> int:
 
 def cmd_demo(args) -> int:
     """serve + simulate + query in one go, to see the whole path work."""
-    from iotstream.server import Config, Node
-    from iotstream.simulate import run_fleet
+    from iotstream.node import Config, Node
+    from iotstream.client.simulate import run_fleet
     from iotstream.v1 import query_pb2 as pb
 
     async def main():
@@ -166,9 +166,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from iotstream.simulate import run_fleet
+    from iotstream.client.simulate import run_fleet
 
-    from iotstream.tls import client_tls
+    from iotstream.common.tls import client_tls
 
     tokens = json.loads(open(args.tokens).read()) if args.tokens else None
     summary, _ = asyncio.run(run_fleet(args.target, args.devices, args.readings, args.batch, args.rate,
@@ -217,8 +217,8 @@ def cmd_query(args) -> int:
         "stats": lambda: ("GetStats", pb.GetStatsRequest()),
     }
     from iotstream.auth import bearer
-    from iotstream.tls import channel as open_channel
-    from iotstream.tls import client_tls
+    from iotstream.common.tls import channel as open_channel
+    from iotstream.common.tls import client_tls
 
     method, request = requests[args.what]()
     with open_channel(args.target, client_tls(args)) as channel:
@@ -294,8 +294,8 @@ def tokens_over_grpc(args, role) -> int:
     import grpc
 
     from iotstream.auth import bearer
-    from iotstream.tls import channel as open_channel
-    from iotstream.tls import client_tls
+    from iotstream.common.tls import channel as open_channel
+    from iotstream.common.tls import client_tls
     from iotstream.v1 import admin_pb2 as pb
     from iotstream.v1 import admin_pb2_grpc
 
@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from iotstream import logs
+    from iotstream.common import logs
 
     args = build_parser().parse_args(argv)
     logs.setup(logging.DEBUG if args.verbose else logging.INFO, args.log_format)

@@ -21,17 +21,17 @@ from iotstream import auth as authn
 from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.device_config import DeviceConfigs
 from iotstream.clickhouse.store import StoreConfig
-from iotstream.device_config import ConfigHub
+from iotstream.auth.device_config import ConfigHub
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.kafka import KafkaConfig, KafkaQueue, ensure_topics
-from iotstream.metrics import Metrics
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics
+from iotstream.common.metrics import Metrics
 from iotstream.processor import Processor, embedded
 from iotstream.processor.kafka_loop import KafkaProcessor
-from iotstream.queue import LocalQueue
-from iotstream.query_service import DEFAULT_SILENCE_MS, QueryService
-from iotstream.query_service import add_to_server as add_query_to_server
-from iotstream.tls import ServerTLS
+from iotstream.bus.local import LocalQueue
+from iotstream.query.service import DEFAULT_SILENCE_MS, QueryService
+from iotstream.query.service import add_to_server as add_query_to_server
+from iotstream.common.tls import ServerTLS
 from iotstream.v1 import ingest_pb2, query_pb2
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class Node:
         self._background.append(asyncio.create_task(refresh_tokens()))
 
     async def _start_configs(self) -> None:
-        """Device configuration (iotstream.device_config) lives in ClickHouse: on the node's store, or on an
+        """Device configuration (iotstream.auth.device_config) lives in ClickHouse: on the node's store, or on an
         ingest node with a ClickHouse URL; an ingest node without one pushes no configuration."""
         cfg = self.config
         backend = self.store.backend if self.store is not None else None

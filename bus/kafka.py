@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from iotstream.queue import QueueUnavailable
+from iotstream.bus.local import QueueUnavailable
 
 log = logging.getLogger(__name__)
 # librdkafka's own lines go through Python logging (and so JSON logs), not raw to stderr.

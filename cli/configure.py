@@ -2,7 +2,7 @@
 
 With --target the running server's Admin service does it, and the device's open streams get the new
 configuration at once; without, it is written to the store, and running servers push it within
-iotstream.device_config.REFRESH_S.
+iotstream.auth.device_config.REFRESH_S.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def over_grpc(args):
     import grpc
 
     from iotstream.auth import bearer
-    from iotstream.tls import channel as open_channel
-    from iotstream.tls import client_tls
+    from iotstream.common.tls import channel as open_channel
+    from iotstream.common.tls import client_tls
     from iotstream.v1 import admin_pb2 as pb
     from iotstream.v1 import admin_pb2_grpc
 
@@ -78,7 +78,7 @@ def over_grpc(args):
 
 
 def in_store(args):
-    from iotstream import device_config
+    from iotstream.auth import device_config
     from iotstream.clickhouse import open_backend
     from iotstream.clickhouse.device_config import DeviceConfigs
 

@@ -328,16 +328,16 @@ class AdminService:
 
     def __init__(self, auth: Authenticator | None, configs=None):
         self.auth = auth
-        self.configs = configs  # iotstream.device_config.ConfigHub, or None
+        self.configs = configs  # iotstream.auth.device_config.ConfigHub, or None
 
     async def ConfigureDevice(self, request, context):
-        from iotstream import device_config
+        from iotstream.auth import device_config
 
         await self._need(self.configs, "device configuration needs the ClickHouse store", context)
         return await device_config.configure(self.configs, request, context)
 
     async def GetDeviceConfig(self, request, context):
-        from iotstream import device_config
+        from iotstream.auth import device_config
 
         await self._need(self.configs, "device configuration needs the ClickHouse store", context)
         return await device_config.get_state(self.configs, request, context)

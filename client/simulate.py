@@ -21,7 +21,7 @@ import numpy as np
 
 from iotstream.v1 import ingest_pb2 as pb
 
-from iotstream.client import KEEPALIVE_OPTIONS, DeviceClient
+from iotstream.client.device import KEEPALIVE_OPTIONS, DeviceClient
 
 METRICS = ("temperature", "humidity", "pressure")
 # (level, daily amplitude, noise sd, drift per day) per metric
@@ -227,8 +227,8 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
     """Stream every device's readings and wait for every ack; returns (summary, the generated data).
 
     `tokens` maps device ids to their bearer tokens (servers with auth on); `tls` is an
-    iotstream.tls.ClientTLS (servers with TLS on)."""
-    from iotstream.tls import aio_channel
+    iotstream.common.tls.ClientTLS (servers with TLS on)."""
+    from iotstream.common.tls import aio_channel
 
     rng = np.random.default_rng(seed)
     end_ms = time.time_ns() // 1_000_000

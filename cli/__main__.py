@@ -1,0 +1,3 @@
+from iotstream.cli.main import main
+
+raise SystemExit(main())

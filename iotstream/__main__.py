@@ -1,3 +1,0 @@
-from iotstream.cli import main
-
-raise SystemExit(main())

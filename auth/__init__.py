@@ -342,14 +342,34 @@ def open_registry(tokens_file: str | None = None, backend=None):
 
 
 class AdminService:
-    """`iotstream.v1.Admin`: token management over gRPC, for admin tokens (checked by AuthInterceptor)."""
+    """`iotstream.v1.Admin`: token management and device configuration over gRPC, for admin tokens (checked
+    by AuthInterceptor). With auth off (`auth` None) only the configuration RPCs work."""
 
-    def __init__(self, auth: Authenticator):
+    def __init__(self, auth: Authenticator | None, configs=None):
         self.auth = auth
+        self.configs = configs  # iotstream.auth.device_config.ConfigHub, or None
+
+    async def ConfigureDevice(self, request, context):
+        from iotstream.auth import device_config
+
+        await self._need(self.configs, "device configuration needs the ClickHouse store", context)
+        return await device_config.configure(self.configs, request, context)
+
+    async def GetDeviceConfig(self, request, context):
+        from iotstream.auth import device_config
+
+        await self._need(self.configs, "device configuration needs the ClickHouse store", context)
+        return await device_config.get_state(self.configs, request, context)
+
+    @staticmethod
+    async def _need(part, why: str, context) -> None:
+        if part is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
 
     async def AddToken(self, request, context):
         from iotstream.v1 import admin_pb2 as pb
 
+        await self._need(self.auth, "auth is off: start the server with --auth to manage tokens", context)
         await self._check(request.role, request.subject, context)
         token = await asyncio.to_thread(self.auth.registry.add, request.role, request.subject)
         await asyncio.to_thread(self.auth.refresh)  # usable at once on this node
@@ -359,6 +379,7 @@ class AdminService:
     async def RevokeTokens(self, request, context):
         from iotstream.v1 import admin_pb2 as pb
 
+        await self._need(self.auth, "auth is off: start the server with --auth to manage tokens", context)
         await self._check(request.role, request.subject, context)
         n = await asyncio.to_thread(self.auth.registry.revoke, request.role, request.subject)
         await asyncio.to_thread(self.auth.refresh)
@@ -368,6 +389,7 @@ class AdminService:
     async def ListTokens(self, request, context):
         from iotstream.v1 import admin_pb2 as pb
 
+        await self._need(self.auth, "auth is off: start the server with --auth to manage tokens", context)
         if request.role and request.role not in ROLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}")
         rows = await asyncio.to_thread(self.auth.registry.list)
@@ -384,9 +406,9 @@ class AdminService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"subject: must match {DEVICE_ID.pattern}")
 
 
-def add_admin_to_server(auth: Authenticator, server) -> str:
+def add_admin_to_server(auth: Authenticator | None, server, configs=None) -> str:
     """Register the Admin service; returns its full name (for health and reflection)."""
     from iotstream.v1 import admin_pb2, admin_pb2_grpc
 
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(auth), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(auth, configs), server)
     return admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name

@@ -24,9 +24,9 @@ from iotstream.node import SERVER_OPTIONS
 
 class EchoIngest(pb_grpc.IngestServicer):
     async def Stream(self, request_iterator: AsyncIterator[pb.ReadingBatch],  # noqa: N802 (proto name)
-                     unused_context) -> AsyncIterator[pb.Ack]:
+                     unused_context) -> AsyncIterator[pb.StreamResponse]:
         async for batch in request_iterator:
-            yield pb.Ack(seq=batch.seq, accepted=len(batch.values))
+            yield pb.StreamResponse(ack=pb.Ack(seq=batch.seq, accepted=len(batch.values)))
 
     async def Send(self, request: pb.ReadingBatch, unused_context) -> pb.Ack:  # noqa: N802 (proto name)
         return pb.Ack(seq=request.seq, accepted=len(request.values))

@@ -1,32 +1,33 @@
-"""Fleet scale: thousands of long-lived, mostly idle device streams against one server process.
+"""Fleet scale: thousands of long-lived, mostly idle devices, each an iotstream.client.DeviceClient, against
+one server process.
 
     python -m iotstream.bench.fleet [--streams 10000] [--per-connection 100] [--interval 10] [--batch 10]
                           [--duration 30] [--kafka BOOTSTRAP] [--json]
 
-Real fleets keep a stream open per device and trickle a small batch every few seconds. This opens
---streams Ingest/Stream calls from this process, spread over ceil(streams / per-connection) client
-connections (HTTP/2 caps concurrent streams per connection; the server allows 1,000, devices behind one
-NAT rarely share a connection at all), against `iotstream serve` in its own process, so the server's RSS
-is its own. Each device sends one batch of --batch readings when it connects, then one every --interval
-seconds (start times spread evenly), and reads its Acks.
+Real fleets keep a stream open per device and trickle a small batch every few seconds; a gateway runs many
+devices in one process. This runs --streams DeviceClients in this process, sharing ceil(streams /
+per-connection) client connections (HTTP/2 caps concurrent streams per connection; the server allows 1,000),
+against `iotstream serve` in its own process, so each side's RSS is its own. Each device records --batch
+readings when it starts (sealed as one batch at once), then --batch more every --interval seconds (start
+times spread evenly); the client library streams them, resends after refusals and reads the Acks.
 
 Reported (one JSON object, also bench/results/fleet.json):
-- connect_s: from the first channel opened until every stream had its first Ack (so: connected end to end),
-  and connect_p99_ms per stream;
-- rss_bytes_per_stream: (server RSS with the fleet connected and trickling - RSS before it, after a warm-up
-  on one stream) / streams; the same from USS (pages only this process holds);
-- ack_p50_ms / ack_p99_ms of the steady-state batches (sent after the whole fleet connected);
-- server CPU seconds and cores over the steady state, and this client's CPU, for scale.
+- connect_s: from the first channel opened until every device had its first batch acked, and
+  connect_p99_ms per device;
+- server: rss_bytes_per_stream (server RSS with the fleet connected and trickling - RSS before it, after a
+  warm-up on one stream) / streams, the same from USS; CPU seconds and cores over the steady state;
+- client (this process, the gateway): client_rss_bytes_per_device (RSS with the fleet running - RSS
+  before the clients were made) / devices, client CPU seconds and cores over the steady state, and CPU
+  microseconds per device per second;
+- ack_p50_ms / ack_p99_ms of the steady-state batches (sent after the whole fleet connected).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import math
-import random
 import resource
 import sys
 import time
@@ -36,11 +37,10 @@ from pathlib import Path
 from iotstream.bench.harness import ServerProcess, machine, pct, write_result
 from iotstream.bench.loadgen import grpc_message, grpc_template
 
-# Client side of the NAT story: ping every 30 s on an idle connection (NATs drop idle flows after 30-60 s;
-# the server accepts pings 20 s apart), and give up on a silent peer after 10 s.
-CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.keepalive_time_ms", 30_000),
-                  ("grpc.keepalive_timeout_ms", 10_000), ("grpc.keepalive_permit_without_calls", 1),
-                  ("grpc.http2.max_pings_without_data", 0)]
+from iotstream.client.device import KEEPALIVE_OPTIONS, DeviceClient  # noqa: E402
+
+CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), *KEEPALIVE_OPTIONS]
+METRICS = ("temperature", "humidity", "pressure")
 
 
 class Fleet:
@@ -50,79 +50,48 @@ class Fleet:
         self.connect_ms: list[float] = []
         self.steady_from = math.inf
         self.steady_ack_ms: list[float] = []
-        self.acked = self.errors = self.retries = 0
-        self.refused: collections.Counter[str] = collections.Counter()
-        self.error_samples: list[str] = []
+        self.acked = 0
+        self.clients: list[DeviceClient] = []
         self.stop = asyncio.Event()
 
     async def device(self, channel, i: int, t0: float) -> None:
-        """Connect (retrying a refused stream after a jittered backoff, as device firmware does), then
-        trickle until told to stop."""
-        for attempt in range(self.args.connect_attempts):
-            outcome = await self.stream(channel, i, t0)
-            if outcome is None:
-                return
-            self.refused[outcome] += 1
-            if attempt + 1 < self.args.connect_attempts:
-                self.retries += 1
-                await asyncio.sleep(random.uniform(0.5, 1.5) * 2 ** attempt)
-        self.errors += 1
-
-    async def stream(self, channel, i: int, t0: float) -> str | None:
-        """None once the stream ended normally; the status name if it was refused before its first Ack."""
-        from iotstream.v1 import ingest_pb2 as pb
-
+        """Start a client, record a batch at once and one every --interval s until told to stop."""
         args = self.args
-        call = channel.stream_stream("/iotstream.v1.Ingest/Stream")()
-        template = grpc_template(f"fleet-{i:05d}", args.batch, i)
-        sent_at: collections.deque[float] = collections.deque()
+        first = True
 
-        async def writer() -> None:
-            seq = 1
-            sent_at.append(time.perf_counter())
-            await call.write(grpc_message(template, seq))
-            # Spread the fleet's sends evenly over the interval.
-            await asyncio.sleep(args.interval * (i % 1000) / 1000)
-            while not self.stop.is_set():
-                seq += 1
-                sent_at.append(time.perf_counter())
-                await call.write(grpc_message(template, seq))
+        def on_ack(_ack, seconds: float) -> None:
+            nonlocal first
+            now = time.perf_counter()
+            self.acked += 1
+            if first:
+                self.first_ack.append(now)
+                self.connect_ms.append((now - t0) * 1000)
+                first = False
+            elif now - seconds >= self.steady_from:
+                self.steady_ack_ms.append(seconds * 1000)
+
+        # batch_age_s past the interval: a batch is sealed when --batch readings are in, as firmware does.
+        client = DeviceClient("", f"fleet-{i:05d}", batch_readings=args.batch, batch_age_s=args.interval * 2,
+                              max_unacked_batches=64, channel=channel, on_ack=on_ack)
+        self.clients.append(client)
+        await client.start()
+        n = 0
+        try:
+            while True:
+                for _ in range(args.batch):
+                    client.record(METRICS[n % 3], 20.0 + (n % 17) * 0.1)
+                    n += 1
+                if n == args.batch:  # spread the fleet's sends evenly over the interval
+                    delay = args.interval * (i % 1000) / 1000
+                else:
+                    delay = args.interval
                 try:
-                    await asyncio.wait_for(self.stop.wait(), args.interval)
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                    break
                 except TimeoutError:
                     pass
-            await call.done_writing()
-
-        task = asyncio.create_task(writer())
-        first = True
-        try:
-            async for raw in call:
-                now = time.perf_counter()
-                sent = sent_at.popleft()
-                pb.Ack.FromString(raw)
-                self.acked += 1
-                if first:
-                    self.first_ack.append(now)
-                    self.connect_ms.append((now - t0) * 1000)
-                    first = False
-                elif sent >= self.steady_from:
-                    self.steady_ack_ms.append((now - sent) * 1000)
-            await task
-            return None
-        except Exception as exc:
-            # A failed write says only "execute_batch failed" (grpc/grpc#36066); the call's code says more.
-            try:
-                code = (await asyncio.wait_for(call.code(), 5)).name
-            except Exception:
-                code = type(exc).__name__
-            if first:
-                return code
-            self.errors += 1
-            if len(self.error_samples) < 3:
-                self.error_samples.append(f"{code}: {exc}"[:300])
-            return None
         finally:
-            task.cancel()
+            await client.close(timeout=30)
 
 
 async def warm_up(target: str, batch: int) -> None:
@@ -146,8 +115,9 @@ async def run(args, server: ServerProcess) -> dict:
     await asyncio.sleep(2.0)
     import psutil
 
-    proc = psutil.Process(server.proc.pid)
+    proc, me = psutil.Process(server.proc.pid), psutil.Process()
     rss0, uss0 = proc.memory_info().rss, proc.memory_full_info().uss
+    client_rss0 = me.memory_info().rss
     fleet = Fleet(args)
     n_conn = math.ceil(args.streams / args.per_connection)
     t0 = time.perf_counter()
@@ -159,25 +129,31 @@ async def run(args, server: ServerProcess) -> dict:
         if args.connect_rate and i % 100 == 99:  # arrivals paced in groups of 100
             await asyncio.sleep(max(0.0, t0 + (i + 1) / args.connect_rate - time.perf_counter()))
     deadline = t0 + args.connect_timeout
-    while len(fleet.first_ack) + fleet.errors < args.streams and time.perf_counter() < deadline:
+    while len(fleet.first_ack) < args.streams and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
     connected = len(fleet.first_ack)
     connect_s = (max(fleet.first_ack) - t0) if fleet.first_ack else None
     fleet.steady_from = time.perf_counter()
     cpu0, self0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
-    rss_samples = []
+    rss_samples, client_rss = [], []
     end = fleet.steady_from + args.duration
     while time.perf_counter() < end:
         await asyncio.sleep(min(2.0, max(0.0, end - time.perf_counter())))
         rss_samples.append(proc.memory_info().rss)
+        client_rss.append(me.memory_info().rss)
     uss1 = proc.memory_full_info().uss
     cpu1, self1 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
     steady = time.perf_counter() - fleet.steady_from
     fleet.stop.set()
     await asyncio.wait(devices, timeout=60)
+    unacked = sum(len(c.buffer.batches) for c in fleet.clients)
     for ch in channels:
         await ch.close()
     rss1 = max(rss_samples) if rss_samples else proc.memory_info().rss
+    client_rss1 = max(client_rss) if client_rss else me.memory_info().rss
+    client_cpu = self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime
+    stats = [c.stats for c in fleet.clients]
+    errors = sum(c.failed is not None for c in fleet.clients) + (args.streams - connected)
     sent_per_s = args.streams / args.interval
     return {
         "benchmark": "fleet", "server": "echo" if args.echo else "iotstream", "server_grpc_options": args.grpc_option,
@@ -194,10 +170,14 @@ async def run(args, server: ServerProcess) -> dict:
         "ack_p50_ms": pct(fleet.steady_ack_ms, 50), "ack_p99_ms": pct(fleet.steady_ack_ms, 99),
         "ack_max_ms": pct(fleet.steady_ack_ms, 100),
         "server_cpu_s": round(cpu1 - cpu0, 2), "server_cores": round((cpu1 - cpu0) / steady, 3),
-        "client_cpu_s": round(self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime, 2),
-        "connect_rate": args.connect_rate or "all at once", "connect_retries": fleet.retries,
-        "refused_by_status": dict(fleet.refused),
-        "errors": fleet.errors, "error_samples": fleet.error_samples,
+        "client_cpu_s": round(client_cpu, 2), "client_cores": round(client_cpu / steady, 3),
+        "client_cpu_us_per_device_per_s": round(client_cpu / steady / args.streams * 1e6, 2),
+        "client_rss_before_bytes": client_rss0, "client_rss_fleet_bytes": client_rss1,
+        "client_rss_bytes_per_device": round((client_rss1 - client_rss0) / args.streams),
+        "connect_rate": args.connect_rate or "all at once",
+        "reconnects": sum(st.reconnects for st in stats), "pushbacks": sum(st.pushbacks for st in stats),
+        "resent_batches": sum(st.resent for st in stats), "unacked_at_end": unacked,
+        "errors": errors,
     }
 
 
@@ -211,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connect-timeout", type=float, default=120.0, help="give the fleet this long to connect")
     ap.add_argument("--connect-rate", type=float, default=2000.0,
                     help="new streams per second (default 2000); 0 opens them all at once, a reconnect storm")
-    ap.add_argument("--connect-attempts", type=int, default=6,
-                    help="tries per device when a stream is refused, with jittered exponential backoff (default 6)")
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run `iotstream serve --kafka BOOTSTRAP`")
     ap.add_argument("--echo", action="store_true",
                     help="measure bench/echo_server.py instead: what gRPC alone costs per stream (the floor)")
@@ -236,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("fleet", result, args.out)
     if not args.json:
         print(f"{result['streams_connected']:,}/{args.streams:,} streams connected in {result['connect_s']} s; "
-              f"{result['rss_bytes_per_stream']:,} B RSS per stream; ack p50 {result['ack_p50_ms']} ms "
-              f"p99 {result['ack_p99_ms']} ms; server {result['server_cores']} cores; wrote {path}", file=sys.stderr)
+              f"{result['rss_bytes_per_stream']:,} B server RSS per stream; ack p50 {result['ack_p50_ms']} ms "
+              f"p99 {result['ack_p99_ms']} ms; server {result['server_cores']} cores; client "
+              f"{result['client_rss_bytes_per_device']:,} B RSS and {result['client_cpu_us_per_device_per_s']} µs "
+              f"CPU per device per second ({result['client_cores']} cores); wrote {path}", file=sys.stderr)
     print(json.dumps(result))
     return 0 if result["streams_connected"] == args.streams and not result["errors"] else 1
 

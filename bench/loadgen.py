@@ -140,7 +140,7 @@ async def grpc_stream(channel, device: str, args, meter: Meter, pacer: Pacer) ->
         asyncio.get_running_loop().time() + (meter.end - time.perf_counter()) + args.drain_timeout, call.cancel)
     try:
         async for raw in call:
-            ack = pb.Ack.FromString(raw)
+            ack = pb.StreamResponse.FromString(raw).ack
             meter.ack(sent_at.popleft(), ack.accepted, len(ack.rejected))
             window.release()
         await task

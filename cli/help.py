@@ -14,6 +14,9 @@ EXAMPLES = {
     "devices add": "iotstream devices add sensor-0001 sensor-0002 --json > device-tokens.json",
     "devices revoke": "iotstream devices revoke sensor-0001",
     "devices list": "iotstream devices list --target 127.0.0.1:50051 --token $ADMIN_TOKEN",
+    "devices configure": "iotstream devices configure sensor-0001 --sample-interval-ms 10000 --metric temperature "
+                         "--set mode=eco --target 127.0.0.1:50051 --token $ADMIN_TOKEN",
+    "devices config": "iotstream devices config sensor-0001 --target 127.0.0.1:50051 --token $ADMIN_TOKEN",
     "tokens": "iotstream tokens add reader grafana",
     "tokens add": "iotstream tokens add reader grafana",
     "tokens revoke": "iotstream tokens revoke reader grafana",

@@ -113,3 +113,7 @@ def add_parsers(sub) -> None:
                            help="admin token for --target (default $IOTSTREAM_TOKEN)")
             options.client_tls(a)
             a.set_defaults(fn=cmd_tokens)
+        if command == "devices":
+            from iotstream.cli import configure
+
+            configure.add_parsers(acts, options.storage, options.client_tls, os.environ.get("IOTSTREAM_TOKEN"))

@@ -1,4 +1,6 @@
-"""A fleet of simulated devices, each on its own bidirectional Ingest/Stream, with labelled anomalies.
+"""A fleet of simulated devices, each an iotstream.client.DeviceClient on its own Ingest/Stream, with
+labelled anomalies. (The client brings reconnects, resends and pushback, so a simulated fleet behaves as
+real devices do when the server restarts or throttles.)
 
 Signals are realistic enough to exercise the detectors: a daily cycle, a slow drift, Gaussian noise,
 and injected spikes whose positions are returned as labels. `device_signal(..., kinds=...)` also injects
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iotstream.v1 import ingest_pb2 as pb
-from iotstream.v1 import ingest_pb2_grpc as pb_grpc
+
+from iotstream.client.device import KEEPALIVE_OPTIONS, DeviceClient
 
 METRICS = ("temperature", "humidity", "pressure")
 # (level, daily amplitude, noise sd, drift per day) per metric
@@ -191,33 +194,30 @@ class RateLimit:
             await asyncio.sleep(delay)
 
 
-async def stream_device(stub, data: DeviceData, batch_size: int, tally: Tally, limit: RateLimit,
+async def stream_device(channel, data: DeviceData, batch_size: int, tally: Tally, limit: RateLimit,
                         token: str | None = None) -> None:
-    call = stub.Stream(metadata=(("authorization", f"Bearer {token}"),) if token else None)
-    sent_at: dict[int, float] = {}
-    window = asyncio.Semaphore(MAX_INFLIGHT)
-    items = batches(data, batch_size)
+    """Record the device's readings a batch at a time (paced by `limit`) and wait until all are acked."""
+    def on_ack(ack: pb.Ack, seconds: float) -> None:
+        tally.ack_ms.append(seconds * 1000)
+        tally.acked += ack.accepted
+        tally.rejected += len(ack.rejected)
+        tally.batches += 1
 
-    async def send():
-        for b in items:
-            await window.acquire()
-            await limit.wait(len(b.values))
-            sent_at[b.seq] = time.perf_counter()
-            await call.write(b)
-            tally.sent += len(b.values)
-        await call.done_writing()
-
-    writer = asyncio.create_task(send())
+    client = DeviceClient("", data.device_id, token, batch_readings=batch_size, max_inflight=MAX_INFLIGHT,
+                          channel=channel, on_ack=on_ack, on_rejected=lambda rejected: None)
+    await client.start()
     try:
-        async for ack in call:
-            tally.ack_ms.append((time.perf_counter() - sent_at.pop(ack.seq)) * 1000)
-            tally.acked += ack.accepted
-            tally.rejected += len(ack.rejected)
-            tally.batches += 1
-            window.release()
-        await writer
+        times, metric, values = data.time_ms.tolist(), data.metric.tolist(), data.values.tolist()
+        for start in range(0, len(values), batch_size):
+            end = min(start + batch_size, len(values))
+            await limit.wait(end - start)
+            await client.room()
+            for i in range(start, end):
+                client.record(METRICS[metric[i]], values[i], times[i])
+            tally.sent += end - start
+        await client.flush()
     finally:
-        writer.cancel()
+        await client.close()
 
 
 async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, rate: float | None = None,
@@ -239,13 +239,13 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
         from iotstream.client.signals import quantize as to_resolution
 
         fleet = [to_resolution(d) for d in fleet]
-    channels = [aio_channel(target, tls) for _ in range(math.ceil(devices / STREAMS_PER_CHANNEL))]
+    n_channels = math.ceil(devices / STREAMS_PER_CHANNEL)
+    channels = [aio_channel(target, tls, KEEPALIVE_OPTIONS) for _ in range(n_channels)]
     tally, limit = Tally(), RateLimit(rate)
     started = time.perf_counter()
     reporter = asyncio.create_task(report_progress(tally, devices * readings)) if progress else None
     try:
-        stubs = [pb_grpc.IngestStub(ch) for ch in channels]
-        await asyncio.gather(*(stream_device(stubs[i // STREAMS_PER_CHANNEL], d, batch, tally, limit,
+        await asyncio.gather(*(stream_device(channels[i // STREAMS_PER_CHANNEL], d, batch, tally, limit,
                                              (tokens or {}).get(d.device_id))
                                for i, d in enumerate(fleet)))
     finally:

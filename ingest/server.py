@@ -27,6 +27,10 @@ device knows exactly what to resend.
 A message over OFFLOAD_BYTES is decoded and validated in a small pool of worker threads, so one large batch
 (validation is linear in its size) never holds the event loop that serves every other call and health.
 A device's batches in flight (read, not yet acked) are held under `max_inflight_bytes_per_device`.
+A stream answers StreamResponse: each Ack wrapped, in batch order, and between them the device's desired
+DeviceConfig whenever one is due (iotstream.auth.device_config.ConfigHub: on open, on change, until the device
+reports it applied in ReadingBatch.config_applied). A stream's device is its token's, or with auth off its
+first batch's, so a device is only ever sent its own configuration.
 """
 
 from __future__ import annotations
@@ -127,8 +131,10 @@ def decode(raw: bytes, limits: Limits) -> pb.ReadingBatch:
 
 
 class IngestService:
-    def __init__(self, queue, limits: Limits | None = None, counters: Counters | None = None, auth=None):
+    def __init__(self, queue, limits: Limits | None = None, counters: Counters | None = None, auth=None,
+                 configs=None):
         self.queue = queue
+        self.configs = configs  # iotstream.auth.device_config.ConfigHub, or None: no configuration push
         self.limits = limits or Limits()
         self.counters = counters or Counters()
         self.auth = auth  # iotstream.auth.Authenticator, or None: open (any caller may send for any device)
@@ -156,6 +162,8 @@ class IngestService:
         ack = pb.Ack(seq=batch.seq, accepted=verdict.n_accepted, rejected=verdict.rejections)
         if not verdict.rejections:
             return verdict, raw, ack
+        if verdict.n_accepted == 0:
+            return verdict, b"", ack
         return verdict, accepted_only(batch, verdict).SerializeToString(), ack
 
     def drain(self) -> None:
@@ -184,6 +192,8 @@ class IngestService:
                               f"but the token belongs to {device!r}")
             exc.readings = len(batch.values)
             raise exc
+        if batch.config_applied and self.configs is not None:
+            await self.configs.report(batch.device_id, batch.config_applied)
         await self.pace(batch)
         now_ms = time.time_ns() // 1_000_000
         verdict, payload, ack = await self.offload(self._validate, raw, batch, now_ms)
@@ -232,7 +242,7 @@ class IngestService:
             self.limiter.close_send(sender)
 
     async def Stream(self, request_iterator: AsyncIterator[bytes],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
         # The reader runs ahead of the acks (pipelining) but at most MAX_INFLIGHT_PER_STREAM batches;
         # acks leave in the order the batches came. The queue between them is not bounded itself (the
         # semaphore bounds it) so that an end marker always fits.
@@ -240,6 +250,14 @@ class IngestService:
         window = asyncio.Semaphore(MAX_INFLIGHT_PER_STREAM)
         opened: list[str] = []
         revocation = self.auth.watch(context.invocation_metadata()) if self.auth is not None else None
+        unsubscribe = []
+
+        def open_stream(device: str) -> None:
+            self.limiter.open_stream(device)
+            opened.append(device)
+            if self.configs is not None:
+                unsubscribe.append(self.configs.subscribe(
+                    device, lambda config: pending.put_nowait(pb.StreamResponse(config=config))))
 
         async def read() -> None:
             try:
@@ -247,13 +265,11 @@ class IngestService:
                 if self.draining.is_set():
                     raise Draining("server is shutting down; reconnect to another node or later")
                 if device is not None:
-                    self.limiter.open_stream(device)
-                    opened.append(device)
+                    open_stream(device)
                 async for raw in request_iterator:
                     batch = await self.offload(self._decode, raw)
                     if not opened:  # open mode: the stream belongs to its first batch's device
-                        self.limiter.open_stream(batch.device_id)
-                        opened.append(batch.device_id)
+                        open_stream(batch.device_id)
                     await window.acquire()
                     pending.put_nowait(await self.accept(raw, batch, device))
                 await pending.put(None)
@@ -272,10 +288,15 @@ class IngestService:
             while (item := await pending.get()) is not None:
                 if isinstance(item, Exception):
                     await self.end_call(item, context)
+                if isinstance(item, pb.StreamResponse):  # a configuration, between two acks
+                    yield item
+                    continue
                 ack = await durable(*item, context)
                 window.release()
-                yield ack
+                yield pb.StreamResponse(ack=ack)
         finally:
+            for stop in unsubscribe:
+                stop()
             self._readers.discard(reader)
             reader.cancel()
             if revocation is not None:
@@ -333,7 +354,7 @@ async def durable(done: asyncio.Future | None, ack: pb.Ack, context) -> pb.Ack:
 def add_to_server(service: IngestService, server: grpc.aio.Server) -> None:
     handlers = {
         "Stream": grpc.stream_stream_rpc_method_handler(
-            service.Stream, response_serializer=pb.Ack.SerializeToString),
+            service.Stream, response_serializer=pb.StreamResponse.SerializeToString),
         "Send": grpc.unary_unary_rpc_method_handler(
             service.Send, response_serializer=pb.Ack.SerializeToString),
     }

@@ -163,7 +163,7 @@ def accepted_only(batch: pb.ReadingBatch, verdict: Verdict) -> pb.ReadingBatch:
     keep = verdict.accepted
     out = pb.ReadingBatch(device_id=batch.device_id, seq=batch.seq, base_time_ms=batch.base_time_ms,
                           metric_names=batch.metric_names, received_ms=batch.received_ms)
-    if len(batch.time_offset_ms) == len(keep):
+    if len(batch.time_offset_ms) == len(batch.metric_index) == len(keep):  # else nothing was accepted
         out.time_offset_ms.extend(np.array(batch.time_offset_ms, dtype=np.int64)[keep].tolist())
         out.metric_index.extend(np.array(batch.metric_index, dtype=np.int64)[keep].tolist())
         out.values.extend(np.array(batch.values, dtype=np.float64)[keep].tolist())

@@ -19,9 +19,11 @@ from grpc_reflection.v1alpha import reflection
 
 from iotstream import auth as authn
 from iotstream.clickhouse import Store, open_backend
+from iotstream.clickhouse.device_config import DeviceConfigs
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.common.metrics import Metrics
 from iotstream.common.tls import ServerTLS
+from iotstream.auth.device_config import ConfigHub
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
 from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_lag
@@ -156,6 +158,8 @@ class Node:
         self.failed = asyncio.Event()  # a role died; `failure` says why
         self.failure = ""
         self._auth_backend = None
+        self.configs: ConfigHub | None = None  # device configuration push; needs ClickHouse
+        self._config_backend = None
         self._background: list[asyncio.Task] = []
         self._kafka_admin = None
         self._lag_stop = threading.Event()
@@ -203,6 +207,7 @@ class Node:
         if cfg.auth and (INGEST in roles or QUERY in roles):
             await self._start_auth()
         if INGEST in roles or QUERY in roles:
+            await self._start_configs()
             await self._start_grpc()
         if QUERY in roles:
             await self._start_operator()
@@ -275,21 +280,34 @@ class Node:
 
         self._background.append(self._supervise(asyncio.create_task(refresh_tokens(), name="auth-refresh")))
 
+    async def _start_configs(self) -> None:
+        """Device configuration (iotstream.auth.device_config) lives in ClickHouse: on the node's store, or on an
+        ingest node with a ClickHouse URL; an ingest node without one pushes no configuration."""
+        cfg = self.config
+        backend = self.store.backend if self.store is not None else None
+        if backend is None and cfg.clickhouse_url:
+            backend = self._config_backend = await asyncio.to_thread(
+                open_backend, clickhouse_url=cfg.clickhouse_url, database=cfg.database)
+        if backend is None:
+            return
+        self.configs = ConfigHub(DeviceConfigs(backend))  # its first refresh runs at once
+        self._background.append(self._supervise(asyncio.create_task(self.configs.run(), name="configs")))
+
     async def _start_grpc(self) -> None:
         cfg = self.config
         interceptors = [authn.AuthInterceptor(self.auth)] if self.auth is not None else []
         self.server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
         services = []
         if INGEST in cfg.roles:
-            self.ingest = IngestService(self.queue, cfg.limits, self.counters, self.auth)
+            self.ingest = IngestService(self.queue, cfg.limits, self.counters, self.auth, self.configs)
             add_to_server(self.ingest, self.server)
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
             add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms, self.auth, cfg.query_limits),
                                 self.server)
             services.append(QUERY_SERVICE)
-        if self.auth is not None:
-            services.append(authn.add_admin_to_server(self.auth, self.server))
+        if self.auth is not None or self.configs is not None:
+            services.append(authn.add_admin_to_server(self.auth, self.server, self.configs))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server,
@@ -409,6 +427,9 @@ class Node:
         if self._auth_backend is not None:
             await asyncio.to_thread(self._auth_backend.close)
             self._auth_backend = None
+        if self._config_backend is not None:
+            await asyncio.to_thread(self._config_backend.close)
+            self._config_backend = None
         await asyncio.to_thread(self.metrics.close)
         self._kafka_admin = None
 

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from iotstream.clickhouse import StorageError
 from iotstream.clickhouse.store import ReadCap
+from iotstream.clickhouse.device_config import DeviceConfigs
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
 
@@ -293,7 +294,8 @@ class QueryService(pb_grpc.QueryServicer):
             if not rows:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}")
             stored = max(r["stored_ms"] for r in rows)
-            return pb.Device(
+            config = await self._run(context, DeviceConfigs(self.store.backend).versions, request.device_id)
+            return pb.Device(**config,
                 device_id=request.device_id, status=self._status(stored), last_stored_ms=stored,
                 first_seen_ms=min(r["first_ms"] for r in rows), last_seen_ms=max(r["time_ms"] for r in rows),
                 readings=sum(r["stored_readings"] for r in rows), anomalies=rows[0]["anomalies"],

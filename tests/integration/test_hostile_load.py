@@ -157,7 +157,7 @@ def test_revoked_token_ends_an_open_stream(secured):
     feed: queue.Queue = queue.Queue()
     feed.put(batch("dev-rv", 2, seq=1))
     call = secured.ingest.Stream(iter(feed.get, None), timeout=8, metadata=bearer(token))
-    assert next(call).accepted == 2
+    assert next(call).ack.accepted == 2
     assert secured.registry.revoke("device", "dev-rv") == 1
     with pytest.raises(grpc.RpcError) as err:
         next(call)

@@ -62,7 +62,7 @@ def test_each_reason_keeps_neighbours(server, case):
 def test_stream_acks_in_order_with_rejections(server):
     batches = [make_batch("dev-s", [float(i), math.nan if i % 3 == 0 else float(i) + 0.5], seq=i)
                for i in range(1, 31)]
-    acks = list(server.ingest.Stream(iter(batches), timeout=30))
+    acks = [r.ack for r in server.ingest.Stream(iter(batches), timeout=30)]
     assert [a.seq for a in acks] == list(range(1, 31))
     assert sum(a.accepted for a in acks) == 30 + 20
     assert all([r.reason for r in a.rejected] == ([pb.NON_FINITE_VALUE] if a.seq % 3 == 0 else []) for a in acks)
@@ -105,7 +105,7 @@ def assert_still_serving(server):
 def test_resent_batch_is_stored_once(server):
     batch = make_batch("dev-resend", [1.0, 2.0, 3.0], seq=5)
     first = server.ingest.Send(batch, timeout=10)
-    again = list(server.ingest.Stream(iter([batch]), timeout=10))  # a new stream after a lost ack
+    again = [r.ack for r in server.ingest.Stream(iter([batch]), timeout=10)]  # a new stream after a lost ack
     assert first.accepted == again[0].accepted == 3
     assert len(stored(server, "dev-resend")) == 3
     changed = make_batch("dev-resend", [1.0, 2.0, 4.0], seq=5)  # same seq, other readings: a new batch

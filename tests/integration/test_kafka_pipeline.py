@@ -241,7 +241,7 @@ def test_resent_batch_through_kafka_is_stored_once(kafka_broker, chdb_dir):
     try:
         assert ingest.ingest.Send(batch, timeout=30).accepted == 3
         # The ack was lost: the device reconnects and resends on a new stream.
-        assert [a.accepted for a in ingest.ingest.Stream(iter([batch]), timeout=30)] == [3]
+        assert [r.ack.accepted for r in ingest.ingest.Stream(iter([batch]), timeout=30)] == [3]
     finally:
         ingest.stop()
     assert lag(cfg)[1] == 2  # both copies reached Kafka...

@@ -86,7 +86,7 @@ def test_backlog_burst_is_slowed_down_not_refused(limited):
     before = rejected(limited)
     batches = [batch("dev-backlog", 500, seq=s) for s in range(1, 13)]  # 6000 readings
     started = time.monotonic()
-    acks = list(limited.ingest.Stream(iter(batches), timeout=30))
+    acks = [r.ack for r in limited.ingest.Stream(iter(batches), timeout=30)]
     elapsed = time.monotonic() - started
     assert [a.seq for a in acks] == list(range(1, 13)) and sum(a.accepted for a in acks) == 6000
     assert elapsed >= (6000 - RATE) / RATE * 0.9  # paid the 2000 readings of debt at RATE
@@ -100,8 +100,8 @@ def send_until_refused(srv, device, batches):
     """Stream `batches`; returns (acked seqs, refusal RpcError or None)."""
     acked = []
     try:
-        for ack in srv.ingest.Stream(iter(batches), timeout=60):
-            acked.append(ack.seq)
+        for r in srv.ingest.Stream(iter(batches), timeout=60):
+            acked.append(r.ack.seq)
     except grpc.RpcError as exc:
         return acked, exc
     return acked, None

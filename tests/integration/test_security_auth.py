@@ -55,8 +55,8 @@ def test_device_token_sends_only_its_own_batches(secured):
     stream = secured.ingest.Stream(iter([batch("dev-b", 2, seq=s) for s in (1, 2, 3)] + [batch("dev-a", 2, seq=4)]),
                                    timeout=10, metadata=bearer(t["dev-b"]))
     with pytest.raises(grpc.RpcError) as err:
-        for ack in stream:
-            acks.append(ack.seq)
+        for r in stream:
+            acks.append(r.ack.seq)
     assert err.value.code() == DENIED and "dev-a" in err.value.details()
     assert acks == [1, 2, 3] and stored(secured, "dev-b") == 6
 

@@ -75,7 +75,8 @@ async def busy_device(stub, device: int, acked: set, outcome: dict, started_ms: 
 
     writer = asyncio.create_task(send())
     try:
-        async for ack in call:
+        async for r in call:
+            ack = r.ack
             assert ack.accepted == BATCH, ack
             acked.add(ack.seq)
             window.release()

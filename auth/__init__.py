@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 DEVICE, READER, ADMIN = "device", "reader", "admin"
 ROLES = (DEVICE, READER, ADMIN)
 TOKEN_PREFIX = "iot_"
-REFRESH_S = 4.0  # a revoked token stops working within this (and a refresh's own time): under the promised 5 s
+REFRESH_S = 4.0  # a revoked token stops working within this and a refresh's own time: under the promised 5 s
 MISS_REFRESH_S = 1.0
 
 

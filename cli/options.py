@@ -56,7 +56,9 @@ def security_config(args, roles) -> dict:
     auth = args.auth or (distributed and not args.insecure_no_auth)
     limits = Limits(max_readings=args.max_batch_readings, max_message_bytes=args.max_message_bytes,
                     max_streams_per_device=args.max_streams_per_device, rate_readings_per_s=args.rate_limit,
-                    burst_readings=args.rate_burst, reject_after_s=args.rate_reject_after)
+                    burst_readings=args.rate_burst, reject_after_s=args.rate_reject_after,
+                    max_sends_per_device=args.max_sends_per_device,
+                    max_metrics_per_device=args.max_metrics_per_device)
     return {**out, "auth": auth, "tokens_file": args.tokens_file, "limits": limits,
             "tls": ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None}
 
@@ -111,6 +113,10 @@ def security(parser, default_auth: bool):
     g.add_argument("--rate-burst", type=int, default=0, help="token bucket size in readings (default: 1 s of rate)")
     g.add_argument("--rate-reject-after", type=float, default=30.0,
                    help="held back this many seconds without a break: refuse with a retry delay (default 30)")
+    g.add_argument("--max-sends-per-device", type=int, default=8,
+                   help="unary Send calls one device may have in progress, 0 = no cap (default 8)")
+    g.add_argument("--max-metrics-per-device", type=int, default=1000,
+                   help="distinct metrics one device may send (per ingest node), 0 = no cap (default 1000)")
 
 def metrics(parser):
     parser.add_argument("--metrics-port", type=int, default=None,

@@ -31,8 +31,8 @@ class ReadCap:
         if self.rows:
             items.append(f"max_rows_to_read = {int(self.rows)}, read_overflow_mode = 'throw'")
         if self.seconds:
-            items.append(f"max_execution_time = {max(0.001, float(self.seconds)):.3f}, "
-                         "timeout_overflow_mode = 'throw'")
+            seconds = max(0.001, float(self.seconds))
+            items.append(f"max_execution_time = {seconds:.3f}, timeout_overflow_mode = 'throw'")
         return " SETTINGS " + ", ".join(items) if items else ""
 
 

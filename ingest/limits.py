@@ -146,7 +146,8 @@ class DeviceLimiter:
         with nothing in flight always gets its batch in, so one batch over the cap cannot wait forever)."""
         while True:
             entry = self.inflight.setdefault(device, _Inflight())
-            if not self.max_inflight_bytes or not entry.nbytes or entry.nbytes + nbytes <= self.max_inflight_bytes:
+            cap = self.max_inflight_bytes
+            if not cap or not entry.nbytes or entry.nbytes + nbytes <= cap:
                 entry.nbytes += nbytes
                 return
             entry.freed.clear()

@@ -19,6 +19,9 @@ from iotstream.common.ids import DEVICE_ID, METRIC_NAME
 from iotstream.v1 import ingest_pb2 as pb
 
 DAY_MS = 86_400_000
+# Only the first this many rejections of a batch carry their `detail` text, so an Ack stays a few bytes per
+# rejected reading however many a batch has (an 8 MiB message holds ~800,000 readings).
+DETAILED_REJECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class Verdict:
 
 
 def _reject_all(n: int, reason: int, detail: str) -> Verdict:
-    rejected = [pb.Rejection(index=i, reason=reason, detail=detail) for i in range(n)]
+    rejected = [pb.Rejection(index=i, reason=reason, detail=detail if i < DETAILED_REJECTIONS else "")
+                for i in range(n)]
     return Verdict(np.zeros(n, dtype=bool), rejected, {pb.RejectReason.Name(reason): n} if n else {})
 
 
@@ -105,7 +109,8 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit |
     detail = np.zeros(n, dtype=np.int32)  # index into details
     details: list[str] = []
 
-    def mark(mask: np.ndarray, code: int | np.ndarray, text: str | list[str], which: np.ndarray | None = None):
+    def mark(mask: np.ndarray, code: int | np.ndarray, text: str | list[str],
+             which: np.ndarray | None = None) -> None:
         """Reject the readings of `mask` not rejected yet; with `which`, reading i gets code[i] and
         text[which[i]] (per-name verdicts), else one code and text for all."""
         hit = mask & (reason == 0)
@@ -151,8 +156,11 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit |
                 mark(out[known], pb.TOO_MANY_METRICS, why)
 
     bad = np.flatnonzero(reason)
-    rejections = [pb.Rejection(index=i, reason=r, detail=details[d])
-                  for i, r, d in zip(bad.tolist(), reason[bad].tolist(), detail[bad].tolist(), strict=True)]
+    head, tail = bad[:DETAILED_REJECTIONS], bad[DETAILED_REJECTIONS:]
+    rejections = [pb.Rejection(index=i, reason=r, detail=details[d]) for i, r, d in
+                  zip(head.tolist(), reason[head].tolist(), detail[head].tolist(), strict=True)]
+    rejections += [pb.Rejection(index=i, reason=r) for i, r in
+                   zip(tail.tolist(), reason[tail].tolist(), strict=True)]
     codes, n = np.unique(reason[bad], return_counts=True)
     counts = {pb.RejectReason.Name(c): k for c, k in zip(codes.tolist(), n.tolist(), strict=True)}
     return Verdict(reason == 0, rejections, counts)

@@ -383,7 +383,13 @@ class Node:
         return {"readings_per_s": self.counters.rate_per_s(),
                 "queue_readings": self.queue.depth if self.queue is not None else 0,
                 "consumer_lag": self.metrics.consumer_lag,
-                "rejected": dict(self.counters.rejected)}
+                "rejected": {**self.counters.rejected, **self._key_limits()}}
+
+    def _key_limits(self) -> dict:
+        """Readings stored unscored because their partition was full of live keys (processor/state.py)."""
+        proc = self.processor_loop.processor if self.processor_loop is not None else None
+        unscored = sum(s.unscored for s in list(proc.partitions.values())) if proc is not None else 0
+        return {"KEYS_OVER_LIMIT": unscored} if unscored else {}
 
     async def stop(self) -> None:
         """Drain in order: health says NOT_SERVING (load balancers move devices away); ingest stops reading

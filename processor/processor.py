@@ -16,7 +16,7 @@ from iotstream.ext import ANOMALY_FLAGS, FLAG_NAMES, FLAG_SILENCE, RuleBook
 from iotstream.v1 import ingest_pb2 as pb
 
 from .decode import Columns, to_columns
-from .state import PartitionState
+from .state import IDLE_MS, MAX_KEYS, PartitionState
 
 # flag bit -> anomaly kind stored in ClickHouse (FLAG_LATE is information, not an anomaly)
 KINDS = {bit: name for bit, name in FLAG_NAMES.items() if bit & ANOMALY_FLAGS}
@@ -33,18 +33,21 @@ class Prepared:
 class Processor:
     """Owns the state of the partitions it has been given. One caller at a time."""
 
-    def __init__(self, store, rules: RuleBook | None = None):
+    def __init__(self, store, rules: RuleBook | None = None, max_keys: int = MAX_KEYS,
+                 idle_ms: int = IDLE_MS):
         self.store = store
         self.rules = rules or RuleBook()
         self.partitions: dict[int, PartitionState] = {}
+        self.max_keys, self.idle_ms = max_keys, idle_ms  # per partition (see PartitionState)
 
     def state(self, partition: int) -> PartitionState:
         if partition not in self.partitions:
-            self.partitions[partition] = PartitionState()
+            self.partitions[partition] = PartitionState(max_keys=self.max_keys, idle_ms=self.idle_ms)
         return self.partitions[partition]
 
     def adopt(self, partition: int, state: PartitionState) -> None:
         """Take over a restored state; its keys get the current rules (the file may have changed)."""
+        state.max_keys, state.idle_ms = self.max_keys, self.idle_ms
         configure(state, self.rules, state.slots)
         self.partitions[partition] = state
 
@@ -64,8 +67,7 @@ class Processor:
         cols = to_columns(batches)
         if len(cols) == 0:
             return Prepared(cols.readings_table(), empty_anomalies(), resent, undecodable)
-        z, score, flags, dom = state.stats.update(key_slots(state, cols, self.rules), cols.time_ms, cols.values,
-                                                  dominant=True)
+        z, score, flags, dom = score_readings(state, key_slots(state, cols, self.rules), cols)
         return Prepared(cols.readings_table(), anomaly_table(cols, z, score, flags, dom), resent, undecodable)
 
     def write(self, prepared: Prepared, token: str | None = None) -> None:
@@ -86,6 +88,7 @@ class Processor:
             if fresh:
                 keys = {slot: key for key, slot in state.slots.items() if slot in fresh}
                 rows += [(dev, metric, state.stats.last_ts(slot)) for slot, (dev, metric) in sorted(keys.items())]
+            state.evict_idle(now_ms)  # reported silent after silence_ms, dropped after idle_ms
         return pa.table({
             "device_id": pa.array([r[0] for r in rows], pa.string()), "metric": pa.array([r[1] for r in rows], pa.string()),
             "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
@@ -106,22 +109,31 @@ def configure(state: PartitionState, rules: RuleBook, keys) -> None:
 
 
 def key_slots(state: PartitionState, cols: Columns, rules: RuleBook) -> np.ndarray:
-    """State slot of each reading's (device, metric) key; looks up each distinct key once, and gives
-    new keys their metric's rules."""
+    """State slot of each reading's (device, metric) key (-1: no room, see PartitionState); looks up each
+    distinct key once, and gives new keys their metric's rules."""
     n_metrics = len(cols.metric_names)
     codes, inverse = np.unique(cols.device.astype(np.int64) * n_metrics + cols.metric, return_inverse=True)
-    lut = np.empty(len(codes), dtype=np.int64)
-    new = []
-    for i, code in enumerate(codes.tolist()):
-        key = (cols.device_ids[code // n_metrics], cols.metric_names[code % n_metrics])
-        slot = state.slots.get(key)
-        if slot is None:
-            slot = state.slots[key] = len(state.slots)
-            new.append(key)
-        lut[i] = slot
+    keys = [(cols.device_ids[code // n_metrics], cols.metric_names[code % n_metrics])
+            for code in codes.tolist()]
+    lut, new = state.assign(keys)
     if new:
         configure(state, rules, new)
     return lut[inverse]
+
+
+def score_readings(state: PartitionState, slots: np.ndarray, cols: Columns):
+    """(z, score, flags, dominant flag) per reading; readings of keys without a slot are stored unscored
+    (NaN, 0, 0, 0)."""
+    scored = slots >= 0
+    if scored.all():
+        return state.stats.update(slots, cols.time_ms, cols.values, dominant=True)
+    state.unscored += int((~scored).sum())
+    rows = np.flatnonzero(scored)
+    part = state.stats.update(slots[rows], cols.time_ms[rows], cols.values[rows], dominant=True)
+    out = [np.full(len(slots), np.nan)] + [np.zeros(len(slots), dtype=a.dtype) for a in part[1:]]
+    for whole, some in zip(out, part, strict=True):
+        whole[rows] = some
+    return tuple(out)
 
 
 ANOMALY_SCHEMA = pa.schema([("device_id", pa.string()), ("metric", pa.string()),

@@ -2,30 +2,105 @@
 
 One device's batches always land in one partition (the Kafka key is the device id), so a partition's
 state moves whole when the partition moves to another processor.
+
+State is bounded: at most `max_keys` (device, metric) keys hold rolling state. A key not seen for `idle_ms`
+(wall clock, as this processor saw it) is evicted and comes back cold; evicting compacts the slots, so
+memory follows the live keys. A key that finds the partition full of live keys gets no state: its readings
+are stored but not scored, counted in `unscored` (KEYS_OVER_LIMIT). After a restore every key counts as seen
+at that moment (the snapshot does not carry last-seen times).
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import struct
+import sys
+import time
 
-from iotstream.ext import RollingStats
+import numpy as np
+
+from iotstream.ext import RollingStats, _snapshot
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"IOTSPS\x00\x01"
 _LEN = struct.Struct("<I")
 RECENT_BATCHES = 64  # per device: a reconnecting device resends at most its unacked in-flight batches
+MAX_KEYS = 2_000_000  # per partition
+IDLE_MS = 24 * 3_600_000
+SWEEP_SHARE = 8  # a timed sweep compacts once 1/8 of the keys are idle (compaction copies every key's state)
+CAP_COMPACT_EVERY_MS = 60_000  # a full partition compacts for room at most this often (new keys wait)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class PartitionState:
     """Rolling statistics per (device, metric) key, the key -> slot map, and the fingerprints of each
     device's recent batches (to store a resent batch once)."""
 
-    def __init__(self, stats: RollingStats | None = None, slots: dict | None = None, recent: dict | None = None):
+    def __init__(self, stats: RollingStats | None = None, slots: dict | None = None,
+                 recent: dict | None = None, max_keys: int = MAX_KEYS, idle_ms: int = IDLE_MS):
         self.stats = stats or RollingStats()
         self.slots: dict[tuple[str, str], int] = slots or {}
         self.recent: dict[str, collections.deque] = recent or {}
         self.silenced: set[int] = set()  # slots already reported silent (wall-clock driven, not snapshotted)
+        self.max_keys, self.idle_ms = max_keys, idle_ms
+        self.seen = np.full(len(self.slots), now_ms(), dtype=np.int64)  # per slot: last batch, wall clock ms
+        self.unscored = 0  # readings of keys that found no room (KEYS_OVER_LIMIT)
+        self.evicted = 0  # keys evicted as idle
+        self._cap_compacted_at = -CAP_COMPACT_EVERY_MS
+
+    def assign(self, keys: list[tuple[str, str]], now: int | None = None) -> tuple[np.ndarray, list]:
+        """Slot of each key (-1 when the partition is full of live keys), marking them seen; and the keys
+        that got a new slot (they need their metric's rules)."""
+        now = now_ms() if now is None else now
+        known = self._lookup(keys)
+        self.seen[known[known >= 0]] = now  # before evicting: these keys are live
+        missing = [k for k, slot in zip(keys, known.tolist(), strict=True) if slot < 0]
+        if (missing and len(self.slots) + len(missing) > self.max_keys
+                and now - self._cap_compacted_at >= CAP_COMPACT_EVERY_MS):
+            self._cap_compacted_at = now
+            self.evict_idle(now, at_cap=True)
+        new = []
+        for d, m in missing[:max(0, self.max_keys - len(self.slots))]:
+            key = (sys.intern(d), sys.intern(m))  # one string per device / metric name, not one per key
+            self.slots[key] = len(self.slots)
+            new.append(key)
+        if len(self.seen) < len(self.slots):
+            grow = max(len(self.slots), 2 * len(self.seen)) - len(self.seen)
+            self.seen = np.concatenate([self.seen, np.empty(grow, dtype=np.int64)])
+        out = self._lookup(keys)
+        self.seen[out[out >= 0]] = now
+        return out, new
+
+    def _lookup(self, keys) -> np.ndarray:
+        return np.fromiter((self.slots.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+    def evict_idle(self, now: int, at_cap: bool = False) -> int:
+        """Drop the keys not seen for idle_ms (their state, and the resend window of devices left with no
+        key) and compact the slots. Unless `at_cap`, only once enough are idle to be worth the copy."""
+        n = len(self.slots)
+        idle = self.seen[:n] < now - self.idle_ms
+        count = int(idle.sum())
+        if not count or (not at_cap and count * SWEEP_SHARE < n):
+            return 0
+        keep = np.flatnonzero(~idle)
+        self.stats = _compact(self.stats, keep)
+        renumber = np.full(n, -1, dtype=np.int64)
+        renumber[keep] = np.arange(len(keep))
+        self.slots = {k: int(renumber[s]) for k, s in self.slots.items() if renumber[s] >= 0}
+        self.seen = self.seen[keep]
+        self.silenced = {int(renumber[s]) for s in self.silenced if renumber[s] >= 0}
+        devices = {d for d, _ in self.slots}
+        self.recent = {d: q for d, q in self.recent.items() if d in devices}
+        self.evicted += count
+        log.info("evicted %d keys idle for over %d s; %d keep their state", count, self.idle_ms // 1000,
+                 len(keep))
+        return count
 
     def is_resend(self, device_id: str, seq: int, fingerprint: int) -> bool:
         """True when this (seq, fingerprint) was already seen for the device; else remember it."""
@@ -52,3 +127,14 @@ class PartitionState:
         recent = {d: collections.deque((tuple(k) for k in keys), maxlen=RECENT_BATCHES)
                   for d, keys in header["recent"].items()}
         return cls(RollingStats.from_bytes(data[start + n:]), slots, recent)
+
+
+def _compact(stats: RollingStats, keep: np.ndarray) -> RollingStats:
+    """`stats` with only the slots `keep`, renumbered 0..len(keep)-1, through the snapshot form (the
+    kernels have no call to drop slots): every per-slot array loses the other rows."""
+    params, fields, arrays = _snapshot.load(stats.to_bytes(), "RollingStats")
+    if not len(keep):
+        return RollingStats(**params)
+    nslots = stats.nslots
+    kept = {name: a[keep] if a.ndim and a.shape[0] == nslots else a for name, a in arrays.items()}
+    return RollingStats.from_bytes(_snapshot.dump("RollingStats", params, fields, kept))

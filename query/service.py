@@ -4,9 +4,11 @@ Guardrails (QueryLimits; each refusal counted in GetStats' `rejected` map under 
 
 * a call without a deadline gets `default_deadline_s`; past its deadline it ends with DEADLINE_EXCEEDED and
   ClickHouse stops the query too (max_execution_time) [QUERY_DEADLINE_CALLS];
-* Aggregate: more than `max_buckets` buckets per series is INVALID_ARGUMENT, more than `max_result_rows`
-  (series x buckets) RESOURCE_EXHAUSTED [AGGREGATE_TOO_LARGE_CALLS]; Aggregate and GetHistory reading more
-  than `max_rows_read` rows: RESOURCE_EXHAUSTED (max_rows_to_read) [ROWS_READ_LIMIT_CALLS];
+* Aggregate and GetHistory reading more than `max_rows_read` rows: RESOURCE_EXHAUSTED, ClickHouse stops
+  the query (max_rows_to_read) [ROWS_READ_LIMIT_CALLS]; an Aggregate answer of more than `max_buckets`
+  buckets over all its series: RESOURCE_EXHAUSTED [AGGREGATE_TOO_LARGE_CALLS]. Buckets are counted in the
+  answer, not in the range asked for: "everything since 1970 by the minute" is fine over a day of data;
+  over years of data the rows-read cap stops it first;
 * more than `max_watches` WatchAnomalies streams open: RESOURCE_EXHAUSTED [TOO_MANY_WATCHES_CALLS];
 * with auth on, a WatchAnomalies stream whose token is revoked ends UNAUTHENTICATED [REVOKED_CALLS].
 """
@@ -45,8 +47,7 @@ _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("query_
 @dataclass(frozen=True)
 class QueryLimits:
     default_deadline_s: float = 30.0  # for calls that set no deadline (streams: per query they run)
-    max_buckets: int = 100_000  # per series, (end - start) / interval_ms
-    max_result_rows: int = 1_000_000  # Aggregate rows: series x buckets
+    max_buckets: int = 1_000_000  # in one Aggregate answer, over all its series
     max_rows_read: int = 200_000_000  # rows one Aggregate or GetHistory query may read
     max_watches: int = 100  # WatchAnomalies streams open at once on this node
 
@@ -87,9 +88,6 @@ def page_size(value: int, default: int, cap: int) -> int:
 
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01: past it, ClickHouse DateTime arithmetic overflows
 
-
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 
 def time_range(start_ms: int, end_ms: int) -> tuple[int, int]:
@@ -246,16 +244,16 @@ class QueryService(pb_grpc.QueryServicer):
             if "TOO_MANY_ROWS" in str(exc):
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, ROWS_READ_LIMIT_CALLS,
                               f"the query would read more than {self.limits.max_rows_read} rows (the limit); "
-                              "narrow the time range, the devices or the metrics (Aggregate: an interval that "
-                              "is a multiple of 1 min, 1 h or 1 day reads the rollups)") from None
+                              "narrow the time range, the devices or the metrics (Aggregate: an interval "
+                              "that is a multiple of 1 min, 1 h or 1 day reads the rollups)") from None
             raise
 
     def _deadline_passed(self, context) -> Refused:
         unset = context.time_remaining() is None
         return Refused(grpc.StatusCode.DEADLINE_EXCEEDED, QUERY_DEADLINE_CALLS,
                        "deadline passed during the query" + (
-                           f" (the call set none: the server's default of {self.limits.default_deadline_s:g} s "
-                           "applies); narrow the query" if unset else ""))
+                           f" (the call set none: the server's default of "
+                           f"{self.limits.default_deadline_s:g} s applies); narrow the query" if unset else ""))
 
     async def _call(self, context, build):
         try:
@@ -342,28 +340,14 @@ class QueryService(pb_grpc.QueryServicer):
             funcs = [pb.AggFunc.Name(f) for f in request.funcs if f != pb.AGG_FUNC_UNSPECIFIED] or \
                 ["AVG", "MIN", "MAX", "COUNT"]
             funcs = list(dict.fromkeys(funcs))
-            lim = self.limits
-            # Nothing older than the tables' retention is kept, so a range from 0 means "all there is": count
-            # buckets from there (aligned, so the buckets are the same ones).
-            days = self.store.config.retention_days if request.interval_ms < HOUR_MS else \
-                self.store.config.long_retention_days
-            horizon = now_ms() - days * DAY_MS
-            start = max(start, horizon - horizon % request.interval_ms)
-            buckets = -(-(end - start) // request.interval_ms)
-            if buckets > lim.max_buckets:
-                self.refused[AGGREGATE_TOO_LARGE_CALLS] += 1
-                raise InvalidArgument(
-                    f"interval_ms: {request.interval_ms} ms buckets over {end - start} ms make {buckets} buckets per "
-                    f"series, over the limit of {lim.max_buckets}; use interval_ms >= "
-                    f"{-(-(end - start) // lim.max_buckets)} or a shorter range")
             table, sources = await self._run(context, self.store.aggregate, list(request.device_ids),
                                              list(request.metrics), start, end, request.interval_ms, funcs,
                                              request.merge_devices, capped=True)
-            if table.num_rows > lim.max_result_rows:
+            if table.num_rows > self.limits.max_buckets:
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, AGGREGATE_TOO_LARGE_CALLS,
                               f"the answer has {table.num_rows} buckets over all series, over the limit of "
-                              f"{lim.max_result_rows}; name fewer device_ids or metrics, merge_devices, a wider "
-                              "interval_ms or a shorter range")
+                              f"{self.limits.max_buckets}; name fewer device_ids or metrics, merge_devices, "
+                              "a wider interval_ms or a shorter range")
             return aggregate_response(table, funcs, sources)
         return await self._call(context, build)
 

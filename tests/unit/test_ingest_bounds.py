@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+
 from iotstream.ingest import DeviceLimiter
 from iotstream.ingest.limits import MetricBook, TooManySends
 from iotstream.ingest.validate import DEVICE_ID, METRIC_NAME, Limits, validate
@@ -28,11 +29,13 @@ def reasons(verdict):
 
 @pytest.mark.parametrize("device", ["sim-00001\n", "sim-00001\r\n", "\nsim-00001"])
 def test_look_alike_device_ids_are_rejected(device):
-    assert reasons(validate(batch([1.0], [0], ["temp"], device=device), NOW, Limits())) == {0: pb.BAD_DEVICE_ID}
+    v = validate(batch([1.0], [0], ["temp"], device=device), NOW, Limits())
+    assert reasons(v) == {0: pb.BAD_DEVICE_ID}
 
 
 def test_metric_name_with_trailing_newline_is_rejected():
-    assert reasons(validate(batch([1.0, 2.0], [0, 1], ["temp\n", "temp"]), NOW, Limits())) == {0: pb.BAD_METRIC_NAME}
+    v = validate(batch([1.0, 2.0], [0, 1], ["temp\n", "temp"]), NOW, Limits())
+    assert reasons(v) == {0: pb.BAD_METRIC_NAME}
 
 
 def test_more_names_than_readings_rejects_the_batch():
@@ -148,3 +151,14 @@ def test_bytes_in_flight_hold_a_device_back_until_acks_free_them():
         assert lone.inflight == {}
 
     asyncio.run(scenario())
+
+
+def test_only_the_first_rejections_carry_details():
+    from iotstream.ingest.validate import DETAILED_REJECTIONS
+
+    n = DETAILED_REJECTIONS + 500
+    v = validate(batch([math.nan] * n, [0] * n, ["temp"]), NOW, Limits(max_readings=n))
+    assert len(v.rejections) == n and v.counts == {"NON_FINITE_VALUE": n}
+    assert all(r.detail for r in v.rejections[:DETAILED_REJECTIONS])
+    assert not any(r.detail for r in v.rejections[DETAILED_REJECTIONS:])
+    assert [r.index for r in v.rejections] == list(range(n))

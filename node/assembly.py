@@ -1,7 +1,8 @@
 """One iotstream process: any of the roles ingest, process and query, over the local log or Kafka.
 
-Embedded (the default) runs all three with the durable local log (iotstream.bus.local) and chDB. Distributed runs each role in
-its own processes against Kafka and a ClickHouse server; `serve --kafka` runs all three with Kafka between.
+Embedded (the default) runs all three with the durable local log (iotstream.bus.local) and chDB. Distributed
+runs each role in its own processes against Kafka and a ClickHouse server; `serve --kafka` runs all three
+with Kafka between.
 """
 
 from __future__ import annotations

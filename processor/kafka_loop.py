@@ -1,8 +1,8 @@
 """Kafka as the processor loop's source (processor.loop): one member of the consumer group, its partitions'
 records, and their state in the compacted state topic.
 
-A snapshot is written as chunks of at most STATE_CHUNK_BYTES under keys `<group>/<topic>/<p>/snapshot/<gen>/<i>`,
-then a manifest under `.../snapshot` naming the generation (the offset it covers) and the chunk count, then
+A snapshot is written as chunks of at most STATE_CHUNK_BYTES under keys
+`<group>/<topic>/<p>/snapshot/<gen>/<i>`, then a manifest under `.../snapshot` naming the generation (the offset it covers) and the chunk count, then
 tombstones for the previous generation's chunks. A crash part way leaves the previous manifest and its chunks
 whole, so restore is always exact, and no message comes near the broker's message limit whatever the number
 of keys.
@@ -23,6 +23,7 @@ from iotstream.bus.kafka import STATE_CHUNK_BYTES, KafkaConfig
 
 log = logging.getLogger(__name__)
 _MANIFEST = struct.Struct("<qI")  # offset covered (= generation), chunk count
+_LEGACY = struct.Struct("<q")
 
 
 class StateLog:
@@ -96,6 +97,8 @@ class StateLog:
         manifest = latest.get(self.key(partition, "snapshot"))
         if not manifest:
             return None, -1, intents
+        if len(manifest) != _MANIFEST.size:  # written before chunking: the offset, then the whole state
+            return manifest[_LEGACY.size:], _LEGACY.unpack_from(manifest)[0], intents
         offset, count = _MANIFEST.unpack(manifest)
         self.generations[partition] = (offset, count)
         data = b"".join(latest[self.key(partition, f"snapshot/{offset}/{i}")] for i in range(count))

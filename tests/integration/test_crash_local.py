@@ -112,3 +112,25 @@ def test_kill_9_mid_stream_then_resend_matches_an_uninterrupted_run(tmp_path):
         assert outcome(target) == expected
     finally:
         stop_serve(proc)
+
+
+def test_a_dead_processor_makes_serve_exit_non_zero(tmp_path):
+    """The processor loop dies (its state table removed under it, through the log's file): the node stops
+    taking data and `serve` exits 1 saying why, rather than serving on without storing."""
+    import sqlite3
+
+    from iotstream.v1 import ingest_pb2 as pb
+
+    proc, target = start_serve(tmp_path)
+    try:
+        with sqlite3.connect(tmp_path / "log-iotstream.sqlite") as db:
+            db.execute("DROP TABLE state")
+        batch = pb.ReadingBatch(device_id="dev-x", seq=1, base_time_ms=int(time.time() * 1000),
+                                time_offset_ms=[0], metric_names=["t"], metric_index=[0], values=[1.0])
+        with grpc.insecure_channel(target) as ch:
+            assert ingest_pb2_grpc.IngestStub(ch).Send(batch, timeout=30).accepted == 1
+        assert proc.wait(60) == 1
+        assert "failed: the processor stopped on an error" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stderr.close()

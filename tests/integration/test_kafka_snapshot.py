@@ -3,6 +3,7 @@ message per snapshot died at ~16,000 keys) goes through the real broker in chunk
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 
@@ -46,3 +47,13 @@ def test_snapshot_of_20000_keys_through_the_broker_is_exact(kafka_broker):
     latest = reader.load()
     assert reader.restore(latest, 0) == (second, 2000, [])
     assert not [k for k in latest if b"/snapshot/1000/" in k]
+
+
+def test_a_snapshot_written_before_chunking_still_restores(kafka_broker):
+    cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace="o" + uuid.uuid4().hex[:8], partitions=1)
+    ensure_topics(cfg)
+    state = b"IOTSPS state bytes, as written by an older version"
+    writer = StateLog(cfg)
+    writer._produce(struct.pack("<q", 777) + state, writer.key(0, "snapshot"))  # the old one-message form
+    writer.flush()
+    assert StateLog(cfg).restore(StateLog(cfg).load(), 0) == (state, 777, [])

@@ -92,7 +92,8 @@ class Faulty:
 
 
 def test_acks_never_precede_the_fsync_that_covers_them(chdb_dir):
-    srv = node(chdb_dir, snapshot_every_s=3600)  # no truncation during the test: the rows stay readable
+    srv = node(chdb_dir)
+    gate = srv.server.store.backend = Gate(srv.server.store.backend)  # nothing stored, so nothing truncated yet
     commits = []  # the last durable offset after each commit (the writer's fsync is done by then)
     srv.server.queue.on_commit = commits.append
     acks = []  # (device, seq, last durable offset seen when the ack arrived)
@@ -109,13 +110,15 @@ def test_acks_never_precede_the_fsync_that_covers_them(chdb_dir):
 
     try:
         asyncio.run(main())
-        offsets = log_offsets(srv)
+        offsets = log_offsets(srv)  # read before the gate opens: every row is still there
         assert len(acks) == len(offsets) == 40 * 20
         assert all(offsets[(dev, seq)] <= durable for dev, seq, durable in acks)
         assert len(commits) < len(acks)  # group commit: several batches shared an fsync
+        gate.open.set()
         srv.settle()
         assert stored(srv) == (40 * 200, 40 * 200)
     finally:
+        gate.open.set()
         srv.stop()
 
 
@@ -174,3 +177,25 @@ def test_dropped_table_turns_health_not_serving_and_keeps_the_log(chdb_dir):
         assert (data[1].device_id, data[1].seq) in log_offsets(srv)  # the acked batch waits in the log
     finally:
         srv.stop()  # what SIGTERM runs: it returns although storage is broken
+
+
+def test_stop_ends_a_storage_retry_and_the_next_start_stores_the_batch(chdb_dir):
+    """SIGTERM during a storage outage: stop returns (the retry wait is interrupted); the acked batch stays in
+    the log, and the next start on the same data stores it once."""
+    database = "l_" + uuid.uuid4().hex[:10]
+    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database))
+    faulty = srv.server.store.backend = Faulty(srv.server.store.backend, StorageError(
+        "Code: 209. DB::NetException: Timeout exceeded while reading from socket (SOCKET_TIMEOUT)"), times=10**6)
+    data = fleet(1, 100, 100, seed=5)[0]
+    try:
+        assert srv.ingest.Send(data[0], timeout=30).accepted == 100
+        wait_for(lambda: faulty.raised >= 2, 30, "the insert to be retried")
+    finally:
+        srv.stop()
+    assert not srv.server.failed.is_set()  # a stop, not a failure
+
+    again = ServerThread(Config(port=0, data_dir=chdb_dir, database=database))
+    try:
+        assert stored(again) == (100, 100)
+    finally:
+        again.stop()

@@ -37,7 +37,8 @@ import numpy as np
 from iotstream.bench import skab
 from iotstream.client.signals import DAY_MS, NORMAL, normal_signal
 from iotstream.client.simulate import KINDS, METRICS, device_signal
-from iotstream.ext import FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, RuleBook, parse_rules
+from iotstream.ext import (ANOMALY_FLAGS, FLAG_SILENCE, IMPLEMENTATION, EpisodeTracker, RollingStats, RuleBook,
+                           parse_rules)
 
 # The one configuration, in the rules-file format the product reads (README "Detection").
 RULES = """
@@ -197,10 +198,11 @@ def run(devices: int, readings: int, seed: int, kinds: tuple[str, ...] = KINDS,
     }
 
 
-def normal_episodes(kind: str, interval_ms: int, keys: int, seed: int, days: int = 1) -> list:
+def normal_episodes(kind: str, interval_ms: int, keys: int, seed: int, days: int = 1) -> tuple[list, int]:
     """Stream ``keys`` keys of a normal signal through the shipped defaults (``RollingStats()`` and
-    ``RuleBook()``, as the processor runs without a rules file) in 10-minute batches; opened episodes,
-    one per incident (``EpisodeTracker(by_key=True)``, as anomalies are stored: one per reading)."""
+    ``RuleBook()``, as the processor runs without a rules file) in 10-minute batches; the opened episodes,
+    one per incident (``EpisodeTracker(by_key=True)``, as anomalies are stored: one per reading), and the
+    number of flagged readings."""
     n = days * DAY_MS // interval_ms
     rng = np.random.default_rng(seed)
     parts = [normal_signal(kind, n, interval_ms, rng) for _ in range(keys)]
@@ -210,14 +212,15 @@ def normal_episodes(kind: str, interval_ms: int, keys: int, seed: int, days: int
     stats = RollingStats()
     RuleBook().apply(stats, np.arange(keys), kind)
     tracker = EpisodeTracker(by_key=True)
-    events = []
+    events, flagged = [], 0
     step = keys * max(1, 600_000 // interval_ms)
     for a in range(0, len(values), step):
         sl = slice(a, a + step)
         _, score, flags, dom = stats.update(slots[sl], ts[sl], values[sl], dominant=True)
         events += tracker.update(slots[sl], ts[sl], score, flags, dom)
+        flagged += int(np.count_nonzero(flags & ANOMALY_FLAGS))
     events += tracker.close_idle(2**62)
-    return [e.episode for e in events if e.action == "opened"]
+    return [e.episode for e in events if e.action == "opened"], flagged
 
 
 def normal(keys: int, seed: int) -> dict:
@@ -225,9 +228,10 @@ def normal(keys: int, seed: int) -> dict:
     out = {}
     for interval_ms in (1_000, 10_000, 60_000):
         for kind in NORMAL:
-            opened = normal_episodes(kind, interval_ms, keys, seed)
+            opened, flagged = normal_episodes(kind, interval_ms, keys, seed)
             out[f"{kind}@{interval_ms // 1000}s"] = {
                 "episodes_per_key_day": round(len(opened) / keys, 3),
+                "flagged_per_key_hour": round(flagged / keys / 24, 3),
                 "by_detector": dict(Counter(e.kind for e in opened).most_common())}
     return {"keys": keys, "days": 1, "signals": NORMAL, "results": out,
             "config": "RollingStats() and RuleBook() defaults, EpisodeTracker(by_key=True) 60 s quiet"}

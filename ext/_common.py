@@ -59,6 +59,7 @@ RHO_MAX = 0.9         # largest lag-1 autocorrelation of the residuals the sd is
 RCOV_ALPHA = 0.01     # weight of a residual pair in their lag-1 covariance, learnt only while both
                       # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
                       # the sensor's autocorrelation
+SHIFT_THRESHOLD = 10.0  # default CUSUM decision interval (residual sd)
 COUNTER_UPS = 100     # a key is a counter once it has stepped up this often ...
 COUNTER_RATIO = 100   # ... and at least this many times as often as it stepped down (resets)
 
@@ -157,7 +158,7 @@ def check_detectors(z_threshold: float, **kw) -> dict[str, float]:
     time_window_ms: span of the time window (0 = off).
     """
     out = {"robust_threshold": 8.0, "lo": -math.inf, "hi": math.inf, "max_rate": math.inf,
-           "stuck_count": 0.0, "stuck_ms": 0.0, "silence_ms": 0.0, "shift_threshold": 10.0,
+           "stuck_count": 0.0, "stuck_ms": 0.0, "silence_ms": 0.0, "shift_threshold": SHIFT_THRESHOLD,
            "time_window_ms": 0.0}
     out["z_threshold"] = float(z_threshold)
     for k, v in kw.items():
@@ -235,6 +236,19 @@ def grown_size(nslots: int, need: int) -> int:
     while nslots < need:
         nslots *= 2
     return nslots
+
+
+def upgrade_snapshot(params: dict, fields: dict[str, list[str]], arrays: dict[str, np.ndarray]) -> None:
+    """In place: a snapshot of the histogram layout (its fstate has "hsum") held shift_threshold as a
+    relative entropy in nats (default 1.0); as a CUSUM threshold that would fire on noise, so a finite one
+    becomes today's default, and inf (off) stays off."""
+    if "hsum" not in fields["fstate"]:
+        return
+    if math.isfinite(params.get("shift_threshold", math.inf)):
+        params["shift_threshold"] = SHIFT_THRESHOLD
+    if "pstate" in arrays and "shift_threshold" in fields.get("pstate", []):
+        col = arrays["pstate"][:, fields["pstate"].index("shift_threshold")]
+        col[np.isfinite(col)] = SHIFT_THRESHOLD
 
 
 def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], window: int,

@@ -75,6 +75,7 @@ from ._common import (
     restore_state,
     silent_slots,
     state_arrays,
+    upgrade_snapshot,
 )
 
 ctypedef double float64_t
@@ -1165,6 +1166,7 @@ cdef class RollingStats:
     def from_bytes(cls, data) -> RollingStats:
         """Restore a snapshot made by ``to_bytes`` of either twin (or of an older layout)."""
         params, fields, arrays = _snapshot.load(data, "RollingStats")
+        upgrade_snapshot(params, fields, arrays)
         cdef RollingStats self = cls(capacity=1, **params)
         (self._fstate, self._istate, self._pstate, self._buf, self._sorted,
          self._tsring) = restore_state(fields, arrays, self.window, self.defaults)

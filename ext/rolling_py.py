@@ -55,6 +55,7 @@ from ._common import (
     restore_state,
     silent_slots,
     state_arrays,
+    upgrade_snapshot,
 )
 
 __all__ = ["FLAG_ZSCORE", "RollingStats"]
@@ -804,6 +805,7 @@ class RollingStats:
     def from_bytes(cls, data) -> RollingStats:
         """Restore a snapshot made by ``to_bytes`` of either twin (or of an older layout)."""
         params, fields, arrays = _snapshot.load(data, "RollingStats")
+        upgrade_snapshot(params, fields, arrays)
         self = cls(capacity=1, **params)
         self._set_state(*restore_state(fields, arrays, self.window, self.defaults))
         return self

@@ -122,7 +122,7 @@ def test_detection_quality_does_not_regress(kind):
 def test_normal_signals_stay_quiet(kind, interval_ms):
     """At most one false episode per key-day with the shipped defaults."""
     keys = 4
-    opened = load_bench().normal_episodes(kind, interval_ms, keys, seed=sorted(NORMAL).index(kind))
+    opened, _ = load_bench().normal_episodes(kind, interval_ms, keys, seed=sorted(NORMAL).index(kind))
     assert len(opened) <= keys, [(e.slot, e.kind, e.start_ms) for e in opened]
 
 

@@ -104,6 +104,14 @@ def frac_sqrt(r: Fraction) -> float:
         return math.inf
 
 
+def exact_float(q: Fraction) -> float:
+    """q rounded to a double; past the largest double, infinity (as float division gives)."""
+    try:
+        return float(q)
+    except OverflowError:
+        return math.inf if q > 0 else -math.inf
+
+
 def exact_oracle(slots, values, window: int, minp: int) -> list[float]:
     """z per reading in exact rational arithmetic (for short streams); rounds once at the end."""
     hist: dict[int, list[float]] = {}
@@ -124,7 +132,7 @@ def exact_oracle(slots, values, window: int, minp: int) -> list[float]:
             if dev == 0:
                 out.append(0.0)
             elif res > 0 and Fraction(res) ** 2 >= var:
-                out.append(float(dev / Fraction(res)))
+                out.append(exact_float(dev / Fraction(res)))
             elif var == 0:
                 out.append(math.copysign(math.inf, dev))
             else:

@@ -310,3 +310,45 @@ def test_loads_stage2_snapshot(impl):
     out2 = reset.update(slots, ts + 10**8, values)
     for x, y in zip(out1, out2, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_loads_histogram_layout_snapshot(impl):
+    """A snapshot of the layout before the change detector (histogram shift detector: its columns and
+    arrays, shift_threshold in nats): it loads, its finite shift_threshold becomes the CUSUM default,
+    and it continues as the same state with the new columns at their defaults."""
+    slots, ts, values = shifty(4, n=4000, keys=4)
+    new = impl.RollingStats(window=20, min_count=4)
+    new.update(slots, ts, values)
+    raw = _snapshot.load(new.to_bytes(), "RollingStats")[2]
+    keep_f, keep_i = _common.FLOAT_FIELDS[:17], _common.INT_FIELDS[:11]
+    old_f = keep_f + ["lmean", "lvar", "hsum", "hw"]
+    old_i = keep_i + ["ln", "hn", "srun"]
+    n = raw["fstate"].shape[0]
+    pstate = raw["pstate"].copy()
+    pstate[:, _common.PARAM_FIELDS.index("shift_threshold")] = 1.0
+    pstate[1, _common.PARAM_FIELDS.index("shift_threshold")] = math.inf
+    legacy = _snapshot.dump(
+        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05,
+                         **{k: v for k, v in new.defaults.items() if k != "z_threshold"}, "shift_threshold": 1.0},
+        {"fstate": old_f, "istate": old_i, "pstate": _common.PARAM_FIELDS},
+        {"fstate": np.hstack([raw["fstate"][:, :17], np.ones((n, 4))]),
+         "istate": np.hstack([raw["istate"][:, :11], np.ones((n, 3), np.int64)]), "pstate": pstate,
+         "buf": raw["buf"], "sorted": raw["sorted"], "bins": np.zeros((n, 20), np.uint8),
+         "hist": np.ones((n, 48))})
+    back = impl.RollingStats.from_bytes(legacy)
+    assert back.defaults["shift_threshold"] == 10.0 and back.settings(0)["shift_threshold"] == 10.0
+    assert back.settings(1)["shift_threshold"] == math.inf  # off stays off
+    for key in range(4):
+        for name in ("mean", "var", "count", "min", "max", "median", "mad"):
+            assert repr(getattr(back, name)(key)) == repr(getattr(new, name)(key))
+    fs, gs = raw["fstate"].copy(), raw["istate"].copy()
+    fs[:, 17:] = [_common.FLOAT_DEFAULTS[k] for k in _common.FLOAT_FIELDS[17:]]
+    gs[:, 11:] = [_common.INT_DEFAULTS[k] for k in _common.INT_FIELDS[11:]]
+    pstate[:, _common.PARAM_FIELDS.index("shift_threshold")] = 10.0
+    pstate[1, _common.PARAM_FIELDS.index("shift_threshold")] = math.inf
+    reset = impl.RollingStats.from_bytes(_snapshot.dump(
+        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
+        {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS, "pstate": _common.PARAM_FIELDS},
+        {"fstate": fs, "istate": gs, "pstate": pstate, "buf": raw["buf"], "sorted": raw["sorted"]}))
+    for x, y in zip(back.update(slots, ts + 10**8, values), reset.update(slots, ts + 10**8, values), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -56,11 +56,17 @@ class TcpProxy:
         await asyncio.gather(copy(reader, up_writer, False), copy(up_reader, writer, True))
         self._open.difference_update(ends)
 
-    def cut(self) -> None:
-        """Drop every open connection at once (both sides see a reset), as a NAT or a radio link does."""
+    def cut(self, lose_replies: bool = False) -> None:
+        """Drop every open connection at once (both sides see a reset), as a NAT or a radio link does. With
+        `lose_replies`, what the server sent and the client has not read yet is lost too."""
+        muted = self.muted
+        if lose_replies:
+            self.muted = True
+
         def abort_all():
             for transport in list(self._open):
                 transport.abort()
+            self.muted = muted
         self._loop.call_soon_threadsafe(abort_all)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: install
+test: lint
 	timeout 900 bench/setup || echo "WARNING: bench/setup failed: the benchmark smoke tests will be skipped" >&2
 	bash tests/run
 

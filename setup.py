@@ -19,8 +19,15 @@ def generate_stubs() -> None:
 
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in STUB_DIR.glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={PROTO_DIR}",
-            f"--pyi_out={PROTO_DIR}", f"--grpc_python_out={PROTO_DIR}", *protos]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={PROTO_DIR}",
+        f"--pyi_out={PROTO_DIR}",
+        f"--grpc_python_out={PROTO_DIR}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {protos}")
     (STUB_DIR / "__init__.py").write_text('"""Generated protobuf and gRPC stubs (not committed)."""\n')
@@ -35,15 +42,40 @@ extensions = [
 
 # Every top-level folder is one room of the `iotstream` package; the package root is proto/iotstream, so no
 # folder named `iotstream` sits in the checkout to shadow the installed package.
-ROOMS = ["ingest", "processor", "ext", "clickhouse", "query", "auth", "bus", "node", "cli", "client", "common",
-         "console", "alerts", "bench"]
+ROOMS = [
+    "ingest",
+    "processor",
+    "ext",
+    "clickhouse",
+    "query",
+    "auth",
+    "bus",
+    "node",
+    "cli",
+    "client",
+    "common",
+    "console",
+    "alerts",
+    "bench",
+]
 
 setup(
-    packages=["iotstream", "iotstream.v1", *(f"iotstream.{room}" for room in ROOMS), "iotstream.bench.ghz",
-              "iotstream.bench.profile"],
+    packages=[
+        "iotstream",
+        "iotstream.v1",
+        *(f"iotstream.{room}" for room in ROOMS),
+        "iotstream.bench.ghz",
+        "iotstream.bench.profile",
+    ],
     package_dir={"iotstream": "proto/iotstream", **{f"iotstream.{room}": room for room in ROOMS}},
-    package_data={"iotstream": ["py.typed"], "iotstream.v1": ["*.proto", "*.pyi"], "iotstream.clickhouse": ["schema/*.sql"],
-                  "iotstream.ext": ["*.pyi"], "iotstream.bench": ["setup", "kafka-local"],
-                  "iotstream.bench.ghz": ["*.json"], "iotstream.console": ["static/*", "static/uplot/*"]},
+    package_data={
+        "iotstream": ["py.typed"],
+        "iotstream.v1": ["*.proto", "*.pyi"],
+        "iotstream.clickhouse": ["schema/*.sql"],
+        "iotstream.ext": ["*.pyi"],
+        "iotstream.bench": ["setup", "kafka-local"],
+        "iotstream.bench.ghz": ["*.json"],
+        "iotstream.console": ["static/*", "static/uplot/*"],
+    },
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
 )

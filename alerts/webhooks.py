@@ -2,7 +2,8 @@
 
 The dispatcher follows the episode changes WatchAnomalies reports (query_service.episode_events) and turns
 them into events: `opened` (an episode first seen open), `escalated` (its severity rose), `closed` (its
-quiet period passed, or a late reading merged it into an earlier episode: state `merged`). Each event that passes a hook's filters is written to an outbox, a SQLite file in WAL
+quiet period passed, or a late reading merged it into an earlier episode: state `merged`). Each event that
+passes a hook's filters is written to an outbox, a SQLite file in WAL
 mode, in the same transaction as the watch cursor, then POSTed by that hook's own worker, in order, until
 the receiver answers 2xx. So delivery is at least once: a crash between a POST and its bookkeeping sends
 it again, with the same `Idempotency-Key` header (derived from the episode and the event, never random),
@@ -64,9 +65,12 @@ class Hook:
     timeout_s: float = 10.0
 
     def wants(self, event: str, row: dict) -> bool:
-        return (event in self.events and row["severity"] >= self.min_severity
-                and any(fnmatch.fnmatchcase(row["metric"], g) for g in self.metrics)
-                and any(fnmatch.fnmatchcase(row["device_id"], g) for g in self.devices))
+        return (
+            event in self.events
+            and row["severity"] >= self.min_severity
+            and any(fnmatch.fnmatchcase(row["metric"], g) for g in self.metrics)
+            and any(fnmatch.fnmatchcase(row["device_id"], g) for g in self.devices)
+        )
 
     def delay(self, attempts: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempts - 1))
@@ -81,7 +85,9 @@ def load_hooks(path: str) -> list[Hook]:
         raise WebhookConfigError(f"webhooks file {path!r}: {exc}") from exc
     unknown = set(doc) - {"webhook"}
     if unknown:
-        raise WebhookConfigError(f"webhooks file {path!r}: unknown table(s) {sorted(unknown)}; use [[webhook]]")
+        raise WebhookConfigError(
+            f"webhooks file {path!r}: unknown table(s) {sorted(unknown)}; use [[webhook]]"
+        )
     hooks = [_hook(path, i, t) for i, t in enumerate(doc.get("webhook", []))]
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
@@ -91,15 +97,29 @@ def load_hooks(path: str) -> list[Hook]:
 
 def _hook(path: str, index: int, t: dict) -> Hook:
     where = f"webhooks file {path!r}, webhook {t.get('name', index)!r}"
-    known = {"name", "url", "secret", "secret_env", "min_severity", "metrics", "devices", "events",
-             "max_attempts", "backoff_s", "max_backoff_s", "timeout_s"}
+    known = {
+        "name",
+        "url",
+        "secret",
+        "secret_env",
+        "min_severity",
+        "metrics",
+        "devices",
+        "events",
+        "max_attempts",
+        "backoff_s",
+        "max_backoff_s",
+        "timeout_s",
+    }
     if set(t) - known:
         raise WebhookConfigError(f"{where}: unknown key(s) {sorted(set(t) - known)}")
     if not str(t.get("url", "")).startswith(("http://", "https://")):
         raise WebhookConfigError(f"{where}: url must be http:// or https://, got {t.get('url')!r}")
     secret = t.get("secret") or os.environ.get(t.get("secret_env", ""), "")
     if not secret:
-        raise WebhookConfigError(f"{where}: needs a secret (secret = ... or secret_env = NAME of a set variable)")
+        raise WebhookConfigError(
+            f"{where}: needs a secret (secret = ... or secret_env = NAME of a set variable)"
+        )
     if t.get("min_severity", "low") not in SEVERITIES:
         raise WebhookConfigError(f"{where}: min_severity must be one of {list(SEVERITIES)}")
     events = tuple(t.get("events", EVENTS))
@@ -108,9 +128,16 @@ def _hook(path: str, index: int, t: dict) -> Hook:
     numbers = {k: t[k] for k in ("max_attempts", "backoff_s", "max_backoff_s", "timeout_s") if k in t}
     if any(not isinstance(v, (int, float)) or v <= 0 for v in numbers.values()):
         raise WebhookConfigError(f"{where}: {sorted(numbers)} must be positive numbers")
-    return Hook(name=str(t.get("name", f"hook{index}")), url=t["url"], secret=secret.encode(),
-                min_severity=SEVERITIES[t.get("min_severity", "low")], metrics=tuple(t.get("metrics", ["*"])),
-                devices=tuple(t.get("devices", ["*"])), events=events, **numbers)
+    return Hook(
+        name=str(t.get("name", f"hook{index}")),
+        url=t["url"],
+        secret=secret.encode(),
+        min_severity=SEVERITIES[t.get("min_severity", "low")],
+        metrics=tuple(t.get("metrics", ["*"])),
+        devices=tuple(t.get("devices", ["*"])),
+        events=events,
+        **numbers,
+    )
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -123,16 +150,32 @@ def payload(event: str, row: dict, now_ms: int) -> tuple[str, bytes]:
     """(idempotency key, JSON body) of one event. The key names the episode, the event and, for an
     escalation, the severity reached: the same change always gets the same key."""
     episode = anomaly_id(row)
-    key = hashlib.sha256(f"{episode}|{event}|{row['severity'] if event == 'escalated' else ''}".encode()
-                         ).hexdigest()[:32]
-    body = {"event": event, "idempotency_key": key, "episode": {
-        "id": episode, "device_id": row["device_id"], "metric": row["metric"], "kind": row["kind"],
-        "severity": SEVERITY_NAMES.get(row["severity"], "low"),
-        "state": "merged" if row["deleted"] else "open" if row["closes_ms"] > now_ms else "closed",
-        "opened_ms": row["opened_ms"],
-        "updated_ms": row["updated_ms"], "closes_ms": row["closes_ms"], "readings": row["readings"],
-        "peak": {"time_ms": row["time_ms"], "value": row["value"], "score": row["score"], "zscore": row["zscore"]},
-        "acknowledged_by": row["acked_by"]}}
+    key = hashlib.sha256(
+        f"{episode}|{event}|{row['severity'] if event == 'escalated' else ''}".encode()
+    ).hexdigest()[:32]
+    body = {
+        "event": event,
+        "idempotency_key": key,
+        "episode": {
+            "id": episode,
+            "device_id": row["device_id"],
+            "metric": row["metric"],
+            "kind": row["kind"],
+            "severity": SEVERITY_NAMES.get(row["severity"], "low"),
+            "state": "merged" if row["deleted"] else "open" if row["closes_ms"] > now_ms else "closed",
+            "opened_ms": row["opened_ms"],
+            "updated_ms": row["updated_ms"],
+            "closes_ms": row["closes_ms"],
+            "readings": row["readings"],
+            "peak": {
+                "time_ms": row["time_ms"],
+                "value": row["value"],
+                "score": row["score"],
+                "zscore": row["zscore"],
+            },
+            "acknowledged_by": row["acked_by"],
+        },
+    }
     return key, json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -141,11 +184,13 @@ def payload(event: str, row: dict, now_ms: int) -> tuple[str, bytes]:
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS open_episodes (id TEXT PRIMARY KEY, severity INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, hook TEXT NOT NULL, key TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, hook TEXT NOT NULL, key TEXT NOT
+NULL,
     event TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '', UNIQUE (hook, key));
 CREATE TABLE IF NOT EXISTS dead_letters (seq INTEGER PRIMARY KEY AUTOINCREMENT, hook TEXT NOT NULL,
-    key TEXT NOT NULL, event TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL,
+    key TEXT NOT NULL, event TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT
+    NULL,
     at REAL NOT NULL);
 """
 
@@ -176,8 +221,13 @@ class Outbox:
             row = self._db.execute("SELECT severity FROM open_episodes WHERE id = ?", (episode,)).fetchone()
         return row[0] if row else None
 
-    def record(self, cursor: list, opened: dict[str, int], closed: list[str],
-               events: list[tuple[str, str, str, bytes]]) -> list[tuple[str, str, str, bytes]]:
+    def record(
+        self,
+        cursor: list,
+        opened: dict[str, int],
+        closed: list[str],
+        events: list[tuple[str, str, str, bytes]],
+    ) -> list[tuple[str, str, str, bytes]]:
         """One transaction: new cursor, open-episode severities, and (hook, key, event, body) to send.
         Returns the events refused because their hook's outbox is full (the caller dead-letters them)."""
         refused = []
@@ -192,11 +242,16 @@ class Outbox:
                     waiting = db.execute("SELECT count() FROM pending WHERE hook = ?", (hook,)).fetchone()[0]
                     if waiting >= MAX_PENDING:
                         refused.append((hook, key, event, body))
-                        db.execute("INSERT INTO dead_letters (hook, key, event, body, attempts, error, at) "
-                                   "VALUES (?, ?, ?, ?, 0, 'outbox full', ?)", (hook, key, event, body, time.time()))
+                        db.execute(
+                            "INSERT INTO dead_letters (hook, key, event, body, attempts, error, at) "
+                            "VALUES (?, ?, ?, ?, 0, 'outbox full', ?)",
+                            (hook, key, event, body, time.time()),
+                        )
                         continue
-                    db.execute("INSERT OR IGNORE INTO pending (hook, key, event, body) VALUES (?, ?, ?, ?)",
-                               (hook, key, event, body))
+                    db.execute(
+                        "INSERT OR IGNORE INTO pending (hook, key, event, body) VALUES (?, ?, ?, ?)",
+                        (hook, key, event, body),
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -205,10 +260,15 @@ class Outbox:
 
     def next(self, hook: str) -> dict | None:
         with self._lock:
-            cur = self._db.execute("SELECT seq, key, event, body, attempts, due FROM pending WHERE hook = ? "
-                                   "ORDER BY seq LIMIT 1", (hook,))
+            cur = self._db.execute(
+                "SELECT seq, key, event, body, attempts, due FROM pending WHERE hook = ? "
+                "ORDER BY seq LIMIT 1",
+                (hook,),
+            )
             row = cur.fetchone()
-        return dict(zip(("seq", "key", "event", "body", "attempts", "due"), row, strict=True)) if row else None
+        return (
+            dict(zip(("seq", "key", "event", "body", "attempts", "due"), row, strict=True)) if row else None
+        )
 
     def delivered(self, seq: int) -> None:
         with self._lock:
@@ -216,16 +276,20 @@ class Outbox:
 
     def retry(self, seq: int, attempts: int, due: float, error: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE pending SET attempts = ?, due = ?, error = ? WHERE seq = ?",
-                             (attempts, due, error, seq))
+            self._db.execute(
+                "UPDATE pending SET attempts = ?, due = ?, error = ? WHERE seq = ?",
+                (attempts, due, error, seq),
+            )
 
     def dead(self, seq: int, attempts: int, error: str) -> None:
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO dead_letters (hook, key, event, body, attempts, error, at) "
-                       "SELECT hook, key, event, body, ?, ?, ? FROM pending WHERE seq = ?",
-                       (attempts, error, time.time(), seq))
+            db.execute(
+                "INSERT INTO dead_letters (hook, key, event, body, attempts, error, at) "
+                "SELECT hook, key, event, body, ?, ?, ? FROM pending WHERE seq = ?",
+                (attempts, error, time.time(), seq),
+            )
             db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
             db.execute("COMMIT")
 
@@ -235,8 +299,12 @@ class Outbox:
 
     def dead_letters(self) -> list[dict]:
         with self._lock:
-            rows = self._db.execute("SELECT hook, key, event, body, attempts, error FROM dead_letters ORDER BY seq")
-            return [dict(zip(("hook", "key", "event", "body", "attempts", "error"), r, strict=True)) for r in rows]
+            rows = self._db.execute(
+                "SELECT hook, key, event, body, attempts, error FROM dead_letters ORDER BY seq"
+            )
+            return [
+                dict(zip(("hook", "key", "event", "body", "attempts", "error"), r, strict=True)) for r in rows
+            ]
 
     def close(self) -> None:
         with self._lock:
@@ -245,12 +313,23 @@ class Outbox:
 
 # ---- delivery ---------------------------------------------------------------------------------------------
 
+
 def post(hook: Hook, key: str, event: str, body: bytes) -> tuple[bool, bool, str]:
     """One try: (delivered, worth retrying, error)."""
     timestamp = str(int(time.time()))
-    request = urllib.request.Request(hook.url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "iotstream-webhooks", "Idempotency-Key": key,
-        "X-Iotstream-Event": event, TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(hook.secret, timestamp, body)})
+    request = urllib.request.Request(
+        hook.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "iotstream-webhooks",
+            "Idempotency-Key": key,
+            "X-Iotstream-Event": event,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(hook.secret, timestamp, body),
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=hook.timeout_s) as reply:
             reply.read(65536)
@@ -300,9 +379,14 @@ class Dispatcher:
         def run(fn, *args):
             return asyncio.to_thread(fn, *args)
 
-        async for kind, row, now, cursor in episode_events(self.store, tuple(self._start[:5]),
-                                                           tuple(self._start[5:]), run,
-                                                           lambda: asyncio.sleep(POLL_S), BATCH):
+        async for kind, row, now, cursor in episode_events(
+            self.store,
+            tuple(self._start[:5]),
+            tuple(self._start[5:]),
+            run,
+            lambda: asyncio.sleep(POLL_S),
+            BATCH,
+        ):
             await self.on_change(kind, row, now, cursor)
 
     async def on_change(self, kind: int, row: dict, now: int, cursor: str) -> None:
@@ -321,7 +405,9 @@ class Dispatcher:
         if event is not None:
             key, body = payload(event, row, now)
             events = [(h.name, key, event, body) for h in self.hooks if h.wants(event, row)]
-        refused = await asyncio.to_thread(self.outbox.record, decode_token(cursor, 10), opened, closed, events)
+        refused = await asyncio.to_thread(
+            self.outbox.record, decode_token(cursor, 10) or [], opened, closed, events
+        )
         for hook, _, _, _ in refused:
             log.warning("webhook %s: outbox full (%d waiting): event dead-lettered", hook, MAX_PENDING)
             self._count(hook, "dead")
@@ -346,16 +432,25 @@ class Dispatcher:
                 await asyncio.to_thread(self.outbox.delivered, item["seq"])
                 self._count(hook.name, "delivered")
             elif retry and attempts < hook.max_attempts:
-                await asyncio.to_thread(self.outbox.retry, item["seq"], attempts, time.time() + hook.delay(attempts),
-                                        error)
+                await asyncio.to_thread(
+                    self.outbox.retry, item["seq"], attempts, time.time() + hook.delay(attempts), error
+                )
                 self._count(hook.name, "failed")
-                log.info("webhook %s: try %d of %s failed (%s); retrying", hook.name, attempts, item["key"], error)
+                log.info(
+                    "webhook %s: try %d of %s failed (%s); retrying", hook.name, attempts, item["key"], error
+                )
             else:
                 await asyncio.to_thread(self.outbox.dead, item["seq"], attempts, error)
                 self._count(hook.name, "failed")
                 self._count(hook.name, "dead")
-                log.warning("webhook %s: %s %s dead-lettered after %d tries (%s)", hook.name, item["event"],
-                            item["key"], attempts, error)
+                log.warning(
+                    "webhook %s: %s %s dead-lettered after %d tries (%s)",
+                    hook.name,
+                    item["event"],
+                    item["key"],
+                    attempts,
+                    error,
+                )
 
     def _count(self, hook: str, result: str) -> None:
         if self.metrics is not None:
@@ -380,7 +475,13 @@ async def start_webhooks(path: str, state_path: str, store, metrics) -> Dispatch
 def add_flags(parser) -> None:
     """The operator-side flags of `serve` and `query-server`."""
     g = parser.add_argument_group("alert webhooks")
-    g.add_argument("--webhooks", metavar="FILE",
-                   help="TOML [[webhook]] tables (docs/operator.md, \"Alert webhooks\"; default: none)")
-    g.add_argument("--webhooks-state", metavar="FILE",
-                   help="the webhooks' outbox, SQLite (default DATA_DIR/webhooks-DATABASE.sqlite)")
+    g.add_argument(
+        "--webhooks",
+        metavar="FILE",
+        help='TOML [[webhook]] tables (docs/operator.md, "Alert webhooks"; default: none)',
+    )
+    g.add_argument(
+        "--webhooks-state",
+        metavar="FILE",
+        help="the webhooks' outbox, SQLite (default DATA_DIR/webhooks-DATABASE.sqlite)",
+    )

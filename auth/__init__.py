@@ -8,12 +8,14 @@ managing tokens). Calls carry the token as `authorization: Bearer <token>` metad
 The registry lives where every role can reach it:
 
 * `ClickHouseTokens`: a table `$db.auth_tokens` in the node's database (embedded or server), created
-  with CREATE TABLE IF NOT EXISTS (clickhouse.tokens), so ingest nodes, query nodes and the CLI share one registry;
+  with CREATE TABLE IF NOT EXISTS (clickhouse.tokens), so ingest nodes, query nodes and the CLI share one
+  registry;
 * `FileTokens`: a JSON-lines file of hashes (for ingest nodes that have no ClickHouse at hand); the
   server re-reads it when it changes.
 
 `Authenticator` keeps the registry in memory and refreshes it every `refresh_s` (so a revoked token stops
-working within that time, open calls included: see `Authenticator.watch`). An unknown token triggers at most one early refresh per second, so a stream of
+working within that time, open calls included: see `Authenticator.watch`). An unknown token triggers at most
+one early refresh per second, so a stream of
 made-up tokens cannot hammer the store.
 """
 
@@ -79,6 +81,7 @@ def check_role(role: str) -> None:
 
 # ---- registries -------------------------------------------------------------------------------------
 
+
 class ClickHouseTokens:
     """The registry as a ClickHouse table next to the data (clickhouse.tokens holds its SQL)."""
 
@@ -122,8 +125,15 @@ class FileTokens:
     def add(self, role: str, subject: str) -> str:
         check_role(role)
         token = new_token()
-        self._append({"token_sha256": token_hash(token), "role": role, "subject": subject, "revoked": 0,
-                      "created_ms": time.time_ns() // 1_000_000})
+        self._append(
+            {
+                "token_sha256": token_hash(token),
+                "role": role,
+                "subject": subject,
+                "revoked": 0,
+                "created_ms": time.time_ns() // 1_000_000,
+            }
+        )
         return token
 
     def revoke(self, role: str, subject: str) -> int:
@@ -144,7 +154,9 @@ class FileTokens:
                 rows[row["token_sha256"]] = row
             except (ValueError, KeyError, TypeError):
                 log.warning("%s line %d: not a token record; skipped", self.path, n)
-        return sorted((r for r in rows.values() if not r.get("revoked")), key=lambda r: (r["role"], r["subject"]))
+        return sorted(
+            (r for r in rows.values() if not r.get("revoked")), key=lambda r: (r["role"], r["subject"])
+        )
 
     def load(self) -> dict[str, Principal]:
         return {r["token_sha256"]: Principal(r["role"], r["subject"]) for r in self.list()}
@@ -160,7 +172,9 @@ class Authenticator:
     node calls every `refresh_s` from a worker thread, and by `identify_async` when a token is unknown
     (at most once a second, so made-up tokens cannot hammer the store)."""
 
-    def __init__(self, registry, refresh_s: float = REFRESH_S, on_reject: Callable[[str], None] | None = None):
+    def __init__(
+        self, registry, refresh_s: float = REFRESH_S, on_reject: Callable[[str], None] | None = None
+    ):
         self.registry = registry
         self.refresh_s = refresh_s
         self.on_reject = on_reject or (lambda reason: None)
@@ -213,7 +227,8 @@ class Authenticator:
         return found[1]
 
     async def identify_async(self, metadata) -> Principal:
-        """`identify`, re-reading the registry first when the token is unknown (a device added a moment ago)."""
+        """`identify`, re-reading the registry first when the token is unknown (a device added a moment
+        ago)."""
         try:
             return self.identify(metadata)
         except AuthError:
@@ -281,9 +296,11 @@ def required_roles(method: str) -> tuple[str, ...] | None:
 def authorize(principal: Principal, method: str) -> None:
     roles = required_roles(method)
     if roles is not None and principal.role not in roles:
-        raise AuthError(grpc.StatusCode.PERMISSION_DENIED,
-                        f"{principal.role} token {principal.subject!r} may not call {method} "
-                        f"(needs {' or '.join(roles)})")
+        raise AuthError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{principal.role} token {principal.subject!r} may not call {method} "
+            f"(needs {' or '.join(roles)})",
+        )
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -317,7 +334,10 @@ def _refusal(handler: grpc.RpcMethodHandler, exc: AuthError) -> grpc.RpcMethodHa
         await context.abort(exc.code, str(exc))
         yield  # an async generator, as a streaming handler must be
 
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary, **kw)
     if handler.unary_stream:
@@ -393,15 +413,25 @@ class AdminService:
         if request.role and request.role not in ROLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}")
         rows = await asyncio.to_thread(self.auth.registry.list)
-        return pb.ListTokensResponse(tokens=[
-            pb.TokenInfo(role=r["role"], subject=r["subject"], sha256_prefix=r["token_sha256"][:12],
-                         created_ms=int(r.get("created_ms") or 0))
-            for r in rows if not request.role or r["role"] == request.role])
+        return pb.ListTokensResponse(
+            tokens=[
+                pb.TokenInfo(
+                    role=r["role"],
+                    subject=r["subject"],
+                    sha256_prefix=r["token_sha256"][:12],
+                    created_ms=int(r.get("created_ms") or 0),
+                )
+                for r in rows
+                if not request.role or r["role"] == request.role
+            ]
+        )
 
     @staticmethod
     async def _check(role: str, subject: str, context) -> None:
         if role not in ROLES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}, not {role[:40]!r}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"role: one of {', '.join(ROLES)}, not {role[:40]!r}"
+            )
         if not DEVICE_ID.fullmatch(subject):  # device ids and names follow the same rule
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"subject: must match {DEVICE_ID.pattern}")
 

@@ -20,10 +20,11 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import grpc
-from iotstream.common.ids import DEVICE_ID, METRIC_NAME
-from iotstream.v1 import admin_pb2, ingest_pb2 as pb
 
 from iotstream.clickhouse.device_config import DeviceConfigs
+from iotstream.common.ids import DEVICE_ID, METRIC_NAME
+from iotstream.v1 import admin_pb2
+from iotstream.v1 import ingest_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,13 @@ def now_ms() -> int:
 
 
 def to_message(row: dict) -> pb.DeviceConfig:
-    return pb.DeviceConfig(version=row["version"], sample_interval_ms=row["sample_interval_ms"],
-                           metrics=row["metrics"], settings=row["settings"], set_ms=row["set_ms"])
+    return pb.DeviceConfig(
+        version=row["version"],
+        sample_interval_ms=row["sample_interval_ms"],
+        metrics=row["metrics"],
+        settings=row["settings"],
+        set_ms=row["set_ms"],
+    )
 
 
 def check(device_id: str, config: pb.DeviceConfig) -> None:
@@ -84,6 +90,7 @@ class ConfigHub:
                 sends.discard(send)
                 if not sends:
                     del self.streams[device]
+
         return unsubscribe
 
     def _offer(self, device: str, config: pb.DeviceConfig) -> None:
@@ -96,10 +103,17 @@ class ConfigHub:
                 send(config)
 
     async def set(self, device: str, config: pb.DeviceConfig) -> pb.DeviceConfig:
-        """Store `config` as the device's new desired configuration and push it; returns it with its version."""
+        """Store `config` as the device's new desired configuration and push it; returns it with its
+        version."""
         check(device, config)
-        row = await asyncio.to_thread(self.configs.set, device, config.sample_interval_ms, list(config.metrics),
-                                      dict(config.settings), now_ms())
+        row = await asyncio.to_thread(
+            self.configs.set,
+            device,
+            config.sample_interval_ms,
+            list(config.metrics),
+            dict(config.settings),
+            now_ms(),
+        )
         stored = to_message(row)
         self._offer(device, stored)
         return stored
@@ -143,8 +157,9 @@ class ConfigHub:
             await asyncio.sleep(self.refresh_s)
 
     async def state(self, device: str) -> admin_pb2.DeviceConfigState:
-        desired, reported = await asyncio.gather(asyncio.to_thread(self.configs.desired, device),
-                                                 asyncio.to_thread(self.configs.reported, device))
+        desired, reported = await asyncio.gather(
+            asyncio.to_thread(self.configs.desired, device), asyncio.to_thread(self.configs.reported, device)
+        )
         return state_message(desired, reported)
 
 
@@ -157,7 +172,9 @@ def state_message(desired: dict | None, reported: dict | None) -> admin_pb2.Devi
     return out
 
 
-async def configure(hub: ConfigHub, request: admin_pb2.ConfigureDeviceRequest, context) -> admin_pb2.DeviceConfigState:
+async def configure(
+    hub: ConfigHub, request: admin_pb2.ConfigureDeviceRequest, context
+) -> admin_pb2.DeviceConfigState:
     """Admin/ConfigureDevice."""
     try:
         await hub.set(request.device_id, request.config)
@@ -166,7 +183,9 @@ async def configure(hub: ConfigHub, request: admin_pb2.ConfigureDeviceRequest, c
     return await hub.state(request.device_id)
 
 
-async def get_state(hub: ConfigHub, request: admin_pb2.GetDeviceConfigRequest, context) -> admin_pb2.DeviceConfigState:
+async def get_state(
+    hub: ConfigHub, request: admin_pb2.GetDeviceConfigRequest, context
+) -> admin_pb2.DeviceConfigState:
     """Admin/GetDeviceConfig."""
     if not request.device_id:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id: required")

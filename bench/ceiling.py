@@ -21,17 +21,36 @@ import sys
 import time
 from pathlib import Path
 
-
 from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, taskset, write_result
 
 KEEP_UP = 0.95
 
 
 def step(server: ServerProcess, rate: float, args) -> dict:
-    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
-           "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
-           "--duration", str(args.step_seconds), "--warmup", str(args.warmup), "--rate", str(rate / args.batch),
-           "--prefix", f"ceil{int(rate)}", "--drain-timeout", "20"]
+    cmd = [
+        *taskset(args.loadgen_cpus),
+        PYTHON,
+        "-m",
+        "iotstream.bench.loadgen",
+        "--target",
+        f"grpc://{server.target}",
+        "--readings",
+        str(args.batch),
+        "--streams",
+        str(args.streams),
+        "--window",
+        str(args.window),
+        "--duration",
+        str(args.step_seconds),
+        "--warmup",
+        str(args.warmup),
+        "--rate",
+        str(rate / args.batch),
+        "--prefix",
+        f"ceil{int(rate)}",
+        "--drain-timeout",
+        "20",
+    ]
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.step_seconds + 120)
     wall = time.perf_counter() - t0
@@ -41,11 +60,23 @@ def step(server: ServerProcess, rate: float, args) -> dict:
     achieved = r["readings_per_s"]
     p99 = r["ack_p99_ms"]
     ok = achieved >= KEEP_UP * rate and p99 is not None and p99 <= args.slo_ms
-    why = None if ok else ("achieved < 95% of offered" if achieved < KEEP_UP * rate else f"ack p99 > {args.slo_ms} ms")
-    return {"offered_readings_per_s": rate, "achieved_readings_per_s": achieved,
-            "achieved_ratio": round(achieved / rate, 3), "ack_p50_ms": r["ack_p50_ms"], "ack_p99_ms": p99,
-            "errors": r["errors"], "server_cores": round((server.cpu_seconds() - cpu0) / wall, 2),
-            "loadgen_cpu_s": r["loadgen_cpu_s"], "passed": ok, "failed_because": why}
+    why = (
+        None
+        if ok
+        else ("achieved < 95% of offered" if achieved < KEEP_UP * rate else f"ack p99 > {args.slo_ms} ms")
+    )
+    return {
+        "offered_readings_per_s": rate,
+        "achieved_readings_per_s": achieved,
+        "achieved_ratio": round(achieved / rate, 3),
+        "ack_p50_ms": r["ack_p50_ms"],
+        "ack_p99_ms": p99,
+        "errors": r["errors"],
+        "server_cores": round((server.cpu_seconds() - cpu0) / wall, 2),
+        "loadgen_cpu_s": r["loadgen_cpu_s"],
+        "passed": ok,
+        "failed_because": why,
+    }
 
 
 def plot(steps: list[dict], ceiling: float | None, args, path: Path) -> None:
@@ -76,8 +107,11 @@ def plot(steps: list[dict], ceiling: float | None, args, path: Path) -> None:
     labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
     ax.legend(lines, labels, loc="upper left", fontsize=8)
     mode = "Kafka" if args.kafka else "embedded"
-    ax.set_title(f"iotstream ceiling ({mode}, {args.batch} readings/batch, {args.streams} streams; "
-                 f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f})", fontsize=10)
+    ax.set_title(
+        f"iotstream ceiling ({mode}, {args.batch} readings/batch, {args.streams} streams; "
+        f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -91,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max", type=float, default=3_000_000, help="stop here at the latest (default 3000000)")
     ap.add_argument("--step-seconds", type=float, default=5.0, help="measured seconds per step (default 5)")
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per step (default 1)")
-    ap.add_argument("--slo-ms", type=float, default=1000.0, help="ack p99 a step may not exceed (default 1000)")
+    ap.add_argument(
+        "--slo-ms", type=float, default=1000.0, help="ack p99 a step may not exceed (default 1000)"
+    )
     ap.add_argument("--batch", type=int, default=1000, help="readings per batch (default 1000)")
     ap.add_argument("--streams", type=int, default=16, help="devices, one stream each (default 16)")
-    ap.add_argument("--window", type=int, default=16, help="batches in flight per stream at most (default 16)")
+    ap.add_argument(
+        "--window", type=int, default=16, help="batches in flight per stream at most (default 16)"
+    )
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--loadgen-cpus", help="taskset CPUs for the load generator (default: unpinned)")
     ap.add_argument("--out", default=str(RESULTS / "ceiling.json"), help="JSON path (PNG beside it)")
@@ -107,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         while rate <= args.max:
             s = step(server, rate, args)
             steps.append(s)
-            print(f"offered {rate:>11,.0f}/s  achieved {s['achieved_readings_per_s']:>11,.0f}/s "
-                  f"({s['achieved_ratio']:.0%})  ack p50 {s['ack_p50_ms']} ms p99 {s['ack_p99_ms']} ms  "
-                  f"server {s['server_cores']} cores  {'ok' if s['passed'] else 'FAIL: ' + s['failed_because']}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"offered {rate:>11,.0f}/s  achieved {s['achieved_readings_per_s']:>11,.0f}/s "
+                f"({s['achieved_ratio']:.0%})  ack p50 {s['ack_p50_ms']} ms p99 {s['ack_p99_ms']} ms  "
+                f"server {s['server_cores']} cores  "
+                f"{'ok' if s['passed'] else 'FAIL: ' + s['failed_because']}",
+                file=sys.stderr,
+                flush=True,
+            )
             if not s["passed"]:
                 break
             rate += args.step
@@ -123,14 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     png = out.with_suffix(".png")
     result = {
-        "benchmark": "ceiling", "mode": "kafka" if args.kafka else "embedded", "batch_readings": args.batch,
-        "streams": args.streams, "window": args.window, "step_seconds": args.step_seconds,
-        "slo_ack_p99_ms": args.slo_ms, "keep_up_ratio": KEEP_UP,
+        "benchmark": "ceiling",
+        "mode": "kafka" if args.kafka else "embedded",
+        "batch_readings": args.batch,
+        "streams": args.streams,
+        "window": args.window,
+        "step_seconds": args.step_seconds,
+        "slo_ack_p99_ms": args.slo_ms,
+        "keep_up_ratio": KEEP_UP,
         "ceiling_readings_per_s": ceiling,
         "ceiling_batches_per_s": round(ceiling / args.batch, 1) if ceiling else None,
-        "stopped_because": steps[-1]["failed_because"] if steps and not steps[-1]["passed"] else "reached --max",
-        "at_half_ceiling": half, "steps": steps, "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT)
-        else str(png), "machine": machine(),
+        "stopped_because": steps[-1]["failed_because"]
+        if steps and not steps[-1]["passed"]
+        else "reached --max",
+        "at_half_ceiling": half,
+        "steps": steps,
+        "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),
+        "machine": machine(),
     }
     plot(steps, ceiling, args, png)
     path = write_result("ceiling", result, str(out))

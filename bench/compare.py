@@ -32,8 +32,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 
 from iotstream.bench.harness import PYTHON, ROOT, ServerProcess, machine, taskset, write_result
 
@@ -46,24 +44,48 @@ SERVERS = {
 
 
 def loadgen(target: str, size: int, args) -> dict:
-    cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", target, "--readings", str(size),
-           "--streams", str(args.streams), "--window", str(args.window), "--duration", str(args.duration),
-           "--warmup", str(args.warmup), "--prefix", f"cmp{size}"]
+    cmd = [
+        *taskset(args.loadgen_cpus),
+        PYTHON,
+        "-m",
+        "iotstream.bench.loadgen",
+        "--target",
+        target,
+        "--readings",
+        str(size),
+        "--streams",
+        str(args.streams),
+        "--window",
+        str(args.window),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--prefix",
+        f"cmp{size}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.duration + 120)
     if not done.stdout.strip():
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["command"] = " ".join(cmd[cmd.index(PYTHON):]).replace(PYTHON, "python")
+    result["command"] = " ".join(cmd[cmd.index(PYTHON) :]).replace(PYTHON, "python")
     return result
 
 
 def measure(name: str, args) -> dict:
     spec = SERVERS[name]
     extra = []
-    if args.kafka and spec["module"] == "iotstream.bench.fastapi_peer":  # own topics: no backlog of earlier runs
+    if (
+        args.kafka and spec["module"] == "iotstream.bench.fastapi_peer"
+    ):  # own topics: no backlog of earlier runs
         extra = ["--kafka", args.kafka, "--namespace", f"benchfastapi{os.getpid()}x{int(time.time())}"]
-    server = ServerProcess(kafka=args.kafka if name == "ingest" else None, cpus=args.server_cpus,
-                           module=spec["module"], http=spec["http"], extra_args=extra)
+    server = ServerProcess(
+        kafka=args.kafka if name == "ingest" else None,
+        cpus=args.server_cpus,
+        module=spec["module"],
+        http=spec["http"],
+        extra_args=extra,
+    )
     out = {}
     with server:
         target = f"http://{server.target}/ingest" if spec["http"] else f"grpc://{server.target}"
@@ -76,9 +98,14 @@ def measure(name: str, args) -> dict:
             r["server_cpu_share"] = round(r["server_cpu_s"] / wall, 2)  # cores busy, whole run incl. warm-up
             r["server_rss_mb"] = round(server.rss_bytes() / 2**20, 1)
             out[str(size)] = r
-            print(f"{name:<9} {size:>5} readings/msg: {r['messages_per_s']:>9,.0f} msg/s {r['readings_per_s']:>12,.0f} "
-                  f"readings/s  ack p50 {r['ack_p50_ms']} ms p99 {r['ack_p99_ms']} ms  errors {r['errors']}  "
-                  f"server {r['server_cpu_share']} cores", file=sys.stderr, flush=True)
+            print(
+                f"{name:<9} {size:>5} readings/msg: {r['messages_per_s']:>9,.0f} msg/s "
+                f"{r['readings_per_s']:>12,.0f} "
+                f"readings/s  ack p50 {r['ack_p50_ms']} ms p99 {r['ack_p99_ms']} ms  errors {r['errors']}  "
+                f"server {r['server_cpu_share']} cores",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
@@ -90,15 +117,26 @@ def ratio(a: dict, b: dict, size: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
-    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per server and size (default 5)")
+    ap.add_argument(
+        "--duration", type=float, default=5.0, help="measured seconds per server and size (default 5)"
+    )
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 1000], help="readings per message (default 1 1000)")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", default=[1, 1000], help="readings per message (default 1 1000)"
+    )
     ap.add_argument("--streams", type=int, default=8, help="devices/streams (default 8)")
     ap.add_argument("--window", type=int, default=8, help="messages outstanding per stream (default 8)")
-    ap.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS),
-                    help="which servers (default all four)")
+    ap.add_argument(
+        "--servers",
+        nargs="+",
+        choices=list(SERVERS),
+        default=list(SERVERS),
+        help="which servers (default all four)",
+    )
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="ingest and the FastAPI peer hand over to Kafka")
-    ap.add_argument("--server-cpus", default="0", help="taskset CPUs for the servers (default 0; '' unpinned)")
+    ap.add_argument(
+        "--server-cpus", default="0", help="taskset CPUs for the servers (default 0; '' unpinned)"
+    )
     ap.add_argument("--loadgen-cpus", default="1", help="taskset CPUs for the load generator (default 1)")
     ap.add_argument("--out", help="JSON path (default bench/results/compare.json)")
     args = ap.parse_args(argv)
@@ -107,22 +145,42 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [str(s) for s in args.sizes]
     ingest = results.get("ingest", {})
     summary = {
-        "benchmark": "compare", "mode": "kafka" if args.kafka else "embedded",
+        "benchmark": "compare",
+        "mode": "kafka" if args.kafka else "embedded",
         "ratio_vs_raw_grpc": {s: ratio(ingest, results.get("raw_grpc", {}), s) for s in sizes},
         "ratio_vs_fastapi": {s: ratio(ingest, results.get("fastapi", {}), s) for s in sizes},
-        "ratio_ingest_front_vs_raw_grpc": {s: ratio(results.get("ingest_front", {}), results.get("raw_grpc", {}), s)
-                                           for s in sizes},
+        "ratio_ingest_front_vs_raw_grpc": {
+            s: ratio(results.get("ingest_front", {}), results.get("raw_grpc", {}), s) for s in sizes
+        },
         "readings_per_s": {name: {s: r[s]["readings_per_s"] for s in sizes} for name, r in results.items()},
-        "load": {"streams": args.streams, "window": args.window, "duration_s": args.duration,
-                 "warmup_s": args.warmup, "server_cpus": args.server_cpus, "loadgen_cpus": args.loadgen_cpus},
+        "load": {
+            "streams": args.streams,
+            "window": args.window,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "server_cpus": args.server_cpus,
+            "loadgen_cpus": args.loadgen_cpus,
+        },
         "machine": machine(),
         "results": results,
     }
     path = write_result("compare", summary, args.out)
-    print(json.dumps(summary) if args.json else json.dumps({k: summary[k] for k in
-                                                             ("ratio_vs_raw_grpc", "ratio_vs_fastapi",
-                                                              "ratio_ingest_front_vs_raw_grpc",
-                                                              "readings_per_s")}, indent=2))
+    print(
+        json.dumps(summary)
+        if args.json
+        else json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "ratio_vs_raw_grpc",
+                    "ratio_vs_fastapi",
+                    "ratio_ingest_front_vs_raw_grpc",
+                    "readings_per_s",
+                )
+            },
+            indent=2,
+        )
+    )
     if not args.json:
         print(f"wrote {path}", file=sys.stderr)
     return 0

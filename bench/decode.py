@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from iotstream.processor import decode_batches
 from iotstream.client.simulate import METRICS, batches, device_signal
+from iotstream.processor import decode_batches
 
 
 def row_message_class():
@@ -23,12 +23,18 @@ def row_message_class():
     double value}`, built at run time so the alternative layout needs no generated code."""
     f = descriptor_pb2.FileDescriptorProto(name="bench_rows.proto", package="bench", syntax="proto3")
     r = f.message_type.add(name="Reading")
-    T = descriptor_pb2.FieldDescriptorProto
-    r.field.add(name="time_ms", number=1, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
-    r.field.add(name="metric", number=2, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
-    r.field.add(name="value", number=3, type=T.TYPE_DOUBLE, label=T.LABEL_OPTIONAL)
+    field = descriptor_pb2.FieldDescriptorProto
+    r.field.add(name="time_ms", number=1, type=field.TYPE_INT64, label=field.LABEL_OPTIONAL)
+    r.field.add(name="metric", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    r.field.add(name="value", number=3, type=field.TYPE_DOUBLE, label=field.LABEL_OPTIONAL)
     b = f.message_type.add(name="RowBatch")
-    b.field.add(name="readings", number=1, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED, type_name=".bench.Reading")
+    b.field.add(
+        name="readings",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_REPEATED,
+        type_name=".bench.Reading",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("bench.RowBatch"))
@@ -38,9 +44,11 @@ def decode_rows(cls, payload: bytes):
     msg = cls.FromString(payload)
     names = {m: i for i, m in enumerate(METRICS)}
     rows = msg.readings
-    return (np.fromiter((r.time_ms for r in rows), np.int64, len(rows)),
-            np.fromiter((names[r.metric] for r in rows), np.int32, len(rows)),
-            np.fromiter((r.value for r in rows), np.float64, len(rows)))
+    return (
+        np.fromiter((r.time_ms for r in rows), np.int64, len(rows)),
+        np.fromiter((names[r.metric] for r in rows), np.int32, len(rows)),
+        np.fromiter((r.value for r in rows), np.float64, len(rows)),
+    )
 
 
 def best_rate(fn, n: int, repeat: int) -> float:
@@ -65,24 +73,30 @@ def main() -> None:
     columns = batches(data, args.readings)[0].SerializeToString()
     cls = row_message_class()
     rows = cls()
-    for t, m, v in zip(data.time_ms, data.metric, data.values):
+    for t, m, v in zip(data.time_ms, data.metric, data.values, strict=True):
         rows.readings.add(time_ms=int(t), metric=METRICS[m], value=float(v))
     rows = rows.SerializeToString()
     n = args.readings * args.batches
     result = {
         "readings_per_batch": args.readings,
-        "columns_bytes": len(columns), "rows_bytes": len(rows),
-        "columns_readings_per_s": round(best_rate(lambda: decode_batches([columns] * args.batches), n, args.repeat)),
-        "rows_readings_per_s": round(best_rate(lambda: [decode_rows(cls, rows) for _ in range(args.batches)],
-                                               n, args.repeat)),
+        "columns_bytes": len(columns),
+        "rows_bytes": len(rows),
+        "columns_readings_per_s": round(
+            best_rate(lambda: decode_batches([columns] * args.batches), n, args.repeat)
+        ),
+        "rows_readings_per_s": round(
+            best_rate(lambda: [decode_rows(cls, rows) for _ in range(args.batches)], n, args.repeat)
+        ),
     }
     result["speedup"] = round(result["columns_readings_per_s"] / result["rows_readings_per_s"], 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     if not args.json:
-        print(f"packed columns: {result['columns_bytes']} B, {result['columns_readings_per_s']:,} readings/s; "
-              f"repeated Reading: {result['rows_bytes']} B, {result['rows_readings_per_s']:,} readings/s "
-              f"({result['speedup']}x)")
+        print(
+            f"packed columns: {result['columns_bytes']} B, {result['columns_readings_per_s']:,} readings/s; "
+            f"repeated Reading: {result['rows_bytes']} B, {result['rows_readings_per_s']:,} readings/s "
+            f"({result['speedup']}x)"
+        )
     print(json.dumps(result))
 
 

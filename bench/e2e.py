@@ -30,7 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from iotstream.bench.harness import (
     PYTHON,
     ROOT,
@@ -83,7 +82,12 @@ class Probe:
     stays at 1000 / poll_ms per second however far the markers lag (polls share chDB with the inserts)."""
 
     def __init__(self, target: str, marker_every: float, poll_ms: float, give_up_s: float = 60.0):
-        self.target, self.marker_every, self.poll_s, self.give_up_s = target, marker_every, poll_ms / 1000, give_up_s
+        self.target, self.marker_every, self.poll_s, self.give_up_s = (
+            target,
+            marker_every,
+            poll_ms / 1000,
+            give_up_s,
+        )
         self.samples: list[tuple[float, int]] = []  # (perf_counter, readings stored)
         self.markers: list[dict] = []
         self.waiting: dict[int, dict] = {}  # seq -> marker record, acked and not yet visible
@@ -93,6 +97,7 @@ class Probe:
 
     async def main(self) -> None:
         import grpc
+
         from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 
         async with grpc.aio.insecure_channel(self.target) as ch:
@@ -107,7 +112,10 @@ class Probe:
             marker.cancel()
             await asyncio.gather(sampler, marker, *self.sends, return_exceptions=True)
             # Let the poller find the markers still in flight (each gives up after give_up_s).
-            while self.waiting and time.perf_counter() < min(m["sent"] for m in self.waiting.values()) + self.give_up_s:
+            while (
+                self.waiting
+                and time.perf_counter() < min(m["sent"] for m in self.waiting.values()) + self.give_up_s
+            ):
                 await asyncio.sleep(0.05)
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
@@ -134,8 +142,15 @@ class Probe:
         from iotstream.v1 import ingest_pb2 as pb
 
         t_ms = time.time_ns() // 1_000_000
-        batch = pb.ReadingBatch(device_id=MARKER_DEVICE, seq=seq, base_time_ms=t_ms, time_offset_ms=[0],
-                                metric_names=["marker"], metric_index=[0], values=[float(seq)])
+        batch = pb.ReadingBatch(
+            device_id=MARKER_DEVICE,
+            seq=seq,
+            base_time_ms=t_ms,
+            time_offset_ms=[0],
+            metric_names=["marker"],
+            metric_index=[0],
+            values=[float(seq)],
+        )
         rec = {"seq": seq, "sent": time.perf_counter(), "time_ms": t_ms}
         self.markers.append(rec)
         try:
@@ -156,8 +171,13 @@ class Probe:
             if not self.waiting:
                 continue
             times = [m["time_ms"] for m in self.waiting.values()]
-            req = qpb.GetHistoryRequest(device_id=MARKER_DEVICE, metrics=["marker"], start_ms=min(times),
-                                        end_ms=max(times) + 1, page_size=10_000)
+            req = qpb.GetHistoryRequest(
+                device_id=MARKER_DEVICE,
+                metrics=["marker"],
+                start_ms=min(times),
+                end_ms=max(times) + 1,
+                page_size=10_000,
+            )
             try:
                 reply = await self.query.GetHistory(req, timeout=10)
             except Exception:
@@ -201,9 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     broker = broker_pid(args.kafka)
     lg = None
     try:
-        cmd = [*taskset(args.loadgen_cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}",
-               "--readings", str(args.batch), "--streams", str(args.streams), "--window", str(args.window),
-               "--duration", str(args.duration), "--warmup", str(args.warmup), "--prefix", "e2e"]
+        cmd = [
+            *taskset(args.loadgen_cpus),
+            PYTHON,
+            "-m",
+            "iotstream.bench.loadgen",
+            "--target",
+            f"grpc://{server.target}",
+            "--readings",
+            str(args.batch),
+            "--streams",
+            str(args.streams),
+            "--window",
+            str(args.window),
+            "--duration",
+            str(args.duration),
+            "--warmup",
+            str(args.warmup),
+            "--prefix",
+            "e2e",
+        ]
         if args.rate:
             cmd += ["--rate", str(args.rate / args.batch)]
         probe = Probe(server.target, args.marker_every, args.poll_ms)
@@ -243,28 +280,42 @@ def main(argv: list[str] | None = None) -> int:
     cpu_s["load_generator"] = load["loadgen_cpu_s"]  # its whole run, warm-up included
     threads = {k: round(threads1.get(k, 0) - threads0.get(k, 0), 2) for k in threads1}
     result = {
-        "benchmark": "e2e", "mode": "kafka" if args.kafka else "embedded", "duration_s": args.duration,
-        "batch_readings": args.batch, "streams": args.streams, "window": args.window,
+        "benchmark": "e2e",
+        "mode": "kafka" if args.kafka else "embedded",
+        "duration_s": args.duration,
+        "batch_readings": args.batch,
+        "streams": args.streams,
+        "window": args.window,
         "offered_readings_per_s": args.rate,
         "readings_per_s": round(stored_rate, 1) if stored_rate else None,
         "readings_stored_in_window": stored,
         "acked_readings_per_s": load["readings_per_s"],
-        "ack_p50_ms": load["ack_p50_ms"], "ack_p99_ms": load["ack_p99_ms"],
-        "queryable_p50_ms": pct(visible, 50), "queryable_p99_ms": pct(visible, 99),
-        "markers": len(in_window), "markers_visible": len(visible),
-        "marker_ack_p50_ms": pct(acked, 50), "marker_ack_p99_ms": pct(acked, 99),
-        "poll_errors": probe.poll_errors, "load_errors": load["errors"], "load_error_samples": load["error_samples"],
+        "ack_p50_ms": load["ack_p50_ms"],
+        "ack_p99_ms": load["ack_p99_ms"],
+        "queryable_p50_ms": pct(visible, 50),
+        "queryable_p99_ms": pct(visible, 99),
+        "markers": len(in_window),
+        "markers_visible": len(visible),
+        "marker_ack_p50_ms": pct(acked, 50),
+        "marker_ack_p99_ms": pct(acked, 99),
+        "poll_errors": probe.poll_errors,
+        "load_errors": load["errors"],
+        "load_error_samples": load["error_samples"],
         "cpu_s": cpu_s,
         "cpu_cores": {k: round(v / args.duration, 2) for k, v in cpu_s.items() if k != "load_generator"},
         "server_threads_cpu_s": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
-        "load_command": " ".join(cmd[cmd.index(PYTHON):]).replace(PYTHON, "python"),
+        "load_command": " ".join(cmd[cmd.index(PYTHON) :]).replace(PYTHON, "python"),
         "machine": machine(),
     }
     path = write_result("e2e", result, args.out)
     if not args.json:
-        print(f"stored {result['readings_per_s'] or 0:,.0f} readings/s (acked {load['readings_per_s']:,.0f}/s); "
-              f"ack p50 {result['ack_p50_ms']} ms p99 {result['ack_p99_ms']} ms; queryable p50 "
-              f"{result['queryable_p50_ms']} ms p99 {result['queryable_p99_ms']} ms; cpu {cpu_s}", file=sys.stderr)
+        print(
+            f"stored {result['readings_per_s'] or 0:,.0f} readings/s (acked "
+            f"{load['readings_per_s']:,.0f}/s); "
+            f"ack p50 {result['ack_p50_ms']} ms p99 {result['ack_p99_ms']} ms; queryable p50 "
+            f"{result['queryable_p50_ms']} ms p99 {result['queryable_p99_ms']} ms; cpu {cpu_s}",
+            file=sys.stderr,
+        )
         print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(result))
     return 0 if result["readings_per_s"] else 1

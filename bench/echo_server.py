@@ -16,15 +16,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from iotstream.node import SERVER_OPTIONS
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc as pb_grpc
 
-from iotstream.node import SERVER_OPTIONS
-
 
 class EchoIngest(pb_grpc.IngestServicer):
-    async def Stream(self, request_iterator: AsyncIterator[pb.ReadingBatch],  # noqa: N802 (proto name)
-                     unused_context) -> AsyncIterator[pb.StreamResponse]:
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[pb.ReadingBatch],  # noqa: N802 (proto name)
+        unused_context,
+    ) -> AsyncIterator[pb.StreamResponse]:
         async for batch in request_iterator:
             yield pb.StreamResponse(ack=pb.Ack(seq=batch.seq, accepted=len(batch.values)))
 
@@ -52,8 +55,13 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=50052)
     ap.add_argument("--data-dir", help="ignored")
-    ap.add_argument("--grpc-option", action="append", default=[], metavar="KEY=INT",
-                    help="extra server channel argument, e.g. grpc.server.max_pending_requests=20000")
+    ap.add_argument(
+        "--grpc-option",
+        action="append",
+        default=[],
+        metavar="KEY=INT",
+        help="extra server channel argument, e.g. grpc.server.max_pending_requests=20000",
+    )
     args = ap.parse_args()
     extra = [(k, int(v)) for k, v in (o.split("=", 1) for o in args.grpc_option)]
     asyncio.run(serve(args.host, args.port, extra))

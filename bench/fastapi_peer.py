@@ -22,8 +22,9 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
-from iotstream.v1 import ingest_pb2 as pb
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+from iotstream.v1 import ingest_pb2 as pb
 
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 METRIC_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -68,10 +69,16 @@ def enrich(batch: Batch) -> tuple[bytes, int]:
     names: dict[str, int] = {}
     index = [names.setdefault(r.metric, len(names)) for r in batch.readings]
     base = batch.readings[0].time_ms if batch.readings else 0
-    msg = pb.ReadingBatch(device_id=batch.device_id, seq=batch.seq, base_time_ms=base,
-                          time_offset_ms=[r.time_ms - base for r in batch.readings], metric_names=list(names),
-                          metric_index=index, values=[r.value for r in batch.readings],
-                          received_ms=time.time_ns() // 1_000_000)
+    msg = pb.ReadingBatch(
+        device_id=batch.device_id,
+        seq=batch.seq,
+        base_time_ms=base,
+        time_offset_ms=[r.time_ms - base for r in batch.readings],
+        metric_names=list(names),
+        metric_index=index,
+        values=[r.value for r in batch.readings],
+        received_ms=time.time_ns() // 1_000_000,
+    )
     return msg.SerializeToString(), len(batch.readings)
 
 
@@ -122,10 +129,17 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--data-dir", default="./fastapi-peer-data")
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="hand batches to Kafka instead of the local queue")
-    ap.add_argument("--namespace", default="iotstream", help="Kafka topics and group prefix (default iotstream)")
+    ap.add_argument(
+        "--namespace", default="iotstream", help="Kafka topics and group prefix (default iotstream)"
+    )
     args = ap.parse_args()
-    uvicorn.run(create_app(args.data_dir, args.kafka, args.namespace), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        create_app(args.data_dir, args.kafka, args.namespace),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -31,12 +31,9 @@ import math
 import resource
 import sys
 import time
-from pathlib import Path
-
 
 from iotstream.bench.harness import ServerProcess, machine, pct, write_result
 from iotstream.bench.loadgen import grpc_message, grpc_template
-
 from iotstream.client.device import KEEPALIVE_OPTIONS, DeviceClient  # noqa: E402
 
 CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), *KEEPALIVE_OPTIONS]
@@ -71,8 +68,15 @@ class Fleet:
                 self.steady_ack_ms.append(seconds * 1000)
 
         # batch_age_s past the interval: a batch is sealed when --batch readings are in, as firmware does.
-        client = DeviceClient("", f"fleet-{i:05d}", batch_readings=args.batch, batch_age_s=args.interval * 2,
-                              max_unacked_batches=64, channel=channel, on_ack=on_ack)
+        client = DeviceClient(
+            "",
+            f"fleet-{i:05d}",
+            batch_readings=args.batch,
+            batch_age_s=args.interval * 2,
+            max_unacked_batches=64,
+            channel=channel,
+            on_ack=on_ack,
+        )
         self.clients.append(client)
         await client.start()
         n = 0
@@ -156,27 +160,44 @@ async def run(args, server: ServerProcess) -> dict:
     errors = sum(c.failed is not None for c in fleet.clients) + (args.streams - connected)
     sent_per_s = args.streams / args.interval
     return {
-        "benchmark": "fleet", "server": "echo" if args.echo else "iotstream", "server_grpc_options": args.grpc_option,
+        "benchmark": "fleet",
+        "server": "echo" if args.echo else "iotstream",
+        "server_grpc_options": args.grpc_option,
         "mode": "kafka" if args.kafka else "embedded",
-        "streams": args.streams, "connections": n_conn, "streams_per_connection": args.per_connection,
-        "interval_s": args.interval, "batch_readings": args.batch, "duration_s": round(steady, 1),
-        "streams_connected": connected, "connect_s": round(connect_s, 2) if connect_s else None,
-        "connect_p50_ms": pct(fleet.connect_ms, 50), "connect_p99_ms": pct(fleet.connect_ms, 99),
-        "rss_before_bytes": rss0, "rss_fleet_bytes": rss1,
+        "streams": args.streams,
+        "connections": n_conn,
+        "streams_per_connection": args.per_connection,
+        "interval_s": args.interval,
+        "batch_readings": args.batch,
+        "duration_s": round(steady, 1),
+        "streams_connected": connected,
+        "connect_s": round(connect_s, 2) if connect_s else None,
+        "connect_p50_ms": pct(fleet.connect_ms, 50),
+        "connect_p99_ms": pct(fleet.connect_ms, 99),
+        "rss_before_bytes": rss0,
+        "rss_fleet_bytes": rss1,
         "rss_bytes_per_stream": round((rss1 - rss0) / max(connected, 1)),
         "uss_bytes_per_stream": round((uss1 - uss0) / max(connected, 1)),
-        "offered_batches_per_s": round(sent_per_s, 1), "offered_readings_per_s": round(sent_per_s * args.batch, 1),
-        "acked_batches": fleet.acked, "steady_batches": len(fleet.steady_ack_ms),
-        "ack_p50_ms": pct(fleet.steady_ack_ms, 50), "ack_p99_ms": pct(fleet.steady_ack_ms, 99),
+        "offered_batches_per_s": round(sent_per_s, 1),
+        "offered_readings_per_s": round(sent_per_s * args.batch, 1),
+        "acked_batches": fleet.acked,
+        "steady_batches": len(fleet.steady_ack_ms),
+        "ack_p50_ms": pct(fleet.steady_ack_ms, 50),
+        "ack_p99_ms": pct(fleet.steady_ack_ms, 99),
         "ack_max_ms": pct(fleet.steady_ack_ms, 100),
-        "server_cpu_s": round(cpu1 - cpu0, 2), "server_cores": round((cpu1 - cpu0) / steady, 3),
-        "client_cpu_s": round(client_cpu, 2), "client_cores": round(client_cpu / steady, 3),
+        "server_cpu_s": round(cpu1 - cpu0, 2),
+        "server_cores": round((cpu1 - cpu0) / steady, 3),
+        "client_cpu_s": round(client_cpu, 2),
+        "client_cores": round(client_cpu / steady, 3),
         "client_cpu_us_per_device_per_s": round(client_cpu / steady / args.streams * 1e6, 2),
-        "client_rss_before_bytes": client_rss0, "client_rss_fleet_bytes": client_rss1,
+        "client_rss_before_bytes": client_rss0,
+        "client_rss_fleet_bytes": client_rss1,
         "client_rss_bytes_per_device": round((client_rss1 - client_rss0) / args.streams),
         "connect_rate": args.connect_rate or "all at once",
-        "reconnects": sum(st.reconnects for st in stats), "pushbacks": sum(st.pushbacks for st in stats),
-        "resent_batches": sum(st.resent for st in stats), "unacked_at_end": unacked,
+        "reconnects": sum(st.reconnects for st in stats),
+        "pushbacks": sum(st.pushbacks for st in stats),
+        "resent_batches": sum(st.resent for st in stats),
+        "unacked_at_end": unacked,
         "errors": errors,
     }
 
@@ -184,18 +205,36 @@ async def run(args, server: ServerProcess) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=10_000, help="device streams (default 10000)")
-    ap.add_argument("--per-connection", type=int, default=100, help="streams per client connection (default 100)")
-    ap.add_argument("--interval", type=float, default=10.0, help="seconds between a device's batches (default 10)")
+    ap.add_argument(
+        "--per-connection", type=int, default=100, help="streams per client connection (default 100)"
+    )
+    ap.add_argument(
+        "--interval", type=float, default=10.0, help="seconds between a device's batches (default 10)"
+    )
     ap.add_argument("--batch", type=int, default=10, help="readings per batch (default 10)")
     ap.add_argument("--duration", type=float, default=30.0, help="steady-state seconds measured (default 30)")
-    ap.add_argument("--connect-timeout", type=float, default=120.0, help="give the fleet this long to connect")
-    ap.add_argument("--connect-rate", type=float, default=2000.0,
-                    help="new streams per second (default 2000); 0 opens them all at once, a reconnect storm")
+    ap.add_argument(
+        "--connect-timeout", type=float, default=120.0, help="give the fleet this long to connect"
+    )
+    ap.add_argument(
+        "--connect-rate",
+        type=float,
+        default=2000.0,
+        help="new streams per second (default 2000); 0 opens them all at once, a reconnect storm",
+    )
     ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run `iotstream serve --kafka BOOTSTRAP`")
-    ap.add_argument("--echo", action="store_true",
-                    help="measure bench/echo_server.py instead: what gRPC alone costs per stream (the floor)")
-    ap.add_argument("--grpc-option", action="append", default=[], metavar="KEY=INT",
-                    help="with --echo: extra server channel argument, e.g. grpc.server.max_pending_requests=20000")
+    ap.add_argument(
+        "--echo",
+        action="store_true",
+        help="measure bench/echo_server.py instead: what gRPC alone costs per stream (the floor)",
+    )
+    ap.add_argument(
+        "--grpc-option",
+        action="append",
+        default=[],
+        metavar="KEY=INT",
+        help="with --echo: extra server channel argument, e.g. grpc.server.max_pending_requests=20000",
+    )
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--out", help="JSON path (default bench/results/fleet.json)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -205,19 +244,25 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
 
-    with ServerProcess(kafka=args.kafka, cpus=args.server_cpus,
-                       module="iotstream.bench.echo_server" if args.echo else None,
-                       extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else []
-                       ) as server:
+    with ServerProcess(
+        kafka=args.kafka,
+        cpus=args.server_cpus,
+        module="iotstream.bench.echo_server" if args.echo else None,
+        extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else [],
+    ) as server:
         result = asyncio.run(run(args, server))
     result["machine"] = machine()
     path = write_result("fleet", result, args.out)
     if not args.json:
-        print(f"{result['streams_connected']:,}/{args.streams:,} streams connected in {result['connect_s']} s; "
-              f"{result['rss_bytes_per_stream']:,} B server RSS per stream; ack p50 {result['ack_p50_ms']} ms "
-              f"p99 {result['ack_p99_ms']} ms; server {result['server_cores']} cores; client "
-              f"{result['client_rss_bytes_per_device']:,} B RSS and {result['client_cpu_us_per_device_per_s']} µs "
-              f"CPU per device per second ({result['client_cores']} cores); wrote {path}", file=sys.stderr)
+        print(
+            f"{result['streams_connected']:,}/{args.streams:,} streams connected in {result['connect_s']} s; "
+            f"{result['rss_bytes_per_stream']:,} B server RSS per stream; ack p50 {result['ack_p50_ms']} ms "
+            f"p99 {result['ack_p99_ms']} ms; server {result['server_cores']} cores; client "
+            f"{result['client_rss_bytes_per_device']:,} B RSS and {result['client_cpu_us_per_device_per_s']} "
+            "µs "
+            f"CPU per device per second ({result['client_cores']} cores); wrote {path}",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
     return 0 if result["streams_connected"] == args.streams and not result["errors"] else 1
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fuzz a real iotstream server: hostile bytes and absurd messages on every RPC, good neighbours in between.
 
-    python -m iotstream.bench.fuzz --minutes 10            # starts `iotstream serve` on a temp folder, fuzzes it
+    python -m iotstream.bench.fuzz --minutes 10            # starts `iotstream serve` on a temp folder, fuzzes
+    it
     python -m iotstream.bench.fuzz --target 127.0.0.1:50051 --minutes 5 [--token T --reader-token R]
 
 Inputs, in rounds until the time is up:
@@ -43,6 +44,7 @@ from google.protobuf.descriptor import FieldDescriptor as F
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
 
@@ -51,8 +53,24 @@ CALL_TIMEOUT_S = 15.0
 NOW_MS = time.time_ns() // 1_000_000
 INT64 = (-(2**63), 2**63 - 1)
 UINT64 = (0, 2**64 - 1)
-NASTY = ["", " ", "\x00", "'; DROP TABLE readings; --", "{d:String}", "$db", "\\", "../../etc/passwd", "%s%n",
-         "\u202e\u0000\uffff", "a" * 129, "a" * 10_000, "null", "-1", "9" * 40, "𝔘𝔫𝔦𝔠𝔬𝔡𝔢"]
+NASTY = [
+    "",
+    " ",
+    "\x00",
+    "'; DROP TABLE readings; --",
+    "{d:String}",
+    "$db",
+    "\\",
+    "../../etc/passwd",
+    "%s%n",
+    "\u202e\u0000\uffff",
+    "a" * 129,
+    "a" * 10_000,
+    "null",
+    "-1",
+    "9" * 40,
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+]
 
 
 @dataclass
@@ -68,25 +86,40 @@ class Report:
         self.inputs[kind] += 1
         self.statuses[f"{kind}:{code.name}"] += 1
         if code in CRASH_CODES:
-            self.crashes.append({"kind": kind, "status": code.name, "detail": detail[:300], "input": repr(sample)[:300]})
+            self.crashes.append(
+                {"kind": kind, "status": code.name, "detail": detail[:300], "input": repr(sample)[:300]}
+            )
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
             self.hangs.append({"kind": kind, "detail": detail[:300], "input": repr(sample)[:300]})
 
     def summary(self) -> dict:
-        return {"inputs_tried": sum(self.inputs.values()), "inputs": dict(self.inputs),
-                "crashes": len(self.crashes), "hangs": len(self.hangs),
-                "crashes_by_kind": dict(collections.Counter(c["kind"] for c in self.crashes)), "statuses": dict(sorted(self.statuses.items())),
-                "crash_samples": self.crashes[:10], "hang_samples": self.hangs[:10],
-                "neighbour_acked": self.neighbour_acked, "neighbour_stored": self.neighbour_stored}
+        return {
+            "inputs_tried": sum(self.inputs.values()),
+            "inputs": dict(self.inputs),
+            "crashes": len(self.crashes),
+            "hangs": len(self.hangs),
+            "crashes_by_kind": dict(collections.Counter(c["kind"] for c in self.crashes)),
+            "statuses": dict(sorted(self.statuses.items())),
+            "crash_samples": self.crashes[:10],
+            "hang_samples": self.hangs[:10],
+            "neighbour_acked": self.neighbour_acked,
+            "neighbour_stored": self.neighbour_stored,
+        }
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
 
 
 def good_batch(device: str, seq: int, n: int = 5, value: float = 1.0) -> pb.ReadingBatch:
-    return pb.ReadingBatch(device_id=device, seq=seq, base_time_ms=time.time_ns() // 1_000_000 - 60_000,
-                           time_offset_ms=list(range(n)), metric_names=["temp", "hum"],
-                           metric_index=[i % 2 for i in range(n)], values=[value + i for i in range(n)])
+    return pb.ReadingBatch(
+        device_id=device,
+        seq=seq,
+        base_time_ms=time.time_ns() // 1_000_000 - 60_000,
+        time_offset_ms=list(range(n)),
+        metric_names=["temp", "hum"],
+        metric_index=[i % 2 for i in range(n)],
+        values=[value + i for i in range(n)],
+    )
 
 
 def hostile_bytes(rng: random.Random) -> bytes:
@@ -99,7 +132,7 @@ def hostile_bytes(rng: random.Random) -> bytes:
         for _ in range(rng.randrange(1, 8)):
             raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
     elif how == 2:  # truncated
-        raw = raw[:rng.randrange(len(raw) + 1)]
+        raw = raw[: rng.randrange(len(raw) + 1)]
     elif how == 3:  # random bytes spliced in
         at = rng.randrange(len(raw) + 1)
         raw[at:at] = rng.randbytes(rng.randrange(1, 32))
@@ -109,12 +142,18 @@ def hostile_bytes(rng: random.Random) -> bytes:
 
 
 def text():
-    return st.one_of(st.text(max_size=40), st.sampled_from(NASTY), st.text(min_size=200, max_size=5000),
-                     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True))
+    return st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(NASTY),
+        st.text(min_size=200, max_size=5000),
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True),
+    )
 
 
 def ints(lo: int, hi: int):
-    edges = [v for v in (lo, hi, 0, 1, -1, NOW_MS, -NOW_MS, 2**31, 2**32 - 1, 4_102_444_800_000) if lo <= v <= hi]
+    edges = [
+        v for v in (lo, hi, 0, 1, -1, NOW_MS, -NOW_MS, 2**31, 2**32 - 1, 4_102_444_800_000) if lo <= v <= hi
+    ]
     return st.one_of(st.integers(lo, hi), st.sampled_from(edges))
 
 
@@ -127,13 +166,21 @@ def absurd_batch(draw) -> pb.ReadingBatch:
     n = draw(st.integers(0, 60))
 
     def column(elements):
-        return draw(st.lists(elements, min_size=n, max_size=n) if same_length else st.lists(elements, max_size=60))
+        return draw(
+            st.lists(elements, min_size=n, max_size=n) if same_length else st.lists(elements, max_size=60)
+        )
 
     return pb.ReadingBatch(
-        device_id=draw(text()), seq=draw(ints(*UINT64)), base_time_ms=draw(ints(*INT64)),
-        time_offset_ms=column(ints(*INT64)), metric_names=draw(st.lists(text(), max_size=8)),
-        metric_index=column(st.one_of(st.integers(0, 8), ints(0, 2**32 - 1))), values=column(FLOATS),
-        received_ms=draw(ints(*INT64)), fingerprint=draw(ints(*UINT64)))
+        device_id=draw(text()),
+        seq=draw(ints(*UINT64)),
+        base_time_ms=draw(ints(*INT64)),
+        time_offset_ms=column(ints(*INT64)),
+        metric_names=draw(st.lists(text(), max_size=8)),
+        metric_index=column(st.one_of(st.integers(0, 8), ints(0, 2**32 - 1))),
+        values=column(FLOATS),
+        received_ms=draw(ints(*INT64)),
+        fingerprint=draw(ints(*UINT64)),
+    )
 
 
 def field_value(f, draw):
@@ -146,7 +193,9 @@ def field_value(f, draw):
     if f.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
         return draw(FLOATS if f.type == F.TYPE_DOUBLE else st.floats(width=32))
     if f.type == F.TYPE_ENUM:
-        return draw(st.one_of(st.sampled_from([v.number for v in f.enum_type.values]), ints(-(2**31), 2**31 - 1)))
+        return draw(
+            st.one_of(st.sampled_from([v.number for v in f.enum_type.values]), ints(-(2**31), 2**31 - 1))
+        )
     if f.type in (F.TYPE_INT64, F.TYPE_SINT64, F.TYPE_SFIXED64):
         return draw(ints(*INT64))
     if f.type in (F.TYPE_UINT64, F.TYPE_FIXED64):
@@ -188,14 +237,31 @@ class Fuzzer:
     """Rounds of fuzz against `target`; `metadata_ingest`/`metadata_query` carry tokens when auth is on
     (ingest token of device `device`, whose batches then carry that device id)."""
 
-    def __init__(self, target: str, seed: int = 0, ingest_md=(), query_md=(), device: str | None = None,
-                 alive=lambda: True):
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20),
-                                                              ("grpc.max_receive_message_length", 64 << 20)])
+    def __init__(
+        self,
+        target: str,
+        seed: int = 0,
+        ingest_md=(),
+        query_md=(),
+        device: str | None = None,
+        alive=lambda: True,
+    ):
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
         self.rng = random.Random(seed)
         self.seed, self.runs = seed, 0  # hypothesis runs are seeded too: a seed reproduces a whole session
         self.report = Report()
-        self.ingest_md, self.query_md, self.device, self.alive = tuple(ingest_md), tuple(query_md), device, alive
+        self.ingest_md, self.query_md, self.device, self.alive = (
+            tuple(ingest_md),
+            tuple(query_md),
+            device,
+            alive,
+        )
         raw = dict(request_serializer=None, response_deserializer=None)
         self.send = self.channel.unary_unary("/iotstream.v1.Ingest/Send", **raw)
         self.stream = self.channel.stream_stream("/iotstream.v1.Ingest/Stream", **raw)
@@ -214,16 +280,22 @@ class Fuzzer:
     def send_bytes(self, n: int) -> None:
         for _ in range(n):
             raw = hostile_bytes(self.rng)
-            code, detail = status_of(lambda raw=raw: self.send(raw, timeout=CALL_TIMEOUT_S, metadata=self.ingest_md))
+            code, detail = status_of(
+                lambda raw=raw: self.send(raw, timeout=CALL_TIMEOUT_S, metadata=self.ingest_md)
+            )
             self.report.record("send_bytes", code, detail, raw)
 
     def stream_bytes(self, n: int) -> None:
         for _ in range(n):
-            msgs = [hostile_bytes(self.rng) if self.rng.random() < 0.7 else
-                    self._own(good_batch("fuzz-mixed", self.rng.randrange(100))).SerializeToString()
-                    for _ in range(self.rng.randrange(1, 6))]
-            code, detail = status_of(lambda m=msgs: list(self.stream(iter(m), timeout=CALL_TIMEOUT_S,
-                                                                     metadata=self.ingest_md)))
+            msgs = [
+                hostile_bytes(self.rng)
+                if self.rng.random() < 0.7
+                else self._own(good_batch("fuzz-mixed", self.rng.randrange(100))).SerializeToString()
+                for _ in range(self.rng.randrange(1, 6))
+            ]
+            code, detail = status_of(
+                lambda m=msgs: list(self.stream(iter(m), timeout=CALL_TIMEOUT_S, metadata=self.ingest_md))
+            )
             self.report.record("stream_bytes", code, detail, msgs)
 
     def _next_seed(self) -> int:
@@ -232,8 +304,13 @@ class Fuzzer:
 
     def absurd(self, n: int) -> None:
         @seed(self._next_seed())
-        @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(st.lists(absurd_batch(), min_size=1, max_size=4), st.booleans())
         def run(batches, as_stream):
             batches = [self._own(b) for b in batches]
@@ -241,20 +318,28 @@ class Fuzzer:
                 if len(batches) > 1 and self.rng.random() < 0.5:
                     batches[-1].seq = batches[0].seq  # duplicate seqs on one stream
                 raws = [b.SerializeToString() for b in batches]
-                code, detail = status_of(lambda: list(self.stream(iter(raws), timeout=CALL_TIMEOUT_S,
-                                                                  metadata=self.ingest_md)))
+                code, detail = status_of(
+                    lambda: list(self.stream(iter(raws), timeout=CALL_TIMEOUT_S, metadata=self.ingest_md))
+                )
                 self.report.record("stream_absurd", code, detail, batches[0])
             else:
                 raw = batches[0].SerializeToString()
-                code, detail = status_of(lambda: self.send(raw, timeout=CALL_TIMEOUT_S, metadata=self.ingest_md))
+                code, detail = status_of(
+                    lambda: self.send(raw, timeout=CALL_TIMEOUT_S, metadata=self.ingest_md)
+                )
                 self.report.record("send_absurd", code, detail, batches[0])
 
         run()
 
     def query(self, n: int) -> None:
         @seed(self._next_seed())
-        @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(st.data())
         def run(data):
             method = data.draw(st.sampled_from(self.methods))
@@ -265,7 +350,9 @@ class Fuzzer:
                 call = self.channel.unary_stream(path, **raw)
 
                 def watch():
-                    for i, _ in enumerate(call(request.SerializeToString(), timeout=1.0, metadata=self.query_md)):
+                    for i, _ in enumerate(
+                        call(request.SerializeToString(), timeout=1.0, metadata=self.query_md)
+                    ):
                         if i >= 3:
                             break
 
@@ -274,8 +361,9 @@ class Fuzzer:
                     code = grpc.StatusCode.OK
             else:
                 call = self.channel.unary_unary(path, **raw)
-                code, detail = status_of(lambda: call(request.SerializeToString(), timeout=CALL_TIMEOUT_S,
-                                                      metadata=self.query_md))
+                code, detail = status_of(
+                    lambda: call(request.SerializeToString(), timeout=CALL_TIMEOUT_S, metadata=self.query_md)
+                )
             self.report.record("query", code, detail, f"{method.name}({request})")
 
         run()
@@ -283,8 +371,12 @@ class Fuzzer:
     def neighbour(self) -> None:
         """A good device between the hostile ones: its batch must be acked in full."""
         self.neighbour_seq += 1
-        b = good_batch(self.device or "fuzz-neighbour", self.neighbour_seq, 5, value=self.neighbour_seq * 100.0)
-        ack = pb.Ack.FromString(self.send(b.SerializeToString(), timeout=CALL_TIMEOUT_S, metadata=self.ingest_md))
+        b = good_batch(
+            self.device or "fuzz-neighbour", self.neighbour_seq, 5, value=self.neighbour_seq * 100.0
+        )
+        ack = pb.Ack.FromString(
+            self.send(b.SerializeToString(), timeout=CALL_TIMEOUT_S, metadata=self.ingest_md)
+        )
         assert ack.accepted == 5, f"neighbour batch not accepted: {ack}"
         self.report.neighbour_acked += 5
 
@@ -297,7 +389,9 @@ class Fuzzer:
             except grpc.RpcError:
                 ok = False
         if not ok:
-            self.report.crashes.append({"kind": "server", "status": "DOWN", "detail": "process died or health failed"})
+            self.report.crashes.append(
+                {"kind": "server", "status": "DOWN", "detail": "process died or health failed"}
+            )
             raise RuntimeError("server down")
 
     def round(self, scale: int = 1) -> None:
@@ -317,14 +411,19 @@ def neighbour_stored(target: str, device: str, query_md=()) -> int:
 
     with grpc.insecure_channel(target) as ch:
         page = query_pb2_grpc.QueryStub(ch).GetHistory(
-            qpb.GetHistoryRequest(device_id=device, start_ms=1, page_size=100_000), timeout=60, metadata=query_md)
+            qpb.GetHistoryRequest(device_id=device, start_ms=1, page_size=100_000),
+            timeout=60,
+            metadata=query_md,
+        )
     return sum(len(s.values) for s in page.series)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=1.0, help="how long to fuzz (default 1)")
-    ap.add_argument("--target", help="a running server HOST:PORT (default: start `iotstream serve` for the run)")
+    ap.add_argument(
+        "--target", help="a running server HOST:PORT (default: start `iotstream serve` for the run)"
+    )
     ap.add_argument("--token", help="device token for Ingest calls (server with auth)")
     ap.add_argument("--device", help="the device the --token belongs to")
     ap.add_argument("--reader-token", help="reader token for Query calls (server with auth)")
@@ -335,27 +434,44 @@ def main(argv=None) -> int:
     proc, target = None, args.target
     if target is None:
         data = tempfile.mkdtemp(prefix="iotstream-fuzz-")
-        proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", data],
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", data],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for line in proc.stderr:
             if found := re.search(r"serving on ([\d.]+:\d+)", line):
                 target = found.group(1)
                 break
         if target is None:
             raise SystemExit(f"serve exited with {proc.wait()}")
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep the pipe drained
+        threading.Thread(
+            target=lambda: [None for _ in proc.stderr], daemon=True
+        ).start()  # keep the pipe drained
     md = lambda t: (("authorization", f"Bearer {t}"),) if t else ()  # noqa: E731
-    fuzz = Fuzzer(target, args.seed, md(args.token), md(args.reader_token), args.device,
-                  alive=(lambda: proc.poll() is None) if proc else (lambda: True))
+    fuzz = Fuzzer(
+        target,
+        args.seed,
+        md(args.token),
+        md(args.reader_token),
+        args.device,
+        alive=(lambda: proc.poll() is None) if proc else (lambda: True),
+    )
     started, rounds, error = time.monotonic(), 0, None
     try:
         while time.monotonic() - started < args.minutes * 60:
             fuzz.round()
             rounds += 1
             s = fuzz.report.summary()
-            print(f"round {rounds}: {s['inputs_tried']:,} inputs, {s['crashes']} crashes, {s['hangs']} hangs "
-                  f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-        fuzz.report.neighbour_stored = neighbour_stored(target, args.device or "fuzz-neighbour", md(args.reader_token))
+            print(
+                f"round {rounds}: {s['inputs_tried']:,} inputs, {s['crashes']} crashes, {s['hangs']} hangs "
+                f"({time.monotonic() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        fuzz.report.neighbour_stored = neighbour_stored(
+            target, args.device or "fuzz-neighbour", md(args.reader_token)
+        )
     except (RuntimeError, AssertionError, grpc.RpcError) as exc:
         error = repr(exc)
     finally:
@@ -366,14 +482,25 @@ def main(argv=None) -> int:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    result = {"benchmark": "fuzz", "seed": args.seed, "minutes": args.minutes, "rounds": rounds,
-              "seconds": round(time.monotonic() - started, 1), "error": error,
-              "server_exit": proc.returncode if proc else None, **fuzz.report.summary()}
+    result = {
+        "benchmark": "fuzz",
+        "seed": args.seed,
+        "minutes": args.minutes,
+        "rounds": rounds,
+        "seconds": round(time.monotonic() - started, 1),
+        "error": error,
+        "server_exit": proc.returncode if proc else None,
+        **fuzz.report.summary(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("statuses",)}, indent=2))
-    ok = (not result["crashes"] and not result["hangs"] and error is None
-          and result["neighbour_stored"] == result["neighbour_acked"])
+    ok = (
+        not result["crashes"]
+        and not result["hangs"]
+        and error is None
+        and result["neighbour_stored"] == result["neighbour_acked"]
+    )
     return 0 if ok else 1
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Benchmarks run from any directory: results go under the current one (a checkout keeps them in bench/results).
+# Benchmarks run from any directory: results go under the current one (a checkout keeps them in
+# bench/results).
 ROOT = Path.cwd()
 RESULTS = Path(os.environ.get("IOTSTREAM_BENCH_RESULTS", ROOT / "bench" / "results"))
 TOOLS = Path(os.environ.get("IOTSTREAM_TOOLS", Path.home() / ".cache" / "iotstream" / "bin"))
@@ -54,8 +55,9 @@ def taskset(cpus: str | None) -> list[str]:
 
 
 def serve_supports_kafka() -> bool:
-    out = subprocess.run([PYTHON, "-m", "iotstream.cli", "serve", "--help"], capture_output=True, text=True,
-                         cwd=ROOT).stdout
+    out = subprocess.run(
+        [PYTHON, "-m", "iotstream.cli", "serve", "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
     return "--kafka" in out
 
 
@@ -78,8 +80,13 @@ def prepare_kafka(bootstrap: str, namespace: str, timeout: float = 60.0) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         topics = admin.list_topics(timeout=10).topics
-        if all(n in topics and topics[n].partitions and not topics[n].error
-               and all(p.leader >= 0 and not p.error for p in topics[n].partitions.values()) for n in names):
+        if all(
+            n in topics
+            and topics[n].partitions
+            and not topics[n].error
+            and all(p.leader >= 0 and not p.error for p in topics[n].partitions.values())
+            for n in names
+        ):
             return
         time.sleep(0.2)
     raise RuntimeError(f"Kafka topics of namespace {namespace} have no leaders after {timeout} s")
@@ -132,11 +139,32 @@ class ServerProcess:
         self.port = free_port()
         data = os.path.join(self.data_dir, "data")
         if self.module:
-            cmd = [*taskset(self.cpus), PYTHON, "-m", self.module, "--port", str(self.port), "--data-dir", data,
-                   *self.extra_args]
+            cmd = [
+                *taskset(self.cpus),
+                PYTHON,
+                "-m",
+                self.module,
+                "--port",
+                str(self.port),
+                "--data-dir",
+                data,
+                *self.extra_args,
+            ]
         else:
-            cmd = [*taskset(self.cpus), PYTHON, "-m", "iotstream.cli", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--data-dir", data, *self.extra_args]
+            cmd = [
+                *taskset(self.cpus),
+                PYTHON,
+                "-m",
+                "iotstream.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                data,
+                *self.extra_args,
+            ]
         if self.kafka:
             if not serve_supports_kafka():
                 raise SystemExit("`iotstream serve` has no --kafka option yet; run without --kafka")
@@ -147,8 +175,9 @@ class ServerProcess:
             cmd += ["--kafka", self.kafka, "--namespace", self.namespace]
         self.log_path = os.path.join(self.data_dir, "serve.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
         self._wait_serving(timeout)
         return self
 
@@ -163,7 +192,9 @@ class ServerProcess:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"iotstream serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"iotstream serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
                 try:
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                         return
@@ -232,14 +263,27 @@ def pct(values, q: float) -> float | None:
 
 def kernels() -> str:
     """Which rolling-statistics implementation `iotstream serve` will load ("cython" or "python")."""
-    out = subprocess.run([PYTHON, "-c", "import logging; logging.disable(50); import iotstream.ext as e; "
-                          "print(e.IMPLEMENTATION)"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            PYTHON,
+            "-c",
+            "import logging; logging.disable(50); import iotstream.ext as e; print(e.IMPLEMENTATION)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return out.stdout.strip() or "unknown"
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "kernels": kernels(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kernels": kernels(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def write_result(name: str, result: dict, out: str | None = None) -> Path:

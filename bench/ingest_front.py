@@ -15,8 +15,8 @@ import asyncio
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from iotstream.ingest import IngestService, add_to_server
 
+from iotstream.ingest import IngestService, add_to_server
 from iotstream.node import SERVER_OPTIONS
 
 

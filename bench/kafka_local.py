@@ -7,7 +7,8 @@ For tests, benchmarks and developers; no Docker, no tarball: Kafka's jars come f
 CLI (progress on stderr, the bootstrap address is the last line of stdout):
     python -m iotstream.bench.kafka_local start [--port N]     # or bench/kafka-local start
     python -m iotstream.bench.kafka_local status               # JSON; exit 0 only if the broker answers
-    python -m iotstream.bench.kafka_local restart --down 10    # outage: stop, wait 10 s, start on same port and data
+    python -m iotstream.bench.kafka_local restart --down 10    # outage: stop, wait 10 s, start on same port
+    and data
     python -m iotstream.bench.kafka_local stop                 # stops it and removes its temp data dir
 
 Library:
@@ -138,7 +139,9 @@ def cache_root() -> Path:
 def find_java() -> str:
     java = shutil.which("java")
     if not java:
-        raise KafkaLocalError("java not found on PATH; Kafka 4.x needs Java 17+ (apt-get install openjdk-17-jre-headless)")
+        raise KafkaLocalError(
+            "java not found on PATH; Kafka 4.x needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+        )
     return java
 
 
@@ -155,8 +158,10 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
             return lib
         mvn = shutil.which("mvn")
         if not mvn:
-            raise KafkaLocalError("mvn not found; it is needed once to fetch Kafka's jars from Maven Central "
-                                  "(apt-get install maven)")
+            raise KafkaLocalError(
+                "mvn not found; it is needed once to fetch Kafka's jars from Maven Central "
+                "(apt-get install maven)"
+            )
         pom, tmp, mvn_log = home / "pom.xml", home / "lib.tmp", home / "mvn.log"
         pom.write_text(POM.format(kafka=version, log4j=LOG4J_FOR_KAFKA.get(version, LOG4J_DEFAULT)))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,12 +169,22 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
         _log(f"fetching Kafka {version} jars with Maven into {lib} (first run only) ...")
         t0 = time.monotonic()
         # Gradle publishes Kafka's `implementation` deps with runtime scope, hence includeScope=runtime.
-        cmd = [mvn, "-B", "-ntp", "-f", str(pom), "dependency:copy-dependencies",
-               "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
+        cmd = [
+            mvn,
+            "-B",
+            "-ntp",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ]
         with open(mvn_log, "w") as out:
             rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if rc != 0:
-            raise KafkaLocalError(f"mvn failed (exit {rc}) resolving Kafka {version}; log {mvn_log}:\n{_tail(mvn_log)}")
+            raise KafkaLocalError(
+                f"mvn failed (exit {rc}) resolving Kafka {version}; log {mvn_log}:\n{_tail(mvn_log)}"
+            )
         names = [p.name for p in tmp.iterdir()]
         for need in (f"kafka_2.13-{version}.jar", "log4j-slf4j-impl-", "log4j-core-"):
             if not any(n.startswith(need) for n in names):
@@ -195,7 +210,9 @@ def _free_ports(n: int) -> list[int]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM does: TIME_WAIT leftovers don't block
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as the JVM does: TIME_WAIT leftovers don't block
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -222,8 +239,16 @@ def _cluster_id() -> str:
 class Broker:
     """One local broker. shutdown()/kill() + restart() keep its ports and data (outage simulation)."""
 
-    def __init__(self, workdir, port: int, controller_port: int, version: str = KAFKA_VERSION,
-                 heap: str = HEAP, owns_workdir: bool = False, pid: int | None = None):
+    def __init__(
+        self,
+        workdir,
+        port: int,
+        controller_port: int,
+        version: str = KAFKA_VERSION,
+        heap: str = HEAP,
+        owns_workdir: bool = False,
+        pid: int | None = None,
+    ):
         self.workdir = Path(workdir)
         self.port, self.controller_port = port, controller_port
         self.version, self.heap, self.owns_workdir = version, heap, owns_workdir
@@ -247,15 +272,29 @@ class Broker:
         return f"Broker(bootstrap={self.bootstrap!r}, pid={self.pid}, workdir={str(self.workdir)!r})"
 
     def to_state(self) -> dict:
-        return {"bootstrap": self.bootstrap, "pid": self.pid, "port": self.port,
-                "controller_port": self.controller_port, "workdir": str(self.workdir),
-                "log": str(self.log_path), "version": self.version, "heap": self.heap,
-                "owns_workdir": self.owns_workdir}
+        return {
+            "bootstrap": self.bootstrap,
+            "pid": self.pid,
+            "port": self.port,
+            "controller_port": self.controller_port,
+            "workdir": str(self.workdir),
+            "log": str(self.log_path),
+            "version": self.version,
+            "heap": self.heap,
+            "owns_workdir": self.owns_workdir,
+        }
 
     @classmethod
     def from_state(cls, st: dict) -> Broker:
-        return cls(st["workdir"], st["port"], st["controller_port"], st.get("version", KAFKA_VERSION),
-                   st.get("heap", HEAP), st.get("owns_workdir", False), st.get("pid"))
+        return cls(
+            st["workdir"],
+            st["port"],
+            st["controller_port"],
+            st.get("version", KAFKA_VERSION),
+            st.get("heap", HEAP),
+            st.get("owns_workdir", False),
+            st.get("pid"),
+        )
 
     # -- process control -------------------------------------------------------------------------
 
@@ -271,43 +310,70 @@ class Broker:
         return b"kafka.Kafka" in cmdline and str(self.workdir).encode() in cmdline
 
     def _java(self, lib: Path, main: str, *args: str) -> list[str]:
-        return [find_java(), f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
-                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
-                # log4j2's own shutdown hook races Kafka's and swallows the shutdown log lines
-                "-Dlog4j2.shutdownHookEnabled=false",
-                "-cp", str(lib / "*"), main, *args]
+        return [
+            find_java(),
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
+            # log4j2's own shutdown hook races Kafka's and swallows the shutdown log lines
+            "-Dlog4j2.shutdownHookEnabled=false",
+            "-cp",
+            str(lib / "*"),
+            main,
+            *args,
+        ]
 
     def _launch(self, port_wait: float = 0.0) -> None:
         lib = ensure_jars(self.version)
         for p in (self.port, self.controller_port):
-            deadline = time.monotonic() + port_wait  # a just-stopped broker may take a moment to free its ports
+            deadline = (
+                time.monotonic() + port_wait
+            )  # a just-stopped broker may take a moment to free its ports
             while not _port_free(p):
                 if time.monotonic() > deadline:
-                    raise KafkaLocalError(f"port {p} on 127.0.0.1 is already in use (another broker still running?)")
+                    raise KafkaLocalError(
+                        f"port {p} on 127.0.0.1 is already in use (another broker still running?)"
+                    )
                 time.sleep(0.2)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.workdir / "server.properties"
-        props.write_text(SERVER_PROPERTIES.format(port=self.port, cport=self.controller_port, data=self.data_dir))
+        props.write_text(
+            SERVER_PROPERTIES.format(port=self.port, cport=self.controller_port, data=self.data_dir)
+        )
         (self.workdir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         (self.workdir / "broker.json").write_text(json.dumps(self.to_state(), indent=1))
         if not (self.data_dir / "meta.properties").exists():  # first start only; restarts reuse the data
             with open(self.log_path, "a") as out:
-                rc = subprocess.call(self._java(lib, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-                                                "-c", str(props)),
-                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                rc = subprocess.call(
+                    self._java(
+                        lib, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)
+                    ),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
             if rc != 0:
-                raise KafkaLocalError(f"kafka storage format failed (exit {rc}); log {self.log_path}:\n"
-                                      f"{_tail(self.log_path)}")
+                raise KafkaLocalError(
+                    f"kafka storage format failed (exit {rc}); log {self.log_path}:\n{_tail(self.log_path)}"
+                )
         with open(self.log_path, "a") as out:
             out.write(f"\n===== kafka-local: starting broker at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
             out.flush()
             self._log_offset = out.tell()
             # own session: Ctrl-C in the terminal or in pytest does not hit the broker directly
-            self._proc = subprocess.Popen(self._java(lib, "kafka.Kafka", str(props)), cwd=self.workdir,
-                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(
+                self._java(lib, "kafka.Kafka", str(props)),
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid = self._proc.pid
 
     def _log_since_launch(self) -> str:
@@ -319,7 +385,8 @@ class Broker:
             return ""
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Wait until a client sees the broker in cluster metadata (or the log says started, without confluent-kafka)."""
+        """Wait until a client sees the broker in cluster metadata (or the log says started, without
+        confluent-kafka)."""
         try:
             from confluent_kafka.admin import AdminClient
         except ImportError:
@@ -328,16 +395,23 @@ class Broker:
         while time.monotonic() - t0 < timeout:
             if not self.alive():
                 code = self._proc.returncode if self._proc is not None else "?"
-                raise KafkaLocalError(f"broker process exited during startup (exit {code}); log {self.log_path}:\n"
-                                      f"{_tail(self.log_path)}")
+                raise KafkaLocalError(
+                    f"broker process exited during startup (exit {code}); log {self.log_path}:\n"
+                    f"{_tail(self.log_path)}"
+                )
             if _can_connect(self.port):
                 if AdminClient is None:
                     if STARTED_LINE in self._log_since_launch():
                         return
                 else:
                     if admin is None:  # log_level 0: no "connection refused" noise while it boots
-                        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
-                                             "reconnect.backoff.max.ms": 500})
+                        admin = AdminClient(
+                            {
+                                "bootstrap.servers": self.bootstrap,
+                                "log_level": 0,
+                                "reconnect.backoff.max.ms": 500,
+                            }
+                        )
                     try:
                         if admin.list_topics(timeout=2).brokers:
                             self._check_logging()
@@ -345,7 +419,9 @@ class Broker:
                     except Exception:  # KafkaException (_TRANSPORT, _TIMED_OUT) while it boots
                         pass
             time.sleep(0.2)
-        raise KafkaLocalError(f"broker not ready after {timeout:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}")
+        raise KafkaLocalError(
+            f"broker not ready after {timeout:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}"
+        )
 
     def _check_logging(self) -> None:
         # without a working SLF4J binding Kafka logs nothing at all (NOP), which makes failures undebuggable
@@ -432,8 +508,14 @@ class Broker:
         self.stop()
 
 
-def start(workdir=None, port: int | None = None, version: str = KAFKA_VERSION, heap: str = HEAP,
-          timeout: float = READY_TIMEOUT, detach: bool = False) -> Broker:
+def start(
+    workdir=None,
+    port: int | None = None,
+    version: str = KAFKA_VERSION,
+    heap: str = HEAP,
+    timeout: float = READY_TIMEOUT,
+    detach: bool = False,
+) -> Broker:
     """Start a broker and wait until it serves metadata.
 
     workdir=None: a fresh temp dir, deleted by stop(). An existing workdir of an earlier broker is reused
@@ -447,7 +529,9 @@ def start(workdir=None, port: int | None = None, version: str = KAFKA_VERSION, h
     if owns:
         (wd / MARKER).touch()
     prev = wd / "broker.json"
-    if port is None and prev.exists():  # same ports as last time (the static quorum names the controller port)
+    if (
+        port is None and prev.exists()
+    ):  # same ports as last time (the static quorum names the controller port)
         st = json.loads(prev.read_text())
         port, cport = st["port"], st["controller_port"]
     elif port is None:
@@ -509,7 +593,9 @@ def _ready(bootstrap: str, timeout: float = 3.0) -> bool:
     except ImportError:
         return _can_connect(int(bootstrap.rsplit(":", 1)[1]))
     try:
-        return bool(AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout).brokers)
+        return bool(
+            AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout).brokers
+        )
     except Exception:
         return False
 

@@ -11,7 +11,8 @@ detector are warm before timing. ``numpy`` is the vectorised way one would write
 same statistics without a kernel: readings are taken in rounds of at most one per key, and each round
 gathers the keys' windows and reduces them with nanmean/nanvar/nanmedian/nanmin/nanmax, a masked time-
 window mean and variance, and (as a stand-in of similar cost for the change detector) the relative
-entropy of the window's bin counts against a decayed histogram. The twin and numpy are measured for a fixed time budget and extrapolated. Nothing here asserts
+entropy of the window's bin counts against a decayed histogram. The twin and numpy are measured for a fixed
+time budget and extrapolated. Nothing here asserts
 a speed.
 """
 
@@ -22,9 +23,7 @@ import json
 import math
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -36,8 +35,17 @@ except ImportError:
     _rolling = None
 
 WINDOW = 100
-DETECTORS = {"z_threshold": 6.0, "robust_threshold": 8.0, "lo": -50.0, "hi": 50.0, "max_rate": 20.0,
-             "stuck_count": 30, "stuck_ms": 600_000, "shift_threshold": 10.0, "time_window_ms": 60_000}
+DETECTORS = {
+    "z_threshold": 6.0,
+    "robust_threshold": 8.0,
+    "lo": -50.0,
+    "hi": 50.0,
+    "max_rate": 20.0,
+    "stuck_count": 30,
+    "stuck_ms": 600_000,
+    "shift_threshold": 10.0,
+    "time_window_ms": 60_000,
+}
 
 
 def signals(keys: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,8 +61,9 @@ def signals(keys: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
 
 
 def new_stats(module, keys: int):
-    return module.RollingStats(window=WINDOW, min_count=20, capacity=keys, **{
-        k: v for k, v in DETECTORS.items()})
+    return module.RollingStats(
+        window=WINDOW, min_count=20, capacity=keys, **{k: v for k, v in DETECTORS.items()}
+    )
 
 
 def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: bool) -> tuple[float, float]:
@@ -63,13 +72,13 @@ def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: b
     if warm:  # 2.5 windows per key: full windows, removals, recomputes, a warm shift reference
         ws, wt, wv = signals(keys, keys * WINDOW * 5 // 2, seed=1)
         for a in range(0, len(wv), 1 << 16):
-            stats.update(ws[a:a + (1 << 16)], wt[a:a + (1 << 16)] - 10**9, wv[a:a + (1 << 16)])
+            stats.update(ws[a : a + (1 << 16)], wt[a : a + (1 << 16)] - 10**9, wv[a : a + (1 << 16)])
     slots, ts, values = signals(keys, n, seed=2)
     done = 0
     c0, t0 = time.thread_time(), time.perf_counter()
     for a in range(0, n, batch):
-        stats.update(slots[a:a + batch], ts[a:a + batch], values[a:a + batch])
-        done += len(values[a:a + batch])
+        stats.update(slots[a : a + batch], ts[a : a + batch], values[a : a + batch])
+        done += len(values[a : a + batch])
         if time.thread_time() - c0 > budget_s:
             break
     return done / (time.thread_time() - c0), done / (time.perf_counter() - t0)
@@ -117,8 +126,14 @@ def bench_numpy(keys: int, budget_s: float) -> tuple[float, float]:
             kl = np.where(p > 0, p * np.log(p / hist[slots]), 0).sum(axis=1)
         same = x == prev[slots]
         run[slots] = np.where(same, run[slots] + 1, 1)
-        flags = ((np.abs(z) > 6) * 1 | (np.abs(rz) > 8) * 16 | ((x < -50) | (x > 50)) * 2
-                 | (np.abs(rate) > 20) * 4 | (run[slots] >= 30) * 8 | (kl > 1.0) * 32)
+        flags = (
+            (np.abs(z) > 6) * 1
+            | (np.abs(rz) > 8) * 16
+            | ((x < -50) | (x > 50)) * 2
+            | (np.abs(rate) > 20) * 4
+            | (run[slots] >= 30) * 8
+            | (kl > 1.0) * 32
+        )
         e = np.fmax(np.fmax(np.abs(z) / 6, np.abs(rz) / 8), kl)
         sc = np.log1p((math.e - 1) * np.nan_to_num(e))
         _ = sc / (1 + sc), flags
@@ -158,12 +173,23 @@ def run(quick: bool) -> dict:
         "cython_vs_python": round(c / p, 1) if c else None,
         "by_keys": by_keys,
         "wall": wall,
-        "config": {"window": WINDOW, "min_count": 20, "detectors": DETECTORS, "batch": 1 << 16,
-                   "threads": 1, "steady_state": True, "clock": "thread_time (CPU seconds)",
-                   "python_windows_warm": {"1000": True, "100000": False}},
-        "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "config": {
+            "window": WINDOW,
+            "min_count": 20,
+            "detectors": DETECTORS,
+            "batch": 1 << 16,
+            "threads": 1,
+            "steady_state": True,
+            "clock": "thread_time (CPU seconds)",
+            "python_windows_warm": {"1000": True, "100000": False},
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
     }
 
 
@@ -178,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{'keys':>8} {'cython/s':>14} {'python/s':>12} {'numpy/s':>12}")
     for keys, row in res["by_keys"].items():
-        print(f"{keys:>8} {row['cython_updates_per_s'] or 0:>14,} {row['python_updates_per_s']:>12,} "
-              f"{row['numpy_updates_per_s']:>12,}")
+        print(
+            f"{keys:>8} {row['cython_updates_per_s'] or 0:>14,} {row['python_updates_per_s']:>12,} "
+            f"{row['numpy_updates_per_s']:>12,}"
+        )
     return 0
 
 

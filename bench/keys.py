@@ -46,15 +46,20 @@ def rss_bytes() -> int:
 
 def payload(device: int, times: int, t0: int, rng) -> bytes:
     n = times * len(METRICS)
-    return pb.ReadingBatch(device_id=f"dev-{device:07d}", seq=1, base_time_ms=t0,
-                           time_offset_ms=np.repeat(np.arange(times) * 1000, len(METRICS)).tolist(),
-                           metric_names=METRICS, metric_index=list(range(len(METRICS))) * times,
-                           values=rng.normal(20.0, 2.0, n).tolist()).SerializeToString()
+    return pb.ReadingBatch(
+        device_id=f"dev-{device:07d}",
+        seq=1,
+        base_time_ms=t0,
+        time_offset_ms=np.repeat(np.arange(times) * 1000, len(METRICS)).tolist(),
+        metric_names=METRICS,
+        metric_index=list(range(len(METRICS))) * times,
+        values=rng.normal(20.0, 2.0, n).tolist(),
+    ).SerializeToString()
 
 
 def calls(payloads: list[bytes], per_payload: int) -> list[list[bytes]]:
     step = max(1, CALL_READINGS // per_payload)
-    return [payloads[i:i + step] for i in range(0, len(payloads), step)]
+    return [payloads[i : i + step] for i in range(0, len(payloads), step)]
 
 
 def run(keys: int, readings: int, compact_max: int, seed: int = 0) -> dict:
@@ -76,19 +81,27 @@ def run(keys: int, readings: int, compact_max: int, seed: int = 0) -> dict:
 
     per_payload = 10 * len(METRICS)
     drawn = rng.integers(0, devices, max(1, readings // per_payload))
-    work = calls([payload(int(d), 10, T0 + 60_000 + i * 10_000, rng) for i, d in enumerate(drawn)],
-                 per_payload)
+    work = calls(
+        [payload(int(d), 10, T0 + 60_000 + i * 10_000, rng) for i, d in enumerate(drawn)], per_payload
+    )
     cpu0, wall0 = time.thread_time(), time.perf_counter()
     scored = 0
     for chunk in work:
         scored += proc.prepare(chunk).readings.num_rows
     cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
 
-    result = {"keys": len(state.slots), "nslots": state.stats.nslots, "readings": scored,
-              "readings_per_cpu_s": scored / cpu, "readings_per_wall_s": scored / wall,
-              "rss_bytes_per_key": grown / len(state.slots),
-              "kernel_bytes_per_slot": snap_bytes / state.stats.nslots,
-              "snapshot_bytes": snap_bytes, "snapshot_s": snap_s, "warm_s": warm_s}
+    result = {
+        "keys": len(state.slots),
+        "nslots": state.stats.nslots,
+        "readings": scored,
+        "readings_per_cpu_s": scored / cpu,
+        "readings_per_wall_s": scored / wall,
+        "rss_bytes_per_key": grown / len(state.slots),
+        "kernel_bytes_per_slot": snap_bytes / state.stats.nslots,
+        "snapshot_bytes": snap_bytes,
+        "snapshot_s": snap_s,
+        "warm_s": warm_s,
+    }
     if keys <= compact_max:
         half = np.arange(0, len(state.slots), 2)
         state.seen[half] = 0  # every other key long idle
@@ -112,14 +125,22 @@ def main(argv=None) -> int:
         runs.append(run(k, args.readings, args.compact_max))
         r = runs[-1]
         if not args.json:
-            print(f"{r['keys']:>9} keys: {r['readings_per_cpu_s'] / 1e6:6.2f} M readings/CPU s "
-                  f"({r['readings_per_wall_s'] / 1e6:.2f} M/wall s), "
-                  f"{r['rss_bytes_per_key']:7.0f} B/key RSS, "
-                  f"kernel {r['kernel_bytes_per_slot']:.0f} B/slot x {r['nslots']} slots, snapshot "
-                  f"{r['snapshot_bytes'] / 1e6:.1f} MB in {r['snapshot_s']:.2f} s"
-                  + (f", evict {r['evicted']} in {r['evict_s']:.2f} s" if "evicted" in r else ""), flush=True)
-    out = {"benchmark": "keys", "implementation": IMPLEMENTATION, "python": platform.python_version(),
-           "loadavg": os.getloadavg(), "runs": runs}
+            print(
+                f"{r['keys']:>9} keys: {r['readings_per_cpu_s'] / 1e6:6.2f} M readings/CPU s "
+                f"({r['readings_per_wall_s'] / 1e6:.2f} M/wall s), "
+                f"{r['rss_bytes_per_key']:7.0f} B/key RSS, "
+                f"kernel {r['kernel_bytes_per_slot']:.0f} B/slot x {r['nslots']} slots, snapshot "
+                f"{r['snapshot_bytes'] / 1e6:.1f} MB in {r['snapshot_s']:.2f} s"
+                + (f", evict {r['evicted']} in {r['evict_s']:.2f} s" if "evicted" in r else ""),
+                flush=True,
+            )
+    out = {
+        "benchmark": "keys",
+        "implementation": IMPLEMENTATION,
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),
+        "runs": runs,
+    }
     if args.json:
         path = Path(__file__).resolve().parent / "results" / "keys.json"
         path.parent.mkdir(exist_ok=True)

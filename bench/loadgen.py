@@ -1,7 +1,8 @@
 """One load generator for every server the benchmarks compare: gRPC Ingest/Stream or Ingest/Send with
 ReadingBatch messages, or HTTP POST of the same readings as row-oriented JSON.
 
-    python -m iotstream.bench.loadgen --target grpc://127.0.0.1:50051 --readings 1000 --streams 8 --window 8 \\
+    python -m iotstream.bench.loadgen --target grpc://127.0.0.1:50051 --readings 1000 --streams 8 --window 8
+    \\
         --duration 5 [--mode stream|send] [--rate MSG/S] [--json]
     python -m iotstream.bench.loadgen --target http://127.0.0.1:8000/ingest --readings 1 ...
 
@@ -105,8 +106,13 @@ def grpc_template(device: str, readings: int, stream: int) -> bytes:
     from iotstream.v1 import ingest_pb2 as pb
 
     offsets, index, values = signal(readings, stream)
-    return pb.ReadingBatch(device_id=device, time_offset_ms=offsets, metric_names=METRICS[:min(readings, 3)],
-                           metric_index=index, values=values).SerializeToString()
+    return pb.ReadingBatch(
+        device_id=device,
+        time_offset_ms=offsets,
+        metric_names=METRICS[: min(readings, 3)],
+        metric_index=index,
+        values=values,
+    ).SerializeToString()
 
 
 def grpc_message(template: bytes, seq: int) -> bytes:
@@ -137,7 +143,9 @@ async def grpc_stream(channel, device: str, args, meter: Meter, pacer: Pacer) ->
 
     task = asyncio.create_task(writer())
     drain = asyncio.get_running_loop().call_at(
-        asyncio.get_running_loop().time() + (meter.end - time.perf_counter()) + args.drain_timeout, call.cancel)
+        asyncio.get_running_loop().time() + (meter.end - time.perf_counter()) + args.drain_timeout,
+        call.cancel,
+    )
     try:
         async for raw in call:
             ack = pb.StreamResponse.FromString(raw).ack
@@ -147,7 +155,9 @@ async def grpc_stream(channel, device: str, args, meter: Meter, pacer: Pacer) ->
     except Exception as exc:  # grpc.aio.AioRpcError and friends: counted, the stream ends
         meter.error(exc)
     except asyncio.CancelledError:  # the drain deadline passed with acks outstanding
-        meter.error(TimeoutError(f"{len(sent_at)} acks still outstanding {args.drain_timeout} s after the end"))
+        meter.error(
+            TimeoutError(f"{len(sent_at)} acks still outstanding {args.drain_timeout} s after the end")
+        )
     finally:
         drain.cancel()
         task.cancel()
@@ -178,13 +188,21 @@ async def run_grpc(args, meter: Meter, pacer: Pacer) -> None:
     workers = args.streams if args.mode == "stream" else args.streams * args.window
     n_channels = max(args.connections, math.ceil(workers / STREAMS_PER_CHANNEL))
     # A local subchannel pool per channel gives each its own TCP connection.
-    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1),
-                                                          ("grpc.max_receive_message_length", 8 << 20)])
-                for _ in range(n_channels)]
+    channels = [
+        grpc.aio.insecure_channel(
+            target,
+            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 8 << 20)],
+        )
+        for _ in range(n_channels)
+    ]
     fn = grpc_stream if args.mode == "stream" else grpc_send
     try:
-        await asyncio.gather(*(fn(channels[i % n_channels], f"{args.prefix}-{i:05d}", args, meter, pacer)
-                               for i in range(workers)))
+        await asyncio.gather(
+            *(
+                fn(channels[i % n_channels], f"{args.prefix}-{i:05d}", args, meter, pacer)
+                for i in range(workers)
+            )
+        )
     finally:
         for ch in channels:
             await ch.close()
@@ -198,7 +216,10 @@ def http_body(device: str, readings: int, stream: int) -> tuple[bytes, bytes]:
     and fixed when the generator starts (a run lasts seconds; the server accepts 30 days back)."""
     offsets, index, values = signal(readings, stream)
     base = now_ms()
-    rows = [{"time_ms": base + o, "metric": METRICS[m], "value": v} for o, m, v in zip(offsets, index, values, strict=True)]
+    rows = [
+        {"time_ms": base + o, "metric": METRICS[m], "value": v}
+        for o, m, v in zip(offsets, index, values, strict=True)
+    ]
     head = json.dumps({"device_id": device})[:-1].encode() + b', "seq": '
     return head, b', "readings": ' + json.dumps(rows).encode() + b"}"
 
@@ -228,8 +249,9 @@ async def run_http(args, meter: Meter, pacer: Pacer) -> None:
     conn = aiohttp.TCPConnector(limit=workers)
     timeout = aiohttp.ClientTimeout(total=args.drain_timeout)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await asyncio.gather(*(http_worker(session, f"{args.prefix}-{i:05d}", args, meter, pacer)
-                               for i in range(workers)))
+        await asyncio.gather(
+            *(http_worker(session, f"{args.prefix}-{i:05d}", args, meter, pacer) for i in range(workers))
+        )
 
 
 # ---- main ------------------------------------------------------------------------------------------
@@ -249,15 +271,24 @@ async def run(args) -> dict:
         return round(float(np.percentile(lat, p)), 2) if len(lat) else None
 
     return {
-        "target": args.target, "mode": "http" if args.target.startswith("http") else args.mode,
-        "readings_per_message": args.readings, "streams": args.streams, "window": args.window,
-        "outstanding_max": args.streams * args.window, "duration_s": args.duration,
+        "target": args.target,
+        "mode": "http" if args.target.startswith("http") else args.mode,
+        "readings_per_message": args.readings,
+        "streams": args.streams,
+        "window": args.window,
+        "outstanding_max": args.streams * args.window,
+        "duration_s": args.duration,
         "offered_messages_per_s": args.rate,
-        "messages": meter.acked, "readings": meter.readings, "rejected": meter.rejected, "errors": meter.errors,
+        "messages": meter.acked,
+        "readings": meter.readings,
+        "rejected": meter.rejected,
+        "errors": meter.errors,
         "error_samples": meter.error_samples,
         "messages_per_s": round(meter.acked / args.duration, 1),
         "readings_per_s": round(meter.readings / args.duration, 1),
-        "ack_p50_ms": q(50), "ack_p99_ms": q(99), "ack_max_ms": round(float(lat.max()), 2) if len(lat) else None,
+        "ack_p50_ms": q(50),
+        "ack_p99_ms": q(99),
+        "ack_max_ms": round(float(lat.max()), 2) if len(lat) else None,
         "loadgen_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
     }
 
@@ -274,8 +305,12 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (default 1)")
     ap.add_argument("--rate", type=float, help="offered messages/s over all streams (default: closed loop)")
     ap.add_argument("--prefix", default="lg", help="device id prefix (default lg)")
-    ap.add_argument("--drain-timeout", type=float, default=30.0,
-                    help="seconds to wait for outstanding acks after the end, and per call (default 30)")
+    ap.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for outstanding acks after the end, and per call (default 30)",
+    )
     ap.add_argument("--json", action="store_true", help="print only JSON (the default output anyway)")
     return ap.parse_args(argv)
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow as pa
+
 from iotstream.clickhouse import Store, open_backend
+from iotstream.client.simulate import METRICS, PROFILES
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc
-
-from iotstream.client.simulate import METRICS, PROFILES
 
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 RESOLUTION = (0.01, 0.1, 0.1)  # per metric, for --data sensor
@@ -71,9 +71,12 @@ class Fleet:
         t = np.broadcast_to(t[:, :, None], (count, n_dev, n_met))
         prof = np.array(PROFILES)
         days = (t - self.start) / DAY_MS
-        v = (prof[:, 0] * self.scale[None, :, None]
-             + prof[:, 1] * np.sin(2 * math.pi * t / DAY_MS + self.phase[None, :, None])
-             + prof[:, 3] * days + self.rng.standard_normal(t.shape) * prof[:, 2])
+        v = (
+            prof[:, 0] * self.scale[None, :, None]
+            + prof[:, 1] * np.sin(2 * math.pi * t / DAY_MS + self.phase[None, :, None])
+            + prof[:, 3] * days
+            + self.rng.standard_normal(t.shape) * prof[:, 2]
+        )
         spikes = self.rng.random(t.shape) < SPIKE_FRACTION
         size = self.rng.uniform(12, 20, t.shape) * self.rng.choice([-1.0, 1.0], t.shape)
         v = np.where(spikes, v + size * prof[:, 2], v)
@@ -94,12 +97,18 @@ class Fleet:
 
 
 def table(ids, dev, met, t, v) -> pa.Table:
-    return pa.table({
-        "device_id": pa.DictionaryArray.from_arrays(pa.array(dev, pa.int32()), pa.array(ids, pa.string())),
-        "metric": pa.DictionaryArray.from_arrays(pa.array(met, pa.int32()), pa.array(METRICS, pa.string())),
-        "time": pa.array(np.asarray(t, np.int64), pa.timestamp("ms", tz="UTC")),
-        "value": pa.array(np.asarray(v, np.float64)),
-    })
+    return pa.table(
+        {
+            "device_id": pa.DictionaryArray.from_arrays(
+                pa.array(dev, pa.int32()), pa.array(ids, pa.string())
+            ),
+            "metric": pa.DictionaryArray.from_arrays(
+                pa.array(met, pa.int32()), pa.array(METRICS, pa.string())
+            ),
+            "time": pa.array(np.asarray(t, np.int64), pa.timestamp("ms", tz="UTC")),
+            "value": pa.array(np.asarray(v, np.float64)),
+        }
+    )
 
 
 def load(store: Store, fleet: Fleet, batch_rows: int) -> dict:
@@ -124,13 +133,19 @@ def load(store: Store, fleet: Fleet, batch_rows: int) -> dict:
         if time.perf_counter() - last > 5 or done == total:
             last = time.perf_counter()
             rate = done / (last - started)
-            log(f"  loaded {done:,}/{total:,} readings ({rate:,.0f}/s, {flagged:,} flagged), "
-                f"eta {(total - done) / rate:,.0f} s")
-    return {"rows": done, "flagged": flagged, "load_s": round(time.perf_counter() - started, 1),
-            "load_rows_per_s": round(done / (time.perf_counter() - started)),
-            # where the load time went: making the data, inserting readings (and their views), inserting
-            # flagged readings (and recomputing their episodes)
-            "load_split_s": {k: round(v, 1) for k, v in spent.items()}}
+            log(
+                f"  loaded {done:,}/{total:,} readings ({rate:,.0f}/s, {flagged:,} flagged), "
+                f"eta {(total - done) / rate:,.0f} s"
+            )
+    return {
+        "rows": done,
+        "flagged": flagged,
+        "load_s": round(time.perf_counter() - started, 1),
+        "load_rows_per_s": round(done / (time.perf_counter() - started)),
+        # where the load time went: making the data, inserting readings (and their views), inserting
+        # flagged readings (and recomputing their episodes)
+        "load_split_s": {k: round(v, 1) for k, v in spent.items()},
+    }
 
 
 def storage(store: Store, optimize: bool) -> dict:
@@ -140,16 +155,24 @@ def storage(store: Store, optimize: bool) -> dict:
             store.backend.command(f"OPTIMIZE TABLE {store.db}.{table} FINAL")
     parts = store.backend.query(
         "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes, count() AS parts FROM system.parts "
-        "WHERE database = {d:String} AND active GROUP BY table ORDER BY table", {"d": store.db}).to_pylist()
+        "WHERE database = {d:String} AND active GROUP BY table ORDER BY table",
+        {"d": store.db},
+    ).to_pylist()
     cols = store.backend.query(  # compact (small) parts do not report per-column sizes
         "SELECT column AS name, sum(column_data_compressed_bytes) AS c FROM system.parts_columns "
-        "WHERE database = {d:String} AND table = 'readings' AND active GROUP BY name", {"d": store.db}).to_pylist()
+        "WHERE database = {d:String} AND table = 'readings' AND active GROUP BY name",
+        {"d": store.db},
+    ).to_pylist()
     by_table = {p["table"]: p for p in parts}
     rows = by_table["readings"]["rows"]
-    return {"bytes_per_reading": round(by_table["readings"]["bytes"] / rows, 3),
-            # per column only from wide parts (compact parts, under ~10 MB, do not report column sizes)
-            "column_bytes_per_reading": {c["name"]: round(c["c"] / rows, 3) for c in cols if c["c"]},
-            "tables": {t: {"rows": p["rows"], "bytes": p["bytes"], "parts": p["parts"]} for t, p in by_table.items()}}
+    return {
+        "bytes_per_reading": round(by_table["readings"]["bytes"] / rows, 3),
+        # per column only from wide parts (compact parts, under ~10 MB, do not report column sizes)
+        "column_bytes_per_reading": {c["name"]: round(c["c"] / rows, 3) for c in cols if c["c"]},
+        "tables": {
+            t: {"rows": p["rows"], "bytes": p["bytes"], "parts": p["parts"]} for t, p in by_table.items()
+        },
+    }
 
 
 class ServerThread:
@@ -174,6 +197,7 @@ class ServerThread:
 
 def scenarios(fleet: Fleet, rng: np.random.Generator, now_ms: int) -> dict:
     """Name -> function giving (RPC name, request) for one call."""
+
     def device():
         return str(fleet.ids[rng.integers(len(fleet.ids))])
 
@@ -184,10 +208,18 @@ def scenarios(fleet: Fleet, rng: np.random.Generator, now_ms: int) -> dict:
     return {
         "GetDevice": lambda: ("GetDevice", pb.GetDeviceRequest(device_id=device())),
         "GetHistory": lambda: ("GetHistory", hour()),
-        "Aggregate_device_day_1m": lambda: ("Aggregate", pb.AggregateRequest(
-            device_ids=[device()], start_ms=now_ms - DAY_MS, end_ms=now_ms, interval_ms=60_000)),
-        "Aggregate_fleet_30d_1h": lambda: ("Aggregate", pb.AggregateRequest(
-            start_ms=now_ms - 30 * DAY_MS, end_ms=now_ms, interval_ms=HOUR_MS, merge_devices=True)),
+        "Aggregate_device_day_1m": lambda: (
+            "Aggregate",
+            pb.AggregateRequest(
+                device_ids=[device()], start_ms=now_ms - DAY_MS, end_ms=now_ms, interval_ms=60_000
+            ),
+        ),
+        "Aggregate_fleet_30d_1h": lambda: (
+            "Aggregate",
+            pb.AggregateRequest(
+                start_ms=now_ms - 30 * DAY_MS, end_ms=now_ms, interval_ms=HOUR_MS, merge_devices=True
+            ),
+        ),
         "ListAnomalies": lambda: ("ListAnomalies", pb.ListAnomaliesRequest()),
     }
 
@@ -211,14 +243,21 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=100_000_000, help="readings to load (default 100,000,000)")
     p.add_argument("--devices", type=int, default=1000, help="devices, each with 3 metrics (default 1000)")
     p.add_argument("--days", type=float, default=30.0, help="span of the data, ending now (default 30)")
-    p.add_argument("--data", choices=["sensor", "simulator"], default="sensor",
-                   help="values at sensor resolution, or full precision as the simulator sends (default sensor)")
+    p.add_argument(
+        "--data",
+        choices=["sensor", "simulator"],
+        default="sensor",
+        help="values at sensor resolution, or full precision as the simulator sends (default sensor)",
+    )
     p.add_argument("--batch", type=int, default=1_000_000, help="readings per insert (default 1,000,000)")
     p.add_argument("--samples", type=int, default=200, help="timed calls per RPC (default 200)")
     p.add_argument("--data-dir", default=None, help="chDB folder (default: a new temporary folder)")
     p.add_argument("--load-only", action="store_true", help="load and measure storage, no RPC timings")
-    p.add_argument("--reuse", action="store_true",
-                   help="time the RPCs on the data an earlier run left in --data-dir (no load; same other options)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the RPCs on the data an earlier run left in --data-dir (no load; same other options)",
+    )
     p.add_argument("--no-optimize", action="store_true", help="measure bytes without merging parts first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
@@ -233,23 +272,35 @@ def main(argv=None) -> int:
     if args.reuse:
         if not args.data_dir:
             p.error("--reuse needs the --data-dir of an earlier run")
-        found = open_backend(data_dir=data_dir, database="default").query(
-            "SELECT name FROM system.databases WHERE startsWith(name, 'bench_')").column("name").to_pylist()
+        found = (
+            open_backend(data_dir=data_dir, database="default")
+            .query("SELECT name FROM system.databases WHERE startsWith(name, 'bench_')")
+            .column("name")
+            .to_pylist()
+        )
         if len(found) != 1:
             p.error(f"--reuse: expected one bench_ database in {data_dir}, found {found}")
         database = found[0]
     now_ms = time.time_ns() // 1_000_000
     fleet = Fleet(args.devices, args.rows, args.days, now_ms - 60_000, args.data, args.seed)
     store = Store(open_backend(data_dir=data_dir, database=database))
-    result = {"rows": 0, "data": args.data, "devices": args.devices, "days": args.days,
-              "interval_s": fleet.interval / 1000, "cpus": os.cpu_count(),
-              "loadavg_1m_before": round(os.getloadavg()[0], 2)}
+    result = {
+        "rows": 0,
+        "data": args.data,
+        "devices": args.devices,
+        "days": args.days,
+        "interval_s": fleet.interval / 1000,
+        "cpus": os.cpu_count(),
+        "loadavg_1m_before": round(os.getloadavg()[0], 2),
+    }
     if args.reuse:
         log(f"timing the data already in {data_dir} ({database})")
         result["reused"] = True
     else:
-        log(f"loading {fleet.points * args.devices * len(METRICS):,} readings ({args.devices} devices x "
-            f"{len(METRICS)} metrics, one every {fleet.interval / 1000:.1f} s) into {data_dir} ({database})")
+        log(
+            f"loading {fleet.points * args.devices * len(METRICS):,} readings ({args.devices} devices x "
+            f"{len(METRICS)} metrics, one every {fleet.interval / 1000:.1f} s) into {data_dir} ({database})"
+        )
         store.migrate()
         result.update(load(store, fleet, args.batch))
     result.update(storage(store, not args.no_optimize and not args.reuse))

@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from iotstream.ext import ANOMALY_FLAGS, EpisodeTracker, RollingStats, RuleBook
 
 TRAIN_ROWS = 400
@@ -92,8 +93,9 @@ def nab(t: np.ndarray, true_cp: np.ndarray, pred_cp: np.ndarray) -> tuple[float,
             continue
         # the first detection, by its position in the window, through the scaled sigmoid
         x = np.linspace(-math.pi / 2, math.pi / 2, 1000)
-        y = (NAB_STANDARD["tp"] - NAB_STANDARD["fp"]) / 2 * (-np.tanh(x) / math.tanh(math.pi / 2) + 1) \
-            + NAB_STANDARD["fp"]
+        y = (NAB_STANDARD["tp"] - NAB_STANDARD["fp"]) / 2 * (
+            -np.tanh(x) / math.tanh(math.pi / 2) + 1
+        ) + NAB_STANDARD["fp"]
         pos = min(int((times[sel][0] - lo) / (hi - lo) * 1000), 999) if hi > lo else 999
         score += float(y[pos])
     score += NAB_STANDARD["fp"] * int((~inside).sum())
@@ -101,10 +103,15 @@ def nab(t: np.ndarray, true_cp: np.ndarray, pred_cp: np.ndarray) -> tuple[float,
 
 
 def outlier(tp: int, tn: int, fp: int, fn: int) -> dict:
-    return {"f1": round(tp / (tp + (fp + fn) / 2), 4) if tp + fp + fn else 0.0,
-            "far_pct": round(100 * fp / (fp + tn), 2) if fp + tn else 0.0,
-            "mar_pct": round(100 * fn / (fn + tp), 2) if fn + tp else 0.0,
-            "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+    return {
+        "f1": round(tp / (tp + (fp + fn) / 2), 4) if tp + fp + fn else 0.0,
+        "far_pct": round(100 * fp / (fp + tn), 2) if fp + tn else 0.0,
+        "mar_pct": round(100 * fn / (fn + tp), 2) if fn + tp else 0.0,
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def run(root: Path) -> dict:
@@ -128,8 +135,10 @@ def run(root: Path) -> dict:
     res = {"files": len(files), "published_best": PUBLISHED}
     for mode, r in out.items():
         s, null, perfect = r["nab"]
-        res[mode] = {"changepoint_nab_standard": round(100 * (s - null) / (perfect - null), 2),
-                     "outlier": outlier(*r["cm"])}
+        res[mode] = {
+            "changepoint_nab_standard": round(100 * (s - null) / (perfect - null), 2),
+            "outlier": outlier(*r["cm"]),
+        }
     res["anomaly_free"] = anomaly_free(root / "data" / "anomaly-free" / "anomaly-free.csv")
     return res
 
@@ -142,8 +151,14 @@ def anomaly_free(path: Path) -> dict:
     kinds: dict[str, int] = {}
     for ep in opened:
         kinds[ep.kind] = kinds.get(ep.kind, 0) + 1
-    return {"rows": len(t), "metrics": len(sensors), "readings_flagged": hits,
-            "flagged_per_metric_hour": round(hits / metric_hours, 2), "rows_flagged": n_flagged,
-            "rows_flagged_pct": round(100 * n_flagged / len(t), 2),
-            "episodes": len(opened), "episodes_per_metric_day": round(len(opened) / (metric_hours / 24), 2),
-            "episodes_by_detector": kinds}
+    return {
+        "rows": len(t),
+        "metrics": len(sensors),
+        "readings_flagged": hits,
+        "flagged_per_metric_hour": round(hits / metric_hours, 2),
+        "rows_flagged": n_flagged,
+        "rows_flagged_pct": round(100 * n_flagged / len(t), 2),
+        "episodes": len(opened),
+        "episodes_per_metric_day": round(len(opened) / (metric_hours / 24), 2),
+        "episodes_by_detector": kinds,
+    }

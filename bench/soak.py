@@ -3,7 +3,8 @@
 
     python -m iotstream.bench.soak [--minutes 30] [--rate READINGS/S] [--every 10] [--kafka BOOTSTRAP]
 
-The offered rate defaults to half of `ceiling_readings_per_s` in bench/results/ceiling.json (bench/ceiling.py),
+The offered rate defaults to half of `ceiling_readings_per_s` in bench/results/ceiling.json
+(bench/ceiling.py),
 with that run's batch size, streams and window. The server is its own process (bench/harness.py
 ServerProcess) and the load comes open-loop from bench/loadgen.py in another; each is sampled every
 `--every` seconds for RSS and CPU. Writes bench/results/soak.json (samples, RSS at start/end/max per
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
 
 from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, write_result
 
@@ -90,22 +90,48 @@ def main(argv=None) -> int:
     server = ServerProcess(kafka=args.kafka).start()
     started = time.monotonic()
     try:
-        cmd = [PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{server.target}", "--readings", str(batch),
-               "--streams", str(streams), "--window", str(window), "--rate", str(rate / batch),
-               "--duration", str(seconds), "--warmup", "0", "--prefix", "soak"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "iotstream.bench.loadgen",
+            "--target",
+            f"grpc://{server.target}",
+            "--readings",
+            str(batch),
+            "--streams",
+            str(streams),
+            "--window",
+            str(window),
+            "--rate",
+            str(rate / batch),
+            "--duration",
+            str(seconds),
+            "--warmup",
+            "0",
+            "--prefix",
+            "soak",
+        ]
         loadgen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs = {"server": psutil.Process(server.proc.pid), "loadgen": psutil.Process(loadgen.pid)}
         samples = []
-        print(f"soak: {rate:,.0f} readings/s ({rate / batch:,.1f} msg/s of {batch}) over {streams} streams for "
-              f"{args.minutes:g} min; server pid {server.proc.pid}", file=sys.stderr, flush=True)
+        print(
+            f"soak: {rate:,.0f} readings/s ({rate / batch:,.1f} msg/s of {batch}) over {streams} streams for "
+            f"{args.minutes:g} min; server pid {server.proc.pid}",
+            file=sys.stderr,
+            flush=True,
+        )
         while loadgen.poll() is None:
             row = {"t_s": round(time.monotonic() - started, 1)}
             for name, p in procs.items():
                 row[f"{name}_rss_mb"], row[f"{name}_cpu_s"] = (round(v, 2) for v in sample(p))
             if loadgen.poll() is None:
                 samples.append(row)
-                print(f"  {row['t_s']:>7.0f} s  server {row['server_rss_mb']:.0f} MB  "
-                      f"loadgen {row['loadgen_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+                print(
+                    f"  {row['t_s']:>7.0f} s  server {row['server_rss_mb']:.0f} MB  "
+                    f"loadgen {row['loadgen_rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             deadline = time.monotonic() + args.every
             while time.monotonic() < deadline and loadgen.poll() is None:
                 time.sleep(0.2)
@@ -121,24 +147,58 @@ def main(argv=None) -> int:
         if not values:
             return {}
         warm = next((s[f"{name}_rss_mb"] for s in samples if s["t_s"] >= 60), values[-1])
-        return {"start_mb": values[0], "warm_mb": warm, "end_mb": values[-1], "max_mb": max(values),
-                "growth_mb": round(values[-1] - values[0], 2), "growth_after_warmup_mb": round(values[-1] - warm, 2)}
+        return {
+            "start_mb": values[0],
+            "warm_mb": warm,
+            "end_mb": values[-1],
+            "max_mb": max(values),
+            "growth_mb": round(values[-1] - values[0], 2),
+            "growth_after_warmup_mb": round(values[-1] - warm, 2),
+        }
 
     result = {
-        "benchmark": "soak", "mode": "kafka" if args.kafka else "embedded", "minutes": args.minutes,
-        "offered_readings_per_s": rate, "ceiling_readings_per_s": ceil.get("ceiling_readings_per_s"),
-        "batch_readings": batch, "streams": streams, "window": window, "sample_every_s": args.every,
+        "benchmark": "soak",
+        "mode": "kafka" if args.kafka else "embedded",
+        "minutes": args.minutes,
+        "offered_readings_per_s": rate,
+        "ceiling_readings_per_s": ceil.get("ceiling_readings_per_s"),
+        "batch_readings": batch,
+        "streams": streams,
+        "window": window,
+        "sample_every_s": args.every,
         "rss": {"server": rss("server"), "loadgen": rss("loadgen")},
-        "achieved_readings_per_s": load.get("readings_per_s"), "ack_p50_ms": load.get("ack_p50_ms"),
-        "ack_p99_ms": load.get("ack_p99_ms"), "errors": load.get("errors"), "server_alive_at_end": server_alive,
-        "machine": machine(), "loadgen": load, "samples": samples,
+        "achieved_readings_per_s": load.get("readings_per_s"),
+        "ack_p50_ms": load.get("ack_p50_ms"),
+        "ack_p99_ms": load.get("ack_p99_ms"),
+        "errors": load.get("errors"),
+        "server_alive_at_end": server_alive,
+        "machine": machine(),
+        "loadgen": load,
+        "samples": samples,
     }
     path = write_result("soak", result, args.out)
     if samples:
-        plot(samples, path.with_suffix(".png"),
-             f"soak: {rate:,.0f} readings/s for {args.minutes:g} min ({result['mode']})")
-    print(json.dumps({k: result[k] for k in ("offered_readings_per_s", "achieved_readings_per_s", "ack_p99_ms",
-                                             "errors", "rss", "server_alive_at_end")}, indent=2))
+        plot(
+            samples,
+            path.with_suffix(".png"),
+            f"soak: {rate:,.0f} readings/s for {args.minutes:g} min ({result['mode']})",
+        )
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "offered_readings_per_s",
+                    "achieved_readings_per_s",
+                    "ack_p99_ms",
+                    "errors",
+                    "rss",
+                    "server_alive_at_end",
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {path} and {path.with_suffix('.png')}", file=sys.stderr)
     return 0
 

@@ -60,11 +60,17 @@ async def run(episodes: int, data_dir: str) -> dict:
     await node.start()
     try:
         now = time.time_ns() // 1_000_000
-        flagged = pa.table({"device_id": [f"dev-{i:05d}" for i in range(episodes)],
-                            "metric": ["temperature"] * episodes,
-                            "time": pa.array([now] * episodes, pa.timestamp("ms", tz="UTC")),
-                            "value": [1.0] * episodes, "kind": ["zscore"] * episodes,
-                            "score": [0.6] * episodes, "zscore": [7.0] * episodes})
+        flagged = pa.table(
+            {
+                "device_id": [f"dev-{i:05d}" for i in range(episodes)],
+                "metric": ["temperature"] * episodes,
+                "time": pa.array([now] * episodes, pa.timestamp("ms", tz="UTC")),
+                "value": [1.0] * episodes,
+                "kind": ["zscore"] * episodes,
+                "score": [0.6] * episodes,
+                "zscore": [7.0] * episodes,
+            }
+        )
         started = time.perf_counter()
         await asyncio.to_thread(node.store.insert_anomalies, flagged)
         stored = time.perf_counter()
@@ -79,10 +85,16 @@ async def run(episodes: int, data_dir: str) -> dict:
         receiver.http.shutdown()
     latency = np.array(receiver.arrived[:episodes]) - started
     seconds = receiver.arrived[episodes - 1] - stored
-    return {"episodes": episodes, "insert_s": round(stored - started, 3), "deliver_s": round(seconds, 3),
-            "events_per_s": round(episodes / seconds, 1),
-            "latency_ms": {q: round(float(np.percentile(latency, p)) * 1000, 1)
-                           for q, p in (("p50", 50), ("p99", 99), ("max", 100))}}
+    return {
+        "episodes": episodes,
+        "insert_s": round(stored - started, 3),
+        "deliver_s": round(seconds, 3),
+        "events_per_s": round(episodes / seconds, 1),
+        "latency_ms": {
+            q: round(float(np.percentile(latency, p)) * 1000, 1)
+            for q, p in (("p50", 50), ("p99", 99), ("max", 100))
+        },
+    }
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ class KafkaConfig:
     delivery_timeout_ms: int = 120_000
     buffer_kbytes: int = 64 * 1024
 
-
     @property
     def topic(self) -> str:
         return f"{self.namespace}.readings"
@@ -70,8 +69,11 @@ class KafkaConfig:
         return AdminClient(self._settings({}))
 
     def _settings(self, settings: dict) -> dict:
-        return {"bootstrap.servers": self.bootstrap, "logger": RDKAFKA_LOG,
-                **{key.replace("_", "."): value for key, value in settings.items()}}
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "logger": RDKAFKA_LOG,
+            **{key.replace("_", "."): value for key, value in settings.items()},
+        }
 
 
 # A partition snapshot holds every key's window (~2.4 KB a key at full capacity), so it goes in chunks of
@@ -85,14 +87,18 @@ def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
     wanted = [
         NewTopic(cfg.topic, cfg.partitions, 1),
         # Short segments so compaction keeps the state topic (read whole on every assignment) small.
-        NewTopic(cfg.state_topic, 1, 1, config={"cleanup.policy": "compact", "segment.ms": "600000",
-                                                "min.cleanable.dirty.ratio": "0.1"}),
+        NewTopic(
+            cfg.state_topic,
+            1,
+            1,
+            config={"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"},
+        ),
         NewTopic(cfg.deadletter_topic, 1, 1),
         NewTopic(cfg.anomalies_topic, cfg.partitions, 1),
     ]
     existing = admin.list_topics(timeout=timeout).topics
     missing = [t for t in wanted if t.topic not in existing]
-    for topic, future in (admin.create_topics(missing, request_timeout=timeout).items() if missing else []):
+    for future in admin.create_topics(missing, request_timeout=timeout).values() if missing else []:
         try:
             future.result(timeout)
         except KafkaException as exc:
@@ -110,9 +116,14 @@ class KafkaQueue:
     def __init__(self, cfg: KafkaConfig):
         self.cfg = cfg
         self.depth = 0  # readings handed to the producer and not yet acknowledged by the broker
-        self.producer = cfg.producer(enable_idempotence=True, acks="all", linger_ms=5, compression_type="lz4",
-                                     queue_buffering_max_kbytes=cfg.buffer_kbytes,
-                                     delivery_timeout_ms=cfg.delivery_timeout_ms)
+        self.producer = cfg.producer(
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            compression_type="lz4",
+            queue_buffering_max_kbytes=cfg.buffer_kbytes,
+            delivery_timeout_ms=cfg.delivery_timeout_ms,
+        )
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -135,8 +146,10 @@ class KafkaQueue:
                 break
             except BufferError:
                 if time.monotonic() > give_up:
-                    raise QueueUnavailable(f"Kafka producer buffer full for {self.cfg.unavailable_after_s:.0f} s "
-                                           f"(broker {self.cfg.bootstrap} away or too slow); retry later") from None
+                    raise QueueUnavailable(
+                        f"Kafka producer buffer full for {self.cfg.unavailable_after_s:.0f} s "
+                        f"(broker {self.cfg.bootstrap} away or too slow); retry later"
+                    ) from None
                 await asyncio.sleep(0.01)
         self.depth += readings
         return done

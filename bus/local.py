@@ -91,14 +91,21 @@ def _connect(path: str) -> sqlite3.Connection:
 class LocalLog:
     """`put` (ingest) appends and resolves once durable; `read`/`save_snapshot` (processor) as a partition."""
 
-    def __init__(self, path: str, max_bytes: int = MAX_BYTES, unavailable_after_s: float = UNAVAILABLE_AFTER_S,
-                 on_commit: Callable[[int], None] | None = None, on_death: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        path: str,
+        max_bytes: int = MAX_BYTES,
+        unavailable_after_s: float = UNAVAILABLE_AFTER_S,
+        on_commit: Callable[[int], None] | None = None,
+        on_death: Callable[[str], None] | None = None,
+    ):
         self.path, self.max_bytes, self.unavailable_after_s = path, max_bytes, unavailable_after_s
         self.on_commit = on_commit  # test hook: called with the last durable offset after each commit
         self.on_death = on_death  # the writer thread died (a bug): the node must say so
         self._w = _connect(path)
         self._w.executescript("""
-            CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY AUTOINCREMENT, readings INTEGER NOT NULL,
+            CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY AUTOINCREMENT, readings INTEGER NOT
+            NULL,
                                             payload BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS dead_letters (offset INTEGER PRIMARY KEY, reason TEXT, payload BLOB);
@@ -108,7 +115,8 @@ class LocalLog:
         self.topic = "log-" + self._w.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
         self._r = _connect(path)  # the processor's own connection: WAL readers never wait for the writer
         nbytes, readings, last = self._w.execute(
-            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(readings), 0), MAX(offset) FROM log").fetchone()
+            "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(SUM(readings), 0), MAX(offset) FROM log"
+        ).fetchone()
         self.bytes = nbytes  # payload held: rows not truncated yet, plus appends not yet committed
         self.depth = readings  # readings not yet processed: rows past the processor's progress, plus appends
         self.durable_offset = last or 0
@@ -135,8 +143,10 @@ class LocalLog:
         while self.bytes > 0 and self.bytes + len(payload) > self.max_bytes:
             left = give_up - time.monotonic()
             if left <= 0:
-                raise QueueUnavailable(f"local log full ({self.bytes} of {self.max_bytes} bytes) for "
-                                       f"{self.unavailable_after_s:.0f} s: storage is not keeping up; retry later")
+                raise QueueUnavailable(
+                    f"local log full ({self.bytes} of {self.max_bytes} bytes) for "
+                    f"{self.unavailable_after_s:.0f} s: storage is not keeping up; retry later"
+                )
             self._space.clear()
             try:
                 await asyncio.wait_for(self._space.wait(), min(left, 0.5))
@@ -158,8 +168,11 @@ class LocalLog:
                         self._cv.wait()
                     if not self._pending:
                         return
-                    group, size = [], 0
-                    while self._pending and (not group or size + len(self._pending[0].payload) <= MAX_GROUP_BYTES):
+                    group: list[_Append] = []
+                    size = 0
+                    while self._pending and (
+                        not group or size + len(self._pending[0].payload) <= MAX_GROUP_BYTES
+                    ):
                         group.append(self._pending.pop(0))
                         size += len(group[-1].payload)
                 self._commit(group)
@@ -178,20 +191,28 @@ class LocalLog:
             try:
                 self._w.execute("BEGIN IMMEDIATE")
                 for item in group:
-                    item.offset = self._w.execute("INSERT INTO log (readings, payload) VALUES (?, ?)",
-                                                  (item.readings, item.payload)).lastrowid
+                    item.offset = int(
+                        self._w.execute(
+                            "INSERT INTO log (readings, payload) VALUES (?, ?)", (item.readings, item.payload)
+                        ).lastrowid
+                        or 0
+                    )
                 self._w.execute("COMMIT")
                 break
             except sqlite3.OperationalError as exc:
                 if self._w.in_transaction:
                     self._w.execute("ROLLBACK")
                 if time.monotonic() > give_up:
-                    log.error("local log: %d batches not written (%s); the devices get UNAVAILABLE", len(group), exc)
+                    log.error(
+                        "local log: %d batches not written (%s); the devices get UNAVAILABLE", len(group), exc
+                    )
                     self._release(group)
                     self._settle(group, QueueUnavailable(f"local log cannot write ({exc}); retry later"))
                     return
                 log.warning("local log: commit failed (%s); retrying in %.2f s", exc, delay)
-                time.sleep(delay)  # the writer thread's own backoff; nothing waits on this thread but the group
+                time.sleep(
+                    delay
+                )  # the writer thread's own backoff; nothing waits on this thread but the group
                 delay = min(delay * 2, 1.0)
         self.durable_offset = group[-1].offset
         if self.on_commit is not None:
@@ -252,8 +273,10 @@ class LocalLog:
                 if left <= 0:
                     return []
                 self._cv.wait(left)
-        rows = self._r.execute("SELECT offset, payload FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
-                               (from_offset, max_records)).fetchall()
+        rows = self._r.execute(
+            "SELECT offset, payload FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
+            (from_offset, max_records),
+        ).fetchall()
         return [Record(self.topic, offset, payload) for offset, payload in rows]
 
     def end_offset(self) -> int:
@@ -261,11 +284,14 @@ class LocalLog:
         return self.durable_offset + 1
 
     def commit(self, next_offset: int) -> None:
-        """The processor stored every row before `next_offset` (progress only: rows go at the next snapshot)."""
+        """The processor stored every row before `next_offset` (progress only: rows go at the next
+        snapshot)."""
         if next_offset <= self._processed:
             return
-        (readings,) = self._r.execute("SELECT COALESCE(SUM(readings), 0) FROM log WHERE offset >= ? AND offset < ?",
-                                      (self._processed, next_offset)).fetchone()
+        (readings,) = self._r.execute(
+            "SELECT COALESCE(SUM(readings), 0) FROM log WHERE offset >= ? AND offset < ?",
+            (self._processed, next_offset),
+        ).fetchone()
         self._processed = next_offset
         with self._cv:
             self.depth -= readings
@@ -273,16 +299,20 @@ class LocalLog:
     def save_snapshot(self, partition: int, next_offset: int, data: bytes) -> None:
         """Store a state snapshot covering the rows before `next_offset`, clear the intents, and delete
         those rows, in one transaction: the log never lacks a row the snapshot does not cover."""
-        chunks = [data[i:i + SNAPSHOT_CHUNK_BYTES] for i in range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES)]
+        chunks = [
+            data[i : i + SNAPSHOT_CHUNK_BYTES] for i in range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES)
+        ]
         prefix = f"{partition}/snapshot"
         db = self._r
         db.execute("BEGIN IMMEDIATE")
         try:
-            (freed,) = db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM log WHERE offset < ?",
-                                  (next_offset,)).fetchone()
+            (freed,) = db.execute(
+                "SELECT COALESCE(SUM(length(payload)), 0) FROM log WHERE offset < ?", (next_offset,)
+            ).fetchone()
             db.execute("DELETE FROM state WHERE key LIKE ?", (prefix + "/%",))
-            db.executemany("INSERT INTO state VALUES (?, ?)",
-                           [(f"{prefix}/{i:06d}", c) for i, c in enumerate(chunks)])
+            db.executemany(
+                "INSERT INTO state VALUES (?, ?)", [(f"{prefix}/{i:06d}", c) for i, c in enumerate(chunks)]
+            )
             db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (prefix, str(next_offset).encode()))
             db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (f"{partition}/intents", b"[]"))
             db.execute("DELETE FROM log WHERE offset < ?", (next_offset,))
@@ -300,7 +330,9 @@ class LocalLog:
 
     def load_state(self, partition: int) -> tuple[bytes | None, int, bytes | None]:
         """(snapshot bytes or None, the offset it covers or -1, the intents as saved or None)."""
-        rows = dict(self._r.execute("SELECT key, value FROM state WHERE key LIKE ?", (f"{partition}/%",)).fetchall())
+        rows = dict(
+            self._r.execute("SELECT key, value FROM state WHERE key LIKE ?", (f"{partition}/%",)).fetchall()
+        )
         intents = rows.pop(f"{partition}/intents", None)
         offset = rows.pop(f"{partition}/snapshot", None)
         if offset is None:

@@ -15,21 +15,39 @@ from google.protobuf import json_format
 
 def add_parsers(actions, storage, client, token_default) -> None:
     """Add `configure` and `config` to the `devices` subcommand."""
-    a = actions.add_parser("configure", help="set a device's desired configuration (a new version)",
-                           description=__doc__.splitlines()[0])
+    a = actions.add_parser(
+        "configure",
+        help="set a device's desired configuration (a new version)",
+        description=__doc__.splitlines()[0],
+    )
     a.add_argument("device_id")
-    a.add_argument("--sample-interval-ms", type=int, default=0, help="sampling interval (0: the device's default)")
-    a.add_argument("--metric", action="append", default=[], metavar="NAME",
-                   help="a metric the device should send (repeat; none: all)")
-    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="a free setting for the firmware (repeat)")
+    a.add_argument(
+        "--sample-interval-ms", type=int, default=0, help="sampling interval (0: the device's default)"
+    )
+    a.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a metric the device should send (repeat; none: all)",
+    )
+    a.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="a free setting for the firmware (repeat)",
+    )
     s = actions.add_parser("config", help="show a device's desired configuration and the version it applied")
     s.add_argument("device_id")
     for p in (a, s):
         storage(p)
         p.add_argument("--database", default="iotstream", help="ClickHouse database (default iotstream)")
         p.add_argument("--target", help="a running server HOST:PORT instead: its Admin service")
-        p.add_argument("--token", default=token_default, help="admin token for --target (default $IOTSTREAM_TOKEN)")
+        p.add_argument(
+            "--token", default=token_default, help="admin token for --target (default $IOTSTREAM_TOKEN)"
+        )
         client(p)
         p.set_defaults(fn=run)
 
@@ -69,10 +87,14 @@ def over_grpc(args):
         stub = admin_pb2_grpc.AdminStub(ch)
         try:
             if args.action == "configure":
-                return stub.ConfigureDevice(pb.ConfigureDeviceRequest(device_id=args.device_id, config=desired(args)),
-                                            timeout=30, metadata=bearer(args.token))
-            return stub.GetDeviceConfig(pb.GetDeviceConfigRequest(device_id=args.device_id), timeout=30,
-                                        metadata=bearer(args.token))
+                return stub.ConfigureDevice(
+                    pb.ConfigureDeviceRequest(device_id=args.device_id, config=desired(args)),
+                    timeout=30,
+                    metadata=bearer(args.token),
+                )
+            return stub.GetDeviceConfig(
+                pb.GetDeviceConfigRequest(device_id=args.device_id), timeout=30, metadata=bearer(args.token)
+            )
         except grpc.RpcError as exc:
             raise ValueError(f"{exc.code().name}: {exc.details()}") from None
 
@@ -88,8 +110,13 @@ def in_store(args):
         if args.action == "configure":
             config = desired(args)
             device_config.check(args.device_id, config)
-            configs.set(args.device_id, config.sample_interval_ms, list(config.metrics), dict(config.settings),
-                        device_config.now_ms())
+            configs.set(
+                args.device_id,
+                config.sample_interval_ms,
+                list(config.metrics),
+                dict(config.settings),
+                device_config.now_ms(),
+            )
         return device_config.state_message(configs.desired(args.device_id), configs.reported(args.device_id))
     finally:
         backend.close()

@@ -12,8 +12,12 @@ from .help import add_examples
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iotstream", description="Telemetry pipeline for device fleets.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--log-format", choices=["text", "json"], default="text",
-                   help="log lines as text (default) or one JSON object per line")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log lines as text (default) or one JSON object per line",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     nodes.add_parsers(sub)
     tokens.add_parsers(sub)

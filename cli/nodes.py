@@ -16,12 +16,18 @@ def warn_open(config, what: str, port: int) -> None:
     """Say loudly what a node without auth or TLS exposes."""
     if not config.auth and ("ingest" in config.roles or "query" in config.roles):
         line = "=" * 100
-        say(f"{line}\nWARNING: iotstream {what} runs WITHOUT AUTHENTICATION: anyone who reaches "
+        say(
+            f"{line}\nWARNING: iotstream {what} runs WITHOUT AUTHENTICATION: anyone who reaches "
             f"{config.host}:{port} can send readings\nas any device and read everything. Fine for a "
-            f"local demo; otherwise pass --auth (and --tls-cert/--tls-key).\n{line}", logging.WARNING)
+            f"local demo; otherwise pass --auth (and --tls-cert/--tls-key).\n{line}",
+            logging.WARNING,
+        )
     elif config.tls is None and config.host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"WARNING: iotstream {what}: tokens travel in plain text on {config.host}; pass --tls-cert/--tls-key",
-            logging.WARNING)
+        say(
+            f"WARNING: iotstream {what}: tokens travel in plain text on {config.host}; pass "
+            "--tls-cert/--tls-key",
+            logging.WARNING,
+        )
 
 
 def run_node(config, what: str) -> int:
@@ -44,8 +50,10 @@ def run_node(config, what: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(node.failed.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [asyncio.create_task(stop.wait()), asyncio.create_task(node.failed.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         say(f"iotstream {what}: stopping (draining acks, queue and state)")
         await node.stop()
         if node.failed.is_set():
@@ -91,8 +99,15 @@ def cmd_demo(args) -> int:
         print(f"embedded server on {target}, data in {args.data_dir}", file=sys.stderr)
         try:
             print(f"simulating {args.devices} devices x {args.readings} readings ...", file=sys.stderr)
-            summary, _ = await run_fleet(target, args.devices, args.readings, args.batch, progress=True,
-                                         seed=int(time.time()), anomalies=0.001)
+            summary, _ = await run_fleet(
+                target,
+                args.devices,
+                args.readings,
+                args.batch,
+                progress=True,
+                seed=int(time.time()),
+                anomalies=0.001,
+            )
             import grpc
 
             from iotstream.v1 import query_pb2_grpc
@@ -103,37 +118,58 @@ def cmd_demo(args) -> int:
                 anomalies = await stub.ListAnomalies(pb.ListAnomaliesRequest(page_size=5), timeout=30)
         finally:
             await server.stop()
-        print(f"ingest: {summary['acked']:,} readings acked at {summary['readings_per_s']:,.0f} readings/s "
-              f"(ack p50 {summary['ack_p50_ms']} ms, p99 {summary['ack_p99_ms']} ms)")
-        print(f"store:  {stats.readings:,} readings, {stats.devices} devices, {stats.anomalies} anomalies "
-              f"({summary['injected_anomalies']} spikes injected)")
+        print(
+            f"ingest: {summary['acked']:,} readings acked at {summary['readings_per_s']:,.0f} readings/s "
+            f"(ack p50 {summary['ack_p50_ms']} ms, p99 {summary['ack_p99_ms']} ms)"
+        )
+        print(
+            f"store:  {stats.readings:,} readings, {stats.devices} devices, {stats.anomalies} anomalies "
+            f"({summary['injected_anomalies']} spikes injected)"
+        )
         for a in anomalies.anomalies:
-            print(f"  anomaly {a.kind:<8} {a.device_id} {a.metric} value={a.value:.2f} z={a.zscore:+.1f} score={a.score:.3f}")
+            print(
+                f"  anomaly {a.kind:<8} {a.device_id} {a.metric} value={a.value:.2f} z={a.zscore:+.1f} "
+                f"score={a.score:.3f}"
+            )
 
     asyncio.run(main())
     return 0
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("serve", help="run ingest + processor + query in one process",
-                       description="Run ingest, processor and query in one process: with the durable local log "
-                                   "and embedded ClickHouse (chDB) by default, or with --kafka between them.")
+    s = sub.add_parser(
+        "serve",
+        help="run ingest + processor + query in one process",
+        description="Run ingest, processor and query in one process: with the durable local log "
+        "and embedded ClickHouse (chDB) by default, or with --kafka between them.",
+    )
     options.listen(s)
     options.kafka(s, required=False)
     options.storage(s)
-    s.add_argument("--log-max-mb", type=float, default=512,
-                   help="local log size cap in MiB: at the cap ingest pushes back (default 512)")
-    s.add_argument("--unavailable-after", type=float, default=30.0,
-                   help="seconds a full local log pushes back before calls get UNAVAILABLE (default 30)")
+    s.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=512,
+        help="local log size cap in MiB: at the cap ingest pushes back (default 512)",
+    )
+    s.add_argument(
+        "--unavailable-after",
+        type=float,
+        default=30.0,
+        help="seconds a full local log pushes back before calls get UNAVAILABLE (default 30)",
+    )
     options.rules(s)
     options.security(s, default_auth=False)
     options.metrics(s)
     options.operator(s)
     s.set_defaults(fn=cmd_serve)
 
-    s = sub.add_parser("ingest", help="run the ingest role alone (distributed, needs --kafka)",
-                       description="The stateless gRPC ingest role: validates batches and hands them to Kafka; "
-                                   "an Ack means the batch is in Kafka. Run any number behind a load balancer.")
+    s = sub.add_parser(
+        "ingest",
+        help="run the ingest role alone (distributed, needs --kafka)",
+        description="The stateless gRPC ingest role: validates batches and hands them to Kafka; "
+        "an Ack means the batch is in Kafka. Run any number behind a load balancer.",
+    )
     options.listen(s)
     options.kafka(s, required=True)
     if "--data-dir" not in s._option_string_actions:
@@ -142,23 +178,37 @@ def add_parsers(sub) -> None:
     options.metrics(s)
     s.set_defaults(fn=cmd_ingest)
 
-    s = sub.add_parser("process", help="run the processor role alone (distributed, needs --kafka)",
-                       description="One member of the processor consumer group: reads Kafka, runs the rolling "
-                                   "statistics, writes ClickHouse exactly once, snapshots its state to Kafka.")
+    s = sub.add_parser(
+        "process",
+        help="run the processor role alone (distributed, needs --kafka)",
+        description="One member of the processor consumer group: reads Kafka, runs the rolling "
+        "statistics, writes ClickHouse exactly once, snapshots its state to Kafka.",
+    )
     options.kafka(s, required=True)
     options.storage(s)
     options.rules(s)
     s.add_argument("--group", default="", help="consumer group (default NAMESPACE-processor)")
-    s.add_argument("--chunk-messages", type=int, default=1000,
-                   help="Kafka messages (batches) per ClickHouse insert at most (default 1000)")
-    s.add_argument("--snapshot-every", type=float, default=5.0,
-                   help="seconds between state snapshots per partition (default 5)")
+    s.add_argument(
+        "--chunk-messages",
+        type=int,
+        default=1000,
+        help="Kafka messages (batches) per ClickHouse insert at most (default 1000)",
+    )
+    s.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=5.0,
+        help="seconds between state snapshots per partition (default 5)",
+    )
     options.metrics(s)
     s.set_defaults(fn=cmd_process)
 
-    s = sub.add_parser("query-server", help="run the Query gRPC service alone",
-                       description="Serve the Query RPCs over a ClickHouse server (--clickhouse) or an embedded "
-                                   "data folder that no other process has open.")
+    s = sub.add_parser(
+        "query-server",
+        help="run the Query gRPC service alone",
+        description="Serve the Query RPCs over a ClickHouse server (--clickhouse) or an embedded "
+        "data folder that no other process has open.",
+    )
     options.listen(s)
     options.storage(s)
     options.security(s, default_auth=True)
@@ -166,10 +216,15 @@ def add_parsers(sub) -> None:
     options.operator(s)
     s.set_defaults(fn=cmd_query_server)
 
-    s = sub.add_parser("demo", help="serve + simulate + query once, then stop",
-                       description="Start the embedded server, stream a simulated fleet through it, print "
-                                   "what got stored and the newest anomalies, and stop.")
-    s.add_argument("--data-dir", default="./iotstream-data", help="ClickHouse data folder (default ./iotstream-data)")
+    s = sub.add_parser(
+        "demo",
+        help="serve + simulate + query once, then stop",
+        description="Start the embedded server, stream a simulated fleet through it, print "
+        "what got stored and the newest anomalies, and stop.",
+    )
+    s.add_argument(
+        "--data-dir", default="./iotstream-data", help="ClickHouse data folder (default ./iotstream-data)"
+    )
     s.add_argument("--devices", type=int, default=50, help="number of devices (default 50)")
     s.add_argument("--readings", type=int, default=6000, help="readings per device (default 6000)")
     s.add_argument("--batch", type=int, default=500, help="readings per batch (default 500)")

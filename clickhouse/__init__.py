@@ -1,4 +1,5 @@
-"""ClickHouse storage: schema migrations, the clickhouse-connect backend (server or embedded chDB), and every SQL statement the product runs."""
+"""ClickHouse storage: schema migrations, the clickhouse-connect backend (server or embedded chDB), and every
+SQL statement the product runs."""
 
 from .backend import Backend, StorageError, open_backend
 from .store import Store

@@ -21,13 +21,25 @@ _CODE = re.compile(r"\bCode:\s*(\d+)")
 # ClickHouse error codes that pass by themselves: a busy or restarting server, the network, too many parts
 # waiting for merges. A repeated insert carries the same deduplication token, so retrying is safe. Every
 # other error (schema, types, disk full, read-only, ...) needs an operator and is not retried.
-TRANSIENT_CODES = frozenset({
-    3, 32,  # UNEXPECTED_END_OF_FILE, ATTEMPT_TO_READ_AFTER_EOF: the connection broke
-    159, 209, 210, 1000,  # TIMEOUT_EXCEEDED, SOCKET_TIMEOUT, NETWORK_ERROR, POCO_EXCEPTION
-    202, 236, 241, 394,  # TOO_MANY_SIMULTANEOUS_QUERIES, ABORTED, MEMORY_LIMIT_EXCEEDED, QUERY_WAS_CANCELLED
-    225, 242, 319, 999,  # NO_ZOOKEEPER, TABLE_IS_READ_ONLY (replica lost Keeper), UNKNOWN_STATUS_OF_INSERT, KEEPER
-    252,  # TOO_MANY_PARTS
-})
+TRANSIENT_CODES = frozenset(
+    {
+        3,
+        32,  # UNEXPECTED_END_OF_FILE, ATTEMPT_TO_READ_AFTER_EOF: the connection broke
+        159,
+        209,
+        210,
+        1000,  # TIMEOUT_EXCEEDED, SOCKET_TIMEOUT, NETWORK_ERROR, POCO_EXCEPTION
+        202,
+        236,
+        241,
+        394,  # TOO_MANY_SIMULTANEOUS_QUERIES, ABORTED, MEMORY_LIMIT_EXCEEDED, QUERY_WAS_CANCELLED
+        225,
+        242,
+        319,
+        999,  # NO_ZOOKEEPER, TABLE_IS_READ_ONLY (replica lost Keeper), UNKNOWN_STATUS_OF_INSERT, KEEPER
+        252,  # TOO_MANY_PARTS
+    }
+)
 
 
 class StorageError(RuntimeError):
@@ -76,7 +88,9 @@ class Backend:
         return self._call(self._client.query_arrow, sql, parameters=_bindable(params))
 
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
-        if token is not None and not _TOKEN.fullmatch(token):  # tokens are built internally; guard all the same
+        if token is not None and not _TOKEN.fullmatch(
+            token
+        ):  # tokens are built internally; guard all the same
             raise ValueError(f"bad insert_deduplication_token {token!r}")
         settings = {"insert_deduplication_token": token} if token else None
         database, _, name = table.rpartition(".")
@@ -92,7 +106,9 @@ class Backend:
             return fn(*args, **kwargs)
         except OperationalError as exc:  # the server could not be reached or answered garbage
             self._flush()
-            raise StorageError(str(exc), transient=True if getattr(exc, "code", None) is None else None) from exc
+            raise StorageError(
+                str(exc), transient=True if getattr(exc, "code", None) is None else None
+            ) from exc
         except (Error, RuntimeError) as exc:  # the chDB transport lets the engine's RuntimeError through
             self._flush()
             raise StorageError(str(exc)) from exc
@@ -112,9 +128,11 @@ def _bindable(params: dict | None) -> dict:
     return {k: int(v) if isinstance(v, bool) else v for k, v in (params or {}).items()}
 
 
-def open_backend(data_dir: str | None = None, clickhouse_url: str | None = None,
-                 database: str = "iotstream") -> Backend:
-    """The server when a URL is given (its path names the database), else the embedded engine on `data_dir`."""
+def open_backend(
+    data_dir: str | None = None, clickhouse_url: str | None = None, database: str = "iotstream"
+) -> Backend:
+    """The server when a URL is given (its path names the database), else the embedded engine on
+    `data_dir`."""
     if not clickhouse_url:
         global ENGINE_PATH
         path = os.path.realpath(data_dir or "./iotstream-data")

@@ -36,8 +36,11 @@ def scratch_tables(config: StoreConfig) -> tuple[str, list[dict]]:
     store = Store(backend_module.open_backend(data_dir=path, database=scratch), config)
     try:
         store.migrate()
-        rows = store.backend.query("SELECT name, engine, create_table_query AS ddl FROM system.tables "
-                                   "WHERE database = {d:String} ORDER BY name", {"d": scratch}).to_pylist()
+        rows = store.backend.query(
+            "SELECT name, engine, create_table_query AS ddl FROM system.tables "
+            "WHERE database = {d:String} ORDER BY name",
+            {"d": scratch},
+        ).to_pylist()
     finally:
         store.backend.command(f"DROP DATABASE IF EXISTS {scratch}")
         store.backend.close()
@@ -55,23 +58,32 @@ def cluster_schema(database: str, cluster: str, config: StoreConfig | None = Non
     local, distributed, mvs = [], [], []
     for r in tables:
         name = str(r["name"])
-        ddl = str(r["ddl"]).replace(f"CREATE TABLE {scratch}.{name} ",
-                                    f"CREATE TABLE IF NOT EXISTS {database}.{name}_local ON CLUSTER {cluster} ", 1)
+        ddl = str(r["ddl"]).replace(
+            f"CREATE TABLE {scratch}.{name} ",
+            f"CREATE TABLE IF NOT EXISTS {database}.{name}_local ON CLUSTER {cluster} ",
+            1,
+        )
         ddl = _MERGE_TREE.sub(functools.partial(_replicated, database=database, name=name), ddl, count=1)
         ddl = re.sub(r"non_replicated_deduplication_window = \d+, ", "", ddl)  # replicas deduplicate anyway
         local.append(ddl.replace(f"{scratch}.", f"{database}."))
-        distributed.append(f"CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} AS "
-                           f"{database}.{name}_local ENGINE = Distributed({cluster}, {database}, {name}_local, "
-                           f"{SHARDING_KEY})")
+        distributed.append(
+            f"CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} AS "
+            f"{database}.{name}_local ENGINE = Distributed({cluster}, {database}, {name}_local, "
+            f"{SHARDING_KEY})"
+        )
     table_names = {r["name"] for r in tables}
 
-    def to_local(m: re.Match[str]) -> str:  # views act on each node's own inserts: from and to the _local tables
+    def to_local(
+        m: re.Match[str],
+    ) -> str:  # views act on each node's own inserts: from and to the _local tables
         return f"{database}.{m.group(1)}_local" if m.group(1) in table_names else f"{database}.{m.group(1)}"
 
     for r in views:
-        ddl = str(r["ddl"]).replace(f"CREATE MATERIALIZED VIEW {scratch}.{r['name']} ",
-                                    f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{r['name']} "
-                                    f"ON CLUSTER {cluster} ", 1)
+        ddl = str(r["ddl"]).replace(
+            f"CREATE MATERIALIZED VIEW {scratch}.{r['name']} ",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{r['name']} ON CLUSTER {cluster} ",
+            1,
+        )
         mvs.append(re.sub(rf"\b{scratch}\.(\w+)\b", to_local, ddl))
     return local + distributed + mvs
 

@@ -9,7 +9,9 @@ import threading
 _DESIRED = """SELECT device_id, version, sample_interval_ms, metrics, settings,
        toUnixTimestamp64Milli(set_time) AS set_ms
 FROM $db.device_config FINAL"""
-_REPORTS = "SELECT device_id, version, toUnixTimestamp64Milli(time) AS time_ms FROM $db.device_config_reports FINAL"
+_REPORTS = (
+    "SELECT device_id, version, toUnixTimestamp64Milli(time) AS time_ms FROM $db.device_config_reports FINAL"
+)
 _MS = "fromUnixTimestamp64Milli({%s:Int64}, 'UTC')"
 
 
@@ -32,19 +34,42 @@ class DeviceConfigs:
                 r["settings"] = json.loads(r["settings"] or "{}")
         return rows
 
-    def set(self, device_id: str, sample_interval_ms: int, metrics: list[str], settings: dict[str, str],
-            now_ms: int) -> dict:
+    def set(
+        self,
+        device_id: str,
+        sample_interval_ms: int,
+        metrics: list[str],
+        settings: dict[str, str],
+        now_ms: int,
+    ) -> dict:
         """Store a new desired configuration; returns its row (with the new version)."""
         with self._lock:
             current = self.desired(device_id)
-            row = {"device_id": device_id, "version": (current["version"] if current else 0) + 1,
-                   "sample_interval_ms": sample_interval_ms, "metrics": list(metrics),
-                   "settings": dict(settings), "set_ms": now_ms}
-            self.backend.command(self._sql(
-                "INSERT INTO $db.device_config (device_id, version, sample_interval_ms, metrics, settings, set_time) "
-                "VALUES ({d:String}, {v:UInt64}, {i:UInt32}, {m:Array(String)}, {s:String}, " + _MS % "t" + ")"),
-                {"d": device_id, "v": row["version"], "i": sample_interval_ms, "m": row["metrics"],
-                 "s": json.dumps(row["settings"], sort_keys=True), "t": now_ms})
+            row = {
+                "device_id": device_id,
+                "version": (current["version"] if current else 0) + 1,
+                "sample_interval_ms": sample_interval_ms,
+                "metrics": list(metrics),
+                "settings": dict(settings),
+                "set_ms": now_ms,
+            }
+            self.backend.command(
+                self._sql(
+                    "INSERT INTO $db.device_config (device_id, version, sample_interval_ms, metrics, "
+                    "settings, set_time) "
+                    "VALUES ({d:String}, {v:UInt64}, {i:UInt32}, {m:Array(String)}, {s:String}, "
+                    + _MS % "t"
+                    + ")"
+                ),
+                {
+                    "d": device_id,
+                    "v": row["version"],
+                    "i": sample_interval_ms,
+                    "m": row["metrics"],
+                    "s": json.dumps(row["settings"], sort_keys=True),
+                    "t": now_ms,
+                },
+            )
         return row
 
     def desired(self, device_id: str) -> dict | None:
@@ -56,9 +81,13 @@ class DeviceConfigs:
         return self._rows(_DESIRED + " WHERE set_time >= " + _MS % "t", {"t": since_ms})
 
     def report(self, device_id: str, version: int, now_ms: int) -> None:
-        self.backend.command(self._sql(
-            "INSERT INTO $db.device_config_reports (device_id, version, time) "
-            "VALUES ({d:String}, {v:UInt64}, " + _MS % "t" + ")"), {"d": device_id, "v": version, "t": now_ms})
+        self.backend.command(
+            self._sql(
+                "INSERT INTO $db.device_config_reports (device_id, version, time) "
+                "VALUES ({d:String}, {v:UInt64}, " + _MS % "t" + ")"
+            ),
+            {"d": device_id, "v": version, "t": now_ms},
+        )
 
     def reported(self, device_id: str) -> dict | None:
         rows = self._rows(_REPORTS + " WHERE device_id = {d:String}", {"d": device_id})
@@ -70,9 +99,12 @@ class DeviceConfigs:
     def versions(self, device_id: str) -> dict:
         """GetDevice's configuration fields: desired version, reported version and time (0 when none)."""
         rows = self._rows(
-            "SELECT (SELECT max(version) FROM $db.device_config WHERE device_id = {d:String}) AS config_version, "
-            "ifNull((SELECT argMax(version, time) FROM $db.device_config_reports WHERE device_id = {d:String}), 0) "
+            "SELECT (SELECT max(version) FROM $db.device_config WHERE device_id = {d:String}) AS "
+            "config_version, "
+            "ifNull((SELECT argMax(version, time) FROM $db.device_config_reports WHERE device_id = "
+            "{d:String}), 0) "
             "AS config_reported_version, ifNull((SELECT toUnixTimestamp64Milli(max(time)) "
             "FROM $db.device_config_reports WHERE device_id = {d:String}), 0) AS config_reported_ms",
-            {"d": device_id})
+            {"d": device_id},
+        )
         return rows[0]

@@ -35,10 +35,12 @@ WITH
         SELECT * FROM $db.anomaly_episodes FINAL
         WHERE (device_id, metric, kind) IN (SELECT device_id, metric, kind FROM keys)
     ),
-    -- Per key: the first episode the earliest new reading can join (ends within Q before it), else that reading.
+    -- Per key: the first episode the earliest new reading can join (ends within Q before it), else that
+    reading.
     starts AS (
         SELECT k.device_id AS device_id, k.metric AS metric, k.kind AS kind,
-               least(any(k.since), coalesce(minIfOrNull(c.opened, addMilliseconds(c.updated, {q:Int64}) >= k.since),
+               least(any(k.since), coalesce(minIfOrNull(c.opened, addMilliseconds(c.updated, {q:Int64}) >=
+               k.since),
                                             any(k.since))) AS start
         FROM keys AS k LEFT JOIN current AS c
             ON c.device_id = k.device_id AND c.metric = k.metric AND c.kind = k.kind
@@ -52,7 +54,8 @@ WITH
         WHERE a.time >= (SELECT min(start) FROM starts) AND a.time >= s.start
     ),
     gaps AS (
-        SELECT *, toUInt8(toUnixTimestamp64Milli(time) - lagInFrame(toUnixTimestamp64Milli(time), 1, toInt64(0))
+        SELECT *, toUInt8(toUnixTimestamp64Milli(time) - lagInFrame(toUnixTimestamp64Milli(time), 1,
+        toInt64(0))
                           OVER (PARTITION BY device_id, metric, kind ORDER BY time
                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) > {q:Int64}) AS gap
         FROM events
@@ -63,7 +66,8 @@ WITH
         FROM gaps
     ),
     fresh AS (
-        SELECT device_id, metric, kind, arraySort(groupUniqArrayArray(detectors)) AS detectors, min(time) AS opened,
+        SELECT device_id, metric, kind, arraySort(groupUniqArrayArray(detectors)) AS detectors, min(time) AS
+        opened,
                max(time) AS updated, toUInt32(count()) AS readings,
                argMax(time, (score, time)) AS peak_time, argMax(value, (score, time)) AS peak_value,
                max(score) AS peak_score, argMax(zscore, (score, time)) AS peak_zscore, 1 AS hit
@@ -104,7 +108,8 @@ COLUMNS = f"""e.device_id AS device_id, e.metric AS metric, e.kind AS kind, e.de
     e.peak_zscore AS zscore, {SEVERITY.replace("peak_score", "e.peak_score")} AS severity,
     toUnixTimestamp64Micro(e.version) AS version_us, toUnixTimestamp64Micro(e.created) AS created_us,
     e.deleted AS deleted,
-    if(a.opened >= e.opened, toUnixTimestamp64Milli(a.at), 0) AS acked_ms, if(a.opened >= e.opened, a.by, '') AS acked_by"""
+    if(a.opened >= e.opened, toUnixTimestamp64Milli(a.at), 0) AS acked_ms,
+    if(a.opened >= e.opened, a.by, '') AS acked_by"""
 
 # An acknowledgement belongs to the episode it named, and to the episode that absorbed it if a late reading
 # merged them: the newest ack whose episode start lies in [opened, updated] (ASOF on the start).
@@ -118,8 +123,11 @@ def list_sql(after: bool, acked: int) -> str:
     """Episodes newest first by (opened, device_id, metric, kind), after a keyset cursor; `acked`: 0 any,
     1 acknowledged only, 2 unacknowledged only. Without an acknowledgement filter the page is cut before
     the join, so only its rows meet the acknowledgements."""
-    cursor = (f"(opened, device_id, metric, kind) < ({_MS % 'at'}, {{ad:String}}, {{am:String}}, "
-              "{ak:String})") if after else "1"
+    cursor = (
+        (f"(opened, device_id, metric, kind) < ({_MS % 'at'}, {{ad:String}}, {{am:String}}, {{ak:String}})")
+        if after
+        else "1"
+    )
     ack = {0: "1", 1: "a.opened >= e.opened", 2: "NOT (a.opened >= e.opened)"}[acked]
     order = "ORDER BY opened DESC, device_id DESC, metric DESC, kind DESC LIMIT {limit:UInt32}"
     return f"""
@@ -129,9 +137,9 @@ def list_sql(after: bool, acked: int) -> str:
         WHERE ({{d:String}} = '' OR device_id = {{d:String}})
           AND ({{m:String}} = '' OR metric = {{m:String}})
           AND ({{k:String}} = '' OR kind = {{k:String}})
-          AND opened < {_MS % 'end'} AND updated >= {_MS % 'start'}
+          AND opened < {_MS % "end"} AND updated >= {_MS % "start"}
           AND {SEVERITY} >= {{sev:UInt8}}
-          AND ({{state:UInt8}} = 0 OR ({{state:UInt8}} = 1) = (closes > {_MS % 'now'}))
+          AND ({{state:UInt8}} = 0 OR ({{state:UInt8}} = 1) = (closes > {_MS % "now"}))
           AND {cursor}
         {order if acked == 0 else ""}
     ) AS e
@@ -146,14 +154,14 @@ GET = f"""
 SELECT {COLUMNS}
 FROM (SELECT * FROM $db.anomaly_episodes FINAL
       WHERE device_id = {{d:String}} AND metric = {{m:String}} AND kind = {{k:String}}
-        AND opened = {_MS % 'o'}) AS e
+        AND opened = {_MS % "o"}) AS e
 {_JOIN_ACKS}
 """
 
 ACKNOWLEDGE = f"""
 INSERT INTO $db.anomaly_acks (device_id, metric, kind, opened, acked_at, acked_by)
-SELECT {{d:String}}, {{m:String}}, {{k:String}}, {_MS % 'o'}, min(at), argMinState({{by:String}}, at)
-FROM (SELECT {_MS % 'at'} AS at)
+SELECT {{d:String}}, {{m:String}}, {{k:String}}, {_MS % "o"}, min(at), argMinState({{by:String}}, at)
+FROM (SELECT {_MS % "at"} AS at)
 """
 
 # Newest version of each episode written after the cursor (version_us, key), oldest first.
@@ -161,12 +169,13 @@ CHANGES = f"""
 SELECT {COLUMNS}
 FROM (
     SELECT * FROM $db.anomaly_episodes
-    WHERE version >= {_US % 'v'} AND version <= {_US % 'upto'}
+    WHERE version >= {_US % "v"} AND version <= {_US % "upto"}
     ORDER BY device_id, metric, kind, opened, version DESC
     LIMIT 1 BY device_id, metric, kind, opened
 ) AS e
 {_JOIN_ACKS}
-WHERE (e.version, e.device_id, e.metric, e.kind, e.opened) > ({_US % 'v'}, {{vd:String}}, {{vm:String}}, {{vk:String}}, {_MS % 'vo'})
+WHERE (e.version, e.device_id, e.metric, e.kind, e.opened) > ({_US % "v"}, {{vd:String}}, {{vm:String}},
+{{vk:String}}, {_MS % "vo"})
 ORDER BY e.version, e.device_id, e.metric, e.kind, e.opened
 LIMIT {{limit:UInt32}}
 """
@@ -177,11 +186,13 @@ CLOSURES = f"""
 SELECT {COLUMNS}
 FROM (
     SELECT * FROM $db.anomaly_episodes FINAL
-    WHERE closes >= {_MS % 'c'} AND closes <= {_MS % 'now'}
+    WHERE closes >= {_MS % "c"} AND closes <= {_MS % "now"}
 ) AS e
 {_JOIN_ACKS}
-WHERE (e.version, e.device_id, e.metric, e.kind, e.opened) <= ({_US % 'v'}, {{vd:String}}, {{vm:String}}, {{vk:String}}, {_MS % 'vo'})
-  AND (e.closes, e.device_id, e.metric, e.kind, e.opened) > ({_MS % 'c'}, {{cd:String}}, {{cm:String}}, {{ck:String}}, {_MS % 'co'})
+WHERE (e.version, e.device_id, e.metric, e.kind, e.opened) <= ({_US % "v"}, {{vd:String}}, {{vm:String}},
+{{vk:String}}, {_MS % "vo"})
+  AND (e.closes, e.device_id, e.metric, e.kind, e.opened) > ({_MS % "c"}, {{cd:String}}, {{cm:String}},
+  {{ck:String}}, {_MS % "co"})
 ORDER BY e.closes, e.device_id, e.metric, e.kind, e.opened
 LIMIT {{limit:UInt32}}
 """
@@ -197,52 +208,95 @@ class Episodes(Tables):
         """Recompute the episodes of these (device_id, metric, kind, earliest new flagged reading ms)."""
         with self._episode_lock:
             for i in range(0, len(keys), EPISODE_KEYS_PER_STATEMENT):
-                chunk = keys[i:i + EPISODE_KEYS_PER_STATEMENT]
-                self._command(RECOMPUTE, {
-                    "kd": [k[0] for k in chunk], "km": [k[1] for k in chunk], "kk": [k[2] for k in chunk],
-                    "kt": [int(k[3]) for k in chunk], "q": int(self.config.episode_quiet_ms)})
+                chunk = keys[i : i + EPISODE_KEYS_PER_STATEMENT]
+                self._command(
+                    RECOMPUTE,
+                    {
+                        "kd": [k[0] for k in chunk],
+                        "km": [k[1] for k in chunk],
+                        "kk": [k[2] for k in chunk],
+                        "kt": [int(k[3]) for k in chunk],
+                        "q": int(self.config.episode_quiet_ms),
+                    },
+                )
 
     def rebuild_episodes(self) -> None:
         """Episodes of every flagged reading stored (after the migration that adds them)."""
-        rows = self._query("SELECT device_id, metric, kind, toUnixTimestamp64Milli(min(time)) AS t "
-                           "FROM $db.anomalies GROUP BY device_id, metric, kind").to_pylist()
+        rows = self._query(
+            "SELECT device_id, metric, kind, toUnixTimestamp64Milli(min(time)) AS t "
+            "FROM $db.anomalies GROUP BY device_id, metric, kind"
+        ).to_pylist()
         self.update_episodes([(r["device_id"], r["metric"], r["kind"], r["t"]) for r in rows])
 
-    def anomalies(self, device_id: str, metric: str, kind: str, min_severity: int, state: int, acked: int,
-                  start_ms: int, end_ms: int, now_ms: int, after: tuple | None, limit: int) -> list:
+    def anomalies(
+        self,
+        device_id: str,
+        metric: str,
+        kind: str,
+        min_severity: int,
+        state: int,
+        acked: int,
+        start_ms: int,
+        end_ms: int,
+        now_ms: int,
+        after: tuple | None,
+        limit: int,
+    ) -> list:
         """Episodes newest first by (opened, device_id, metric, kind) descending; `after` is the previous
         page's last (opened_ms, device_id, metric, kind), exclusive. state: 0 any, 1 open, 2 closed;
         acked: 0 any, 1 acknowledged, 2 not."""
         at, ad, am, ak = after or (0, "", "", "")
-        return self._query(list_sql(after is not None, acked), {
-            "d": device_id, "m": metric, "k": kind, "sev": min_severity, "state": state, "start": start_ms,
-            "end": end_ms, "now": now_ms, "at": at, "ad": ad, "am": am, "ak": ak, "limit": limit}).to_pylist()
+        return self._query(
+            list_sql(after is not None, acked),
+            {
+                "d": device_id,
+                "m": metric,
+                "k": kind,
+                "sev": min_severity,
+                "state": state,
+                "start": start_ms,
+                "end": end_ms,
+                "now": now_ms,
+                "at": at,
+                "ad": ad,
+                "am": am,
+                "ak": ak,
+                "limit": limit,
+            },
+        ).to_pylist()
 
     def anomaly(self, device_id: str, metric: str, kind: str, opened_ms: int) -> dict | None:
         rows = self._query(GET, {"d": device_id, "m": metric, "k": kind, "o": opened_ms}).to_pylist()
         return rows[0] if rows else None
 
-    def acknowledge(self, device_id: str, metric: str, kind: str, opened_ms: int, by: str,
-                    at_ms: int) -> dict | None:
+    def acknowledge(
+        self, device_id: str, metric: str, kind: str, opened_ms: int, by: str, at_ms: int
+    ) -> dict | None:
         """Acknowledge an episode (the first acknowledgement stands); None if there is no such episode."""
         if self.anomaly(device_id, metric, kind, opened_ms) is None:
             return None
-        self._command(ACKNOWLEDGE, {"d": device_id, "m": metric, "k": kind, "o": opened_ms,
-                                             "by": by, "at": at_ms})
+        self._command(
+            ACKNOWLEDGE, {"d": device_id, "m": metric, "k": kind, "o": opened_ms, "by": by, "at": at_ms}
+        )
         return self.anomaly(device_id, metric, kind, opened_ms)
 
     def episode_version(self) -> int:
         """Newest episode version (Unix microseconds), 0 if none: where a new watcher starts."""
-        return self._query("SELECT toUnixTimestamp64Micro(max(version)) AS v FROM $db.anomaly_episodes"
-                           ).column("v")[0].as_py() or 0
+        return (
+            self._query("SELECT toUnixTimestamp64Micro(max(version)) AS v FROM $db.anomaly_episodes")
+            .column("v")[0]
+            .as_py()
+            or 0
+        )
 
     def episode_changes(self, after: tuple, now_ms: int, limit: int) -> list:
         """Newest version of each episode written after `after` = (version_us, device_id, metric, kind,
         opened_ms), oldest first, at most `limit`; versions younger than watch_settle_ms wait."""
         v, vd, vm, vk, vo = after
         upto = (now_ms - int(self.config.watch_settle_ms)) * 1000 + 999
-        return self._query(CHANGES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "upto": upto,
-                                              "limit": limit}).to_pylist()
+        return self._query(
+            CHANGES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "upto": upto, "limit": limit}
+        ).to_pylist()
 
     def episode_closures(self, seen: tuple, after: tuple, now_ms: int, limit: int) -> list:
         """Episodes whose current version is at or before `seen` = (version_us, device_id, metric, kind,
@@ -250,9 +304,23 @@ class Episodes(Tables):
         and not after now_ms, by closes time."""
         v, vd, vm, vk, vo = seen
         c, cd, cm, ck, co = after
-        return self._query(CLOSURES, {"v": v, "vd": vd, "vm": vm, "vk": vk, "vo": vo, "c": c, "cd": cd,
-                                               "cm": cm, "ck": ck, "co": co, "now": now_ms, "limit": limit}
-                           ).to_pylist()
+        return self._query(
+            CLOSURES,
+            {
+                "v": v,
+                "vd": vd,
+                "vm": vm,
+                "vk": vk,
+                "vo": vo,
+                "c": c,
+                "cd": cd,
+                "cm": cm,
+                "ck": ck,
+                "co": co,
+                "now": now_ms,
+                "limit": limit,
+            },
+        ).to_pylist()
 
 
 def episode_keys(data: pa.Table) -> list[tuple[str, str, str, int]]:
@@ -263,4 +331,6 @@ def episode_keys(data: pa.Table) -> list[tuple[str, str, str, int]]:
         cols[name] = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
     cols["t"] = data.column("time").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     grouped = pa.table(cols).group_by(["device_id", "metric", "kind"]).aggregate([("t", "min")])
-    return list(zip(*(grouped.column(n).to_pylist() for n in ("device_id", "metric", "kind", "t_min")), strict=True))
+    return list(
+        zip(*(grouped.column(n).to_pylist() for n in ("device_id", "metric", "kind", "t_min")), strict=True)
+    )

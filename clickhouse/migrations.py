@@ -65,8 +65,10 @@ class Schema(Tables):
     def apply_retention(self) -> list[str]:
         """Bring each table's TTL to the configured days; returns the tables changed. Rows already stored
         past a shorter limit go at the next merge rather than in a rewrite of every part now."""
-        rows = self._query("SELECT name, create_table_query AS ddl FROM system.tables WHERE database = {d:String}",
-                           {"d": self.db}).to_pylist()
+        rows = self._query(
+            "SELECT name, create_table_query AS ddl FROM system.tables WHERE database = {d:String}",
+            {"d": self.db},
+        ).to_pylist()
         changed = []
         for row in rows:
             if row["name"] not in RETENTION:
@@ -76,7 +78,9 @@ class Schema(Tables):
             found = _TTL_DAYS.search(row["ddl"])
             if found and int(found.group(1)) == days:
                 continue
-            self._command(f"ALTER TABLE $db.{row['name']} MODIFY TTL {expr} + INTERVAL {days} DAY "
-                          "SETTINGS materialize_ttl_after_modify = 0")
+            self._command(
+                f"ALTER TABLE $db.{row['name']} MODIFY TTL {expr} + INTERVAL {days} DAY "
+                "SETTINGS materialize_ttl_after_modify = 0"
+            )
             changed.append(row["name"])
         return changed

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 from . import rollups
-from .tables import _MS, FEW_DEVICES, ONE_THREAD, ReadCap, Tables
+from .tables import _MS, FEW_DEVICES, NO_CAP, ONE_THREAD, ReadCap, Tables
 
 _DEVICE_COLUMNS = """toUnixTimestamp64Milli(min(first_time)) AS first_seen_ms,
     toUnixTimestamp64Milli(max(last_time)) AS last_seen_ms,
     toUnixTimestamp64Milli(max(last_stored)) AS last_stored_ms, sum(readings) AS readings"""
-
 
 
 class Reads(Tables):
@@ -20,7 +19,8 @@ class Reads(Tables):
             SELECT
                 (SELECT count() FROM $db.readings) AS readings,
                 (SELECT count() FROM $db.anomaly_episodes FINAL) AS anomalies,
-                (SELECT count() FROM $db.anomaly_episodes FINAL WHERE closes > {_MS % "now"}) AS open_anomalies,
+                (SELECT count() FROM $db.anomaly_episodes FINAL WHERE closes > {_MS % "now"}) AS
+                open_anomalies,
                 (SELECT uniqExact(device_id) FROM $db.device_metrics) AS devices,
                 (SELECT count() FROM (SELECT device_id FROM $db.device_metrics GROUP BY device_id
                                       HAVING max(last_stored) >= {_MS % "since"})) AS devices_online,
@@ -33,9 +33,11 @@ class Reads(Tables):
     def table_sizes(self) -> list:
         """Rows and bytes on disk of each table with data (active parts; row versions not yet merged away
         count too)."""
-        return self._query("SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts "
-                           "WHERE database = {d:String} AND active GROUP BY table ORDER BY table",
-                           {"d": self.db}).to_pylist()
+        return self._query(
+            "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts "
+            "WHERE database = {d:String} AND active GROUP BY table ORDER BY table",
+            {"d": self.db},
+        ).to_pylist()
 
     def list_devices(self, prefix: str, status: int, online_since_ms: int, after: str, limit: int) -> list:
         """Registry rows by device id after `after`; status: 0 all, 1 online only, 2 offline only
@@ -58,24 +60,38 @@ class Reads(Tables):
         reading time and last stored time, each row also carrying the device's episode counts."""
         return self._query(
             f"""
-            WITH (SELECT tuple(count(), countIf(closes > {_MS % 'now'})) FROM $db.anomaly_episodes FINAL
+            WITH (SELECT tuple(count(), countIf(closes > {_MS % "now"})) FROM $db.anomaly_episodes FINAL
                   WHERE device_id = {{d:String}}) AS episodes
-            SELECT metric, toUnixTimestamp64Milli(max(last_time)) AS time_ms, argMaxMerge(last_value) AS value,
+            SELECT metric, toUnixTimestamp64Milli(max(last_time)) AS time_ms, argMaxMerge(last_value) AS
+            value,
                    sum(readings) AS stored_readings, toUnixTimestamp64Milli(min(first_time)) AS first_ms,
                    toUnixTimestamp64Milli(max(last_stored)) AS stored_ms,
                    tupleElement(episodes, 1) AS anomalies, tupleElement(episodes, 2) AS open_anomalies
             FROM $db.device_metrics WHERE device_id = {{d:String}}
             GROUP BY metric HAVING sum(readings) > 0 ORDER BY metric
-            """ + ONE_THREAD,
+            """
+            + ONE_THREAD,
             {"d": device_id, "now": now_ms},
         ).to_pylist()
 
-    def history(self, device_id: str, metrics: list[str], start_ms: int, end_ms: int,
-                after: tuple | None, limit: int, cap: ReadCap = ReadCap()) -> pa.Table:
+    def history(
+        self,
+        device_id: str,
+        metrics: list[str],
+        start_ms: int,
+        end_ms: int,
+        after: tuple | None,
+        limit: int,
+        cap: ReadCap = NO_CAP,
+    ) -> pa.Table:
         """Readings ordered by (metric, time, value), from the cursor `after` = (metric, time_ms, value)
         inclusive; the caller drops the rows of the cursor it already returned."""
         metric, time_ms, value = after or ("", start_ms, 0.0)
-        cursor = "1" if after is None else f"(metric, time, value) >= ({{am:String}}, {_MS % 'at'}, {{av:Float64}})"
+        cursor = (
+            "1"
+            if after is None
+            else f"(metric, time, value) >= ({{am:String}}, {_MS % 'at'}, {{av:Float64}})"
+        )
         return self._query(
             f"""
             SELECT metric, toUnixTimestamp64Milli(time) AS time_ms, value
@@ -86,14 +102,31 @@ class Reads(Tables):
               AND {cursor}
             ORDER BY metric, time, value
             LIMIT {{limit:UInt32}}
-            """ + cap.settings(one_thread=True),
-            {"d": device_id, "metrics": metrics, "start": start_ms, "end": end_ms, "am": metric,
-             "at": time_ms, "av": value, "limit": limit},
+            """
+            + cap.settings(one_thread=True),
+            {
+                "d": device_id,
+                "metrics": metrics,
+                "start": start_ms,
+                "end": end_ms,
+                "am": metric,
+                "at": time_ms,
+                "av": value,
+                "limit": limit,
+            },
         )
 
-    def aggregate(self, device_ids: list[str], metrics: list[str], start_ms: int, end_ms: int,
-                  interval_ms: int, funcs: list[str], merge_devices: bool,
-                  cap: ReadCap = ReadCap()) -> tuple[pa.Table, list[str]]:
+    def aggregate(
+        self,
+        device_ids: list[str],
+        metrics: list[str],
+        start_ms: int,
+        end_ms: int,
+        interval_ms: int,
+        funcs: list[str],
+        merge_devices: bool,
+        cap: ReadCap = NO_CAP,
+    ) -> tuple[pa.Table, list[str]]:
         """Buckets of `interval_ms` over [start_ms, end_ms), and the tables read (see rollups.plan)."""
         pieces = rollups.plan(start_ms, end_ms, interval_ms)
         if not pieces:

@@ -56,7 +56,16 @@ ROLLUP_MERGE = {
     "sd": "stddevSampStableMergeState(sd)",
     "q": f"quantilesTDigestMergeState({QUANTILES})(q)",
 }
-NEEDS = {"MIN": "lo", "MAX": "hi", "AVG": "total", "SUM": "total", "STDDEV": "sd", "P50": "q", "P95": "q", "P99": "q"}
+NEEDS = {
+    "MIN": "lo",
+    "MAX": "hi",
+    "AVG": "total",
+    "SUM": "total",
+    "STDDEV": "sd",
+    "P50": "q",
+    "P95": "q",
+    "P99": "q",
+}
 
 
 def plan(start_ms: int, end_ms: int, interval_ms: int) -> list[tuple[str, int, int]]:
@@ -77,8 +86,13 @@ def _split(lo: int, hi: int, levels: list) -> list[tuple[str, int, int]]:
     return _split(lo, first, levels[:-1]) + [(table, first, last)] + _split(last, hi, levels[:-1])
 
 
-def aggregate_sql(pieces: list[tuple[str, int, int]], funcs: list[str], merge_devices: bool,
-                  by_device: bool, by_metric: bool) -> tuple[str, dict]:
+def aggregate_sql(
+    pieces: list[tuple[str, int, int]],
+    funcs: list[str],
+    merge_devices: bool,
+    by_device: bool,
+    by_metric: bool,
+) -> tuple[str, dict]:
     """SQL (with `$db` left for the store) and the piece bounds as parameters. Every fragment comes from
     the tables above; user values travel as {devices}, {metrics}, {iv} parameters."""
     dev = "''" if merge_devices else "device_id"
@@ -94,8 +108,11 @@ def aggregate_sql(pieces: list[tuple[str, int, int]], funcs: list[str], merge_de
         params.update(lo0=lo, hi0=hi)
         cols = ", ".join(f"{DIRECT[f]} AS {f.lower()}" for f in funcs)
         filters = " AND ".join([*where, _RAW_RANGE.format(i=0)])
-        return (f"SELECT {dev} AS dev, metric, {_RAW_BUCKET} AS bucket_ms, {cols} FROM $db.readings "
-                f"WHERE {filters} GROUP BY dev, metric, bucket_ms ORDER BY dev, metric, bucket_ms", params)
+        return (
+            f"SELECT {dev} AS dev, metric, {_RAW_BUCKET} AS bucket_ms, {cols} FROM $db.readings "
+            f"WHERE {filters} GROUP BY dev, metric, bucket_ms ORDER BY dev, metric, bucket_ms",
+            params,
+        )
 
     states = ["n", *dict.fromkeys(NEEDS[f] for f in funcs if f in NEEDS)]
     branches = []
@@ -109,8 +126,10 @@ def aggregate_sql(pieces: list[tuple[str, int, int]], funcs: list[str], merge_de
             ranges = " OR ".join(f"({_RAW_RANGE.format(i=i)})" for i in idx)
             cols = ", ".join(f"{STATES[s]} AS {s}" for s in states)
             filters = " AND ".join([*where, f"({ranges})"])
-            branches.append(f"SELECT {dev} AS dev, metric, {_RAW_BUCKET} AS bucket_ms, {cols} FROM $db.readings "
-                            f"WHERE {filters} GROUP BY dev, metric, bucket_ms")
+            branches.append(
+                f"SELECT {dev} AS dev, metric, {_RAW_BUCKET} AS bucket_ms, {cols} FROM $db.readings "
+                f"WHERE {filters} GROUP BY dev, metric, bucket_ms"
+            )
             continue
         ranges = " OR ".join(f"({_ROLLUP_RANGE.format(i=i)})" for i in idx)
         filters = " AND ".join([*where, f"({ranges})"])
@@ -118,20 +137,31 @@ def aggregate_sql(pieces: list[tuple[str, int, int]], funcs: list[str], merge_de
             # Grouped by (metric, bucket) with the rollup's own sums/min/max, which is what the tables'
             # `fleet` projection holds: ClickHouse then reads it instead of every device's rows.
             cols = ", ".join(f"{ROLLUP_MERGE[s]} AS {s}" for s in states)
-            branches.append(f"SELECT '' AS dev, metric, {_ROLLUP_BUCKET} AS bucket_ms, {cols} "
-                            f"FROM $db.{table} WHERE {filters} GROUP BY metric, bucket")
+            branches.append(
+                f"SELECT '' AS dev, metric, {_ROLLUP_BUCKET} AS bucket_ms, {cols} "
+                f"FROM $db.{table} WHERE {filters} GROUP BY metric, bucket"
+            )
         else:
-            branches.append(f"SELECT {dev} AS dev, metric, {_ROLLUP_BUCKET} AS bucket_ms, {', '.join(states)} "
-                            f"FROM $db.{table} WHERE {filters}")
+            branches.append(
+                f"SELECT {dev} AS dev, metric, {_ROLLUP_BUCKET} AS bucket_ms, {', '.join(states)} "
+                f"FROM $db.{table} WHERE {filters}"
+            )
     cols = ", ".join(f"{MERGED[f]} AS {f.lower()}" for f in funcs)
     union = "\n    UNION ALL\n    ".join(branches)
-    return (f"SELECT dev, metric, bucket_ms, {cols} FROM (\n    {union}\n) "
-            f"GROUP BY dev, metric, bucket_ms ORDER BY dev, metric, bucket_ms", params)
+    return (
+        f"SELECT dev, metric, bucket_ms, {cols} FROM (\n    {union}\n) "
+        f"GROUP BY dev, metric, bucket_ms ORDER BY dev, metric, bucket_ms",
+        params,
+    )
 
 
 _RAW_BUCKET = "intDiv(toUnixTimestamp64Milli(time), {iv:Int64}) * {iv:Int64}"
 _ROLLUP_BUCKET = "intDiv(toInt64(toUnixTimestamp(bucket)) * 1000, {iv:Int64}) * {iv:Int64}"
-_RAW_RANGE = ("time >= fromUnixTimestamp64Milli({{lo{i}:Int64}}, 'UTC') "
-              "AND time < fromUnixTimestamp64Milli({{hi{i}:Int64}}, 'UTC')")
-_ROLLUP_RANGE = ("bucket >= toDateTime(intDiv({{lo{i}:Int64}}, 1000), 'UTC') "
-                 "AND bucket < toDateTime(intDiv({{hi{i}:Int64}}, 1000), 'UTC')")
+_RAW_RANGE = (
+    "time >= fromUnixTimestamp64Milli({{lo{i}:Int64}}, 'UTC') "
+    "AND time < fromUnixTimestamp64Milli({{hi{i}:Int64}}, 'UTC')"
+)
+_ROLLUP_RANGE = (
+    "bucket >= toDateTime(intDiv({{lo{i}:Int64}}, 1000), 'UTC') "
+    "AND bucket < toDateTime(intDiv({{hi{i}:Int64}}, 1000), 'UTC')"
+)

@@ -33,7 +33,8 @@ class Store(Schema, Reads, Episodes):
 
     def insert_anomalies(self, data: pa.Table, token: str | None = None) -> None:
         """Flagged readings (device_id, metric, time, value, kind, detectors, score, zscore; one row per
-        reading, `kind` its dominant detector), then the anomaly episodes they open, extend or join. A replay with the same token
+        reading, `kind` its dominant detector), then the anomaly episodes they open, extend or join. A replay
+        with the same token
         stores nothing twice and leaves the episodes as they are."""
         if data.num_rows == 0:
             return

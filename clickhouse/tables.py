@@ -36,6 +36,9 @@ class ReadCap:
         return " SETTINGS " + ", ".join(items) if items else ""
 
 
+NO_CAP = ReadCap()
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     # Raw readings, 1-minute rollups and flagged readings older than this are dropped by TTL, so ingest
@@ -55,8 +58,12 @@ class StoreConfig:
 class Tables:
     """The database of one deployment; the Store's parts (schema, reads, episodes) act on it."""
 
-    def __init__(self, backend: Backend, config: StoreConfig | None = None,
-                 on_insert: Callable[[str, float, pa.Table], None] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        config: StoreConfig | None = None,
+        on_insert: Callable[[str, float, pa.Table], None] | None = None,
+    ):
         self.backend = backend
         self.config = config or StoreConfig()
         self.db = backend.database
@@ -67,8 +74,11 @@ class Tables:
 
     def _sql(self, text: str) -> str:
         # Table names are qualified with the database ($db): sessions of one chDB engine share `USE`.
-        return string.Template(text).substitute(db=self.db, retention_days=int(self.config.retention_days),
-                                                long_retention_days=int(self.config.long_retention_days))
+        return string.Template(text).substitute(
+            db=self.db,
+            retention_days=int(self.config.retention_days),
+            long_retention_days=int(self.config.long_retention_days),
+        )
 
     def _query(self, sql: str, params: dict | None = None) -> pa.Table:
         return self.backend.query(self._sql(sql), params)

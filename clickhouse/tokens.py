@@ -35,10 +35,18 @@ class TokenTable:
         self.backend.command(
             f"INSERT INTO {self.name} (token_sha256, role, subject, revoked, version) "
             "VALUES ({h:String}, {role:String}, {subject:String}, {revoked:UInt8}, {v:UInt64})",
-            {"h": token_sha256, "role": role, "subject": subject, "revoked": int(revoked), "v": time.time_ns()})
+            {
+                "h": token_sha256,
+                "role": role,
+                "subject": subject,
+                "revoked": int(revoked),
+                "v": time.time_ns(),
+            },
+        )
 
     def live(self) -> list[dict]:
         """Tokens not revoked: token_sha256, role, subject, created_ms; by role and subject."""
         return self.backend.query(
             f"SELECT token_sha256, role, subject, toUnixTimestamp64Milli(created) AS created_ms "
-            f"FROM {self.name} FINAL WHERE revoked = 0 ORDER BY role, subject").to_pylist()
+            f"FROM {self.name} FINAL WHERE revoked = 0 ORDER BY role, subject"
+        ).to_pylist()

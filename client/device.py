@@ -1,4 +1,5 @@
-"""The device client library: record readings, and they reach the server exactly once, whatever the network does.
+"""The device client library: record readings, and they reach the server exactly once, whatever the network
+does.
 
     async with DeviceClient("ingest.example:50051", "pump-7", token=TOKEN) as device:
         device.record("temperature", 21.5)
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+
 from iotstream.v1 import ingest_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,16 @@ log = logging.getLogger(__name__)
 STREAM_METHOD = "/iotstream.v1.Ingest/Stream"
 # NATs forget idle flows after 30-60 s: ping every 30 s (the server accepts pings 20 s apart even without
 # calls), and give up on a silent peer after 10 s so a dead path is noticed and redialled.
-KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
-                     ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0))
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 # Resending cannot help with these: the client stops and says why.
-FATAL = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
-                   grpc.StatusCode.UNIMPLEMENTED})
+FATAL = frozenset(
+    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED}
+)
 
 
 class BufferFull(Exception):
@@ -94,7 +101,9 @@ class Buffer:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY, raw BLOB, readings INTEGER)")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY, raw BLOB, readings INTEGER)"
+            )
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
             for seq, raw, n in self.db.execute("SELECT seq, raw, readings FROM batches ORDER BY seq"):
                 self.batches[seq] = (raw, n)
@@ -143,9 +152,15 @@ class Columns:
 
     def seal(self, device_id: str, seq: int) -> bytes:
         base = self.times[0]
-        return pb.ReadingBatch(device_id=device_id, seq=seq, base_time_ms=base,
-                               time_offset_ms=[t - base for t in self.times], metric_names=list(self.names),
-                               metric_index=self.index, values=self.values).SerializeToString()
+        return pb.ReadingBatch(
+            device_id=device_id,
+            seq=seq,
+            base_time_ms=base,
+            time_offset_ms=[t - base for t in self.times],
+            metric_names=list(self.names),
+            metric_index=self.index,
+            values=self.values,
+        ).SerializeToString()
 
 
 def rejected_readings(raw: bytes, ack: pb.Ack) -> list[Rejected]:
@@ -154,11 +169,20 @@ def rejected_readings(raw: bytes, ack: pb.Ack) -> list[Rejected]:
     for r in ack.rejected:
         i = r.index
         known = i < len(batch.values) and i < len(batch.metric_index) and i < len(batch.time_offset_ms)
-        metric = batch.metric_names[batch.metric_index[i]] if known and batch.metric_index[i] < len(
-            batch.metric_names) else ""
-        out.append(Rejected(metric, batch.values[i] if known else math.nan,
-                            batch.base_time_ms + batch.time_offset_ms[i] if known else 0,
-                            pb.RejectReason.Name(r.reason), r.detail))
+        metric = (
+            batch.metric_names[batch.metric_index[i]]
+            if known and batch.metric_index[i] < len(batch.metric_names)
+            else ""
+        )
+        out.append(
+            Rejected(
+                metric,
+                batch.values[i] if known else math.nan,
+                batch.base_time_ms + batch.time_offset_ms[i] if known else 0,
+                pb.RejectReason.Name(r.reason),
+                r.detail,
+            )
+        )
     return out
 
 
@@ -183,22 +207,35 @@ class DeviceClient:
         options: extra gRPC channel options (on top of KEEPALIVE_OPTIONS).
     """
 
-    def __init__(self, target: str, device_id: str, token: str | None = None, tls=None, *,
-                 batch_readings: int = 500, batch_age_s: float = 1.0, max_unacked_batches: int = 1000,
-                 max_inflight: int = 16, buffer_path: str | None = None,
-                 on_config: Callable[[pb.DeviceConfig], object] | None = None,
-                 on_rejected: Callable[[list[Rejected]], None] | None = None,
-                 on_ack: Callable[[pb.Ack, float], None] | None = None,
-                 backoff_s: float = 0.5, backoff_max_s: float = 30.0,
-                 channel: grpc.aio.Channel | None = None, options=()):
+    def __init__(
+        self,
+        target: str,
+        device_id: str,
+        token: str | None = None,
+        tls=None,
+        *,
+        batch_readings: int = 500,
+        batch_age_s: float = 1.0,
+        max_unacked_batches: int = 1000,
+        max_inflight: int = 16,
+        buffer_path: str | None = None,
+        on_config: Callable[[pb.DeviceConfig], object] | None = None,
+        on_rejected: Callable[[list[Rejected]], None] | None = None,
+        on_ack: Callable[[pb.Ack, float], None] | None = None,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        channel: grpc.aio.Channel | None = None,
+        options=(),
+    ):
         if batch_readings < 1 or max_unacked_batches < 1 or max_inflight < 1:
             raise ValueError("batch_readings, max_unacked_batches and max_inflight must be at least 1")
         self.target, self.device_id, self.token, self.tls = target, device_id, token, tls
         self.batch_readings, self.batch_age_s = batch_readings, batch_age_s
         self.max_unacked_batches, self.max_inflight = max_unacked_batches, max_inflight
         self.on_config, self.on_ack = on_config, on_ack
-        self.on_rejected = on_rejected or (lambda rs: log.warning("%s: %d readings rejected, first: %s",
-                                                                  device_id, len(rs), rs[0]))
+        self.on_rejected = on_rejected or (
+            lambda rs: log.warning("%s: %d readings rejected, first: %s", device_id, len(rs), rs[0])
+        )
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.buffer = Buffer(buffer_path)
         self.stats = Stats()
@@ -207,7 +244,9 @@ class DeviceClient:
         # other readings): start at the clock in microseconds, or after the buffered batches.
         self._seq = max(time.time_ns() // 1000, self.buffer.last_seq())
         self._channel, self._own_channel, self._options = channel, channel is None, options
-        self._changed: asyncio.Event | None = None  # set and replaced whenever the buffer or the state changes
+        self._changed: asyncio.Event | None = (
+            None  # set and replaced whenever the buffer or the state changes
+        )
         self._sent: set[int] = set()  # seqs written at least once and not acked yet
         self._task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -223,9 +262,13 @@ class DeviceClient:
         if len(self.columns.values) >= self.batch_readings:
             self._seal()
             if self.columns.values:
-                raise BufferFull(f"{len(self.buffer.batches)} batches wait for their acks "
-                                 f"(max_unacked_batches={self.max_unacked_batches}); retry later")
-        self.columns.add(metric, float(value), time.time_ns() // 1_000_000 if time_ms is None else int(time_ms))
+                raise BufferFull(
+                    f"{len(self.buffer.batches)} batches wait for their acks "
+                    f"(max_unacked_batches={self.max_unacked_batches}); retry later"
+                )
+        self.columns.add(
+            metric, float(value), time.time_ns() // 1_000_000 if time_ms is None else int(time_ms)
+        )
         self.stats.recorded += 1
         if len(self.columns.values) >= self.batch_readings:
             self._seal()
@@ -257,10 +300,13 @@ class DeviceClient:
     async def flush(self, timeout: float | None = None) -> None:
         """Seal the open batch and wait until every batch is acked (TimeoutError after `timeout` s)."""
         self._seal()
-        await asyncio.wait_for(self._wait(lambda: not self.buffer.batches and not self.columns.values), timeout)
+        await asyncio.wait_for(
+            self._wait(lambda: not self.buffer.batches and not self.columns.values), timeout
+        )
 
     async def _wait(self, ready: Callable[[], bool]) -> None:
         while not ready() and self.failed is None:
+            assert self._changed is not None  # made by start(), on the client's loop
             await self._changed.wait()  # (no await between the check and taking the event: no lost wake-up)
         if self.failed is not None:
             raise self.failed
@@ -312,9 +358,11 @@ class DeviceClient:
             if outcome.acked:
                 failures = 0
             code = outcome.code
-            if code in FATAL:
-                self.failed = ClientFailed(f"device {self.device_id}: the server refused the stream with "
-                                           f"{code.name}: {outcome.details}")
+            if code is not None and code in FATAL:
+                self.failed = ClientFailed(
+                    f"device {self.device_id}: the server refused the stream with "
+                    f"{code.name}: {outcome.details}"
+                )
                 log.error("%s", self.failed)
                 self._notify()
                 return
@@ -323,17 +371,24 @@ class DeviceClient:
                 self.stats.pushbacks += 1
                 delay = outcome.pushback_s
             else:
-                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** failures))
+                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2**failures))
                 failures += 1
-            log.info("%s: stream ended (%s: %s); reconnecting in %.2f s", self.device_id,
-                     code.name if code else "?", outcome.details, delay)
+            log.info(
+                "%s: stream ended (%s: %s); reconnecting in %.2f s",
+                self.device_id,
+                code.name if code else "?",
+                outcome.details,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     async def _session(self) -> Outcome:
         """One stream, until it breaks: resend the buffer in order, then send batches as they are sealed."""
         metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
-        call = self._channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                           response_deserializer=pb.StreamResponse.FromString)(metadata=metadata)
+        assert self._channel is not None  # opened by start()
+        call = self._channel.stream_stream(
+            STREAM_METHOD, request_serializer=None, response_deserializer=pb.StreamResponse.FromString
+        )(metadata=metadata)
         inflight: collections.deque[tuple[int, float]] = collections.deque()  # (seq or 0, sent at)
         lock = asyncio.Lock()
         outcome = Outcome()
@@ -345,15 +400,24 @@ class DeviceClient:
 
         async def report() -> None:
             # seq 0: a control batch without readings, acked like any other and never stored.
-            await write(0, pb.ReadingBatch(device_id=self.device_id, config_applied=self.buffer.applied)
-                        .SerializeToString())
+            await write(
+                0,
+                pb.ReadingBatch(
+                    device_id=self.device_id, config_applied=self.buffer.applied
+                ).SerializeToString(),
+            )
 
         async def send() -> None:
             await report()  # says who this stream is (auth off) and which configuration is applied
             last = 0
             while True:
-                await self._wait(lambda last=last: self.buffer.last_seq() > last
-                                 and sum(1 for s, _ in inflight if s) < self.max_inflight)
+
+                def sendable(last: int = last) -> bool:
+                    return (
+                        self.buffer.last_seq() > last and sum(1 for s, _ in inflight if s) < self.max_inflight
+                    )
+
+                await self._wait(sendable)
                 seq = next(s for s in self.buffer.batches if s > last)
                 if seq in self._sent:
                     self.stats.resent += 1
@@ -375,7 +439,8 @@ class DeviceClient:
                 if seq:
                     self._acked(seq, ack, time.perf_counter() - sent)
 
-        # Receiving runs here, sending in one task (a task less per device: 10,000 devices hold 10,000 sessions).
+        # Receiving runs here, sending in one task (a task less per device: 10,000 devices hold 10,000
+        # sessions).
         # Whichever ends first ends the call, so the other one ends too.
         sender = asyncio.create_task(send())
         sender.add_done_callback(lambda _: call.cancel())
@@ -424,8 +489,11 @@ class DeviceClient:
                     if inspect.isawaitable(done):
                         await done
             except Exception:
-                log.exception("%s: on_config failed for version %d; not reported applied",
-                              self.device_id, config.version)
+                log.exception(
+                    "%s: on_config failed for version %d; not reported applied",
+                    self.device_id,
+                    config.version,
+                )
                 return False
             self.buffer.set_applied(config.version)
             self.stats.configs += 1
@@ -443,9 +511,9 @@ class Outcome:
 class BlockingDeviceClient:
     """DeviceClient for code without an event loop: the client runs on a loop in its own thread.
 
-        with BlockingDeviceClient("localhost:50051", "pump-7") as device:
-            device.record("temperature", 21.5)
-            device.flush(timeout=10)
+    with BlockingDeviceClient("localhost:50051", "pump-7") as device:
+        device.record("temperature", 21.5)
+        device.flush(timeout=10)
     """
 
     def __init__(self, *args, **kwargs):
@@ -466,6 +534,7 @@ class BlockingDeviceClient:
                 done.set_result(fn(*args))
             except Exception as exc:
                 done.set_exception(exc)
+
         self._loop.call_soon_threadsafe(run)
         return done.result()
 

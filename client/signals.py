@@ -35,8 +35,9 @@ def daily(t_ms: np.ndarray, amplitude: float, phase: float) -> np.ndarray:
     return amplitude * np.sin(2 * math.pi * (t_ms % DAY_MS) / DAY_MS + phase)
 
 
-def normal_signal(kind: str, n: int, interval_ms: int, rng: np.random.Generator,
-                  start_ms: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def normal_signal(
+    kind: str, n: int, interval_ms: int, rng: np.random.Generator, start_ms: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` readings of one key of ``kind``, one every ``interval_ms``: ``(time_ms, values)``."""
     t = start_ms + interval_ms * np.arange(n, dtype=np.int64)
     phase = rng.uniform(0, 2 * math.pi)
@@ -54,8 +55,8 @@ def normal_signal(kind: str, n: int, interval_ms: int, rng: np.random.Generator,
         v = 20.0 + daily(t, 3.0, phase) + rng.normal(0, 0.2, n)
     elif kind == "counter":
         start = rng.integers(0, COUNTER_WRAP)
-        v = ((start + np.cumsum(rng.poisson(COUNTER_RATE * interval_ms / 1000, n))) % COUNTER_WRAP)
-        v = v.astype(np.float64)
+        counts = (start + np.cumsum(rng.poisson(COUNTER_RATE * interval_ms / 1000, n))) % COUNTER_WRAP
+        v = counts.astype(np.float64)
     else:
         msg = f"unknown normal signal kind {kind!r}; known: {sorted(NORMAL)}"
         raise ValueError(msg)
@@ -77,7 +78,8 @@ def door(n: int, dt_s: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def quantize(data):
-    """Round a simulated device's readings (``iotstream.client.simulate.DeviceData``) to RESOLUTION, in place."""
+    """Round a simulated device's readings (``iotstream.client.simulate.DeviceData``) to RESOLUTION, in
+    place."""
     from iotstream.client.simulate import METRICS
 
     for m, name in enumerate(METRICS):

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iotstream.v1 import ingest_pb2 as pb
-
 from iotstream.client.device import KEEPALIVE_OPTIONS, DeviceClient
+from iotstream.v1 import ingest_pb2 as pb
 
 METRICS = ("temperature", "humidity", "pressure")
 # (level, daily amplitude, noise sd, drift per day) per metric
@@ -38,9 +37,13 @@ KINDS = ("spike", "level_shift", "drift", "noise_burst", "stuck", "dropout")
 # metric's noise sd: the offset of a level shift, the offset a drift reaches at its end (and then keeps, like
 # a sensor that has aged), the noise sd factor of a burst; stuck (the value freezes) and dropout (no readings)
 # have no size.
-SEGMENTS = {"level_shift": ((120, 400), (4.0, 8.0)), "drift": ((200, 500), (6.0, 12.0)),
-            "noise_burst": ((30, 150), (4.0, 8.0)), "stuck": ((30, 200), (0.0, 0.0)),
-            "dropout": ((30, 300), (0.0, 0.0))}
+SEGMENTS = {
+    "level_shift": ((120, 400), (4.0, 8.0)),
+    "drift": ((200, 500), (6.0, 12.0)),
+    "noise_burst": ((30, 150), (4.0, 8.0)),
+    "stuck": ((30, 200), (0.0, 0.0)),
+    "dropout": ((30, 300), (0.0, 0.0)),
+}
 SEGMENT_WARMUP_POINTS = 300  # a slow change needs a long-run baseline to stand out against
 SEGMENT_GAP_POINTS = 300  # normal points between two segments of one metric, so each is judged on its own
 
@@ -66,8 +69,15 @@ class DeviceData:
     anomalies: list[Anomaly] = field(default_factory=list)  # every label, spikes included, by start time
 
 
-def device_signal(device_id: str, readings: int, end_ms: int, interval_ms: int, anomaly_fraction: float,
-                  rng: np.random.Generator, kinds: Sequence[str] = ("spike",)) -> DeviceData:
+def device_signal(
+    device_id: str,
+    readings: int,
+    end_ms: int,
+    interval_ms: int,
+    anomaly_fraction: float,
+    rng: np.random.Generator,
+    kinds: Sequence[str] = ("spike",),
+) -> DeviceData:
     """`readings` readings cycling over METRICS, one time point per cycle, ending at `end_ms`.
 
     Each kind in `kinds` (see KINDS) gets `round(anomaly_fraction * readings)` injected anomalies: spikes
@@ -88,8 +98,12 @@ def device_signal(device_id: str, readings: int, end_ms: int, interval_ms: int, 
     prof = np.array(PROFILES)[metric]
     phase = rng.uniform(0, 2 * math.pi)
     days = time_ms / DAY_MS
-    values = (prof[:, 0] * rng.uniform(0.95, 1.05) + prof[:, 1] * np.sin(2 * math.pi * days + phase)
-              + prof[:, 3] * (days - days[0] if readings else 0) + rng.normal(0, 1, readings) * prof[:, 2])
+    values = (
+        prof[:, 0] * rng.uniform(0.95, 1.05)
+        + prof[:, 1] * np.sin(2 * math.pi * days + phase)
+        + prof[:, 3] * (days - days[0] if readings else 0)
+        + rng.normal(0, 1, readings) * prof[:, 2]
+    )
     if "spike" in kinds:
         eligible = np.flatnonzero(point >= WARMUP_POINTS)
         n_spikes = min(len(eligible), int(round(anomaly_fraction * readings)))
@@ -119,7 +133,9 @@ def device_signal(device_id: str, readings: int, end_ms: int, interval_ms: int, 
             values[rows] = values[rows[0] - len(METRICS)]
         else:
             keep[rows] = False
-    labels = [Anomaly(kind, m, int(time_ms[rows[0]]), int(time_ms[rows[-1]])) for kind, m, rows, _, _ in placed]
+    labels = [
+        Anomaly(kind, m, int(time_ms[rows[0]]), int(time_ms[rows[-1]])) for kind, m, rows, _, _ in placed
+    ]
     # a spike inside another anomaly is part of it (frozen or dropped, or drowned in a burst), not its own
     inside = np.zeros(readings, dtype=bool)
     for _, _, rows, _, _ in placed:
@@ -148,8 +164,10 @@ def _place_segments(kinds: list[str], per_kind: int, readings: int, rng: np.rand
                 if last - length < SEGMENT_WARMUP_POINTS:
                     break
                 start = int(rng.integers(SEGMENT_WARMUP_POINTS, last - length + 1))
-                if all(start + length + SEGMENT_GAP_POINTS <= a or b + SEGMENT_GAP_POINTS <= start
-                       for a, b in taken[m]):
+                if all(
+                    start + length + SEGMENT_GAP_POINTS <= a or b + SEGMENT_GAP_POINTS <= start
+                    for a, b in taken[m]
+                ):
                     taken[m].append((start, start + length))
                     rows = np.arange(start, start + length) * n_metrics + m
                     placed.append((kind, m, rows, size, sign))
@@ -162,9 +180,17 @@ def batches(data: DeviceData, size: int) -> list[pb.ReadingBatch]:
     for seq, start in enumerate(range(0, len(data.values), size), start=1):
         sl = slice(start, start + size)
         base = int(data.time_ms[sl][0])
-        out.append(pb.ReadingBatch(device_id=data.device_id, seq=seq, base_time_ms=base,
-                                   time_offset_ms=(data.time_ms[sl] - base).tolist(), metric_names=METRICS,
-                                   metric_index=data.metric[sl].tolist(), values=data.values[sl].tolist()))
+        out.append(
+            pb.ReadingBatch(
+                device_id=data.device_id,
+                seq=seq,
+                base_time_ms=base,
+                time_offset_ms=(data.time_ms[sl] - base).tolist(),
+                metric_names=METRICS,
+                metric_index=data.metric[sl].tolist(),
+                values=data.values[sl].tolist(),
+            )
+        )
     return out
 
 
@@ -194,17 +220,27 @@ class RateLimit:
             await asyncio.sleep(delay)
 
 
-async def stream_device(channel, data: DeviceData, batch_size: int, tally: Tally, limit: RateLimit,
-                        token: str | None = None) -> None:
+async def stream_device(
+    channel, data: DeviceData, batch_size: int, tally: Tally, limit: RateLimit, token: str | None = None
+) -> None:
     """Record the device's readings a batch at a time (paced by `limit`) and wait until all are acked."""
+
     def on_ack(ack: pb.Ack, seconds: float) -> None:
         tally.ack_ms.append(seconds * 1000)
         tally.acked += ack.accepted
         tally.rejected += len(ack.rejected)
         tally.batches += 1
 
-    client = DeviceClient("", data.device_id, token, batch_readings=batch_size, max_inflight=MAX_INFLIGHT,
-                          channel=channel, on_ack=on_ack, on_rejected=lambda rejected: None)
+    client = DeviceClient(
+        "",
+        data.device_id,
+        token,
+        batch_readings=batch_size,
+        max_inflight=MAX_INFLIGHT,
+        channel=channel,
+        on_ack=on_ack,
+        on_rejected=lambda rejected: None,
+    )
     await client.start()
     try:
         times, metric, values = data.time_ms.tolist(), data.metric.tolist(), data.values.tolist()
@@ -220,11 +256,22 @@ async def stream_device(channel, data: DeviceData, batch_size: int, tally: Tally
         await client.close()
 
 
-async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, rate: float | None = None,
-                    anomalies: float = 0.001, seed: int = 0, interval_ms: int = 1000, prefix: str = "sim",
-                    progress: bool = False, tokens: dict[str, str] | None = None,
-                    tls=None, kinds: Sequence[str] = ("spike",),
-                    quantize: bool = False) -> tuple[dict, list[DeviceData]]:
+async def run_fleet(
+    target: str,
+    devices: int,
+    readings: int,
+    batch: int = 100,
+    rate: float | None = None,
+    anomalies: float = 0.001,
+    seed: int = 0,
+    interval_ms: int = 1000,
+    prefix: str = "sim",
+    progress: bool = False,
+    tokens: dict[str, str] | None = None,
+    tls=None,
+    kinds: Sequence[str] = ("spike",),
+    quantize: bool = False,
+) -> tuple[dict, list[DeviceData]]:
     """Stream every device's readings and wait for every ack; returns (summary, the generated data).
 
     `tokens` maps device ids to their bearer tokens (servers with auth on); `tls` is an
@@ -233,8 +280,10 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
 
     rng = np.random.default_rng(seed)
     end_ms = time.time_ns() // 1_000_000
-    fleet = [device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng, kinds)
-             for i in range(devices)]
+    fleet = [
+        device_signal(f"{prefix}-{i:05d}", readings, end_ms, interval_ms, anomalies, rng, kinds)
+        for i in range(devices)
+    ]
     if quantize:  # real sensors' resolutions (iotstream.client.signals.RESOLUTION)
         from iotstream.client.signals import quantize as to_resolution
 
@@ -245,9 +294,19 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
     started = time.perf_counter()
     reporter = asyncio.create_task(report_progress(tally, devices * readings)) if progress else None
     try:
-        await asyncio.gather(*(stream_device(channels[i // STREAMS_PER_CHANNEL], d, batch, tally, limit,
-                                             (tokens or {}).get(d.device_id))
-                               for i, d in enumerate(fleet)))
+        await asyncio.gather(
+            *(
+                stream_device(
+                    channels[i // STREAMS_PER_CHANNEL],
+                    d,
+                    batch,
+                    tally,
+                    limit,
+                    (tokens or {}).get(d.device_id),
+                )
+                for i, d in enumerate(fleet)
+            )
+        )
     finally:
         if reporter:
             reporter.cancel()
@@ -256,8 +315,13 @@ async def run_fleet(target: str, devices: int, readings: int, batch: int = 100, 
     elapsed = time.perf_counter() - started
     lat = np.array(tally.ack_ms) if tally.ack_ms else np.zeros(1)
     summary = {
-        "devices": devices, "sent": tally.sent, "acked": tally.acked, "rejected": tally.rejected,
-        "batches": tally.batches, "batch_size": batch, "seconds": round(elapsed, 3),
+        "devices": devices,
+        "sent": tally.sent,
+        "acked": tally.acked,
+        "rejected": tally.rejected,
+        "batches": tally.batches,
+        "batch_size": batch,
+        "seconds": round(elapsed, 3),
         "readings_per_s": round(tally.acked / elapsed, 1) if elapsed else 0.0,
         "ack_p50_ms": round(float(np.percentile(lat, 50)), 2),
         "ack_p99_ms": round(float(np.percentile(lat, 99)), 2),

@@ -16,8 +16,13 @@ class Interrupted(Exception):
     """`stop` was set while waiting to retry."""
 
 
-def retry(fn: Callable, what: str, transient: Callable[[Exception], bool], stop: threading.Event,
-          delays: tuple[float, ...] = DELAYS_S):
+def retry(
+    fn: Callable,
+    what: str,
+    transient: Callable[[Exception], bool],
+    stop: threading.Event,
+    delays: tuple[float, ...] = DELAYS_S,
+):
     """fn(), retried after each of `delays` while it raises an error `transient` accepts."""
     for attempt, delay in enumerate((*delays, None), 1):
         try:

@@ -22,8 +22,9 @@ class ServerTLS:
     def credentials(self) -> grpc.ServerCredentials:
         pair = (Path(self.key).read_bytes(), Path(self.cert).read_bytes())
         if self.client_ca:
-            return grpc.ssl_server_credentials([pair], root_certificates=Path(self.client_ca).read_bytes(),
-                                               require_client_auth=True)
+            return grpc.ssl_server_credentials(
+                [pair], root_certificates=Path(self.client_ca).read_bytes(), require_client_auth=True
+            )
         return grpc.ssl_server_credentials([pair])
 
 
@@ -56,7 +57,11 @@ def channel(target: str, tls: ClientTLS | None = None, options=()) -> grpc.Chann
 
 def client_tls(args) -> ClientTLS | None:
     """ClientTLS from CLI args --tls-ca/--tls-cert/--tls-key/--tls-server-name; None when none is given."""
-    ca, cert, key = getattr(args, "tls_ca", None), getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    ca, cert, key = (
+        getattr(args, "tls_ca", None),
+        getattr(args, "tls_cert", None),
+        getattr(args, "tls_key", None),
+    )
     name = getattr(args, "tls_server_name", None)
     if not (ca or cert or key or getattr(args, "tls", False)):
         return None

@@ -12,10 +12,12 @@ checked exactly as the gRPC interceptor checks it. The page is static (static/, 
 | `/api/stats` | GetStats | |
 | `/api/devices` | ListDevices | `prefix`, `status` (online/offline), `limit`, `page_token` |
 | `/api/device/ID` | GetDevice | |
-| `/api/aggregate` | Aggregate | `device`, `metric` (repeatable), `start_ms`, `end_ms`, `interval_ms`, `func` (repeatable) |
+| `/api/aggregate` | Aggregate | `device`, `metric` (repeatable), `start_ms`, `end_ms`, `interval_ms`, `func`
+(repeatable) |
 | `/api/history` | GetHistory | `device`, `metric` (repeatable), `start_ms`, `end_ms`, `limit`, `page_token` |
 | `/api/anomalies` | ListAnomalies | `device`, `metric`, `kind`, `start_ms`, `end_ms`, `limit`, `page_token` |
-| `/api/events` | WatchAnomalies (server-sent events; `id:` is the cursor) | `since` (a cursor), `device`, `metric`, `kind` |
+| `/api/events` | WatchAnomalies (server-sent events; `id:` is the cursor) | `since` (a cursor), `device`,
+`metric`, `kind` |
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ MAX_CONNECTIONS = 64  # connections served at once (a thread each); more are clo
 KEEPALIVE_S = 15.0  # an idle feed sends a comment this often (proxies drop silent connections)
 GONE_CHECK_S = 1.0  # how often an idle feed looks whether its client went away
 STATUS = {  # gRPC status -> HTTP status
-    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST, grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED, grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
+    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
     grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
 }
@@ -83,38 +87,73 @@ def _int(q: dict, name: str, default: int = 0) -> int:
     try:
         return int(text)
     except ValueError:
-        raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: not an integer: {text[:40]!r}") from None
+        raise RefusedError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{name}: not an integer: {text[:40]!r}"
+        ) from None
 
 
-def _status(text: str) -> int:
+def _status(text: str) -> str | None:
     if text and text.upper() not in pb.DeviceStatus.keys():
         raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, f"status: online or offline, not {text[:40]!r}")
-    return pb.DeviceStatus.Value(text.upper()) if text else 0
+    return text.upper() if text else None
 
 
-def _funcs(names: list[str]) -> list[int]:
+def _funcs(names: list[str]) -> list[str]:
     try:
-        return [pb.AggFunc.Value(n.upper()) for n in names]
+        return [pb.AggFunc.Name(pb.AggFunc.Value(n.upper())) for n in names]
     except ValueError:
-        raise RefusedError(grpc.StatusCode.INVALID_ARGUMENT, f"func: one of {list(pb.AggFunc.keys())[1:]}") from None
+        raise RefusedError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"func: one of {list(pb.AggFunc.keys())[1:]}"
+        ) from None
 
 
 # endpoint -> (RPC name, request from (query parameters, path rest))
 ENDPOINTS = {
     "stats": ("GetStats", lambda q, rest: pb.GetStatsRequest()),
-    "devices": ("ListDevices", lambda q, rest: pb.ListDevicesRequest(
-        id_prefix=_one(q, "prefix"), status=_status(_one(q, "status")), page_size=_int(q, "limit"),
-        page_token=_one(q, "page_token"))),
+    "devices": (
+        "ListDevices",
+        lambda q, rest: pb.ListDevicesRequest(
+            id_prefix=_one(q, "prefix"),
+            status=_status(_one(q, "status")),
+            page_size=_int(q, "limit"),
+            page_token=_one(q, "page_token"),
+        ),
+    ),
     "device": ("GetDevice", lambda q, rest: pb.GetDeviceRequest(device_id=rest)),
-    "aggregate": ("Aggregate", lambda q, rest: pb.AggregateRequest(
-        device_ids=q.get("device", []), metrics=q.get("metric", []), start_ms=_int(q, "start_ms"),
-        end_ms=_int(q, "end_ms"), interval_ms=_int(q, "interval_ms", 60_000), funcs=_funcs(q.get("func", [])))),
-    "history": ("GetHistory", lambda q, rest: pb.GetHistoryRequest(
-        device_id=_one(q, "device"), metrics=q.get("metric", []), start_ms=_int(q, "start_ms"),
-        end_ms=_int(q, "end_ms"), page_size=_int(q, "limit"), page_token=_one(q, "page_token"))),
-    "anomalies": ("ListAnomalies", lambda q, rest: pb.ListAnomaliesRequest(
-        device_id=_one(q, "device"), metric=_one(q, "metric"), kind=_one(q, "kind"), start_ms=_int(q, "start_ms"),
-        end_ms=_int(q, "end_ms"), page_size=_int(q, "limit"), page_token=_one(q, "page_token"))),
+    "aggregate": (
+        "Aggregate",
+        lambda q, rest: pb.AggregateRequest(
+            device_ids=q.get("device", []),
+            metrics=q.get("metric", []),
+            start_ms=_int(q, "start_ms"),
+            end_ms=_int(q, "end_ms"),
+            interval_ms=_int(q, "interval_ms", 60_000),
+            funcs=_funcs(q.get("func", [])),
+        ),
+    ),
+    "history": (
+        "GetHistory",
+        lambda q, rest: pb.GetHistoryRequest(
+            device_id=_one(q, "device"),
+            metrics=q.get("metric", []),
+            start_ms=_int(q, "start_ms"),
+            end_ms=_int(q, "end_ms"),
+            page_size=_int(q, "limit"),
+            page_token=_one(q, "page_token"),
+        ),
+    ),
+    "anomalies": (
+        "ListAnomalies",
+        lambda q, rest: pb.ListAnomaliesRequest(
+            device_id=_one(q, "device"),
+            metric=_one(q, "metric"),
+            kind=_one(q, "kind"),
+            start_ms=_int(q, "start_ms"),
+            end_ms=_int(q, "end_ms"),
+            page_size=_int(q, "limit"),
+            page_token=_one(q, "page_token"),
+        ),
+    ),
 }
 
 
@@ -160,8 +199,9 @@ class Console:
             context.load_cert_chain(tls.cert, tls.key)
             # The handshake runs in the request's thread (ConsoleHandler.setup), so a client that connects
             # and says nothing cannot hold up the accept loop.
-            self._http.socket = context.wrap_socket(self._http.socket, server_side=True,
-                                                    do_handshake_on_connect=False)
+            self._http.socket = context.wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(target=self._http.serve_forever, name="console-http", daemon=True)
         self._thread.start()
         return self._http.server_port
@@ -192,6 +232,7 @@ class Console:
     def call(self, method: str, request):
         async def go():
             return await getattr(self.service, method)(request, CallContext(CALL_TIMEOUT_S))
+
         return self.run(go(), CALL_TIMEOUT_S + 5)
 
 
@@ -206,7 +247,9 @@ class ConsoleServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):
-            log.warning("console: %d connections open, refusing one from %s", MAX_CONNECTIONS, client_address[0])
+            log.warning(
+                "console: %d connections open, refusing one from %s", MAX_CONNECTIONS, client_address[0]
+            )
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -248,7 +291,9 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                     raise RefusedError(grpc.StatusCode.NOT_FOUND, f"no endpoint {path[:80]!r}")
                 method, build = ENDPOINTS[name]
                 self.console.check(self.headers.get("Authorization"), method)
-                self.reply(HTTPStatus.OK, to_json(self.console.call(method, build(query, rest))), "application/json")
+                self.reply(
+                    HTTPStatus.OK, to_json(self.console.call(method, build(query, rest))), "application/json"
+                )
             else:
                 raise RefusedError(grpc.StatusCode.NOT_FOUND, f"no page {path[:80]!r}")
         except RefusedError as exc:
@@ -284,14 +329,22 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         console = self.console
         console.check(self.headers.get("Authorization"), "WatchAnomalies")
         if not console.streams.acquire(blocking=False):
-            raise RefusedError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_STREAMS} live feeds are open already")
+            raise RefusedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_STREAMS} live feeds are open already"
+            )
         try:
-            request = pb.WatchAnomaliesRequest(cursor=_one(query, "since"), device_id=_one(query, "device"),
-                                               metric=_one(query, "metric"), kind=_one(query, "kind"))
+            request = pb.WatchAnomaliesRequest(
+                cursor=_one(query, "since"),
+                device_id=_one(query, "device"),
+                metric=_one(query, "metric"),
+                kind=_one(query, "kind"),
+            )
             feed = Feed(console, request)
             console.feeds.add(feed)
             try:
-                event = feed.next(CALL_TIMEOUT_S)  # WATCHING, or the refusal of a bad cursor, before the headers
+                event = feed.next(
+                    CALL_TIMEOUT_S
+                )  # WATCHING, or the refusal of a bad cursor, before the headers
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-store")
@@ -299,8 +352,13 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 idle = 0.0
                 while not console.stopping.is_set():
                     if event is not None:
-                        self.wfile.write(b"id: " + event.cursor.encode() + b"\nevent: anomaly\ndata: " +
-                                         to_json(event) + b"\n\n")
+                        self.wfile.write(
+                            b"id: "
+                            + event.cursor.encode()
+                            + b"\nevent: anomaly\ndata: "
+                            + to_json(event)
+                            + b"\n\n"
+                        )
                         self.wfile.flush()
                         idle = 0.0
                     elif self.client_gone():
@@ -316,7 +374,6 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 console.loop.call_soon_threadsafe(feed.wake)
         finally:
             console.streams.release()
-
 
     def client_gone(self) -> bool:
         """True once the browser closed the connection (it sends nothing else on an SSE request), so its
@@ -352,6 +409,7 @@ class Feed:
 
     def next(self, timeout: float):
         """The next event, or None after `timeout` seconds without one."""
+
         async def get():
             try:
                 return await asyncio.wait_for(self.queue.get(), timeout)
@@ -359,6 +417,7 @@ class Feed:
                 if self.task.done() and not self.task.cancelled() and self.task.exception() is not None:
                     raise self.task.exception() from None
                 return None
+
         item = self.console.run(get(), timeout + 5)
         if isinstance(item, RefusedError):
             raise item
@@ -367,6 +426,7 @@ class Feed:
     def wake(self) -> None:
         """On the loop: stop watching, and let a waiting reader return at once."""
         self.task.cancel()
+        assert self.queue is not None  # made by start(), before a reader can wait
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
@@ -386,6 +446,10 @@ def start_console(node) -> Console:
 
 def add_flags(parser) -> None:
     g = parser.add_argument_group("console")
-    g.add_argument("--http-port", type=int, default=None,
-                   help="serve the console page and its JSON/SSE endpoints on this port (0 picks one; default off)")
+    g.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="serve the console page and its JSON/SSE endpoints on this port (0 picks one; default off)",
+    )
     g.add_argument("--http-host", default="127.0.0.1", help="console address (default 127.0.0.1)")

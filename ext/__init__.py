@@ -33,16 +33,37 @@ if os.environ.get("IOTSTREAM_PURE_PYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._rolling import RollingStats
+        from ._rolling import RollingStats  # type: ignore[assignment]  # the compiled twin
     except ImportError as exc:
-        logger.warning("iotstream.ext: compiled kernels unavailable (%s); using the pure-Python twin, "
-                       "which is about two orders of magnitude slower", exc)
+        logger.warning(
+            "iotstream.ext: compiled kernels unavailable (%s); using the pure-Python twin, "
+            "which is about two orders of magnitude slower",
+            exc,
+        )
         from .rolling_py import RollingStats
 
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "cython"
 
-__all__ = ["ANOMALY_FLAGS", "FLAG_LATE", "FLAG_NAMES", "FLAG_RATE", "FLAG_ROBUST", "FLAG_SHIFT", "FLAG_SILENCE",
-           "FLAG_STUCK", "FLAG_THRESHOLD", "FLAG_ZSCORE", "IMPLEMENTATION", "Episode", "EpisodeEvent",
-           "EpisodeTracker", "RollingStats", "RuleBook", "Rules", "load_rules", "parse_rules"]
+__all__ = [
+    "ANOMALY_FLAGS",
+    "FLAG_LATE",
+    "FLAG_NAMES",
+    "FLAG_RATE",
+    "FLAG_ROBUST",
+    "FLAG_SHIFT",
+    "FLAG_SILENCE",
+    "FLAG_STUCK",
+    "FLAG_THRESHOLD",
+    "FLAG_ZSCORE",
+    "IMPLEMENTATION",
+    "Episode",
+    "EpisodeEvent",
+    "EpisodeTracker",
+    "RollingStats",
+    "RuleBook",
+    "Rules",
+    "load_rules",
+    "parse_rules",
+]

@@ -6,16 +6,24 @@ import math
 
 import numpy as np
 
-FLAG_ZSCORE = 1       # |z| over the count window above the slot's z_threshold
-FLAG_THRESHOLD = 2    # value outside the slot's static [lo, hi]
-FLAG_RATE = 4         # |rate of change| per second above the slot's max_rate
-FLAG_STUCK = 8        # same value for stuck_count readings or for stuck_ms
-FLAG_ROBUST = 16      # |robust z| (median/MAD) above the slot's robust_threshold
-FLAG_SHIFT = 32       # a change (level shift or drift) at its onset: CUSUM of standardized residuals
-FLAG_LATE = 64        # timestamp older than the slot's newest one (informational, not an anomaly)
-FLAG_SILENCE = 128    # slot not heard from for silence_ms (from RollingStats.silent, never from update)
-FLAG_NAMES = {FLAG_ZSCORE: "zscore", FLAG_THRESHOLD: "threshold", FLAG_RATE: "rate", FLAG_STUCK: "stuck",
-              FLAG_ROBUST: "robust", FLAG_SHIFT: "shift", FLAG_LATE: "late", FLAG_SILENCE: "silence"}
+FLAG_ZSCORE = 1  # |z| over the count window above the slot's z_threshold
+FLAG_THRESHOLD = 2  # value outside the slot's static [lo, hi]
+FLAG_RATE = 4  # |rate of change| per second above the slot's max_rate
+FLAG_STUCK = 8  # same value for stuck_count readings or for stuck_ms
+FLAG_ROBUST = 16  # |robust z| (median/MAD) above the slot's robust_threshold
+FLAG_SHIFT = 32  # a change (level shift or drift) at its onset: CUSUM of standardized residuals
+FLAG_LATE = 64  # timestamp older than the slot's newest one (informational, not an anomaly)
+FLAG_SILENCE = 128  # slot not heard from for silence_ms (from RollingStats.silent, never from update)
+FLAG_NAMES = {
+    FLAG_ZSCORE: "zscore",
+    FLAG_THRESHOLD: "threshold",
+    FLAG_RATE: "rate",
+    FLAG_STUCK: "stuck",
+    FLAG_ROBUST: "robust",
+    FLAG_SHIFT: "shift",
+    FLAG_LATE: "late",
+    FLAG_SILENCE: "silence",
+}
 ANOMALY_FLAGS = FLAG_ZSCORE | FLAG_THRESHOLD | FLAG_RATE | FLAG_STUCK | FLAG_ROBUST | FLAG_SHIFT
 
 NEVER = -(2**63)  # timestamp sentinel: no reading yet
@@ -24,48 +32,141 @@ NEVER = -(2**63)  # timestamp sentinel: no reading yet
 # when the two disagree; snapshots name the columns, so a layout change still loads old snapshots.
 # shift..prev and tshift..tprev are two Welford blocks of the same layout (count window, time window),
 # and so are nobs/nsame and tnobs/tnsame.
-FLOAT_FIELDS = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean", "ewm_var",
-                "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev",
-                "res", "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"]
-INT_FIELDS = ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n",
-              "tnobs", "tnsame", "tn", "cn", "nup", "ndown"]
-FLOAT_DEFAULTS = {"shift": 0.0, "mean": 0.0, "cmean": 0.0, "ssqdm": 0.0, "cssq": 0.0, "sabs": 0.0,
-                  "prev": math.nan, "rprev": math.nan, "ewm_mean": math.nan, "ewm_var": math.nan,
-                  "tshift": 0.0, "tmean": 0.0, "tcmean": 0.0, "tssqdm": 0.0, "tcssq": 0.0, "tsabs": 0.0,
-                  "tprev": math.nan, "res": 0.0, "level": 0.0, "rmean": 0.0, "rvar": 0.0, "rcov": 0.0, "dprev": 0.0, "cup": 0.0, "cdown": 0.0}
-INT_DEFAULTS = {"pos": 0, "nfill": 0, "nobs": 0, "nsame": 0, "last_ts": NEVER, "prev_ts": NEVER,
-                "run_ts": NEVER, "ewm_n": 0, "tnobs": 0, "tnsame": 0, "tn": 0, "cn": 0, "nup": 0, "ndown": 0}
+FLOAT_FIELDS = [
+    "shift",
+    "mean",
+    "cmean",
+    "ssqdm",
+    "cssq",
+    "sabs",
+    "prev",
+    "rprev",
+    "ewm_mean",
+    "ewm_var",
+    "tshift",
+    "tmean",
+    "tcmean",
+    "tssqdm",
+    "tcssq",
+    "tsabs",
+    "tprev",
+    "res",
+    "level",
+    "rmean",
+    "rvar",
+    "rcov",
+    "dprev",
+    "cup",
+    "cdown",
+]
+INT_FIELDS = [
+    "pos",
+    "nfill",
+    "nobs",
+    "nsame",
+    "last_ts",
+    "prev_ts",
+    "run_ts",
+    "ewm_n",
+    "tnobs",
+    "tnsame",
+    "tn",
+    "cn",
+    "nup",
+    "ndown",
+]
+FLOAT_DEFAULTS = {
+    "shift": 0.0,
+    "mean": 0.0,
+    "cmean": 0.0,
+    "ssqdm": 0.0,
+    "cssq": 0.0,
+    "sabs": 0.0,
+    "prev": math.nan,
+    "rprev": math.nan,
+    "ewm_mean": math.nan,
+    "ewm_var": math.nan,
+    "tshift": 0.0,
+    "tmean": 0.0,
+    "tcmean": 0.0,
+    "tssqdm": 0.0,
+    "tcssq": 0.0,
+    "tsabs": 0.0,
+    "tprev": math.nan,
+    "res": 0.0,
+    "level": 0.0,
+    "rmean": 0.0,
+    "rvar": 0.0,
+    "rcov": 0.0,
+    "dprev": 0.0,
+    "cup": 0.0,
+    "cdown": 0.0,
+}
+INT_DEFAULTS = {
+    "pos": 0,
+    "nfill": 0,
+    "nobs": 0,
+    "nsame": 0,
+    "last_ts": NEVER,
+    "prev_ts": NEVER,
+    "run_ts": NEVER,
+    "ewm_n": 0,
+    "tnobs": 0,
+    "tnsame": 0,
+    "tn": 0,
+    "cn": 0,
+    "nup": 0,
+    "ndown": 0,
+}
 # Older layouts also held the histogram shift detector's columns (lmean, lvar, hsum, hw, ln, hn, srun)
 # and arrays (bins, hist); a snapshot with them loads, and the change detector starts afresh.
 
 # Per-slot detector settings (float64; counts and milliseconds are whole numbers).
-PARAM_FIELDS = ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count", "stuck_ms",
-                "silence_ms", "shift_threshold", "time_window_ms"]
+PARAM_FIELDS = [
+    "z_threshold",
+    "robust_threshold",
+    "lo",
+    "hi",
+    "max_rate",
+    "stuck_count",
+    "stuck_ms",
+    "silence_ms",
+    "shift_threshold",
+    "time_window_ms",
+]
 
 # ----------------------------------------------------------------------
 # Change detection (see _rolling.pyx "Change at onset"; both twins take these very doubles)
 
 LEVEL_TAU_MS = 200_000.0  # time constant of the level the residuals are taken from: a drift faster than
-                          # ~2 sd per 200 s stands out, a daily cycle lags it by a fifth of an sd or less
-LEVEL_ALPHA_MAX = 0.05    # ... but at slow sampling a reading moves it by at most this share of its
-                          # residual, so a level shift still leaves residuals for a few readings
-RVAR_ALPHA = 0.01     # weight of a residual in the residual variance (after the first 1/RVAR_ALPHA) ...
+# ~2 sd per 200 s stands out, a daily cycle lags it by a fifth of an sd or less
+LEVEL_ALPHA_MAX = 0.05  # ... but at slow sampling a reading moves it by at most this share of its
+# residual, so a level shift still leaves residuals for a few readings
+RVAR_ALPHA = 0.01  # weight of a residual in the residual variance (after the first 1/RVAR_ALPHA) ...
 RMEAN_TAU_MS = 1_000_000.0  # time constant of the residual mean: the level's slowly changing lag behind
-                            # a daily cycle is taken out, a drift's growing lag stands out
-CLIP_SD = 4.0         # a residual moves the predictor and the CUSUM by at most this many sd
-ALLOWANCE = 1.0       # CUSUM allowance k (sd per reading): changes of about 2 sd and more accumulate
+# a daily cycle is taken out, a drift's growing lag stands out
+CLIP_SD = 4.0  # a residual moves the predictor and the CUSUM by at most this many sd
+ALLOWANCE = 1.0  # CUSUM allowance k (sd per reading): changes of about 2 sd and more accumulate
 WINDOW_SD_SHARE = 0.5  # the residual sd is at least this share of the count window's sd
-RHO_MAX = 0.9         # largest lag-1 autocorrelation of the residuals the sd is scaled for
-RCOV_ALPHA = 0.01     # weight of a residual pair in their lag-1 covariance, learnt only while both
-                      # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
-                      # the sensor's autocorrelation
+RHO_MAX = 0.9  # largest lag-1 autocorrelation of the residuals the sd is scaled for
+RCOV_ALPHA = 0.01  # weight of a residual pair in their lag-1 covariance, learnt only while both
+# CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
+# the sensor's autocorrelation
 SHIFT_THRESHOLD = 10.0  # default CUSUM decision interval (residual sd)
-COUNTER_UPS = 100     # a key is a counter once it has stepped up this often ...
-COUNTER_RATIO = 100   # ... and at least this many times as often as it stepped down (resets)
+COUNTER_UPS = 100  # a key is a counter once it has stepped up this often ...
+COUNTER_RATIO = 100  # ... and at least this many times as often as it stepped down (resets)
 
 
-KINDS = ("unknown", "constant", "counter", "binary", "enumerated", "mostly-constant", "quantized",
-         "continuous")
+KINDS = (
+    "unknown",
+    "constant",
+    "counter",
+    "binary",
+    "enumerated",
+    "mostly-constant",
+    "quantized",
+    "continuous",
+)
 
 
 def classify(window_sorted: np.ndarray, res: float, nup: int, ndown: int) -> str:
@@ -125,8 +226,12 @@ def new_istate(n: int) -> np.ndarray:
 
 def params_of(stats) -> dict:
     """Constructor arguments that a snapshot must carry."""
-    return {"window": int(stats.window), "min_count": int(stats.min_count),
-            "ewm_alpha": float(stats.ewm_alpha), **{k: float(v) for k, v in stats.defaults.items()}}
+    return {
+        "window": int(stats.window),
+        "min_count": int(stats.min_count),
+        "ewm_alpha": float(stats.ewm_alpha),
+        **{k: float(v) for k, v in stats.defaults.items()},
+    }
 
 
 def check_params(window, min_count, z_threshold, capacity) -> tuple[int, int, float, int]:
@@ -157,9 +262,17 @@ def check_detectors(z_threshold: float, **kw) -> dict[str, float]:
     shift_threshold: CUSUM decision interval h, in residual sd, of the change detector (inf = off);
     time_window_ms: span of the time window (0 = off).
     """
-    out = {"robust_threshold": 8.0, "lo": -math.inf, "hi": math.inf, "max_rate": math.inf,
-           "stuck_count": 0.0, "stuck_ms": 0.0, "silence_ms": 0.0, "shift_threshold": SHIFT_THRESHOLD,
-           "time_window_ms": 0.0}
+    out = {
+        "robust_threshold": 8.0,
+        "lo": -math.inf,
+        "hi": math.inf,
+        "max_rate": math.inf,
+        "stuck_count": 0.0,
+        "stuck_ms": 0.0,
+        "silence_ms": 0.0,
+        "shift_threshold": SHIFT_THRESHOLD,
+        "time_window_ms": 0.0,
+    }
     out["z_threshold"] = float(z_threshold)
     for k, v in kw.items():
         if k not in out:
@@ -251,8 +364,9 @@ def upgrade_snapshot(params: dict, fields: dict[str, list[str]], arrays: dict[st
         col[np.isfinite(col)] = SHIFT_THRESHOLD
 
 
-def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], window: int,
-                  detectors: dict[str, float]):
+def restore_state(
+    fields: dict[str, list[str]], arrays: dict[str, np.ndarray], window: int, detectors: dict[str, float]
+):
     """Validated ``(fstate, istate, pstate, buf, sorted, tsring)`` from a loaded snapshot.
 
     Columns are matched by name; a snapshot from an older layout gets defaults for the new columns,
@@ -261,10 +375,12 @@ def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], w
     """
     from ._snapshot import remap
 
-    fs = np.ascontiguousarray(remap(arrays["fstate"], fields["fstate"], FLOAT_FIELDS, FLOAT_DEFAULTS),
-                              dtype=np.float64)
-    gs = np.ascontiguousarray(remap(arrays["istate"], fields["istate"], INT_FIELDS, INT_DEFAULTS),
-                              dtype=np.int64)
+    fs = np.ascontiguousarray(
+        remap(arrays["fstate"], fields["fstate"], FLOAT_FIELDS, FLOAT_DEFAULTS), dtype=np.float64
+    )
+    gs = np.ascontiguousarray(
+        remap(arrays["istate"], fields["istate"], INT_FIELDS, INT_DEFAULTS), dtype=np.int64
+    )
     buf = np.ascontiguousarray(arrays["buf"], dtype=np.float64)
     n = buf.shape[0]
     if "pstate" in arrays:
@@ -278,10 +394,15 @@ def restore_state(fields: dict[str, list[str]], arrays: dict[str, np.ndarray], w
         tsr = np.ascontiguousarray(arrays["tsring"], dtype=np.int64)
     else:
         tsr = new_tsring(n, window if (ps[:, PARAM_FIELDS.index("time_window_ms")] > 0).any() else 0)
-    if not (fs.shape[0] == gs.shape[0] == ps.shape[0] == srt.shape[0] == tsr.shape[0] == n >= 1
-            and buf.shape[1] == srt.shape[1] == window and tsr.shape[1] in (0, window)):
-        msg = (f"inconsistent snapshot shapes: fstate {fs.shape}, istate {gs.shape}, pstate {ps.shape}, "
-               f"buf {buf.shape}, sorted {srt.shape}, tsring {tsr.shape} for window={window}")
+    if not (
+        fs.shape[0] == gs.shape[0] == ps.shape[0] == srt.shape[0] == tsr.shape[0] == n >= 1
+        and buf.shape[1] == srt.shape[1] == window
+        and tsr.shape[1] in (0, window)
+    ):
+        msg = (
+            f"inconsistent snapshot shapes: fstate {fs.shape}, istate {gs.shape}, pstate {ps.shape}, "
+            f"buf {buf.shape}, sorted {srt.shape}, tsring {tsr.shape} for window={window}"
+        )
         raise ValueError(msg)
     return fs, gs, ps, buf, srt, tsr
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -33,16 +34,17 @@ def dump(kind: str, params: dict, fields: dict[str, list[str]], arrays: dict[str
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
         meta.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape)})
         blobs.append(a.tobytes())
-    header = json.dumps({"kind": kind, "params": params, "fields": fields, "arrays": meta},
-                        sort_keys=True).encode()
+    header = json.dumps(
+        {"kind": kind, "params": params, "fields": fields, "arrays": meta}, sort_keys=True
+    ).encode()
     return b"".join([MAGIC, _HEAD.pack(VERSION, len(header)), header, *blobs])
 
 
 def load(data: bytes, kind: str) -> tuple[dict, dict[str, list[str]], dict[str, np.ndarray]]:
     """Inverse of :func:`dump`; raises ``ValueError`` naming what is wrong with ``data``."""
     data = bytes(data)
-    if data[:len(MAGIC)] != MAGIC:
-        msg = f"not an iotstream rolling-state snapshot (magic {data[:len(MAGIC)]!r}, want {MAGIC!r})"
+    if data[: len(MAGIC)] != MAGIC:
+        msg = f"not an iotstream rolling-state snapshot (magic {data[: len(MAGIC)]!r}, want {MAGIC!r})"
         raise ValueError(msg)
     off = len(MAGIC)
     if len(data) < off + _HEAD.size:
@@ -53,7 +55,7 @@ def load(data: bytes, kind: str) -> tuple[dict, dict[str, list[str]], dict[str, 
         msg = f"snapshot version {version} is newer than this build understands ({VERSION})"
         raise ValueError(msg)
     off += _HEAD.size
-    header = json.loads(data[off:off + hlen].decode())
+    header = json.loads(data[off : off + hlen].decode())
     off += hlen
     if header["kind"] != kind:
         msg = f"snapshot holds {header['kind']!r}, not {kind!r}"
@@ -72,7 +74,7 @@ def load(data: bytes, kind: str) -> tuple[dict, dict[str, list[str]], dict[str, 
     return header["params"], header["fields"], arrays
 
 
-def remap(arr: np.ndarray, saved: list[str], wanted: list[str], defaults: dict[str, float]) -> np.ndarray:
+def remap(arr: np.ndarray, saved: list[str], wanted: list[str], defaults: Mapping[str, float]) -> np.ndarray:
     """Reorder the columns of a 2-D state array from ``saved`` names to ``wanted`` names."""
     if saved == wanted:
         return arr

@@ -112,8 +112,14 @@ class EpisodeTracker:
 
     def to_bytes(self) -> bytes:
         """Open episodes as JSON, for the processor's warm-state snapshot."""
-        return json.dumps({"quiet_ms": self.quiet_ms, "kinds": self.kinds, "by_key": self.by_key,
-                           "open": [asdict(ep) for ep in self.open.values()]}).encode()
+        return json.dumps(
+            {
+                "quiet_ms": self.quiet_ms,
+                "kinds": self.kinds,
+                "by_key": self.by_key,
+                "open": [asdict(ep) for ep in self.open.values()],
+            }
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EpisodeTracker:

@@ -17,7 +17,6 @@ import numpy as np
 from . import _snapshot
 from ._common import (
     ALLOWANCE,
-    WINDOW_SD_SHARE,
     ANOMALY_FLAGS,
     CLIP_SD,
     COUNTER_RATIO,
@@ -39,6 +38,7 @@ from ._common import (
     RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
+    WINDOW_SD_SHARE,
     check_alpha,
     check_batch,
     check_detectors,
@@ -60,14 +60,57 @@ from ._common import (
 
 __all__ = ["FLAG_ZSCORE", "RollingStats"]
 
-(F_SHIFT, F_MEAN, F_CMEAN, F_SSQDM, F_CSSQ, F_SABS, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR,
- F_TSHIFT, F_TMEAN, F_TCMEAN, F_TSSQDM, F_TCSSQ, F_TSABS, F_TPREV,
- F_RES, F_LEVEL, F_RMEAN, F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN) = range(len(FLOAT_FIELDS))
-(I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
- I_TNOBS, I_TNSAME, I_TN, I_CN, I_NUP, I_NDOWN) = range(len(INT_FIELDS))
-(P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
- P_TWIN) = range(len(PARAM_FIELDS))
-assert FLOAT_FIELDS[F_CDOWN] == "cdown" and INT_FIELDS[I_NDOWN] == "ndown" and PARAM_FIELDS[P_TWIN] == "time_window_ms"
+(
+    F_SHIFT,
+    F_MEAN,
+    F_CMEAN,
+    F_SSQDM,
+    F_CSSQ,
+    F_SABS,
+    F_PREV,
+    F_RPREV,
+    F_EWM_MEAN,
+    F_EWM_VAR,
+    F_TSHIFT,
+    F_TMEAN,
+    F_TCMEAN,
+    F_TSSQDM,
+    F_TCSSQ,
+    F_TSABS,
+    F_TPREV,
+    F_RES,
+    F_LEVEL,
+    F_RMEAN,
+    F_RVAR,
+    F_RCOV,
+    F_DPREV,
+    F_CUP,
+    F_CDOWN,
+) = range(len(FLOAT_FIELDS))
+(
+    I_POS,
+    I_NFILL,
+    I_NOBS,
+    I_NSAME,
+    I_LAST_TS,
+    I_PREV_TS,
+    I_RUN_TS,
+    I_EWM_N,
+    I_TNOBS,
+    I_TNSAME,
+    I_TN,
+    I_CN,
+    I_NUP,
+    I_NDOWN,
+) = range(len(INT_FIELDS))
+(P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN) = range(
+    len(PARAM_FIELDS)
+)
+assert (
+    FLOAT_FIELDS[F_CDOWN] == "cdown"
+    and INT_FIELDS[I_NDOWN] == "ndown"
+    and PARAM_FIELDS[P_TWIN] == "time_window_ms"
+)
 # offsets inside a Welford block (count window at F_SHIFT / I_NOBS, time window at F_TSHIFT / I_TNOBS)
 V_SHIFT, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV = range(7)
 C_NOBS, C_NSAME = range(2)
@@ -87,6 +130,7 @@ INF = math.inf
 # ----------------------------------------------------------------------
 # Rolling variance (see _rolling.pyx for the comments; the operations match line by line). Each helper
 # works on one Welford block: floats f[o + V_*] and counters g[c + C_*].
+
 
 def reset_var(f: list, o: int) -> None:
     f[o + V_MEAN] = 0.0
@@ -268,6 +312,7 @@ def calc_z(val: float, f: list, g: list, b: list, minp: int) -> float:
 # ----------------------------------------------------------------------
 # Sorted window: min, max, median, MAD
 
+
 def calc_median(s: list, n: int) -> float:
     if n == 0:
         return NAN
@@ -339,6 +384,7 @@ def calc_rz(val: float, s: list, n: int, minp: int, res: float) -> float:
 # ----------------------------------------------------------------------
 # EWMA and EW variance
 
+
 def add_ewm(val: float, f: list, g: list, alpha: float, oma: float) -> None:
     if val != val:
         return
@@ -356,6 +402,7 @@ def add_ewm(val: float, f: list, g: list, alpha: float, oma: float) -> None:
 # ----------------------------------------------------------------------
 # Combined score
 
+
 def calc_score(e: float, em1: float) -> float:
     if not (e > 0.0):
         return 0.0
@@ -368,6 +415,7 @@ def calc_score(e: float, em1: float) -> float:
 
 # ----------------------------------------------------------------------
 # Scale and kind
+
 
 def learn_step(val: float, f: list, g: list) -> None:
     d = val - f[F_PREV]
@@ -386,6 +434,7 @@ def is_counter(g: list) -> bool:
 
 # ----------------------------------------------------------------------
 # Change at onset
+
 
 def change_floor(f: list, g: list) -> float:
     v = calc_var(f, F_SHIFT, g, I_NOBS)
@@ -458,8 +507,19 @@ def change(val: float, ts: int, f: list, g: list, h: float, warm: int, floor: fl
     return x
 
 
-def step(val: float, ts: int, f: list, g: list, b: list, srt: list, tr: list, twin: float, window: int,
-         alpha: float, oma: float) -> None:
+def step(
+    val: float,
+    ts: int,
+    f: list,
+    g: list,
+    b: list,
+    srt: list,
+    tr: list,
+    twin: float,
+    window: int,
+    alpha: float,
+    oma: float,
+) -> None:
     """Slide the slot's count window (and time window) by one reading and update the running state."""
     pos = g[I_POS]
     if g[I_NFILL] == window:
@@ -512,8 +572,21 @@ def step(val: float, ts: int, f: list, g: list, b: list, srt: list, tr: list, tw
         g[I_LAST_TS] = ts
 
 
-def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, tr: list, window: int,
-           minp: int, alpha: float, oma: float, em1: float) -> tuple[float, float, int, int]:
+def detect(
+    val: float,
+    ts: int,
+    f: list,
+    g: list,
+    b: list,
+    srt: list,
+    p: list,
+    tr: list,
+    window: int,
+    minp: int,
+    alpha: float,
+    oma: float,
+    em1: float,
+) -> tuple[float, float, int, int]:
     """Score one reading against its slot's state, then add it; returns ``(z, score, flags, dominant)``."""
     flags = 0
     dom = 0
@@ -587,8 +660,12 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
         x = 0.0
         if p[P_STUCK_N] > 0.0 and g[I_NSAME] >= p[P_STUCK_N]:
             x = g[I_NSAME] / p[P_STUCK_N]
-        if (p[P_STUCK_MS] > 0.0 and g[I_NSAME] >= 2 and g[I_RUN_TS] != NEVER
-                and ts - g[I_RUN_TS] >= p[P_STUCK_MS]):
+        if (
+            p[P_STUCK_MS] > 0.0
+            and g[I_NSAME] >= 2
+            and g[I_RUN_TS] != NEVER
+            and ts - g[I_RUN_TS] >= p[P_STUCK_MS]
+        ):
             if (ts - g[I_RUN_TS]) / p[P_STUCK_MS] > x:
                 x = (ts - g[I_RUN_TS]) / p[P_STUCK_MS]
         if x > 0.0:
@@ -604,11 +681,20 @@ def detect(val: float, ts: int, f: list, g: list, b: list, srt: list, p: list, t
 # ----------------------------------------------------------------------
 # Python face
 
+
 class RollingStats:
     """Per-slot rolling statistics and anomaly detectors over count windows (see ``_rolling.pyx``)."""
 
-    def __init__(self, window: int = 100, min_count: int = 20, z_threshold: float = 6.0,
-                 capacity: int = 1024, *, ewm_alpha: float = 0.05, **detectors):
+    def __init__(
+        self,
+        window: int = 100,
+        min_count: int = 20,
+        z_threshold: float = 6.0,
+        capacity: int = 1024,
+        *,
+        ewm_alpha: float = 0.05,
+        **detectors,
+    ):
         window, min_count, z_threshold, capacity = check_params(window, min_count, z_threshold, capacity)
         self.window = window
         self.min_count = min_count
@@ -617,9 +703,14 @@ class RollingStats:
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
         self._em1 = math.e - 1.0
-        self._set_state(new_fstate(capacity), new_istate(capacity), new_pstate(capacity, self.defaults),
-                        np.full((capacity, window), np.nan), new_sorted(capacity, window),
-                        new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0))
+        self._set_state(
+            new_fstate(capacity),
+            new_istate(capacity),
+            new_pstate(capacity, self.defaults),
+            np.full((capacity, window), np.nan),
+            new_sorted(capacity, window),
+            new_tsring(capacity, window if self.defaults["time_window_ms"] > 0 else 0),
+        )
 
     def _set_state(self, fs, gs, ps, buf, srt, tsr) -> None:
         self._fs = fs.tolist()
@@ -655,11 +746,28 @@ class RollingStats:
         fs, gs, ps, bs, ss, tr = self._fs, self._gs, self._ps, self._bs, self._ss, self._tr
         window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
         for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
-            out[i] = detect(val, t, fs[s], gs[s], bs[s], ss[s], ps[s], tr[s] if self._has_t else None,
-                            window, minp, alpha, oma, em1)
+            out[i] = detect(
+                val,
+                t,
+                fs[s],
+                gs[s],
+                bs[s],
+                ss[s],
+                ps[s],
+                tr[s] if self._has_t else None,
+                window,
+                minp,
+                alpha,
+                oma,
+                em1,
+            )
         cols = list(zip(*out, strict=True)) if n else [(), (), (), ()]
-        res = (np.array(cols[0], dtype=np.float64), np.array(cols[1], dtype=np.float64),
-               np.array(cols[2], dtype=np.uint8), np.array(cols[3], dtype=np.uint8))
+        res = (
+            np.array(cols[0], dtype=np.float64),
+            np.array(cols[1], dtype=np.float64),
+            np.array(cols[2], dtype=np.uint8),
+            np.array(cols[3], dtype=np.uint8),
+        )
         return res if dominant else res[:3]
 
     def configure(self, slots, **detectors) -> None:
@@ -791,15 +899,20 @@ class RollingStats:
         w = self.window
         srt = np.full((len(self._ss), w), np.nan)
         for i, row in enumerate(self._ss):
-            srt[i, :len(row)] = row
+            srt[i, : len(row)] = row
         return _snapshot.dump(
-            "RollingStats", params_of(self),
+            "RollingStats",
+            params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
-            state_arrays(np.array(self._tr, dtype=np.int64).reshape(len(self._tr), w if self._has_t else 0),
-                         fstate=np.array(self._fs, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
-                         istate=np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
-                         pstate=np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
-                         buf=np.array(self._bs, dtype=np.float64).reshape(-1, w), sorted=srt))
+            state_arrays(
+                np.array(self._tr, dtype=np.int64).reshape(len(self._tr), w if self._has_t else 0),
+                fstate=np.array(self._fs, dtype=np.float64).reshape(-1, len(FLOAT_FIELDS)),
+                istate=np.array(self._gs, dtype=np.int64).reshape(-1, len(INT_FIELDS)),
+                pstate=np.array(self._ps, dtype=np.float64).reshape(-1, len(PARAM_FIELDS)),
+                buf=np.array(self._bs, dtype=np.float64).reshape(-1, w),
+                sorted=srt,
+            ),
+        )
 
     @classmethod
     def from_bytes(cls, data) -> RollingStats:
@@ -814,5 +927,7 @@ class RollingStats:
         return (type(self).from_bytes, (self.to_bytes(),))
 
     def __repr__(self) -> str:
-        return (f"RollingStats(window={self.window}, min_count={self.min_count}, "
-                f"z_threshold={self.z_threshold!r}, nslots={self.nslots})")
+        return (
+            f"RollingStats(window={self.window}, min_count={self.min_count}, "
+            f"z_threshold={self.z_threshold!r}, nslots={self.nslots})"
+        )

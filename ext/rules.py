@@ -88,7 +88,7 @@ def _values(table: dict, where: str) -> dict:
         if v == "off":
             v = 0 if k in ("stuck_count", "stuck_ms", "silence_ms", "time_window_ms") else math.inf
         if isinstance(v, bool) or not isinstance(v, int | float):
-            msg = f"{where}: {k} must be a number or \"off\", got {v!r}"
+            msg = f'{where}: {k} must be a number or "off", got {v!r}'
             raise ValueError(msg)
         out[k] = v
     return out
@@ -107,8 +107,10 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleBook:
         raise ValueError(msg)
     try:
         default = Rules(**_values(doc.get("default", {}), f"{source} [default]"))
-        metrics = {name: replace(default, **_values(tab, f"{source} [metrics.{name}]"))
-                   for name, tab in doc.get("metrics", {}).items()}
+        metrics = {
+            name: replace(default, **_values(tab, f"{source} [metrics.{name}]"))
+            for name, tab in doc.get("metrics", {}).items()
+        }
     except ValueError as exc:
         if str(exc).startswith(source):
             raise

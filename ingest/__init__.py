@@ -4,5 +4,14 @@ from .limits import DeviceLimiter, RateLimited, TokenBucket, TooManyStreams
 from .server import Counters, IngestService, add_to_server
 from .validate import Limits, validate
 
-__all__ = ["Counters", "DeviceLimiter", "IngestService", "Limits", "RateLimited", "TokenBucket", "TooManyStreams",
-           "add_to_server", "validate"]
+__all__ = [
+    "Counters",
+    "DeviceLimiter",
+    "IngestService",
+    "Limits",
+    "RateLimited",
+    "TokenBucket",
+    "TooManyStreams",
+    "add_to_server",
+    "validate",
+]

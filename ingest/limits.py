@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 class RateLimited(Exception):
     """The device is over its rate for too long; resend after `retry_after_s`."""
 
+    readings = 0  # the batch's, counted under RATE_LIMITED
+
     def __init__(self, device: str, retry_after_s: float, why: str):
         super().__init__(f"device {device!r} {why}; resend after {retry_after_s * 1000:.0f} ms")
         self.retry_after_s = retry_after_s
@@ -71,11 +73,17 @@ class TokenBucket:
             self.level, self.throttled_since = after, None
             return 0.0
         if self.throttled_since is not None and now - self.throttled_since >= self.reject_after_s:
-            raise RateLimited(device, -after / self.rate,
-                              f"stayed over {self.rate:g} readings/s for {self.reject_after_s:g} s")
+            raise RateLimited(
+                device,
+                -after / self.rate,
+                f"stayed over {self.rate:g} readings/s for {self.reject_after_s:g} s",
+            )
         if -after > self.max_delay_s * self.rate:
-            raise RateLimited(device, (-after - self.max_delay_s * self.rate) / self.rate,
-                              f"is over {self.rate:g} readings/s by more than {self.max_delay_s:g} s of readings")
+            raise RateLimited(
+                device,
+                (-after - self.max_delay_s * self.rate) / self.rate,
+                f"is over {self.rate:g} readings/s by more than {self.max_delay_s:g} s of readings",
+            )
         if self.throttled_since is None:
             self.throttled_since = now
         self.level = after
@@ -90,9 +98,17 @@ class DeviceLimiter:
 
     SWEEP_EVERY = 10_000
 
-    def __init__(self, rate: float = 0.0, burst: float = 0.0, max_delay_s: float = 5.0,
-                 reject_after_s: float = 30.0, max_streams: int = 0, max_sends: int = 0,
-                 max_inflight_bytes: int = 0, clock=time.monotonic):
+    def __init__(
+        self,
+        rate: float = 0.0,
+        burst: float = 0.0,
+        max_delay_s: float = 5.0,
+        reject_after_s: float = 30.0,
+        max_streams: int = 0,
+        max_sends: int = 0,
+        max_inflight_bytes: int = 0,
+        clock=time.monotonic,
+    ):
         self.rate = rate
         self.burst = burst or max(rate, 1.0)
         self.max_delay_s = max_delay_s
@@ -114,8 +130,9 @@ class DeviceLimiter:
         now = self.clock()
         bucket = self.buckets.get(device)
         if bucket is None:
-            bucket = self.buckets[device] = TokenBucket(self.rate, self.burst, self.max_delay_s,
-                                                        self.reject_after_s, updated=now)
+            bucket = self.buckets[device] = TokenBucket(
+                self.rate, self.burst, self.max_delay_s, self.reject_after_s, updated=now
+            )
         self._takes += 1
         if self._takes % self.SWEEP_EVERY == 0:
             self.buckets = {d: b for d, b in self.buckets.items() if d == device or not b.idle(now)}
@@ -124,8 +141,10 @@ class DeviceLimiter:
     def open_stream(self, device: str) -> None:
         count = self.streams.get(device, 0)
         if self.max_streams and count >= self.max_streams:
-            raise TooManyStreams(f"device {device!r} already has {count} open streams (limit {self.max_streams}); "
-                                 "close one first")
+            raise TooManyStreams(
+                f"device {device!r} already has {count} open streams (limit {self.max_streams}); "
+                "close one first"
+            )
         self.streams[device] = count + 1
 
     def close_stream(self, device: str) -> None:
@@ -134,8 +153,10 @@ class DeviceLimiter:
     def open_send(self, device: str) -> None:
         count = self.sends.get(device, 0)
         if self.max_sends and count >= self.max_sends:
-            raise TooManySends(f"device {device!r} already has {count} Send calls in progress (limit "
-                               f"{self.max_sends}); wait for their acks or use one Stream")
+            raise TooManySends(
+                f"device {device!r} already has {count} Send calls in progress (limit "
+                f"{self.max_sends}); wait for their acks or use one Stream"
+            )
         self.sends[device] = count + 1
 
     def close_send(self, device: str) -> None:
@@ -200,6 +221,12 @@ class MetricBook:
                         refused.append(i)
                     else:
                         known.add(name)
-        why = (f"device {device!r} already sends {self.max_metrics} distinct metrics (the limit); "
-               "readings of further metrics are refused") if refused else ""
+        why = (
+            (
+                f"device {device!r} already sends {self.max_metrics} distinct metrics (the limit); "
+                "readings of further metrics are refused"
+            )
+            if refused
+            else ""
+        )
         return refused, why

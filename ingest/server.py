@@ -45,10 +45,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import DecodeError
-from iotstream.v1 import ingest_pb2 as pb
 
 from iotstream.auth import AuthError
 from iotstream.bus.local import QueueUnavailable
+from iotstream.v1 import ingest_pb2 as pb
 
 from .limits import DeviceLimiter, MetricBook, RateLimited, TooManySends, TooManyStreams
 from .validate import Limits, accepted_only, validate
@@ -83,6 +83,8 @@ class BadRequest(Exception):
 
 class WrongDevice(Exception):
     """A batch for another device than the one the call's token belongs to."""
+
+    readings = 0  # the batch's, counted under WRONG_DEVICE
 
 
 class MessageTooLarge(Exception):
@@ -122,8 +124,10 @@ class Counters:
 
 def decode(raw: bytes, limits: Limits) -> pb.ReadingBatch:
     if len(raw) > limits.max_message_bytes:
-        raise MessageTooLarge(f"message of {len(raw)} bytes is over the limit of {limits.max_message_bytes}; "
-                              "send smaller batches")
+        raise MessageTooLarge(
+            f"message of {len(raw)} bytes is over the limit of {limits.max_message_bytes}; "
+            "send smaller batches"
+        )
     try:
         return pb.ReadingBatch.FromString(raw)
     except DecodeError as exc:
@@ -131,21 +135,30 @@ def decode(raw: bytes, limits: Limits) -> pb.ReadingBatch:
 
 
 class IngestService:
-    def __init__(self, queue, limits: Limits | None = None, counters: Counters | None = None, auth=None,
-                 configs=None):
+    def __init__(
+        self, queue, limits: Limits | None = None, counters: Counters | None = None, auth=None, configs=None
+    ):
         self.queue = queue
         self.configs = configs  # iotstream.auth.device_config.ConfigHub, or None: no configuration push
         self.limits = limits or Limits()
         self.counters = counters or Counters()
         self.auth = auth  # iotstream.auth.Authenticator, or None: open (any caller may send for any device)
         lim = self.limits
-        self.limiter = DeviceLimiter(lim.rate_readings_per_s, lim.burst_readings, lim.max_delay_s,
-                                     lim.reject_after_s, lim.max_streams_per_device, lim.max_sends_per_device,
-                                     lim.max_inflight_bytes_per_device)
+        self.limiter = DeviceLimiter(
+            lim.rate_readings_per_s,
+            lim.burst_readings,
+            lim.max_delay_s,
+            lim.reject_after_s,
+            lim.max_streams_per_device,
+            lim.max_sends_per_device,
+            lim.max_inflight_bytes_per_device,
+        )
         self.metric_book = MetricBook(lim.max_metrics_per_device, lim.metrics_idle_s)
         self.draining = asyncio.Event()
         self._readers: set[asyncio.Task] = set()
-        self._pool = concurrent.futures.ThreadPoolExecutor(OFFLOAD_THREADS, thread_name_prefix="ingest-validate")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            OFFLOAD_THREADS, thread_name_prefix="ingest-validate"
+        )
 
     async def offload(self, fn, *args):
         """fn(*args) here when the message is small, else in the validation pool."""
@@ -180,16 +193,19 @@ class IngestService:
             return None
         return self.auth.identify(context.invocation_metadata()).subject
 
-    async def accept(self, raw: bytes, batch: pb.ReadingBatch | None = None,
-                     device: str | None = None) -> tuple[asyncio.Future | None, pb.Ack]:
+    async def accept(
+        self, raw: bytes, batch: pb.ReadingBatch | None = None, device: str | None = None
+    ) -> tuple[asyncio.Future | None, pb.Ack]:
         """Check, pace, validate and queue one batch; returns (durability future or None, the Ack to send)."""
         if self.draining.is_set():
             raise Draining("server is shutting down; reconnect and resend what was not acked")
         if batch is None:
             batch = await self.offload(self._decode, raw)
         if device is not None and batch.device_id != device:
-            exc = WrongDevice(f"batch seq={batch.seq} is for device {batch.device_id[:80]!r}, "
-                              f"but the token belongs to {device!r}")
+            exc = WrongDevice(
+                f"batch seq={batch.seq} is for device {batch.device_id[:80]!r}, "
+                f"but the token belongs to {device!r}"
+            )
             exc.readings = len(batch.values)
             raise exc
         if batch.config_applied and self.configs is not None:
@@ -241,8 +257,9 @@ class IngestService:
         finally:
             self.limiter.close_send(sender)
 
-    async def Stream(self, request_iterator: AsyncIterator[bytes],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
+    async def Stream(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
         # The reader runs ahead of the acks (pipelining) but at most MAX_INFLIGHT_PER_STREAM batches;
         # acks leave in the order the batches came. The queue between them is not bounded itself (the
         # semaphore bounds it) so that an end marker always fits.
@@ -256,8 +273,11 @@ class IngestService:
             self.limiter.open_stream(device)
             opened.append(device)
             if self.configs is not None:
-                unsubscribe.append(self.configs.subscribe(
-                    device, lambda config: pending.put_nowait(pb.StreamResponse(config=config))))
+                unsubscribe.append(
+                    self.configs.subscribe(
+                        device, lambda config: pending.put_nowait(pb.StreamResponse(config=config))
+                    )
+                )
 
         async def read() -> None:
             try:
@@ -273,7 +293,9 @@ class IngestService:
                     await window.acquire()
                     pending.put_nowait(await self.accept(raw, batch, device))
                 await pending.put(None)
-            except asyncio.CancelledError:  # drain() or revocation: no more reading; what was read gets its ack
+            except (
+                asyncio.CancelledError
+            ):  # drain() or revocation: no more reading; what was read gets its ack
                 if revocation is not None and revocation.revoked.is_set():
                     pending.put_nowait(revocation.error())
                 else:
@@ -291,7 +313,8 @@ class IngestService:
                 if isinstance(item, pb.StreamResponse):  # a configuration, between two acks
                     yield item
                     continue
-                ack = await durable(*item, context)
+                done, ack = item
+                ack = await durable(done, ack, context)
                 window.release()
                 yield pb.StreamResponse(ack=ack)
         finally:
@@ -299,8 +322,9 @@ class IngestService:
                 stop()
             self._readers.discard(reader)
             reader.cancel()
-            if revocation is not None:
+            if guard is not None:
                 guard.cancel()
+            if revocation is not None:
                 revocation.close()
             for d in opened:
                 self.limiter.close_stream(d)
@@ -347,15 +371,19 @@ async def durable(done: asyncio.Future | None, ack: pb.Ack, context) -> pb.Ack:
         try:
             await done
         except Exception as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"batch seq={ack.seq} was not stored ({exc}); resend it")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"batch seq={ack.seq} was not stored ({exc}); resend it"
+            )
     return ack
 
 
 def add_to_server(service: IngestService, server: grpc.aio.Server) -> None:
     handlers = {
         "Stream": grpc.stream_stream_rpc_method_handler(
-            service.Stream, response_serializer=pb.StreamResponse.SerializeToString),
+            service.Stream, response_serializer=pb.StreamResponse.SerializeToString
+        ),
         "Send": grpc.unary_unary_rpc_method_handler(
-            service.Send, response_serializer=pb.Ack.SerializeToString),
+            service.Send, response_serializer=pb.Ack.SerializeToString
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -5,7 +5,8 @@ faults (bad device id, column lengths that disagree, more metric names than read
 of the batch.
 
 The work is O(readings + metric names), and a batch may not carry more names than readings (beyond a small
-allowance, for devices that always send their whole name table), so it is bounded by what was sent: names are checked once each, and readings look their name's verdict up by index.
+allowance, for devices that always send their whole name table), so it is bounded by what was sent: names are
+checked once each, and readings look their name's verdict up by index.
 Readings past `max_readings` are rejected as BATCH_TOO_LARGE whatever else is wrong with them.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+
 from iotstream.common.ids import DEVICE_ID, METRIC_NAME
 from iotstream.v1 import ingest_pb2 as pb
 
@@ -66,9 +69,11 @@ class Verdict:
         return int(self.accepted.sum())
 
 
-def _reject_all(n: int, reason: int, detail: str) -> Verdict:
-    rejected = [pb.Rejection(index=i, reason=reason, detail=detail if i < DETAILED_REJECTIONS else "")
-                for i in range(n)]
+def _reject_all(n: int, reason: pb.RejectReason, detail: str) -> Verdict:
+    rejected = [
+        pb.Rejection(index=i, reason=reason, detail=detail if i < DETAILED_REJECTIONS else "")
+        for i in range(n)
+    ]
     return Verdict(np.zeros(n, dtype=bool), rejected, {pb.RejectReason.Name(reason): n} if n else {})
 
 
@@ -94,23 +99,31 @@ Admit = Callable[[str, list[str]], tuple[list[int], str]]
 def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit | None = None) -> Verdict:
     n = len(batch.values)
     if not DEVICE_ID.fullmatch(batch.device_id):
-        return _reject_all(n, pb.BAD_DEVICE_ID, f"device_id {batch.device_id[:80]!r} must match "
-                                                 f"{DEVICE_ID.pattern}")
+        return _reject_all(
+            n, pb.BAD_DEVICE_ID, f"device_id {batch.device_id[:80]!r} must match {DEVICE_ID.pattern}"
+        )
     if len(batch.time_offset_ms) != n or len(batch.metric_index) != n:
-        return _reject_all(n, pb.MALFORMED_BATCH,
-                           f"column lengths differ: values {n}, time_offset_ms "
-                           f"{len(batch.time_offset_ms)}, metric_index {len(batch.metric_index)}")
+        return _reject_all(
+            n,
+            pb.MALFORMED_BATCH,
+            f"column lengths differ: values {n}, time_offset_ms "
+            f"{len(batch.time_offset_ms)}, metric_index {len(batch.metric_index)}",
+        )
     if len(batch.metric_names) > max(n, limits.names_allowance):
-        return _reject_all(n, pb.TOO_MANY_METRIC_NAMES,
-                           f"metric_names has {len(batch.metric_names)} entries for {n} readings; "
-                           "list only the names the readings use")
+        return _reject_all(
+            n,
+            pb.TOO_MANY_METRIC_NAMES,
+            f"metric_names has {len(batch.metric_names)} entries for {n} readings; "
+            "list only the names the readings use",
+        )
 
     reason = np.zeros(n, dtype=np.int32)  # 0 = accepted; the first failing check wins
     detail = np.zeros(n, dtype=np.int32)  # index into details
     details: list[str] = []
 
-    def mark(mask: np.ndarray, code: int | np.ndarray, text: str | list[str],
-             which: np.ndarray | None = None) -> None:
+    def mark(
+        mask: np.ndarray, code: int | np.ndarray, text: str | list[str], which: np.ndarray | None = None
+    ) -> None:
         """Reject the readings of `mask` not rejected yet; with `which`, reading i gets code[i] and
         text[which[i]] (per-name verdicts), else one code and text for all."""
         hit = mask & (reason == 0)
@@ -118,9 +131,9 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit |
             return
         if which is None:
             reason[hit], detail[hit] = code, len(details)
-            details.append(text)
+            details.append(cast(str, text))
         else:
-            reason[hit], detail[hit] = code[hit], len(details) + which[hit]
+            reason[hit], detail[hit] = cast(np.ndarray, code)[hit], len(details) + which[hit]
             details.extend(text)
 
     m = min(n, limits.max_readings)
@@ -133,15 +146,24 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit |
     mark(~np.isfinite(values), pb.NON_FINITE_VALUE, "value must be finite (not NaN or infinite)")
 
     times = batch.base_time_ms + np.array(batch.time_offset_ms, dtype=np.int64)
-    mark(times < now_ms - limits.max_past_ms, pb.TIME_OUT_OF_RANGE,
-         f"time older than {limits.max_past_ms // 1000} s before server time")
-    mark(times > now_ms + limits.max_future_ms, pb.TIME_OUT_OF_RANGE,
-         f"time more than {limits.max_future_ms // 1000} s after server time")
+    mark(
+        times < now_ms - limits.max_past_ms,
+        pb.TIME_OUT_OF_RANGE,
+        f"time older than {limits.max_past_ms // 1000} s before server time",
+    )
+    mark(
+        times > now_ms + limits.max_future_ms,
+        pb.TIME_OUT_OF_RANGE,
+        f"time more than {limits.max_future_ms // 1000} s after server time",
+    )
 
     names = list(batch.metric_names)
     index = np.array(batch.metric_index, dtype=np.int64)
-    mark(index >= len(names), pb.UNKNOWN_METRIC,
-         f"metric_index outside metric_names (which has {len(names)} entries)")
+    mark(
+        index >= len(names),
+        pb.UNKNOWN_METRIC,
+        f"metric_index outside metric_names (which has {len(names)} entries)",
+    )
     if names:
         known = np.minimum(index, len(names) - 1)  # out-of-range ones are rejected already
         codes, texts = check_names(names, limits)
@@ -157,20 +179,28 @@ def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit |
 
     bad = np.flatnonzero(reason)
     head, tail = bad[:DETAILED_REJECTIONS], bad[DETAILED_REJECTIONS:]
-    rejections = [pb.Rejection(index=i, reason=r, detail=details[d]) for i, r, d in
-                  zip(head.tolist(), reason[head].tolist(), detail[head].tolist(), strict=True)]
-    rejections += [pb.Rejection(index=i, reason=r) for i, r in
-                   zip(tail.tolist(), reason[tail].tolist(), strict=True)]
-    codes, n = np.unique(reason[bad], return_counts=True)
-    counts = {pb.RejectReason.Name(c): k for c, k in zip(codes.tolist(), n.tolist(), strict=True)}
+    rejections = [
+        pb.Rejection(index=i, reason=r, detail=details[d])
+        for i, r, d in zip(head.tolist(), reason[head].tolist(), detail[head].tolist(), strict=True)
+    ]
+    rejections += [
+        pb.Rejection(index=i, reason=r) for i, r in zip(tail.tolist(), reason[tail].tolist(), strict=True)
+    ]
+    codes, times = np.unique(reason[bad], return_counts=True)
+    counts = {pb.RejectReason.Name(c): k for c, k in zip(codes.tolist(), times.tolist(), strict=True)}
     return Verdict(reason == 0, rejections, counts)
 
 
 def accepted_only(batch: pb.ReadingBatch, verdict: Verdict) -> pb.ReadingBatch:
     """The batch with its rejected readings left out (columns filtered whole, no per-reading work)."""
     keep = verdict.accepted
-    out = pb.ReadingBatch(device_id=batch.device_id, seq=batch.seq, base_time_ms=batch.base_time_ms,
-                          metric_names=batch.metric_names, received_ms=batch.received_ms)
+    out = pb.ReadingBatch(
+        device_id=batch.device_id,
+        seq=batch.seq,
+        base_time_ms=batch.base_time_ms,
+        metric_names=batch.metric_names,
+        received_ms=batch.received_ms,
+    )
     if len(batch.time_offset_ms) == len(batch.metric_index) == len(keep):  # else nothing was accepted
         out.time_offset_ms.extend(np.array(batch.time_offset_ms, dtype=np.int64)[keep].tolist())
         out.metric_index.extend(np.array(batch.metric_index, dtype=np.int64)[keep].tolist())

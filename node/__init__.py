@@ -1,4 +1,5 @@
-"""Node assembly: one process running any of the roles (ingest, process, query) over the local log or Kafka."""
+"""Node assembly: one process running any of the roles (ingest, process, query) over the local log or
+Kafka."""
 
 from .assembly import (
     ALL_ROLES,
@@ -13,5 +14,15 @@ from .assembly import (
     server_options,
 )
 
-__all__ = ["ALL_ROLES", "INGEST", "PROCESS", "QUERY", "QUERY_SERVICE", "SERVER_OPTIONS", "Config", "EmbeddedServer",
-           "Node", "server_options"]
+__all__ = [
+    "ALL_ROLES",
+    "INGEST",
+    "PROCESS",
+    "QUERY",
+    "QUERY_SERVICE",
+    "SERVER_OPTIONS",
+    "Config",
+    "EmbeddedServer",
+    "Node",
+    "server_options",
+]

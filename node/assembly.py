@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -19,21 +20,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from iotstream import auth as authn
-from iotstream.clickhouse import Store, open_backend
+from iotstream.auth.device_config import ConfigHub
+from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_lag
+from iotstream.bus.local import MAX_BYTES, UNAVAILABLE_AFTER_S, LocalLog, open_log
+from iotstream.clickhouse import Backend, Store, open_backend
 from iotstream.clickhouse.device_config import DeviceConfigs
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.common.metrics import Metrics
 from iotstream.common.tls import ServerTLS
-from iotstream.auth.device_config import ConfigHub
 from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
-from iotstream.bus.kafka import KafkaConfig, KafkaQueue, ensure_topics, watch_lag
 from iotstream.processor.kafka_loop import KafkaSource
 from iotstream.processor.loop import ChunkLoop, LocalSource
-from iotstream.bus.local import MAX_BYTES, UNAVAILABLE_AFTER_S, LocalLog, open_log
 from iotstream.query.service import DEFAULT_SILENCE_MS, QueryLimits, QueryService
 from iotstream.query.service import add_to_server as add_query_to_server
 from iotstream.v1 import ingest_pb2, query_pb2
+
+if TYPE_CHECKING:
+    from iotstream.console.server import Console
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +91,20 @@ class Config:
     probe_timeout_s: float = 3.0
     rules_path: str | None = None  # detector rules (TOML); built-in defaults when None
     silence_check_s: float = 10.0  # how often the processor looks for keys that went silent
-    # Operator side (query role): alert webhooks (iotstream.alerts.webhooks) and the console page (iotstream.console.server).
+    # Operator side (query role): alert webhooks (iotstream.alerts.webhooks) and the console page
+    # (iotstream.console.server).
     webhooks_path: str | None = None  # TOML file of [[webhook]] tables; None: no webhooks
-    webhooks_state: str | None = None  # the webhooks' outbox (SQLite); None: DATA_DIR/webhooks-DATABASE.sqlite
+    webhooks_state: str | None = (
+        None  # the webhooks' outbox (SQLite); None: DATA_DIR/webhooks-DATABASE.sqlite
+    )
     http_port: int | None = None  # console page and its JSON/SSE endpoints; None: off, 0: a free port
     http_host: str = "127.0.0.1"
 
     def check(self) -> None:
         if not self.roles or not self.roles <= ALL_ROLES:
-            raise ValueError(f"roles must be a non-empty subset of {sorted(ALL_ROLES)}, not {sorted(self.roles)}")
+            raise ValueError(
+                f"roles must be a non-empty subset of {sorted(ALL_ROLES)}, not {sorted(self.roles)}"
+            )
         if self.rules_path is not None:
             load_rules_file(self.rules_path)  # fail now, naming the file, table and key
         if self.webhooks_path is not None:
@@ -103,8 +112,10 @@ class Config:
 
             load_hooks(self.webhooks_path)  # fail now, naming the file, hook and key
         if self.kafka is None and self.roles not in (ALL_ROLES, {QUERY}):
-            raise ValueError("without Kafka, ingest and process must run together with query "
-                             "(the local log is in-process): pass --kafka")
+            raise ValueError(
+                "without Kafka, ingest and process must run together with query "
+                "(the local log is in-process): pass --kafka"
+            )
 
 
 def load_rules_file(path: str):
@@ -145,7 +156,7 @@ class Node:
         config.check()
         self.config = config
         self.store: Store | None = None
-        self.queue = None
+        self.queue: LocalLog | KafkaQueue | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.counters = Counters()
@@ -158,19 +169,21 @@ class Node:
         self.healthy: dict[str, bool] = {}  # dependency -> answered the last probe
         self.failed = asyncio.Event()  # a role died; `failure` says why
         self.failure = ""
-        self._auth_backend = None
+        self._auth_backend: Backend | None = None
         self.configs: ConfigHub | None = None  # device configuration push; needs ClickHouse
-        self._config_backend = None
+        self._config_backend: Backend | None = None
         self._background: list[asyncio.Task] = []
-        self._kafka_admin = None
+        self._kafka_admin: Any = None  # confluent_kafka AdminClient for the health probe
         self._lag_stop = threading.Event()
-        self.console = None  # iotstream.console.server.Console, with --http-port
+        self.console: Console | None = None  # with --http-port
 
     async def start(self) -> int:
         cfg = self.config
         roles = cfg.roles
         if PROCESS in roles or QUERY in roles:
-            backend = open_backend(data_dir=cfg.data_dir, clickhouse_url=cfg.clickhouse_url, database=cfg.database)
+            backend = open_backend(
+                data_dir=cfg.data_dir, clickhouse_url=cfg.clickhouse_url, database=cfg.database
+            )
             self.store = Store(backend, cfg.store, on_insert=self.metrics.observe_insert)
             applied = await asyncio.to_thread(self.store.migrate)
             if applied:
@@ -178,33 +191,48 @@ class Node:
         if cfg.kafka:
             await asyncio.to_thread(ensure_topics, cfg.kafka)
         loop = asyncio.get_running_loop()
-        source = None
+        source: LocalSource | KafkaSource | None = None
         if cfg.kafka is None and INGEST in roles:
-            self.queue = await asyncio.to_thread(
-                open_log, cfg.data_dir, cfg.database, max_bytes=cfg.log_max_bytes,
+            local = self.queue = await asyncio.to_thread(
+                open_log,
+                cfg.data_dir,
+                cfg.database,
+                max_bytes=cfg.log_max_bytes,
                 unavailable_after_s=cfg.unavailable_after_s,
-                on_death=lambda why: loop.call_soon_threadsafe(self._fail, why))
-            source = LocalSource(self.queue)
+                on_death=lambda why: loop.call_soon_threadsafe(self._fail, why),
+            )
+            source = LocalSource(local)
         elif cfg.kafka is not None:
             if INGEST in roles:
                 self.queue = KafkaQueue(cfg.kafka)
             if PROCESS in roles:
                 source = KafkaSource(cfg.kafka)
         if source is not None:
-            self.processor_loop = ChunkLoop(source, self.store, cfg.max_chunk_messages, cfg.snapshot_every_s,
-                                            rules=load_rules(cfg.rules_path), silence_every_s=cfg.silence_check_s)
+            self.processor_loop = ChunkLoop(
+                source,
+                self.store,
+                cfg.max_chunk_messages,
+                cfg.snapshot_every_s,
+                rules=load_rules(cfg.rules_path),
+                silence_every_s=cfg.silence_check_s,
+            )
             thread = threading.Thread(target=self._run_processor, args=(loop,), name="processor", daemon=True)
             thread.start()
             self._tasks.append(thread)
         if cfg.kafka is not None and self.processor_loop is not None:
             self._tasks.append(watch_lag(cfg.kafka, self.metrics.set_lag, self._lag_stop))
         if INGEST in roles:
-            self.metrics.watch_ingest(self.counters, lambda: self.queue.depth if self.queue is not None else 0)
+            self.metrics.watch_ingest(
+                self.counters, lambda: self.queue.depth if self.queue is not None else 0
+            )
         if cfg.metrics_port is not None:
             tls = cfg.tls
-            self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port,
-                                                   tls.cert if tls else None, tls.key if tls else None)
-            log.info("metrics on http%s://%s:%d/metrics", "s" if tls else "", cfg.metrics_host, self.metrics_port)
+            self.metrics_port = self.metrics.serve(
+                cfg.metrics_host, cfg.metrics_port, tls.cert if tls else None, tls.key if tls else None
+            )
+            log.info(
+                "metrics on http%s://%s:%d/metrics", "s" if tls else "", cfg.metrics_host, self.metrics_port
+            )
         if cfg.auth and (INGEST in roles or QUERY in roles):
             await self._start_auth()
         if INGEST in roles or QUERY in roles:
@@ -232,6 +260,8 @@ class Node:
     def _run_processor(self, loop) -> None:
         """The processor loop's thread. If it dies, the node says so: NOT_SERVING, and `failed` is set (the
         CLI exits non-zero so a supervisor restarts it; its state is safe in the state topic or the log)."""
+        if self.processor_loop is None:
+            return
         try:
             self.processor_loop.run()
         except Exception as exc:
@@ -240,6 +270,7 @@ class Node:
 
     def _supervise(self, task: asyncio.Task) -> asyncio.Task:
         """A background task that ends with an error fails the node (none of them ends by itself)."""
+
         def done(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("background task %s died", t.get_name(), exc_info=t.exception())
@@ -261,18 +292,28 @@ class Node:
 
     async def _start_auth(self) -> None:
         cfg = self.config
-        backend = None
+        backend: Backend | None = None
         if not cfg.tokens_file:
             backend = self.store.backend if self.store is not None else None
             if backend is None:  # an ingest node: open the registry's database alone
                 backend = self._auth_backend = await asyncio.to_thread(
-                    open_backend, data_dir=cfg.data_dir, clickhouse_url=cfg.clickhouse_url, database=cfg.database)
+                    open_backend,
+                    data_dir=cfg.data_dir,
+                    clickhouse_url=cfg.clickhouse_url,
+                    database=cfg.database,
+                )
         registry = await asyncio.to_thread(authn.open_registry, cfg.tokens_file, backend)
-        self.auth = await asyncio.to_thread(authn.Authenticator, registry, cfg.auth_refresh_s,
-                                            lambda code: self.counters.count(f"{code}_CALLS"))
+        self.auth = await asyncio.to_thread(
+            authn.Authenticator,
+            registry,
+            cfg.auth_refresh_s,
+            lambda code: self.counters.count(f"{code}_CALLS"),
+        )
         if not self.auth._known:
-            log.warning("auth is on but the token registry is empty: every call will be refused "
-                        "(add tokens with `iotstream devices add` / `iotstream tokens add`)")
+            log.warning(
+                "auth is on but the token registry is empty: every call will be refused "
+                "(add tokens with `iotstream devices add` / `iotstream tokens add`)"
+            )
 
         async def refresh_tokens():
             while True:
@@ -282,13 +323,15 @@ class Node:
         self._background.append(self._supervise(asyncio.create_task(refresh_tokens(), name="auth-refresh")))
 
     async def _start_configs(self) -> None:
-        """Device configuration (iotstream.auth.device_config) lives in ClickHouse: on the node's store, or on an
+        """Device configuration (iotstream.auth.device_config) lives in ClickHouse: on the node's store, or on
+        an
         ingest node with a ClickHouse URL; an ingest node without one pushes no configuration."""
         cfg = self.config
         backend = self.store.backend if self.store is not None else None
         if backend is None and cfg.clickhouse_url:
             backend = self._config_backend = await asyncio.to_thread(
-                open_backend, clickhouse_url=cfg.clickhouse_url, database=cfg.database)
+                open_backend, clickhouse_url=cfg.clickhouse_url, database=cfg.database
+            )
         if backend is None:
             return
         self.configs = ConfigHub(DeviceConfigs(backend))  # its first refresh runs at once
@@ -304,15 +347,20 @@ class Node:
             add_to_server(self.ingest, self.server)
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
-            add_query_to_server(QueryService(self.store, self.live_stats, cfg.silence_ms, self.auth, cfg.query_limits),
-                                self.server)
+            add_query_to_server(
+                QueryService(self.store, self.live_stats, cfg.silence_ms, self.auth, cfg.query_limits),
+                self.server,
+            )
             services.append(QUERY_SERVICE)
         if self.auth is not None or self.configs is not None:
             services.append(authn.add_admin_to_server(self.auth, self.server, self.configs))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server,
-                                            pool=MethodAwarePool(descriptor_pool.Default()))
+        reflection.enable_server_reflection(
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
+            pool=MethodAwarePool(descriptor_pool.Default()),
+        )
         address = f"{cfg.host}:{cfg.port}"
         if cfg.tls is not None:
             self.port = self.server.add_secure_port(address, cfg.tls.credentials())
@@ -357,8 +405,12 @@ class Node:
                 except Exception as exc:
                     ok = False
                     if self.healthy.get(name, True):
-                        log.warning("%s unreachable: reporting NOT_SERVING until it answers (%s)", name, exc,
-                                    extra={"dependency": name})
+                        log.warning(
+                            "%s unreachable: reporting NOT_SERVING until it answers (%s)",
+                            name,
+                            exc,
+                            extra={"dependency": name},
+                        )
                 if ok and not self.healthy.get(name, True):
                     log.info("%s answers again: SERVING", name, extra={"dependency": name})
                 self.healthy[name] = ok
@@ -369,7 +421,10 @@ class Node:
     async def _publish_health(self, probes) -> None:
         if self.server is None:
             return
-        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        serving, not_serving = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
         if self.failed.is_set():  # a role died: nothing here recovers by itself
             for service in ("", *self.services):
                 await self.health.set(service, not_serving)
@@ -381,10 +436,12 @@ class Node:
             await self.health.set(service, not_serving if bad else serving)
 
     def live_stats(self) -> dict:
-        return {"readings_per_s": self.counters.rate_per_s(),
-                "queue_readings": self.queue.depth if self.queue is not None else 0,
-                "consumer_lag": self.metrics.consumer_lag,
-                "rejected": {**self.counters.rejected, **self._key_limits()}}
+        return {
+            "readings_per_s": self.counters.rate_per_s(),
+            "queue_readings": self.queue.depth if self.queue is not None else 0,
+            "consumer_lag": self.metrics.consumer_lag,
+            "rejected": {**self.counters.rejected, **self._key_limits()},
+        }
 
     def _key_limits(self) -> dict:
         """Readings stored unscored because their partition was full of live keys (processor/state.py)."""
@@ -425,7 +482,8 @@ class Node:
                 self.processor_loop.stopping.set()  # over Kafka: now; the group carries on
         for task in self._tasks:
             await asyncio.to_thread(task.join, self.config.shutdown_grace_s)
-            self.processor_loop.stopping.set()
+            if self.processor_loop is not None:
+                self.processor_loop.stopping.set()
             await asyncio.to_thread(task.join)
         self._tasks = []
         if self.store is not None:

@@ -29,12 +29,18 @@ class Columns:
     def readings_table(self, rows: np.ndarray | None = None) -> pa.Table:
         """Arrow table in the column order of the `readings` table; `rows` selects a subset."""
         sel = slice(None) if rows is None else rows
-        return pa.table({
-            "device_id": pa.DictionaryArray.from_arrays(self.device[sel], pa.array(self.device_ids, pa.string())),
-            "metric": pa.DictionaryArray.from_arrays(self.metric[sel], pa.array(self.metric_names, pa.string())),
-            "time": pa.array(self.time_ms[sel], pa.timestamp("ms", tz="UTC")),
-            "value": pa.array(self.values[sel], pa.float64()),
-        })
+        return pa.table(
+            {
+                "device_id": pa.DictionaryArray.from_arrays(
+                    self.device[sel], pa.array(self.device_ids, pa.string())
+                ),
+                "metric": pa.DictionaryArray.from_arrays(
+                    self.metric[sel], pa.array(self.metric_names, pa.string())
+                ),
+                "time": pa.array(self.time_ms[sel], pa.timestamp("ms", tz="UTC")),
+                "value": pa.array(self.values[sel], pa.float64()),
+            }
+        )
 
 
 def decode_batches(payloads: list[bytes]) -> Columns:
@@ -47,7 +53,7 @@ def to_columns(batches: list[pb.ReadingBatch]) -> Columns:
     device_slot: dict[str, int] = {}
     metric_names: list[str] = []
     metric_slot: dict[str, int] = {}
-    parts = {"device": [], "metric": [], "time": [], "values": [], "received": []}
+    parts: dict[str, list] = {"device": [], "metric": [], "time": [], "values": [], "received": []}
     for batch in batches:
         n = len(batch.values)
         if n == 0:
@@ -70,5 +76,12 @@ def to_columns(batches: list[pb.ReadingBatch]) -> Columns:
     def cat(key, dtype):
         return np.concatenate(parts[key]) if parts[key] else np.empty(0, dtype=dtype)
 
-    return Columns(device_ids, metric_names, cat("device", np.int32), cat("metric", np.int32),
-                   cat("time", np.int64), cat("values", np.float64), cat("received", np.int64))
+    return Columns(
+        device_ids,
+        metric_names,
+        cat("device", np.int32),
+        cat("metric", np.int32),
+        cat("time", np.int64),
+        cat("values", np.float64),
+        cat("received", np.int64),
+    )

@@ -2,7 +2,8 @@
 records, and their state in the compacted state topic.
 
 A snapshot is written as chunks of at most STATE_CHUNK_BYTES under keys
-`<group>/<topic>/<p>/snapshot/<gen>/<i>`, then a manifest under `.../snapshot` naming the generation (the offset it covers) and the chunk count, then
+`<group>/<topic>/<p>/snapshot/<gen>/<i>`, then a manifest under `.../snapshot` naming the generation (the
+offset it covers) and the chunk count, then
 tombstones for the previous generation's chunks. A crash part way leaves the previous manifest and its chunks
 whole, so restore is always exact, and no message comes near the broker's message limit whatever the number
 of keys.
@@ -16,10 +17,14 @@ import json
 import logging
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from iotstream.bus.kafka import STATE_CHUNK_BYTES, KafkaConfig
+
+if TYPE_CHECKING:
+    from .loop import ChunkLoop
 
 log = logging.getLogger(__name__)
 _MANIFEST = struct.Struct("<qI")  # offset covered (= generation), chunk count
@@ -38,7 +43,7 @@ class StateLog:
         return f"{self.cfg.group_id}/{self.cfg.topic}/{partition}/{kind}".encode()
 
     def save_snapshot(self, partition: int, next_offset: int, data: bytes) -> None:
-        chunks = [data[i:i + STATE_CHUNK_BYTES] for i in range(0, max(len(data), 1), STATE_CHUNK_BYTES)]
+        chunks = [data[i : i + STATE_CHUNK_BYTES] for i in range(0, max(len(data), 1), STATE_CHUNK_BYTES)]
         for i, chunk in enumerate(chunks):
             self._produce(chunk, self.key(partition, f"snapshot/{next_offset}/{i}"))
         self._produce(_MANIFEST.pack(next_offset, len(chunks)), self.key(partition, "snapshot"))
@@ -78,15 +83,20 @@ class StateLog:
             position, give_up = low, time.monotonic() + 60
             while position < high:
                 if time.monotonic() > give_up:
-                    raise KafkaException(f"state topic {self.cfg.state_topic}: read stalled at {position}/{high}")
+                    raise KafkaException(
+                        f"state topic {self.cfg.state_topic}: read stalled at {position}/{high}"
+                    )
                 for msg in reader.consume(1000, timeout=1.0):
                     if msg.error():
                         raise KafkaException(msg.error())
-                    if msg.value() is None:
-                        latest.pop(msg.key(), None)
+                    key, value, offset = msg.key(), msg.value(), msg.offset()
+                    if key is None or offset is None:  # not a message of ours: the state topic keys all
+                        continue
+                    if value is None:
+                        latest.pop(key, None)
                     else:
-                        latest[msg.key()] = msg.value()
-                    position = msg.offset() + 1
+                        latest[key] = value
+                    position = offset + 1
             return latest
         finally:
             reader.close()
@@ -98,7 +108,7 @@ class StateLog:
         if not manifest:
             return None, -1, intents
         if len(manifest) != _MANIFEST.size:  # written before chunking: the offset, then the whole state
-            return manifest[_LEGACY.size:], _LEGACY.unpack_from(manifest)[0], intents
+            return manifest[_LEGACY.size :], _LEGACY.unpack_from(manifest)[0], intents
         offset, count = _MANIFEST.unpack(manifest)
         self.generations[partition] = (offset, count)
         data = b"".join(latest[self.key(partition, f"snapshot/{offset}/{i}")] for i in range(count))
@@ -119,38 +129,55 @@ def watermarks(consumer, tp: TopicPartition, give_up_s: float = 60.0) -> tuple[i
             time.sleep(0.5)
 
 
-_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                  KafkaError.UNKNOWN_TOPIC_OR_PART)
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 
 
 class KafkaSource:
     """The loop's partitions are the ones the group assigns this member; they move on rebalances."""
+
+    loop: ChunkLoop  # set by start(), before the group calls back
 
     def __init__(self, cfg: KafkaConfig, session_timeout_ms: int = 10_000):
         self.cfg = cfg
         self.topic = cfg.topic
         self.state_log = StateLog(cfg)
         self.side = cfg.producer(enable_idempotence=True, acks="all", linger_ms=20)
-        self.consumer = cfg.consumer(**{
-            "group.id": cfg.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky", "session.timeout.ms": session_timeout_ms,
-            "heartbeat.interval.ms": max(500, session_timeout_ms // 5)})
-        self.loop = None
+        self.consumer = cfg.consumer(
+            **{
+                "group.id": cfg.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": session_timeout_ms,
+                "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
+            }
+        )
 
     def start(self, loop) -> None:
         self.loop = loop
-        self.consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self.consumer.subscribe(
+            [self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
 
     def _on_assign(self, consumer, partitions) -> None:
         latest = self.state_log.load()
         for tp in partitions:
             snapshot, offset, intents = self.state_log.restore(latest, tp.partition)
             if snapshot is None:
-                committed = consumer.committed([TopicPartition(self.cfg.topic, tp.partition)], timeout=30)[0].offset
+                committed = consumer.committed([TopicPartition(self.cfg.topic, tp.partition)], timeout=30)[
+                    0
+                ].offset
                 offset = committed if committed >= 0 else OFFSET_BEGINNING
                 if committed >= 0:
-                    log.warning("partition %d: no snapshot; resuming cold at committed offset %d", tp.partition, offset)
+                    log.warning(
+                        "partition %d: no snapshot; resuming cold at committed offset %d",
+                        tp.partition,
+                        offset,
+                    )
             self.loop.assign(tp.partition, snapshot, offset, intents)
             tp.offset = offset
         consumer.incremental_assign(partitions)
@@ -171,9 +198,10 @@ class KafkaSource:
         self.side.poll(0)
         records = []
         for msg in self.consumer.consume(max_messages, timeout=timeout):
-            if msg.error():
-                if msg.error().fatal():
-                    raise KafkaException(msg.error())
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
                 log.warning("consumer: %s", msg.error())
                 continue
             records.append(msg)
@@ -186,7 +214,9 @@ class KafkaSource:
         return True  # processors stop at once; the group's next member carries on
 
     def commit(self, partition: int, next_offset: int) -> None:
-        self.consumer.commit(offsets=[TopicPartition(self.cfg.topic, partition, next_offset)], asynchronous=True)
+        self.consumer.commit(
+            offsets=[TopicPartition(self.cfg.topic, partition, next_offset)], asynchronous=True
+        )
 
     def save_snapshot(self, partition: int, next_offset: int, data: bytes) -> None:
         self.state_log.save_snapshot(partition, next_offset, data)
@@ -198,8 +228,15 @@ class KafkaSource:
         self.state_log.flush()
 
     def dead_letter(self, msg, reason: str) -> None:
-        self._side_produce(self.cfg.deadletter_topic, msg.value(), msg.key(), headers=[
-            ("reason", reason.encode()), ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode())])
+        self._side_produce(
+            self.cfg.deadletter_topic,
+            msg.value(),
+            msg.key(),
+            headers=[
+                ("reason", reason.encode()),
+                ("source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
+            ],
+        )
 
     def publish_anomalies(self, table) -> None:
         for row in table.to_pylist():

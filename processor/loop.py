@@ -25,8 +25,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from iotstream.clickhouse import StorageError
 from iotstream.bus.local import LocalLog
+from iotstream.clickhouse import StorageError
 from iotstream.common.retry import Interrupted, retry
 
 from .processor import Processor
@@ -66,8 +66,15 @@ class Progress:
 
 
 class ChunkLoop:
-    def __init__(self, source, store, max_chunk_messages: int = 1000, snapshot_every_s: float = 5.0, rules=None,
-                 silence_every_s: float = 10.0):
+    def __init__(
+        self,
+        source,
+        store,
+        max_chunk_messages: int = 1000,
+        snapshot_every_s: float = 5.0,
+        rules=None,
+        silence_every_s: float = 10.0,
+    ):
         self.source = source
         self.processor = Processor(store, rules)
         self.max_chunk_messages = max_chunk_messages
@@ -76,7 +83,9 @@ class ChunkLoop:
         self.runs: dict[int, PartitionRun] = {}
         self.progress = Progress()
         self.stopping = threading.Event()  # stop now (what is read and not stored is read again later)
-        self.finishing = threading.Event()  # stop once the source has nothing more (the local log at shutdown)
+        self.finishing = (
+            threading.Event()
+        )  # stop once the source has nothing more (the local log at shutdown)
 
     # ---- partitions come and go (the source calls these) ----------------------------------------
 
@@ -86,7 +95,9 @@ class ChunkLoop:
         replay = [tuple(r) for r in intents if r[0] >= offset]
         self.processor.adopt(partition, state)
         self.runs[partition] = PartitionRun(offset, replay, intents=list(replay))
-        log.info("partition %d assigned: from offset %s, %d chunk(s) to replay", partition, offset, len(replay))
+        log.info(
+            "partition %d assigned: from offset %s, %d chunk(s) to replay", partition, offset, len(replay)
+        )
 
     def release(self, partition: int, save: bool) -> None:
         run = self.runs.pop(partition, None)
@@ -122,12 +133,18 @@ class ChunkLoop:
                 for partition, run in list(self.runs.items()):
                     self._drain(partition, run)
                     since = time.monotonic() - run.snapshot_at
-                    due = since >= self.snapshot_every_s or (since >= PRESSED_SNAPSHOT_S and self.source.pressed())
+                    due = since >= self.snapshot_every_s or (
+                        since >= PRESSED_SNAPSHOT_S and self.source.pressed()
+                    )
                     if run.intents and due:
                         self._snapshot(partition, run)
                         self.source.flush()
-                if (not records and self.finishing.is_set() and self.source.caught_up()
-                        and not any(run.buffer for run in self.runs.values())):
+                if (
+                    not records
+                    and self.finishing.is_set()
+                    and self.source.caught_up()
+                    and not any(run.buffer for run in self.runs.values())
+                ):
                     break
             clean = True
         except Interrupted:
@@ -145,7 +162,7 @@ class ChunkLoop:
                 run.replay.pop(0)
             else:
                 count, size = 0, 0
-                for m in run.buffer[:self.max_chunk_messages]:
+                for m in run.buffer[: self.max_chunk_messages]:
                     if count and size + len(m.value()) > MAX_CHUNK_BYTES:
                         break
                     count, size = count + 1, size + len(m.value())
@@ -164,7 +181,9 @@ class ChunkLoop:
         prepared = self.processor.prepare([m.value() for m in chunk], partition)
         for index, reason in prepared.undecodable:
             self.source.dead_letter(chunk[index], reason)
-            log.warning("dead letter %s/%d/%d: %s", chunk[index].topic(), partition, chunk[index].offset(), reason)
+            log.warning(
+                "dead letter %s/%d/%d: %s", chunk[index].topic(), partition, chunk[index].offset(), reason
+            )
         retry(lambda: self.processor.write(prepared, token), f"insert {token}", transient, self.stopping)
         run.ahead = False
         self.source.publish_anomalies(prepared.anomalies)
@@ -178,7 +197,12 @@ class ChunkLoop:
     def _check_silence(self) -> None:
         table = self.processor.silence(time.time_ns() // 1_000_000)
         if table.num_rows:
-            retry(lambda: self.processor.store.insert_anomalies(table), "silence anomalies", transient, self.stopping)
+            retry(
+                lambda: self.processor.store.insert_anomalies(table),
+                "silence anomalies",
+                transient,
+                self.stopping,
+            )
             self.source.publish_anomalies(table)
 
     def _leave(self, clean: bool) -> None:
@@ -216,7 +240,8 @@ class LocalSource:
         return self.log.bytes > self.log.max_bytes // 2
 
     def caught_up(self) -> bool:
-        """Nothing more will come: the log is closed (its writer has committed everything) and read to the end."""
+        """Nothing more will come: the log is closed (its writer has committed everything) and read to the
+        end."""
         return self.log.closed and not self.log.read(self._position, 1, 0)
 
     def commit(self, partition: int, next_offset: int) -> None:

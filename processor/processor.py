@@ -33,8 +33,9 @@ class Prepared:
 class Processor:
     """Owns the state of the partitions it has been given. One caller at a time."""
 
-    def __init__(self, store, rules: RuleBook | None = None, max_keys: int = MAX_KEYS,
-                 idle_ms: int = IDLE_MS):
+    def __init__(
+        self, store, rules: RuleBook | None = None, max_keys: int = MAX_KEYS, idle_ms: int = IDLE_MS
+    ):
         self.store = store
         self.rules = rules or RuleBook()
         self.partitions: dict[int, PartitionState] = {}
@@ -77,7 +78,6 @@ class Processor:
         if prepared.anomalies.num_rows:
             self.store.insert_anomalies(prepared.anomalies, None if token is None else token + ":anomalies")
 
-
     def silence(self, now_ms: int) -> pa.Table:
         """Anomalies for keys that just went silent (timer-driven; each silence is reported once)."""
         rows = []
@@ -87,16 +87,23 @@ class Processor:
             state.silenced = silent
             if fresh:
                 keys = {slot: key for key, slot in state.slots.items() if slot in fresh}
-                rows += [(dev, metric, state.stats.last_ts(slot)) for slot, (dev, metric) in sorted(keys.items())]
+                rows += [
+                    (dev, metric, state.stats.last_ts(slot)) for slot, (dev, metric) in sorted(keys.items())
+                ]
             state.evict_idle(now_ms)  # reported silent after silence_ms, dropped after idle_ms
-        return pa.table({
-            "device_id": pa.array([r[0] for r in rows], pa.string()), "metric": pa.array([r[1] for r in rows], pa.string()),
-            "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
-            "value": pa.array([float("nan")] * len(rows), pa.float64()),
-            "kind": pa.array([FLAG_NAMES[FLAG_SILENCE]] * len(rows), pa.string()),
-            "detectors": pa.array([[FLAG_NAMES[FLAG_SILENCE]]] * len(rows), pa.list_(pa.string())),
-            "score": pa.array([0.5] * len(rows), pa.float64()),
-            "zscore": pa.array([float("nan")] * len(rows), pa.float64())}, schema=ANOMALY_SCHEMA)
+        return pa.table(
+            {
+                "device_id": pa.array([r[0] for r in rows], pa.string()),
+                "metric": pa.array([r[1] for r in rows], pa.string()),
+                "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
+                "value": pa.array([float("nan")] * len(rows), pa.float64()),
+                "kind": pa.array([FLAG_NAMES[FLAG_SILENCE]] * len(rows), pa.string()),
+                "detectors": pa.array([[FLAG_NAMES[FLAG_SILENCE]]] * len(rows), pa.list_(pa.string())),
+                "score": pa.array([0.5] * len(rows), pa.float64()),
+                "zscore": pa.array([float("nan")] * len(rows), pa.float64()),
+            },
+            schema=ANOMALY_SCHEMA,
+        )
 
 
 def configure(state: PartitionState, rules: RuleBook, keys) -> None:
@@ -113,8 +120,9 @@ def key_slots(state: PartitionState, cols: Columns, rules: RuleBook) -> np.ndarr
     distinct key once, and gives new keys their metric's rules."""
     n_metrics = len(cols.metric_names)
     codes, inverse = np.unique(cols.device.astype(np.int64) * n_metrics + cols.metric, return_inverse=True)
-    keys = [(cols.device_ids[code // n_metrics], cols.metric_names[code % n_metrics])
-            for code in codes.tolist()]
+    keys = [
+        (cols.device_ids[code // n_metrics], cols.metric_names[code % n_metrics]) for code in codes.tolist()
+    ]
     lut, new = state.assign(keys)
     if new:
         configure(state, rules, new)
@@ -136,18 +144,27 @@ def score_readings(state: PartitionState, slots: np.ndarray, cols: Columns):
     return tuple(out)
 
 
-ANOMALY_SCHEMA = pa.schema([("device_id", pa.string()), ("metric", pa.string()),
-                            ("time", pa.timestamp("ms", tz="UTC")), ("value", pa.float64()),
-                            ("kind", pa.string()), ("detectors", pa.list_(pa.string())), ("score", pa.float64()),
-                            ("zscore", pa.float64())])
+ANOMALY_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("metric", pa.string()),
+        ("time", pa.timestamp("ms", tz="UTC")),
+        ("value", pa.float64()),
+        ("kind", pa.string()),
+        ("detectors", pa.list_(pa.string())),
+        ("score", pa.float64()),
+        ("zscore", pa.float64()),
+    ]
+)
 
 
 def empty_anomalies() -> pa.Table:
     return ANOMALY_SCHEMA.empty_table()
 
 
-def anomaly_table(cols: Columns, z: np.ndarray, score: np.ndarray, flags: np.ndarray,
-                  dominant: np.ndarray) -> pa.Table:
+def anomaly_table(
+    cols: Columns, z: np.ndarray, score: np.ndarray, flags: np.ndarray, dominant: np.ndarray
+) -> pa.Table:
     """One row per flagged reading, in the column order of `anomalies`: `kind` is the detector with the
     largest evidence, `detectors` all that fired (in flag order)."""
     rows = np.flatnonzero(flags & ANOMALY_FLAGS)
@@ -156,10 +173,16 @@ def anomaly_table(cols: Columns, z: np.ndarray, score: np.ndarray, flags: np.nda
     t = cols.readings_table(rows)
     fired = flags[rows] & ANOMALY_FLAGS
     names = {int(f): [kind for bit, kind in KINDS.items() if f & bit] for f in np.unique(fired)}
-    return pa.table({
-        "device_id": t.column("device_id").cast(pa.string()), "metric": t.column("metric").cast(pa.string()),
-        "time": t.column("time"), "value": t.column("value"),
-        "kind": pa.array([KINDS[int(d)] for d in dominant[rows]], pa.string()),
-        "detectors": pa.array([names[int(f)] for f in fired], pa.list_(pa.string())),
-        "score": pa.array(score[rows], pa.float64()), "zscore": pa.array(z[rows], pa.float64())},
-        schema=ANOMALY_SCHEMA)
+    return pa.table(
+        {
+            "device_id": t.column("device_id").cast(pa.string()),
+            "metric": t.column("metric").cast(pa.string()),
+            "time": t.column("time"),
+            "value": t.column("value"),
+            "kind": pa.array([KINDS[int(d)] for d in dominant[rows]], pa.string()),
+            "detectors": pa.array([names[int(f)] for f in fired], pa.list_(pa.string())),
+            "score": pa.array(score[rows], pa.float64()),
+            "zscore": pa.array(z[rows], pa.float64()),
+        },
+        schema=ANOMALY_SCHEMA,
+    )

@@ -42,8 +42,14 @@ class PartitionState:
     """Rolling statistics per (device, metric) key, the key -> slot map, and the fingerprints of each
     device's recent batches (to store a resent batch once)."""
 
-    def __init__(self, stats: RollingStats | None = None, slots: dict | None = None,
-                 recent: dict | None = None, max_keys: int = MAX_KEYS, idle_ms: int = IDLE_MS):
+    def __init__(
+        self,
+        stats: RollingStats | None = None,
+        slots: dict | None = None,
+        recent: dict | None = None,
+        max_keys: int = MAX_KEYS,
+        idle_ms: int = IDLE_MS,
+    ):
         self.stats = stats or RollingStats()
         self.slots: dict[tuple[str, str], int] = slots or {}
         self.recent: dict[str, collections.deque] = recent or {}
@@ -61,12 +67,15 @@ class PartitionState:
         known = self._lookup(keys)
         self.seen[known[known >= 0]] = now  # before evicting: these keys are live
         missing = [k for k, slot in zip(keys, known.tolist(), strict=True) if slot < 0]
-        if (missing and len(self.slots) + len(missing) > self.max_keys
-                and now - self._cap_compacted_at >= CAP_COMPACT_EVERY_MS):
+        if (
+            missing
+            and len(self.slots) + len(missing) > self.max_keys
+            and now - self._cap_compacted_at >= CAP_COMPACT_EVERY_MS
+        ):
             self._cap_compacted_at = now
             self.evict_idle(now, at_cap=True)
         new = []
-        for d, m in missing[:max(0, self.max_keys - len(self.slots))]:
+        for d, m in missing[: max(0, self.max_keys - len(self.slots))]:
             key = (sys.intern(d), sys.intern(m))  # one string per device / metric name, not one per key
             self.slots[key] = len(self.slots)
             new.append(key)
@@ -98,8 +107,9 @@ class PartitionState:
         devices = {d for d, _ in self.slots}
         self.recent = {d: q for d, q in self.recent.items() if d in devices}
         self.evicted += count
-        log.info("evicted %d keys idle for over %d s; %d keep their state", count, self.idle_ms // 1000,
-                 len(keep))
+        log.info(
+            "evicted %d keys idle for over %d s; %d keep their state", count, self.idle_ms // 1000, len(keep)
+        )
         return count
 
     def is_resend(self, device_id: str, seq: int, fingerprint: int) -> bool:
@@ -112,21 +122,27 @@ class PartitionState:
         return False
 
     def to_bytes(self) -> bytes:
-        header = json.dumps({"slots": [[d, m, s] for (d, m), s in self.slots.items()],
-                             "recent": {d: list(q) for d, q in self.recent.items()}}).encode()
+        header = json.dumps(
+            {
+                "slots": [[d, m, s] for (d, m), s in self.slots.items()],
+                "recent": {d: list(q) for d, q in self.recent.items()},
+            }
+        ).encode()
         return MAGIC + _LEN.pack(len(header)) + header + self.stats.to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PartitionState:
-        if data[:len(MAGIC)] != MAGIC:
+        if data[: len(MAGIC)] != MAGIC:
             raise ValueError(f"not a partition-state snapshot (starts {data[:8]!r})")
         (n,) = _LEN.unpack_from(data, len(MAGIC))
         start = len(MAGIC) + _LEN.size
-        header = json.loads(data[start:start + n])
+        header = json.loads(data[start : start + n])
         slots = {(d, m): s for d, m, s in header["slots"]}
-        recent = {d: collections.deque((tuple(k) for k in keys), maxlen=RECENT_BATCHES)
-                  for d, keys in header["recent"].items()}
-        return cls(RollingStats.from_bytes(data[start + n:]), slots, recent)
+        recent = {
+            d: collections.deque((tuple(k) for k in keys), maxlen=RECENT_BATCHES)
+            for d, keys in header["recent"].items()
+        }
+        return cls(RollingStats.from_bytes(data[start + n :]), slots, recent)
 
 
 def _compact(stats: RollingStats, keep: np.ndarray) -> RollingStats:

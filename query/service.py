@@ -27,8 +27,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from iotstream.clickhouse import StorageError
-from iotstream.clickhouse.store import ReadCap
 from iotstream.clickhouse.device_config import DeviceConfigs
+from iotstream.clickhouse.store import ReadCap
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
 
@@ -76,8 +76,14 @@ def decode_token(token: str, size: int, field: str = "page_token", types: tuple 
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except ValueError:
         key = None
-    if not isinstance(key, list) or len(key) != size or (
-            types and not all(isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, types, strict=True))):
+    if (
+        not isinstance(key, list)
+        or len(key) != size
+        or (
+            types
+            and not all(isinstance(k, t) and not isinstance(k, bool) for k, t in zip(key, types, strict=True))
+        )
+    ):
         raise InvalidArgument(f"{field}: not a value returned by this service")
     return key
 
@@ -87,7 +93,6 @@ def page_size(value: int, default: int, cap: int) -> int:
 
 
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01: past it, ClickHouse DateTime arithmetic overflows
-
 
 
 def time_range(start_ms: int, end_ms: int) -> tuple[int, int]:
@@ -139,12 +144,24 @@ def anomaly_id(row: dict) -> str:
 def anomaly_message(row: dict, now: int) -> pb.Anomaly:
     """A store row (clickhouse.episodes.COLUMNS) as the wire message, open or closed as of `now`."""
     return pb.Anomaly(
-        device_id=row["device_id"], metric=row["metric"], kind=row["kind"], time_ms=row["time_ms"],
-        value=row["value"], score=row["score"], zscore=row["zscore"], id=anomaly_id(row),
-        severity=row["severity"], state=pb.ANOMALY_OPEN if row["closes_ms"] > now else pb.ANOMALY_CLOSED,
-        opened_ms=row["opened_ms"], updated_ms=row["updated_ms"], closes_ms=row["closes_ms"],
-        readings=row["readings"], acknowledged_ms=row["acked_ms"], acknowledged_by=row["acked_by"],
-        detectors=row["detectors"])
+        device_id=row["device_id"],
+        metric=row["metric"],
+        kind=row["kind"],
+        time_ms=row["time_ms"],
+        value=row["value"],
+        score=row["score"],
+        zscore=row["zscore"],
+        id=anomaly_id(row),
+        severity=row["severity"],
+        state=pb.ANOMALY_OPEN if row["closes_ms"] > now else pb.ANOMALY_CLOSED,
+        opened_ms=row["opened_ms"],
+        updated_ms=row["updated_ms"],
+        closes_ms=row["closes_ms"],
+        readings=row["readings"],
+        acknowledged_ms=row["acked_ms"],
+        acknowledged_by=row["acked_by"],
+        detectors=row["detectors"],
+    )
 
 
 def episode_key(row: dict) -> tuple:
@@ -171,9 +188,11 @@ def watch_event_type(row: dict, seen: tuple, now: int) -> int:
 
 
 def watch_matches(request: pb.WatchAnomaliesRequest, row: dict) -> bool:
-    return ((not request.device_id or row["device_id"] == request.device_id)
-            and (not request.metric or row["metric"] == request.metric)
-            and (not request.kind or row["kind"] == request.kind))
+    return (
+        (not request.device_id or row["device_id"] == request.device_id)
+        and (not request.metric or row["metric"] == request.metric)
+        and (not request.kind or row["kind"] == request.kind)
+    )
 
 
 def start_cursor(version_us: int) -> tuple[tuple, tuple]:
@@ -183,7 +202,8 @@ def start_cursor(version_us: int) -> tuple[tuple, tuple]:
 
 async def episode_events(store, changes: tuple, closures: tuple, run, pause, batch: int):
     """Episode changes after the positions (see WATCH_CURSOR), forever: (AnomalyEvent type, store row, now,
-    cursor after it), deletions included (row["deleted"]). Each look reports, in order: episodes seen open before whose quiet period has now ended
+    cursor after it), deletions included (row["deleted"]). Each look reports, in order: episodes seen open
+    before whose quiet period has now ended
     (CLOSED), then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come
     first so that an episode reported open in a look is reported closed by a later one, exactly once.
     `run(fn, *args)` awaits a blocking store call; `pause()` waits between looks that found nothing more.
@@ -212,8 +232,14 @@ class QueryService(pb_grpc.QueryServicer):
     WATCH_POLL_S = 0.2  # how often a WatchAnomalies stream looks for changes
     WATCH_BATCH = 500  # episode changes read per look
 
-    def __init__(self, store, stats_source=None, silence_ms: int = DEFAULT_SILENCE_MS, auth=None,
-                 limits: QueryLimits | None = None):
+    def __init__(
+        self,
+        store,
+        stats_source=None,
+        silence_ms: int = DEFAULT_SILENCE_MS,
+        auth=None,
+        limits: QueryLimits | None = None,
+    ):
         self.store = store
         self.stats_source = stats_source  # gives live ingest figures (rate, queue depth, rejections)
         self.silence_ms = silence_ms
@@ -242,18 +268,28 @@ class QueryService(pb_grpc.QueryServicer):
             if "TIMEOUT_EXCEEDED" in str(exc):
                 raise self._deadline_passed(context) from None
             if "TOO_MANY_ROWS" in str(exc):
-                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, ROWS_READ_LIMIT_CALLS,
-                              f"the query would read more than {self.limits.max_rows_read} rows (the limit); "
-                              "narrow the time range, the devices or the metrics (Aggregate: an interval "
-                              "that is a multiple of 1 min, 1 h or 1 day reads the rollups)") from None
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    ROWS_READ_LIMIT_CALLS,
+                    f"the query would read more than {self.limits.max_rows_read} rows (the limit); "
+                    "narrow the time range, the devices or the metrics (Aggregate: an interval "
+                    "that is a multiple of 1 min, 1 h or 1 day reads the rollups)",
+                ) from None
             raise
 
     def _deadline_passed(self, context) -> Refused:
         unset = context.time_remaining() is None
-        return Refused(grpc.StatusCode.DEADLINE_EXCEEDED, QUERY_DEADLINE_CALLS,
-                       "deadline passed during the query" + (
-                           f" (the call set none: the server's default of "
-                           f"{self.limits.default_deadline_s:g} s applies); narrow the query" if unset else ""))
+        return Refused(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            QUERY_DEADLINE_CALLS,
+            "deadline passed during the query"
+            + (
+                f" (the call set none: the server's default of "
+                f"{self.limits.default_deadline_s:g} s applies); narrow the query"
+                if unset
+                else ""
+            ),
+        )
 
     async def _call(self, context, build):
         try:
@@ -275,13 +311,24 @@ class QueryService(pb_grpc.QueryServicer):
             limit = page_size(request.page_size, 100, 10_000)
             check_enum("status", request.status, pb.DeviceStatus)
             since = now_ms() - self.silence_ms
-            rows = await self._run(context, self.store.list_devices, request.id_prefix, int(request.status),
-                                   since, after[0] if after else "", limit + 1)
-            resp = pb.ListDevicesResponse(devices=[
-                pb.DeviceSummary(status=self._status(r["last_stored_ms"]), **r) for r in rows[:limit]])
+            rows = await self._run(
+                context,
+                self.store.list_devices,
+                request.id_prefix,
+                int(request.status),
+                since,
+                after[0] if after else "",
+                limit + 1,
+            )
+            resp = pb.ListDevicesResponse(
+                devices=[
+                    pb.DeviceSummary(status=self._status(r["last_stored_ms"]), **r) for r in rows[:limit]
+                ]
+            )
             if len(rows) > limit:
                 resp.next_page_token = encode_token([rows[limit - 1]["device_id"]])
             return resp
+
         return await self._call(context, build)
 
     async def GetDevice(self, request: pb.GetDeviceRequest, context) -> pb.Device:
@@ -290,15 +337,26 @@ class QueryService(pb_grpc.QueryServicer):
                 raise InvalidArgument("device_id: required")
             rows = await self._run(context, self.store.device_summary, request.device_id, now_ms())
             if not rows:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}")
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}"
+                )
             stored = max(r["stored_ms"] for r in rows)
             config = await self._run(context, DeviceConfigs(self.store.backend).versions, request.device_id)
-            return pb.Device(**config,
-                device_id=request.device_id, status=self._status(stored), last_stored_ms=stored,
-                first_seen_ms=min(r["first_ms"] for r in rows), last_seen_ms=max(r["time_ms"] for r in rows),
-                readings=sum(r["stored_readings"] for r in rows), anomalies=rows[0]["anomalies"],
+            return pb.Device(
+                **config,
+                device_id=request.device_id,
+                status=self._status(stored),
+                last_stored_ms=stored,
+                first_seen_ms=min(r["first_ms"] for r in rows),
+                last_seen_ms=max(r["time_ms"] for r in rows),
+                readings=sum(r["stored_readings"] for r in rows),
+                anomalies=rows[0]["anomalies"],
                 open_anomalies=rows[0]["open_anomalies"],
-                latest=[pb.MetricValue(metric=r["metric"], time_ms=r["time_ms"], value=r["value"]) for r in rows])
+                latest=[
+                    pb.MetricValue(metric=r["metric"], time_ms=r["time_ms"], value=r["value"]) for r in rows
+                ],
+            )
+
         return await self._call(context, build)
 
     async def GetHistory(self, request: pb.GetHistoryRequest, context) -> pb.GetHistoryResponse:
@@ -312,8 +370,17 @@ class QueryService(pb_grpc.QueryServicer):
             after, skip = (tuple(cursor[:3]), cursor[3]) if cursor else (None, 0)
             if not 0 <= skip <= HISTORY_PAGE_CAP:  # a made-up skip must not widen the scan
                 raise InvalidArgument("page_token: not a value returned by this service")
-            table = await self._run(context, self.store.history, request.device_id, list(request.metrics),
-                                    start, end, after, limit + skip + 1, capped=True)
+            table = await self._run(
+                context,
+                self.store.history,
+                request.device_id,
+                list(request.metrics),
+                start,
+                end,
+                after,
+                limit + skip + 1,
+                capped=True,
+            )
             metric, times, values = (table.column(c).to_pylist() for c in ("metric", "time_ms", "value"))
             rows = list(zip(metric, times, values, strict=True))[skip:]
             resp = pb.GetHistoryResponse()
@@ -328,6 +395,7 @@ class QueryService(pb_grpc.QueryServicer):
                 same = sum(1 for r in rows[:limit] if r == last) + (skip if after == last else 0)
                 resp.next_page_token = encode_token([*last, same])
             return resp
+
         return await self._call(context, build)
 
     async def Aggregate(self, request: pb.AggregateRequest, context) -> pb.AggregateResponse:
@@ -337,18 +405,35 @@ class QueryService(pb_grpc.QueryServicer):
                 raise InvalidArgument(f"interval_ms: {request.interval_ms} is below the minimum of 1000")
             for f in request.funcs:
                 check_enum("funcs", f, pb.AggFunc)
-            funcs = [pb.AggFunc.Name(f) for f in request.funcs if f != pb.AGG_FUNC_UNSPECIFIED] or \
-                ["AVG", "MIN", "MAX", "COUNT"]
+            funcs = [pb.AggFunc.Name(f) for f in request.funcs if f != pb.AGG_FUNC_UNSPECIFIED] or [
+                "AVG",
+                "MIN",
+                "MAX",
+                "COUNT",
+            ]
             funcs = list(dict.fromkeys(funcs))
-            table, sources = await self._run(context, self.store.aggregate, list(request.device_ids),
-                                             list(request.metrics), start, end, request.interval_ms, funcs,
-                                             request.merge_devices, capped=True)
+            table, sources = await self._run(
+                context,
+                self.store.aggregate,
+                list(request.device_ids),
+                list(request.metrics),
+                start,
+                end,
+                request.interval_ms,
+                funcs,
+                request.merge_devices,
+                capped=True,
+            )
             if table.num_rows > self.limits.max_buckets:
-                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, AGGREGATE_TOO_LARGE_CALLS,
-                              f"the answer has {table.num_rows} buckets over all series, over the limit of "
-                              f"{self.limits.max_buckets}; name fewer device_ids or metrics, merge_devices, "
-                              "a wider interval_ms or a shorter range")
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    AGGREGATE_TOO_LARGE_CALLS,
+                    f"the answer has {table.num_rows} buckets over all series, over the limit of "
+                    f"{self.limits.max_buckets}; name fewer device_ids or metrics, merge_devices, "
+                    "a wider interval_ms or a shorter range",
+                )
             return aggregate_response(table, funcs, sources)
+
         return await self._call(context, build)
 
     async def ListAnomalies(self, request: pb.ListAnomaliesRequest, context) -> pb.ListAnomaliesResponse:
@@ -360,15 +445,29 @@ class QueryService(pb_grpc.QueryServicer):
             check_enum("state", request.state, pb.AnomalyState)
             check_enum("acknowledged", request.acknowledged, pb.AckFilter)
             now = now_ms()
-            rows = await self._run(context, self.store.anomalies, request.device_id, request.metric,
-                                   request.kind, request.min_severity, request.state, request.acknowledged,
-                                   start, end, now, tuple(after) if after else None, limit + 1)
+            rows = await self._run(
+                context,
+                self.store.anomalies,
+                request.device_id,
+                request.metric,
+                request.kind,
+                request.min_severity,
+                request.state,
+                request.acknowledged,
+                start,
+                end,
+                now,
+                tuple(after) if after else None,
+                limit + 1,
+            )
             resp = pb.ListAnomaliesResponse(anomalies=[anomaly_message(r, now) for r in rows[:limit]])
             if len(rows) > limit:
                 last = rows[limit - 1]
-                resp.next_page_token = encode_token([last["opened_ms"], last["device_id"], last["metric"],
-                                                     last["kind"]])
+                resp.next_page_token = encode_token(
+                    [last["opened_ms"], last["device_id"], last["metric"], last["kind"]]
+                )
             return resp
+
         return await self._call(context, build)
 
     async def AcknowledgeAnomaly(self, request: pb.AcknowledgeAnomalyRequest, context) -> pb.Anomaly:
@@ -383,6 +482,7 @@ class QueryService(pb_grpc.QueryServicer):
             if row is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"id: no anomaly episode {key!r}")
             return anomaly_message(row, now)
+
         return await self._call(context, build)
 
     async def WatchAnomalies(self, request: pb.WatchAnomaliesRequest, context):
@@ -393,10 +493,16 @@ class QueryService(pb_grpc.QueryServicer):
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.watches >= self.limits.max_watches:
-            await self._refuse(context, Refused(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_WATCHES_CALLS,
-                f"{self.watches} WatchAnomalies streams are open on this server (the limit); retry later or "
-                "share one stream"))
+            await self._refuse(
+                context,
+                Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    TOO_MANY_WATCHES_CALLS,
+                    f"{self.watches} WatchAnomalies streams are open on this server (the limit); retry later "
+                    "or "
+                    "share one stream",
+                ),
+            )
         self.watches += 1
         revocation = self.auth.watch(context.invocation_metadata()) if self.auth is not None else None
         try:
@@ -419,8 +525,9 @@ class QueryService(pb_grpc.QueryServicer):
         def run(fn, *args):
             return self._run(context, fn, *args)
 
-        async for kind, row, now, cursor in episode_events(self.store, changes, closures, run,
-                                                           lambda: self._pause(revocation), self.WATCH_BATCH):
+        async for kind, row, now, cursor in episode_events(
+            self.store, changes, closures, run, lambda: self._pause(revocation), self.WATCH_BATCH
+        ):
             if not row["deleted"] and watch_matches(request, row):
                 yield pb.AnomalyEvent(type=kind, anomaly=anomaly_message(row, now), cursor=cursor)
 
@@ -440,8 +547,11 @@ class QueryService(pb_grpc.QueryServicer):
             now = now_ms()
             counts = await self._run(context, self.store.counts, now - self.silence_ms, now)
             sizes = await self._run(context, self.store.table_sizes)
-            stats = pb.Stats(**counts, table_rows={r["table"]: r["rows"] for r in sizes},
-                             table_bytes={r["table"]: r["bytes"] for r in sizes})
+            stats = pb.Stats(
+                **counts,
+                table_rows={r["table"]: r["rows"] for r in sizes},
+                table_bytes={r["table"]: r["bytes"] for r in sizes},
+            )
             if self.stats_source is not None:  # this node's ingest and processor, if it runs them
                 live = self.stats_source()
                 stats.readings_per_s = live.get("readings_per_s", 0.0)
@@ -452,6 +562,7 @@ class QueryService(pb_grpc.QueryServicer):
             for reason, n in self.refused.items():  # this service's own refusals
                 stats.rejected[reason] = stats.rejected[reason] + n
             return stats
+
         return await self._call(context, build)
 
     def _status(self, last_stored_ms: int) -> int:
@@ -477,6 +588,7 @@ def _lenient(message_class):
             return message_class.FromString(raw)
         except DecodeError as exc:
             return Undecodable(exc)
+
     return deserialize
 
 
@@ -491,13 +603,18 @@ def add_to_server(service: QueryService, server) -> None:
     for method in pb.DESCRIPTOR.services_by_name["Query"].methods:
         request_class, reply_class = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
         behaviour = getattr(service, method.name)
-        kw = {"request_deserializer": _lenient(request_class), "response_serializer": reply_class.SerializeToString}
+        kw = {
+            "request_deserializer": _lenient(request_class),
+            "response_serializer": reply_class.SerializeToString,
+        }
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _guard_stream(behaviour, method.input_type.name), **kw)
+                _guard_stream(behaviour, method.input_type.name), **kw
+            )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guard(behaviour, method.input_type.name, service.limits.default_deadline_s), **kw)
+                _guard(behaviour, method.input_type.name, service.limits.default_deadline_s), **kw
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
@@ -508,6 +625,7 @@ def _guard(behaviour, name, default_deadline_s: float):
         remaining = context.time_remaining()
         _DEADLINE.set(time.monotonic() + (default_deadline_s if remaining is None else remaining))
         return await behaviour(request, context)
+
     return handler
 
 
@@ -517,4 +635,5 @@ def _guard_stream(behaviour, name):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse(name, request))
         async for reply in behaviour(request, context):
             yield reply
+
     return handler

@@ -37,7 +37,8 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def settle(self, timeout: float = 60) -> None:
-        """Wait until the processor has stored every acked batch (an Ack means durable in the log, not stored)."""
+        """Wait until the processor has stored every acked batch (an Ack means durable in the log, not
+        stored)."""
         log = self.server.queue
         deadline = time.monotonic() + timeout
         while isinstance(log, LocalLog) and log.depth and not self.server.failed.is_set():

@@ -5,7 +5,8 @@ the command line: `PYTHONPATH=tests pytest -p kafka_fixture ...`.
 
 Fixtures:
   kafka_broker          session: `.bootstrap`. Uses $IOTSTREAM_KAFKA if set (broker started outside pytest,
-                        e.g. `export IOTSTREAM_KAFKA=$(bench/kafka-local start)`), else starts one for the session.
+                        e.g. `export IOTSTREAM_KAFKA=$(bench/kafka-local start)`), else starts one for the
+                        session.
   kafka_topic           a fresh topic name on kafka_broker (created with 4 partitions, deleted afterwards).
   private_kafka_broker  a broker of the test's own, always started here: for tests that stop, kill, pause or
                         restart it (`.restart(down=10)`, `.kill()`, `.pause()`), which a shared or external

@@ -67,6 +67,7 @@ class TcpProxy:
             for transport in list(self._open):
                 transport.abort()
             self.muted = muted
+
         self._loop.call_soon_threadsafe(abort_all)
 
     def close(self) -> None:

@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from iotstream.bench.harness import (
     RESULTS,
     ROOT,
@@ -40,8 +39,10 @@ from iotstream.bench.harness import (
 )
 
 HERE = Path(__file__).resolve().parent
-PROTOS = {"iotstream.v1.Ingest": "proto/iotstream/v1/ingest.proto",
-          "iotstream.v1.Query": "proto/iotstream/v1/query.proto"}
+PROTOS = {
+    "iotstream.v1.Ingest": "proto/iotstream/v1/ingest.proto",
+    "iotstream.v1.Query": "proto/iotstream/v1/query.proto",
+}
 SEED_DEVICES, SEED_READINGS = 10, 600
 
 
@@ -59,21 +60,32 @@ def seed(target: str) -> None:
     """Ten devices with readings over the last 10 minutes, so GetDevice/Aggregate have something to read."""
     from iotstream.client.simulate import run_fleet
 
-    summary, _ = asyncio.run(run_fleet(target, SEED_DEVICES, SEED_READINGS, batch=300, prefix="bench",
-                                       anomalies=0.0))
+    summary, _ = asyncio.run(
+        run_fleet(target, SEED_DEVICES, SEED_READINGS, batch=300, prefix="bench", anomalies=0.0)
+    )
     if summary["acked"] != SEED_DEVICES * SEED_READINGS:
         raise RuntimeError(f"seeding failed: {summary}")
 
 
 def reflection_problem(target: str) -> str | None:
     """None if reflection resolves method symbols (what ghz asks for), else grpcurl's complaint."""
-    out = subprocess.run([tool("grpcurl"), "-plaintext", "-max-time", "10", target, "describe",
-                          "iotstream.v1.Ingest.Stream"], capture_output=True, text=True)
+    out = subprocess.run(
+        [tool("grpcurl"), "-plaintext", "-max-time", "10", target, "describe", "iotstream.v1.Ingest.Stream"],
+        capture_output=True,
+        text=True,
+    )
     return None if out.returncode == 0 else (out.stderr or out.stdout).strip()
 
 
-def run_scenario(path: Path, target: str, out_dir: Path, use_proto: bool, duration: str | None,
-                 ghz_cpus: str | None, server: ServerProcess | None) -> dict:
+def run_scenario(
+    path: Path,
+    target: str,
+    out_dir: Path,
+    use_proto: bool,
+    duration: str | None,
+    ghz_cpus: str | None,
+    server: ServerProcess | None,
+) -> dict:
     config = json.loads(path.read_text())
     service = config["call"].rsplit("/", 1)[0]
     report = out_dir / f"{path.stem}.json"
@@ -92,8 +104,11 @@ def run_scenario(path: Path, target: str, out_dir: Path, use_proto: bool, durati
     if done.returncode != 0 and not report.exists():
         raise RuntimeError(f"ghz failed on {path.name} ({done.returncode}): {done.stderr.strip()}")
     result = summarize(config, json.loads(report.read_text()))
-    result.update(wall_s=round(wall, 2), ghz_cpu_s=round(children_cpu_seconds() - ghz0, 2),
-                  command=" ".join(cmd[cmd.index(tool("ghz")):]).replace(str(ROOT) + "/", ""))
+    result.update(
+        wall_s=round(wall, 2),
+        ghz_cpu_s=round(children_cpu_seconds() - ghz0, 2),
+        command=" ".join(cmd[cmd.index(tool("ghz")) :]).replace(str(ROOT) + "/", ""),
+    )
     if server:
         result["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
     return result
@@ -108,31 +123,50 @@ def summarize(config: dict, report: dict) -> dict:
     lat = {d["percentage"]: d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
     messages_per_s = ok * per_call / total_s if total_s else 0.0
     return {
-        "scenario": config["name"], "call": config["call"], "readings_per_message": readings,
-        "messages_per_call": per_call, "concurrency": config.get("concurrency"),
-        "connections": config.get("connections"), "calls": report["count"], "ok": ok,
-        "errors": report["count"] - ok, "status": report.get("statusCodeDistribution", {}),
-        "error_distribution": report.get("errorDistribution") or {}, "elapsed_s": round(total_s, 2),
-        "rps": round(report["rps"], 1), "messages_per_s": round(messages_per_s, 1),
+        "scenario": config["name"],
+        "call": config["call"],
+        "readings_per_message": readings,
+        "messages_per_call": per_call,
+        "concurrency": config.get("concurrency"),
+        "connections": config.get("connections"),
+        "calls": report["count"],
+        "ok": ok,
+        "errors": report["count"] - ok,
+        "status": report.get("statusCodeDistribution", {}),
+        "error_distribution": report.get("errorDistribution") or {},
+        "elapsed_s": round(total_s, 2),
+        "rps": round(report["rps"], 1),
+        "messages_per_s": round(messages_per_s, 1),
         "readings_per_s": round(messages_per_s * readings, 1) if readings else None,
-        "p50_ms": round(lat[50], 2) if 50 in lat else None, "p99_ms": round(lat[99], 2) if 99 in lat else None,
+        "p50_ms": round(lat[50], 2) if 50 in lat else None,
+        "p99_ms": round(lat[99], 2) if 99 in lat else None,
         "latency_is": "whole stream" if per_call > 1 else "per call",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kafka", metavar="BOOTSTRAP", help="run the server as `iotstream serve --kafka BOOTSTRAP`")
-    ap.add_argument("--target", help="use this already running server instead of starting one (no seeding, "
-                                     "no server CPU)")
-    ap.add_argument("--duration", help="override every scenario's duration, e.g. 3s or 60s (default: the "
-                                       "configs' 10s)")
+    ap.add_argument(
+        "--kafka", metavar="BOOTSTRAP", help="run the server as `iotstream serve --kafka BOOTSTRAP`"
+    )
+    ap.add_argument(
+        "--target", help="use this already running server instead of starting one (no seeding, no server CPU)"
+    )
+    ap.add_argument(
+        "--duration", help="override every scenario's duration, e.g. 3s or 60s (default: the configs' 10s)"
+    )
     ap.add_argument("--only", nargs="+", metavar="SCENARIO", help="run only these (file names without .json)")
-    ap.add_argument("--descriptors", choices=["auto", "reflection", "proto"], default="auto",
-                    help="where ghz gets the message types (default auto: reflection if it works)")
+    ap.add_argument(
+        "--descriptors",
+        choices=["auto", "reflection", "proto"],
+        default="auto",
+        help="where ghz gets the message types (default auto: reflection if it works)",
+    )
     ap.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 0 (default: unpinned)")
     ap.add_argument("--ghz-cpus", help="taskset CPU list for ghz, e.g. 1 (default: unpinned)")
-    ap.add_argument("--out-dir", default=str(RESULTS / "ghz"), help="where reports go (default bench/results/ghz)")
+    ap.add_argument(
+        "--out-dir", default=str(RESULTS / "ghz"), help="where reports go (default bench/results/ghz)"
+    )
     ap.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     args = ap.parse_args(argv)
 
@@ -144,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if server:
             seed(target)
-        problem = reflection_problem(target) if args.descriptors != "proto" else "not tried (--descriptors proto)"
+        problem = (
+            reflection_problem(target) if args.descriptors != "proto" else "not tried (--descriptors proto)"
+        )
         if args.descriptors == "reflection" and problem:
             raise SystemExit(f"server reflection cannot resolve method symbols: {problem}")
         use_proto = problem is not None
@@ -152,18 +188,25 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             r = run_scenario(path, target, out_dir, use_proto, args.duration, args.ghz_cpus, server)
             results.append(r)
-            print(f"{r['scenario']:<20} {r['ok']:>7} ok {r['errors']:>4} err  {r['messages_per_s']:>10,.0f} msg/s  "
-                  f"{r['readings_per_s'] or 0:>12,.0f} readings/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms "
-                  f"({r['latency_is']})", file=sys.stderr, flush=True)
+            print(
+                f"{r['scenario']:<20} {r['ok']:>7} ok {r['errors']:>4} err  {r['messages_per_s']:>10,.0f} "
+                "msg/s  "
+                f"{r['readings_per_s'] or 0:>12,.0f} readings/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms "
+                f"({r['latency_is']})",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         if server:
             server.stop()
     summary = {
-        "benchmark": "ghz", "mode": "kafka" if args.kafka else "embedded",
+        "benchmark": "ghz",
+        "mode": "kafka" if args.kafka else "embedded",
         "descriptors": "proto files" if use_proto else "server reflection",
         "reflection_problem": problem if use_proto else None,
-        
-        "server_cpus": args.server_cpus, "ghz_cpus": args.ghz_cpus, "machine": machine(),
+        "server_cpus": args.server_cpus,
+        "ghz_cpus": args.ghz_cpus,
+        "machine": machine(),
         "scenarios": results,
     }
     path = write_result("ghz/summary", summary, str(out_dir / "summary.json"))

@@ -55,8 +55,10 @@ def main() -> int:
     from chdb import session
 
     s = session.Session(tempfile.mkdtemp(prefix="chdb-race-"))
-    result = {"unlocked": run(s, args.threads, args.queries, None),
-              "locked": run(s, args.threads, args.queries, threading.Lock())}
+    result = {
+        "unlocked": run(s, args.threads, args.queries, None),
+        "locked": run(s, args.threads, args.queries, threading.Lock()),
+    }
     print(json.dumps(result))
     return 1 if result["unlocked"]["wrong_answers"] or result["unlocked"]["errors"] else 0
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-
 VARIANTS = {
     "full": [],
     "cascade": ["rollup_1h_mv", "rollup_1d_mv"],  # then re-created on rollup_1m, see CASCADE
@@ -49,7 +48,8 @@ GROUP BY device_id, metric, bucket"""
 NO_Q = """
 CREATE MATERIALIZED VIEW {db}.rollup_{unit}_mv TO {db}.rollup_{unit} AS
 SELECT device_id, metric, toDateTime(toStartOf{fn}(time), 'UTC') AS bucket,
-       count() AS n, sum(value) AS total, min(value) AS lo, max(value) AS hi, stddevSampStableState(value) AS sd
+       count() AS n, sum(value) AS total, min(value) AS lo, max(value) AS hi, stddevSampStableState(value) AS
+       sd
 FROM {db}.readings
 GROUP BY device_id, metric, bucket"""
 
@@ -64,13 +64,18 @@ def readings(rows: int, k: int) -> pa.Table:
     i = np.arange(rows)
     now = time.time_ns() // 1_000_000
     t = now - 600_000 + (k * rows + i) // 3 * 7 % 600_000
-    return pa.table({
-        "device_id": pa.DictionaryArray.from_arrays(pa.array((i // 3 % 1000).astype(np.int32)), pa.array(devices)),
-        "metric": pa.DictionaryArray.from_arrays(pa.array((i % 3).astype(np.int32)),
-                                                 pa.array(["temperature", "humidity", "pressure"])),
-        "time": pa.array(t, pa.timestamp("ms", tz="UTC")),
-        "value": pa.array(np.random.default_rng(k).normal(20, 1, rows)),
-    })
+    return pa.table(
+        {
+            "device_id": pa.DictionaryArray.from_arrays(
+                pa.array((i // 3 % 1000).astype(np.int32)), pa.array(devices)
+            ),
+            "metric": pa.DictionaryArray.from_arrays(
+                pa.array((i % 3).astype(np.int32)), pa.array(["temperature", "humidity", "pressure"])
+            ),
+            "time": pa.array(t, pa.timestamp("ms", tz="UTC")),
+            "value": pa.array(np.random.default_rng(k).normal(20, 1, rows)),
+        }
+    )
 
 
 def main() -> None:
@@ -91,9 +96,15 @@ def main() -> None:
             store = Store(open_backend(data_dir=path, database=db), StoreConfig())
             store.migrate()
             if drop is None:
-                views = store.backend.query(
-                    "SELECT name FROM system.tables WHERE database = {db:String} AND engine = 'MaterializedView'",
-                    {"db": db}).column("name").to_pylist()
+                views = (
+                    store.backend.query(
+                        "SELECT name FROM system.tables WHERE database = {db:String} AND engine = "
+                        "'MaterializedView'",
+                        {"db": db},
+                    )
+                    .column("name")
+                    .to_pylist()
+                )
                 drop = views
             drop = list(drop)
             for view in drop:
@@ -111,19 +122,29 @@ def main() -> None:
             wall = time.perf_counter() - t0
             time.sleep(2.0)  # let background merges of this run finish and count
             used = cpu() - c0
-            parts = store.backend.query(
-                "SELECT count() AS n FROM system.parts WHERE database = {db:String} AND active",
-                {"db": db}).column("n").to_pylist()[0]
+            parts = (
+                store.backend.query(
+                    "SELECT count() AS n FROM system.parts WHERE database = {db:String} AND active",
+                    {"db": db},
+                )
+                .column("n")
+                .to_pylist()[0]
+            )
             results.setdefault(variant, {})[str(rows)] = {
                 "wall_ms_per_insert": round(wall / args.inserts * 1000, 1),
                 "cpu_ms_per_insert": round(used / args.inserts * 1000, 1),
                 "cpu_ns_per_reading": round(used / args.inserts / rows * 1e9),
-                "active_parts_after": parts, "dropped_views": drop,
+                "active_parts_after": parts,
+                "dropped_views": drop,
             }
             r = results[variant][str(rows)]
-            print(f"{variant:<11} {rows:>7} rows: {r['wall_ms_per_insert']:>7} ms wall, {r['cpu_ms_per_insert']:>7} ms CPU "
-                  f"per insert, {r['cpu_ns_per_reading']:>6} ns CPU/reading, {parts} active parts",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{variant:<11} {rows:>7} rows: {r['wall_ms_per_insert']:>7} ms wall, "
+                f"{r['cpu_ms_per_insert']:>7} ms CPU "
+                f"per insert, {r['cpu_ns_per_reading']:>6} ns CPU/reading, {parts} active parts",
+                file=sys.stderr,
+                flush=True,
+            )
     out = {"benchmark": "store_insert", "inserts": args.inserts, "results": results}
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/store_insert.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+
 from iotstream.processor.processor import Processor
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
@@ -15,8 +16,15 @@ def test_one_row_per_reading_with_its_detectors(server):
     rng = np.random.default_rng(0)
     values = 20 + rng.standard_normal(400)
     values[300] += 40  # a spike: zscore and robust fire on the same reading
-    batch = pb.ReadingBatch(device_id="dev-d", seq=1, base_time_ms=t0, time_offset_ms=list(range(0, 400_000, 1000)),
-                            metric_names=["temp"], metric_index=[0] * 400, values=values.tolist())
+    batch = pb.ReadingBatch(
+        device_id="dev-d",
+        seq=1,
+        base_time_ms=t0,
+        time_offset_ms=list(range(0, 400_000, 1000)),
+        metric_names=["temp"],
+        metric_index=[0] * 400,
+        values=values.tolist(),
+    )
     prepared = Processor(None).prepare([batch.SerializeToString()])
     rows = prepared.anomalies.to_pylist()
     spike = [r for r in rows if r["time"].timestamp() * 1000 == t0 + 300_000]
@@ -24,9 +32,17 @@ def test_one_row_per_reading_with_its_detectors(server):
     assert len({r["time"] for r in rows}) == len(rows)  # never two rows for one reading
     store = server.server.store
     store.insert_anomalies(prepared.anomalies)
-    old = pa.table({"device_id": ["dev-o"], "metric": ["hum"],
-                    "time": pa.array([t0], pa.timestamp("ms", tz="UTC")), "value": [1.0], "kind": ["stuck"],
-                    "score": [0.6], "zscore": [float("nan")]})  # a row as written before migration 009
+    old = pa.table(
+        {
+            "device_id": ["dev-o"],
+            "metric": ["hum"],
+            "time": pa.array([t0], pa.timestamp("ms", tz="UTC")),
+            "value": [1.0],
+            "kind": ["stuck"],
+            "score": [0.6],
+            "zscore": [float("nan")],
+        }
+    )  # a row as written before migration 009
     store.insert_anomalies(old)
     got = server.query.ListAnomalies(qpb.ListAnomaliesRequest(page_size=50), timeout=10).anomalies
     by_device = {a.device_id: a for a in got}

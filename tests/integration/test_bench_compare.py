@@ -11,15 +11,41 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "aiohttp", "psutil")),
-    reason="benchmark extras missing: run bench/setup")
+    reason="benchmark extras missing: run bench/setup",
+)
 
 
 def test_compare_json_shape(tmp_path):
     out = tmp_path / "compare.json"
     done = subprocess.run(
-        [sys.executable, "-m", "iotstream.bench.compare", "--json", "--duration", "0.7", "--warmup", "0.2", "--sizes", "1", "10",
-         "--streams", "2", "--window", "2", "--server-cpus", "", "--loadgen-cpus", "", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "iotstream.bench.compare",
+            "--json",
+            "--duration",
+            "0.7",
+            "--warmup",
+            "0.2",
+            "--sizes",
+            "1",
+            "10",
+            "--streams",
+            "2",
+            "--window",
+            "2",
+            "--server-cpus",
+            "",
+            "--loadgen-cpus",
+            "",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert json.loads(out.read_text()) == result

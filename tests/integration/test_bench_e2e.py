@@ -9,16 +9,38 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("psutil") is None,
-                                reason="benchmark extras missing: run bench/setup")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("psutil") is None, reason="benchmark extras missing: run bench/setup"
+)
 
 
 def test_e2e_json_shape(tmp_path):
     out = tmp_path / "e2e.json"
     done = subprocess.run(
-        [sys.executable, "bench/e2e.py", "--json", "--duration", "2", "--warmup", "1", "--batch", "100",
-         "--streams", "2", "--window", "2", "--marker-every", "0.3", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "bench/e2e.py",
+            "--json",
+            "--duration",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "100",
+            "--streams",
+            "2",
+            "--window",
+            "2",
+            "--marker-every",
+            "0.3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     r = json.loads(done.stdout)
     assert json.loads(out.read_text()) == r

@@ -9,16 +9,34 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("psutil") is None,
-                                reason="benchmark extras missing: run bench/setup")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("psutil") is None, reason="benchmark extras missing: run bench/setup"
+)
 
 
 def test_fleet_json_shape(tmp_path):
     out = tmp_path / "fleet.json"
     done = subprocess.run(
-        [sys.executable, "bench/fleet.py", "--json", "--streams", "30", "--per-connection", "10", "--interval", "0.5",
-         "--duration", "1.5", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "bench/fleet.py",
+            "--json",
+            "--streams",
+            "30",
+            "--per-connection",
+            "10",
+            "--interval",
+            "0.5",
+            "--duration",
+            "1.5",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout)
     assert json.loads(out.read_text()) == r

@@ -1,4 +1,5 @@
-"""bench/ghz/run.py runs two scenarios tiny and summarises them (no speed assertions: benchmarks, not tests)."""
+"""bench/ghz/run.py runs two scenarios tiny and summarises them (no speed assertions: benchmarks, not
+tests)."""
 
 import importlib.util
 import json
@@ -15,7 +16,8 @@ TOOLS = Path(os.environ.get("IOTSTREAM_TOOLS", Path.home() / ".cache" / "iotstre
 pytestmark = pytest.mark.skipif(
     not all((TOOLS / t).exists() or shutil.which(t) for t in ("ghz", "grpcurl"))
     or importlib.util.find_spec("psutil") is None,
-    reason="ghz/grpcurl or benchmark extras missing: run bench/setup")
+    reason="ghz/grpcurl or benchmark extras missing: run bench/setup",
+)
 
 
 def test_configs_are_ghz_configs():
@@ -29,9 +31,23 @@ def test_configs_are_ghz_configs():
 
 def test_ghz_runner_summary(tmp_path):
     done = subprocess.run(
-        [sys.executable, "bench/ghz/run.py", "--json", "--duration", "1s", "--only", "ingest-stream-100",
-         "query-getdevice", "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "bench/ghz/run.py",
+            "--json",
+            "--duration",
+            "1s",
+            "--only",
+            "ingest-stream-100",
+            "query-getdevice",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     summary = json.loads(done.stdout)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary

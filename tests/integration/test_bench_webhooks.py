@@ -9,9 +9,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_webhook_bench_runs(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "webhooks.py"), "--episodes", "30",
-                          "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "webhooks.py"),
+            "--episodes",
+            "30",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout.strip().splitlines()[-1])
     assert printed == json.loads((tmp_path / "webhooks.json").read_text())

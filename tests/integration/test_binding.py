@@ -4,8 +4,22 @@ import pytest
 
 from iotstream.clickhouse import open_backend
 
-HOSTILE = ["a\\b", "it's", "tab\there", "nl\nx", "\\N", "x\\ty", "'; DROP TABLE readings; --", "\0z",
-           "é😀", "[a,b]", "a'b\\'c", "{x:String}", "x" * 10_000, ""]
+HOSTILE = [
+    "a\\b",
+    "it's",
+    "tab\there",
+    "nl\nx",
+    "\\N",
+    "x\\ty",
+    "'; DROP TABLE readings; --",
+    "\0z",
+    "é😀",
+    "[a,b]",
+    "a'b\\'c",
+    "{x:String}",
+    "x" * 10_000,
+    "",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +37,7 @@ def test_array_round_trip(backend):
 
 
 def test_numbers(backend):
-    row = backend.query("SELECT {f:Float64} AS f, {i:Int64} AS i, {b:UInt8} AS b",
-                        {"f": -1.5e-300, "i": -2**62, "b": True}).to_pylist()[0]
-    assert row == {"f": -1.5e-300, "i": -2**62, "b": 1}
+    row = backend.query(
+        "SELECT {f:Float64} AS f, {i:Int64} AS i, {b:UInt8} AS b", {"f": -1.5e-300, "i": -(2**62), "b": True}
+    ).to_pylist()[0]
+    assert row == {"f": -1.5e-300, "i": -(2**62), "b": 1}

@@ -13,9 +13,9 @@ import time
 
 import pyarrow as pa
 import pytest
-from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.client.simulate import run_fleet
+from iotstream.v1 import query_pb2 as qpb
 
 DEVICES, READINGS = 3, 180
 
@@ -25,8 +25,17 @@ def now_ms():
 
 
 def flagged(device, metric, t_ms, score):
-    return pa.table({"device_id": [device], "metric": [metric], "time": pa.array([t_ms], pa.timestamp("ms", tz="UTC")),
-                     "value": [99.5], "kind": ["zscore"], "score": [score], "zscore": [9.0]})
+    return pa.table(
+        {
+            "device_id": [device],
+            "metric": [metric],
+            "time": pa.array([t_ms], pa.timestamp("ms", tz="UTC")),
+            "value": [99.5],
+            "kind": ["zscore"],
+            "score": [score],
+            "zscore": [9.0],
+        }
+    )
 
 
 class Tty:
@@ -34,8 +43,13 @@ class Tty:
 
     def __init__(self, *args):
         master, slave = pty.openpty()
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", *args], stdout=slave,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iotstream.cli", *args],
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         os.close(slave)
         self.master, self.text = master, ""
 
@@ -74,7 +88,9 @@ def tty(*args) -> str:
 
 
 def piped(*args) -> str:
-    out = subprocess.run([sys.executable, "-m", "iotstream.cli", *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "iotstream.cli", *args], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -106,8 +122,22 @@ def test_devices_table_on_a_terminal_json_when_piped(fed):
 def test_aggregate_shows_only_the_functions_asked_for(fed):
     server, data = fed
     d = data[0]
-    out = tty("query", "--target", server.target, "aggregate", "--device", d.device_id, "--metric", "temperature",
-              "--func", "max", "--func", "count", "--interval-s", "60")
+    out = tty(
+        "query",
+        "--target",
+        server.target,
+        "aggregate",
+        "--device",
+        d.device_id,
+        "--metric",
+        "temperature",
+        "--func",
+        "max",
+        "--func",
+        "count",
+        "--interval-s",
+        "60",
+    )
     header = next(ln for ln in out.splitlines() if ln.startswith("BUCKET"))
     assert header.split() == ["BUCKET", "(UTC)", "MAX", "COUNT"]
     title = next(ln for ln in out.splitlines() if ln.startswith(f"{d.device_id} / temperature"))
@@ -115,8 +145,20 @@ def test_aggregate_shows_only_the_functions_asked_for(fed):
     counts = [int(ln.split()[-1].replace(",", "")) for ln in out.splitlines() if re.match(r"\d{4}-", ln)]
     assert sum(counts) == READINGS // 3  # every temperature reading in one bucket
     assert "read from:" in out
-    as_json = json.loads(piped("query", "--target", server.target, "aggregate", "--device", d.device_id,
-                               "--metric", "temperature", "--func", "count"))
+    as_json = json.loads(
+        piped(
+            "query",
+            "--target",
+            server.target,
+            "aggregate",
+            "--device",
+            d.device_id,
+            "--metric",
+            "temperature",
+            "--func",
+            "count",
+        )
+    )
     assert sum(int(c) for c in as_json["series"][0]["count"]) == READINGS // 3
 
 
@@ -147,7 +189,8 @@ def test_watch_follows_on_a_terminal_and_resumes_with_since(server):
     [line] = [ln for ln in out.splitlines() if "w-dev" in ln]
     assert re.search(r"opened\s+w-dev\s+temp\s+zscore\s+high\s+peak 99\.5 score 0\.75\s+1 readings", line)
     cursor = re.search(r"resume with: iotstream query watch --since (\S+)", err).group(1)
-    # While nobody watches: the episode gets a second reading. Resuming reports that change once, as an update.
+    # While nobody watches: the episode gets a second reading. Resuming reports that change once, as an
+    # update.
     store.insert_anomalies(flagged("w-dev", "temp", now_ms(), 0.5))
     lines = piped("query", "--target", server.target, "watch", "--since", cursor, "--count", "1").splitlines()
     events = [json.loads(ln) for ln in lines]
@@ -161,7 +204,9 @@ def test_history_shows_a_sparkline_per_metric(fed):
     out = tty("query", "--target", server.target, "history", d.device_id, "--metric", "humidity")
     summary = out.splitlines()[0]
     values = d.values[d.metric == 1]
-    assert summary.startswith(f"humidity: {len(values):,} readings, min {values.min():.4g}, max {values.max():.4g}")
+    assert summary.startswith(
+        f"humidity: {len(values):,} readings, min {values.min():.4g}, max {values.max():.4g}"
+    )
     assert re.search("[▁▂▃▄▅▆▇█]{40}$", summary)  # 60 readings drawn in 40 slices
     rows = [ln for ln in out.splitlines() if ln.startswith("humidity ")]
     assert [float(ln.split()[-1]) for ln in rows] == pytest.approx(list(values), rel=1e-3)

@@ -11,13 +11,13 @@ import time
 
 import pytest
 from conftest import ServerThread
-from iotstream.ingest import Limits
-from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import database, poll
 from tcp_proxy import TcpProxy
 
 from iotstream.client.device import BlockingDeviceClient
+from iotstream.ingest import Limits
 from iotstream.node import Config
+from iotstream.v1 import query_pb2 as qpb
 
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.5}  # reconnect quickly: the tests cut and restart on purpose
 
@@ -33,8 +33,9 @@ def history(srv: ServerThread, device: str) -> collections.Counter:
     out: collections.Counter = collections.Counter()
     token = ""
     while True:
-        page = srv.query.GetHistory(qpb.GetHistoryRequest(device_id=device, page_size=5000, page_token=token),
-                                    timeout=30)
+        page = srv.query.GetHistory(
+            qpb.GetHistoryRequest(device_id=device, page_size=5000, page_token=token), timeout=30
+        )
         for s in page.series:
             for t, v in zip(s.time_ms, s.values, strict=True):
                 out[(s.metric, v, t)] += 1
@@ -105,8 +106,9 @@ def test_client_restart_resends_its_disk_buffer_and_the_server_stores_once(serve
     def lose_acks(_ack, _seconds):
         proxy.muted = True  # after the first ack, the server's replies never arrive: it stores, we never know
 
-    first = BlockingDeviceClient(proxy.target, "cli-disk", batch_readings=100, buffer_path=buffer,
-                                 on_ack=lose_acks, **FAST)
+    first = BlockingDeviceClient(
+        proxy.target, "cli-disk", batch_readings=100, buffer_path=buffer, on_ack=lose_acks, **FAST
+    )
     record_all(first, rows[:100])
     first.flush(timeout=30)
     record_all(first, rows[100:])
@@ -161,5 +163,7 @@ def test_rejected_readings_reach_the_caller(server):
         assert done.wait(10)
         assert client.stats.acked == 1 and client.stats.rejected == 2
     assert [(r.metric, r.time_ms, r.reason) for r in got] == [
-        ("temp", now + 1, "NON_FINITE_VALUE"), ("bad name", now + 2, "BAD_METRIC_NAME")]
+        ("temp", now + 1, "NON_FINITE_VALUE"),
+        ("bad name", now + 2, "BAD_METRIC_NAME"),
+    ]
     assert history(server, "cli-bad") == collections.Counter({("temp", 1.0, now): 1})

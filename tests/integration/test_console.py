@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
-from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.node import Config
 from iotstream.client.simulate import METRICS, run_fleet
+from iotstream.node import Config
+from iotstream.v1 import query_pb2 as qpb
 
 DEVICES, READINGS = 5, 1800  # 10 minutes of 3 metrics at 1 s
 SCREENSHOT = Path(__file__).resolve().parents[2] / "bench" / "results" / "console.png"
@@ -34,7 +34,9 @@ def now_ms():
 def fed(chdb_dir):
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12], http_port=0))
     try:
-        summary, data = asyncio.run(run_fleet(srv.target, DEVICES, READINGS, batch=100, anomalies=0.003, seed=7))
+        summary, data = asyncio.run(
+            run_fleet(srv.target, DEVICES, READINGS, batch=100, anomalies=0.003, seed=7)
+        )
         assert summary["acked"] == DEVICES * READINGS
         deadline = time.monotonic() + 60
         while srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
@@ -54,8 +56,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1600,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1000",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -67,7 +74,8 @@ def until(driver, script: str, what: str, timeout: float = 30):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
-        lambda d: d.execute_script("return " + script), f"page never showed {what}")
+        lambda d: d.execute_script("return " + script), f"page never showed {what}"
+    )
 
 
 def get(url: str, token: str | None = None) -> tuple[int, dict]:
@@ -82,32 +90,59 @@ def get(url: str, token: str | None = None) -> tuple[int, dict]:
 def test_page_shows_fleet_charts_and_live_feed(fed, browser):
     srv, data = fed
     browser.get(srv.http + "/")
-    ids = until(browser, f"document.querySelectorAll('#devices tr').length === {DEVICES} && "
-                "[...document.querySelectorAll('#devices tr')].map(r => r.dataset.device)", "the devices")
+    ids = until(
+        browser,
+        f"document.querySelectorAll('#devices tr').length === {DEVICES} && "
+        "[...document.querySelectorAll('#devices tr')].map(r => r.dataset.device)",
+        "the devices",
+    )
     assert ids == sorted(d.device_id for d in data)
     assert browser.find_element("id", "stat-devices").text == str(DEVICES)
     assert browser.find_element("id", "stat-online").text == str(DEVICES)
-    charts = until(browser, f"document.querySelectorAll('.chart canvas').length === {len(METRICS)} && "
-                   "[...document.querySelectorAll('.chart')].map(c => c.dataset)", "a chart per metric")
+    charts = until(
+        browser,
+        f"document.querySelectorAll('.chart canvas').length === {len(METRICS)} && "
+        "[...document.querySelectorAll('.chart')].map(c => c.dataset)",
+        "a chart per metric",
+    )
     assert sorted(c["metric"] for c in charts) == sorted(METRICS)
     # 10 minutes of readings in the default 1 h view: 30 s buckets, read from raw readings at that width.
     assert all(19 <= int(c["points"]) <= 22 and c["sources"] == "readings" for c in charts)
     first = data[0].device_id
-    listed = srv.query.ListAnomalies(qpb.ListAnomaliesRequest(device_id=first, start_ms=now_ms() - 3_600_000,
-                                                              page_size=1000), timeout=10).anomalies
+    listed = srv.query.ListAnomalies(
+        qpb.ListAnomaliesRequest(device_id=first, start_ms=now_ms() - 3_600_000, page_size=1000), timeout=10
+    ).anomalies
     assert sum(int(c["anomalies"]) for c in charts) == len(listed) > 0  # every episode is marked
     # A wider view reads a rollup: 6 h at <= 300 points is 5-minute buckets, from rollup_1m.
     browser.find_element("css selector", "#ranges button[data-range='21600000']").click()
-    sources = until(browser, "[...document.querySelectorAll('.chart')].every(c => c.dataset.sources === 'rollup_1m')"
-                    " && [...document.querySelectorAll('.chart')].map(c => c.dataset.points)", "the 6 h view")
+    sources = until(
+        browser,
+        "[...document.querySelectorAll('.chart')].every(c => c.dataset.sources === 'rollup_1m')"
+        " && [...document.querySelectorAll('.chart')].map(c => c.dataset.points)",
+        "the 6 h view",
+    )
     assert all(1 <= int(p) <= 4 for p in sources)
     browser.find_element("css selector", "#ranges button[data-range='3600000']").click()
     until(browser, "document.getElementById('feed-status').textContent === 'live'", "the live feed")
-    srv.server.store.insert_anomalies(pa.table({
-        "device_id": [first], "metric": ["pressure"], "time": pa.array([now_ms()], pa.timestamp("ms", tz="UTC")),
-        "value": [1100.0], "kind": ["threshold"], "score": [0.9], "zscore": [40.0]}))
-    item = until(browser, f"[...document.querySelectorAll('#feed li')].find(li => li.dataset.device === '{first}')"
-                 " ?.textContent", "the new anomaly in the feed")
+    srv.server.store.insert_anomalies(
+        pa.table(
+            {
+                "device_id": [first],
+                "metric": ["pressure"],
+                "time": pa.array([now_ms()], pa.timestamp("ms", tz="UTC")),
+                "value": [1100.0],
+                "kind": ["threshold"],
+                "score": [0.9],
+                "zscore": [40.0],
+            }
+        )
+    )
+    item = until(
+        browser,
+        f"[...document.querySelectorAll('#feed li')].find(li => li.dataset.device === '{first}')"
+        " ?.textContent",
+        "the new anomaly in the feed",
+    )
     assert "opened" in item and "pressure" in item and "threshold" in item and "high" in item
     until(browser, "document.querySelectorAll('.chart canvas').length === 3", "the charts again")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +160,10 @@ def test_endpoints_answer_as_the_rpcs_do(fed):
     assert status == 200 and len(page["devices"]) == 2 and page["next_page_token"]
     status, rest = get(srv.http + "/api/devices?limit=10&page_token=" + page["next_page_token"])
     assert [d["device_id"] for d in page["devices"] + rest["devices"]] == sorted(d.device_id for d in data)
-    status, agg = get(srv.http + f"/api/aggregate?device={data[0].device_id}&metric=temperature&func=count"
-                      f"&interval_ms=60000&start_ms={now_ms() - 3_600_000}")
+    status, agg = get(
+        srv.http + f"/api/aggregate?device={data[0].device_id}&metric=temperature&func=count"
+        f"&interval_ms=60000&start_ms={now_ms() - 3_600_000}"
+    )
     assert status == 200 and sum(int(c) for c in agg["series"][0]["count"]) == READINGS // 3
     assert agg["sources"] == ["rollup_1m", "readings"] or agg["sources"][0].startswith(("rollup", "readings"))
     assert get(srv.http + "/api/devices?status=sideways")[0] == 400
@@ -143,10 +180,22 @@ def test_events_resume_from_the_last_id(fed):
     with urllib.request.urlopen(srv.http + "/api/events", timeout=30) as stream:
         block = read_event(stream)
     assert block["type"] == "WATCHING"
-    srv.server.store.insert_anomalies(pa.table({
-        "device_id": ["late-dev"], "metric": ["humidity"], "time": pa.array([now_ms()], pa.timestamp("ms", tz="UTC")),
-        "value": [1.0], "kind": ["stuck"], "score": [0.55], "zscore": [0.0]}))
-    with urllib.request.urlopen(srv.http + "/api/events?device=late-dev&since=" + block["cursor"], timeout=30) as s:
+    srv.server.store.insert_anomalies(
+        pa.table(
+            {
+                "device_id": ["late-dev"],
+                "metric": ["humidity"],
+                "time": pa.array([now_ms()], pa.timestamp("ms", tz="UTC")),
+                "value": [1.0],
+                "kind": ["stuck"],
+                "score": [0.55],
+                "zscore": [0.0],
+            }
+        )
+    )
+    with urllib.request.urlopen(
+        srv.http + "/api/events?device=late-dev&since=" + block["cursor"], timeout=30
+    ) as s:
         assert read_event(s)["type"] == "WATCHING"
         event = read_event(s)
     assert event["type"] == "OPENED" and event["anomaly"]["device_id"] == "late-dev"
@@ -168,8 +217,9 @@ def read_event(stream) -> dict:
 
 
 def test_tokens_guard_the_console_when_auth_is_on(chdb_dir):
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12], auth=True,
-                              http_port=0))
+    srv = ServerThread(
+        Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12], auth=True, http_port=0)
+    )
     try:
         registry = ClickHouseTokens(srv.server.store.backend)
         reader, device = registry.add("reader", "wall"), registry.add("device", "dev-1")
@@ -224,11 +274,16 @@ def test_live_feeds_are_capped(fed):
 def test_query_server_role_serves_the_console_too(fed, chdb_dir):
     """`query-server --http-port`: a node with only the query role, over the data the fed node stored."""
     srv, data = fed
-    alone = ServerThread(Config(port=0, data_dir=chdb_dir, database=srv.config.database, roles=frozenset({"query"}),
-                                http_port=0))
+    alone = ServerThread(
+        Config(
+            port=0, data_dir=chdb_dir, database=srv.config.database, roles=frozenset({"query"}), http_port=0
+        )
+    )
     try:
         status, page = get(f"http://127.0.0.1:{alone.server.console.port}/api/devices")
-        assert status == 200 and [d["device_id"] for d in page["devices"]] == sorted(d.device_id for d in data)
+        assert status == 200 and [d["device_id"] for d in page["devices"]] == sorted(
+            d.device_id for d in data
+        )
     finally:
         alone.stop()
 
@@ -241,19 +296,29 @@ def test_console_speaks_https_with_the_nodes_certificate(chdb_dir, tmp_path):
     from iotstream.common.tls import ServerTLS
 
     pki = make_pki(tmp_path)
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12], http_port=0,
-                              tls=ServerTLS(pki.path("server.pem"), pki.path("server.key"))))
+    srv = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database="t_" + uuid.uuid4().hex[:12],
+            http_port=0,
+            tls=ServerTLS(pki.path("server.pem"), pki.path("server.key")),
+        )
+    )
     try:
         port = srv.server.console.port
         import socket
 
         silent = socket.create_connection(("127.0.0.1", port))  # connects, never says hello: holds nobody up
         trusting = ssl.create_default_context(cafile=pki.path("ca.pem"))
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/api/stats", context=trusting, timeout=30) as reply:
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{port}/api/stats", context=trusting, timeout=30
+        ) as reply:
             assert reply.status == 200 and "readings" in json.loads(reply.read())
         with pytest.raises(urllib.error.URLError):  # a client that does not trust the CA gets no answer
-            urllib.request.urlopen(f"https://127.0.0.1:{port}/api/stats", context=ssl.create_default_context(),
-                                   timeout=30)
+            urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/api/stats", context=ssl.create_default_context(), timeout=30
+            )
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # and plain HTTP is not served
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=30)
         silent.close()

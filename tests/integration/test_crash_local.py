@@ -9,12 +9,12 @@ import time
 
 import grpc
 import numpy as np
-
 from conftest import wait_stored
+from test_restart import start_serve, stop_serve
+
 from iotstream.client.simulate import batches, device_signal
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 from iotstream.v1 import query_pb2 as qpb
-from test_restart import start_serve, stop_serve
 
 DEVICES, READINGS, BATCH = 20, 1000, 50
 
@@ -22,7 +22,10 @@ DEVICES, READINGS, BATCH = 20, 1000, 50
 def fleet_batches() -> list:
     rng = np.random.default_rng(11)
     end_ms = int(time.time() * 1000)
-    return [batches(device_signal(f"dev-{i:03d}", READINGS, end_ms, 1000, 0.01, rng), BATCH) for i in range(DEVICES)]
+    return [
+        batches(device_signal(f"dev-{i:03d}", READINGS, end_ms, 1000, 0.01, rng), BATCH)
+        for i in range(DEVICES)
+    ]
 
 
 def send(target: str, fleet: list, acked: dict, on_ack=None) -> None:
@@ -57,8 +60,12 @@ def outcome(target: str) -> tuple:
         stats = stub.GetStats(qpb.GetStatsRequest(), timeout=30)
         distinct = set()
         for d in range(DEVICES):
-            page = stub.GetHistory(qpb.GetHistoryRequest(device_id=f"dev-{d:03d}", start_ms=0,
-                                                         end_ms=4_102_444_800_000, page_size=100_000), timeout=30)
+            page = stub.GetHistory(
+                qpb.GetHistoryRequest(
+                    device_id=f"dev-{d:03d}", start_ms=0, end_ms=4_102_444_800_000, page_size=100_000
+                ),
+                timeout=30,
+            )
             distinct |= {(f"dev-{d:03d}", s.metric, t) for s in page.series for t in s.time_ms}
         found, token = set(), ""
         while True:
@@ -125,8 +132,15 @@ def test_a_dead_processor_makes_serve_exit_non_zero(tmp_path):
     try:
         with sqlite3.connect(tmp_path / "log-iotstream.sqlite") as db:
             db.execute("DROP TABLE state")
-        batch = pb.ReadingBatch(device_id="dev-x", seq=1, base_time_ms=int(time.time() * 1000),
-                                time_offset_ms=[0], metric_names=["t"], metric_index=[0], values=[1.0])
+        batch = pb.ReadingBatch(
+            device_id="dev-x",
+            seq=1,
+            base_time_ms=int(time.time() * 1000),
+            time_offset_ms=[0],
+            metric_names=["t"],
+            metric_index=[0],
+            values=[1.0],
+        )
         with grpc.insecure_channel(target) as ch:
             assert ingest_pb2_grpc.IngestStub(ch).Send(batch, timeout=30).accepted == 1
         assert proc.wait(60) == 1

@@ -1,4 +1,5 @@
-"""Desired configuration pushed down the ingest stream, over real sockets: delivered at once on an open stream,
+"""Desired configuration pushed down the ingest stream, over real sockets: delivered at once on an open
+stream,
 after a reconnect, not again once the device reported it applied, visible in GetDevice; set through the
 Admin service or the CLI; and with auth on, a device only ever sees its own."""
 
@@ -11,9 +12,6 @@ import time
 import grpc
 import pytest
 from conftest import ServerThread
-from iotstream.v1 import admin_pb2, admin_pb2_grpc
-from iotstream.v1 import ingest_pb2 as pb
-from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import bearer, database, poll
 from tcp_proxy import TcpProxy
 
@@ -21,14 +19,20 @@ from iotstream.auth import ClickHouseTokens
 from iotstream.cli.main import main as cli
 from iotstream.client.device import BlockingDeviceClient
 from iotstream.node import Config
+from iotstream.v1 import admin_pb2, admin_pb2_grpc
+from iotstream.v1 import ingest_pb2 as pb
+from iotstream.v1 import query_pb2 as qpb
 
 FAST = {"backoff_s": 0.05, "backoff_max_s": 0.5}
 
 
 def configure(srv, device: str, metadata=(), **fields) -> admin_pb2.DeviceConfigState:
     stub = admin_pb2_grpc.AdminStub(srv.channel)
-    return stub.ConfigureDevice(admin_pb2.ConfigureDeviceRequest(device_id=device, config=pb.DeviceConfig(**fields)),
-                                timeout=10, metadata=metadata)
+    return stub.ConfigureDevice(
+        admin_pb2.ConfigureDeviceRequest(device_id=device, config=pb.DeviceConfig(**fields)),
+        timeout=10,
+        metadata=metadata,
+    )
 
 
 def raw_stream(srv, hello: pb.ReadingBatch, metadata=()) -> list[pb.StreamResponse]:
@@ -46,11 +50,23 @@ def test_config_reaches_the_open_stream_then_reconnects_and_is_not_sent_again(se
         state = configure(server, "cfg-1", sample_interval_ms=5000, metrics=["temp"], settings={"led": "on"})
         assert state.desired.version == 1
         first = got.get(timeout=10)  # on the stream that was already open, no reconnect
-        assert (first.version, first.sample_interval_ms, list(first.metrics), dict(first.settings)) == \
-            (1, 5000, ["temp"], {"led": "on"})
+        assert (first.version, first.sample_interval_ms, list(first.metrics), dict(first.settings)) == (
+            1,
+            5000,
+            ["temp"],
+            {"led": "on"},
+        )
         assert client.stats.reconnects == 0
-        device = poll(lambda: (d := server.query.GetDevice(qpb.GetDeviceRequest(device_id="cfg-1"), timeout=10))
-                      .config_reported_version == 1 and d, what="the report in GetDevice")
+        device = poll(
+            lambda: (
+                (
+                    d := server.query.GetDevice(qpb.GetDeviceRequest(device_id="cfg-1"), timeout=10)
+                ).config_reported_version
+                == 1
+                and d
+            ),
+            what="the report in GetDevice",
+        )
         assert device.config_version == 1 and device.config_reported_ms >= first.set_ms
 
         # Set while the device is away: delivered as soon as it is back.
@@ -65,8 +81,15 @@ def test_config_reaches_the_open_stream_then_reconnects_and_is_not_sent_again(se
         client.close()
         proxy.close()
     # Once reported, a new stream gets only its ack; one that reports an older version gets the config.
-    poll(lambda: server.query.GetDevice(qpb.GetDeviceRequest(device_id="cfg-1"), timeout=10)
-         .config_reported_version == 2, what="version 2 reported")
+    poll(
+        lambda: (
+            server.query.GetDevice(
+                qpb.GetDeviceRequest(device_id="cfg-1"), timeout=10
+            ).config_reported_version
+            == 2
+        ),
+        what="version 2 reported",
+    )
     assert [r.WhichOneof("kind") for r in raw_stream(server, pb.ReadingBatch(device_id="cfg-1"))] == ["ack"]
     again = raw_stream(server, pb.ReadingBatch(device_id="cfg-1", config_applied=1))
     assert [r.WhichOneof("kind") for r in again] == ["config", "ack"] and again[0].config.version == 2
@@ -91,8 +114,26 @@ def test_bad_configuration_is_refused(server):
 
 
 def test_cli_configures_through_the_admin_service(server, capsys):
-    assert cli(["devices", "configure", "cfg-cli", "--target", server.target, "--sample-interval-ms", "250",
-                "--metric", "temp", "--set", "a=1", "--set", "b=two"]) == 0
+    assert (
+        cli(
+            [
+                "devices",
+                "configure",
+                "cfg-cli",
+                "--target",
+                server.target,
+                "--sample-interval-ms",
+                "250",
+                "--metric",
+                "temp",
+                "--set",
+                "a=1",
+                "--set",
+                "b=two",
+            ]
+        )
+        == 0
+    )
     shown = json.loads(capsys.readouterr().out)
     assert shown["desired"]["version"] == "1" and shown["desired"]["settings"] == {"a": "1", "b": "two"}
     replies = raw_stream(server, pb.ReadingBatch(device_id="cfg-cli"))
@@ -118,7 +159,9 @@ def test_with_auth_a_device_sees_only_its_own_configuration(secured):
     configure(secured, "cfg-b", metadata=admin, settings={"who": "b"})
     for device in ("cfg-a", "cfg-b"):
         got: queue.Queue = queue.Queue()
-        with BlockingDeviceClient(secured.target, device, token=secured.tokens[device], on_config=got.put) as c:
+        with BlockingDeviceClient(
+            secured.target, device, token=secured.tokens[device], on_config=got.put
+        ) as c:
             c.record("temp", 1.0, time.time_ns() // 1_000_000)
             c.flush(timeout=10)
             assert got.get(timeout=10).settings["who"] == device[-1]
@@ -128,15 +171,19 @@ def test_with_auth_a_device_sees_only_its_own_configuration(secured):
     configure(secured, "cfg-a", metadata=admin, settings={"who": "a2"})
     replies = []
     with pytest.raises(grpc.RpcError) as err:
-        for r in secured.ingest.Stream(iter([pb.ReadingBatch(device_id="cfg-b")]), timeout=10,
-                                       metadata=bearer(secured.tokens["cfg-a"])):
+        for r in secured.ingest.Stream(
+            iter([pb.ReadingBatch(device_id="cfg-b")]), timeout=10, metadata=bearer(secured.tokens["cfg-a"])
+        ):
             replies.append(r)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert [r.config.settings["who"] for r in replies] == ["a2"]
     stub = admin_pb2_grpc.AdminStub(secured.channel)
     with pytest.raises(grpc.RpcError) as err:
-        stub.GetDeviceConfig(admin_pb2.GetDeviceConfigRequest(device_id="cfg-b"), timeout=10,
-                             metadata=bearer(secured.tokens["cfg-a"]))
+        stub.GetDeviceConfig(
+            admin_pb2.GetDeviceConfigRequest(device_id="cfg-b"),
+            timeout=10,
+            metadata=bearer(secured.tokens["cfg-a"]),
+        )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -145,7 +192,21 @@ def test_cli_on_the_store_reaches_an_open_stream_by_the_refresh(server, capsys):
     with BlockingDeviceClient(server.target, "cfg-store", on_config=got.put) as client:
         client.record("temp", 1.0)
         client.flush(timeout=10)
-        assert cli(["devices", "configure", "cfg-store", "--data-dir", server.config.data_dir,
-                    "--database", server.config.database, "--set", "via=store"]) == 0
+        assert (
+            cli(
+                [
+                    "devices",
+                    "configure",
+                    "cfg-store",
+                    "--data-dir",
+                    server.config.data_dir,
+                    "--database",
+                    server.config.database,
+                    "--set",
+                    "via=store",
+                ]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)["desired"]["version"] == "1"
         assert got.get(timeout=20).settings["via"] == "store"  # no Admin call: the node's refresh found it

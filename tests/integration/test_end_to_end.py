@@ -15,7 +15,9 @@ DEVICES, READINGS = 50, 200
 
 @pytest.fixture
 def fleet(server):
-    summary, data = asyncio.run(run_fleet(server.target, DEVICES, READINGS, batch=50, anomalies=0.005, seed=3))
+    summary, data = asyncio.run(
+        run_fleet(server.target, DEVICES, READINGS, batch=50, anomalies=0.005, seed=3)
+    )
     return summary, data
 
 
@@ -76,26 +78,32 @@ def test_history_pages_without_gaps(server, fleet):
     d = fleet[1][3]
     got, token = [], ""
     while True:
-        page = server.query.GetHistory(qpb.GetHistoryRequest(device_id=d.device_id, page_size=33,
-                                                             page_token=token), timeout=10)
-        got += [(s.metric, t, v) for s in page.series for t, v in zip(s.time_ms, s.values)]
+        page = server.query.GetHistory(
+            qpb.GetHistoryRequest(device_id=d.device_id, page_size=33, page_token=token), timeout=10
+        )
+        got += [(s.metric, t, v) for s in page.series for t, v in zip(s.time_ms, s.values, strict=True)]
         token = page.next_page_token
         if not token:
             break
-    expected = sorted((METRICS[m], int(t), float(v)) for m, t, v in zip(d.metric, d.time_ms, d.values))
+    columns = zip(d.metric, d.time_ms, d.values, strict=True)
+    expected = sorted((METRICS[m], int(t), float(v)) for m, t, v in columns)
     assert got == expected
 
 
 def test_aggregate_matches_numpy(server, fleet):
     data = fleet[1][:4]
-    req = qpb.AggregateRequest(device_ids=[d.device_id for d in data], metrics=["humidity"], interval_ms=60_000,
-                               funcs=[qpb.MIN, qpb.MAX, qpb.AVG, qpb.SUM, qpb.COUNT, qpb.STDDEV])
+    req = qpb.AggregateRequest(
+        device_ids=[d.device_id for d in data],
+        metrics=["humidity"],
+        interval_ms=60_000,
+        funcs=[qpb.MIN, qpb.MAX, qpb.AVG, qpb.SUM, qpb.COUNT, qpb.STDDEV],
+    )
     reply = server.query.Aggregate(req, timeout=10)
     assert [s.device_id for s in reply.series] == [d.device_id for d in data]
-    for d, s in zip(data, reply.series):
+    for d, s in zip(data, reply.series, strict=True):
         sel = d.metric == METRICS.index("humidity")
         buckets = defaultdict(list)
-        for t, v in zip(d.time_ms[sel], d.values[sel]):
+        for t, v in zip(d.time_ms[sel], d.values[sel], strict=True):
             buckets[int(t) // 60_000 * 60_000].append(float(v))
         assert list(s.bucket_start_ms) == sorted(buckets)
         for i, b in enumerate(s.bucket_start_ms):
@@ -111,10 +119,12 @@ def test_aggregate_matches_numpy(server, fleet):
 def test_bad_arguments_name_the_field(server):
     import grpc
 
-    cases = [(server.query.Aggregate, qpb.AggregateRequest(interval_ms=10), "interval_ms"),
-             (server.query.GetHistory, qpb.GetHistoryRequest(), "device_id"),
-             (server.query.ListDevices, qpb.ListDevicesRequest(page_token="garbage!"), "page_token"),
-             (server.query.ListAnomalies, qpb.ListAnomaliesRequest(start_ms=10, end_ms=5), "end_ms")]
+    cases = [
+        (server.query.Aggregate, qpb.AggregateRequest(interval_ms=10), "interval_ms"),
+        (server.query.GetHistory, qpb.GetHistoryRequest(), "device_id"),
+        (server.query.ListDevices, qpb.ListDevicesRequest(page_token="garbage!"), "page_token"),
+        (server.query.ListAnomalies, qpb.ListAnomaliesRequest(start_ms=10, end_ms=5), "end_ms"),
+    ]
     for rpc, req, field in cases:
         with pytest.raises(grpc.RpcError) as err:
             rpc(req, timeout=10)
@@ -125,7 +135,9 @@ def test_bad_arguments_name_the_field(server):
 
 
 def test_aggregate_with_no_matching_readings_is_empty(server):
-    reply = server.query.Aggregate(qpb.AggregateRequest(device_ids=["nobody"], interval_ms=60_000), timeout=10)
+    reply = server.query.Aggregate(
+        qpb.AggregateRequest(device_ids=["nobody"], interval_ms=60_000), timeout=10
+    )
     assert list(reply.series) == []
 
 

@@ -93,7 +93,13 @@ def test_fuzz_query_never_hangs_or_downs_the_server(query_report):
 def test_fuzz_query_answers_with_proper_statuses(query_report):
     r = query_report
     assert r.crashes == [], r.crashes[:3]
-    assert statuses(r, "query") <= {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PRECONDITION"}
+    assert statuses(r, "query") <= {
+        "OK",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "OUT_OF_RANGE",
+        "FAILED_PRECONDITION",
+    }
 
 
 def test_fuzz_ingest_with_auth_on(chdb_dir):

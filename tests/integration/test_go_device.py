@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from security_fixtures import poll
+from tcp_proxy import TcpProxy
+
 from iotstream.v1 import admin_pb2, admin_pb2_grpc
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
-from security_fixtures import poll
-from tcp_proxy import TcpProxy
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "go-device"
 pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="the Go toolchain (`go`) is not installed")
@@ -48,24 +49,49 @@ def stored_values(srv, device: str) -> collections.Counter:
 
 def test_go_device_streams_and_applies_its_configuration(server, go_device):
     admin = admin_pb2_grpc.AdminStub(server.channel)
-    admin.ConfigureDevice(admin_pb2.ConfigureDeviceRequest(
-        device_id="go-1", config=pb.DeviceConfig(sample_interval_ms=2000, settings={"fw": "go"})), timeout=10)
-    done = run([go_device, "-target", server.target, "-device", "go-1", "-readings", "1000", "-batch", "100",
-                "-wait-config"])
+    admin.ConfigureDevice(
+        admin_pb2.ConfigureDeviceRequest(
+            device_id="go-1", config=pb.DeviceConfig(sample_interval_ms=2000, settings={"fw": "go"})
+        ),
+        timeout=10,
+    )
+    done = run(
+        [
+            go_device,
+            "-target",
+            server.target,
+            "-device",
+            "go-1",
+            "-readings",
+            "1000",
+            "-batch",
+            "100",
+            "-wait-config",
+        ]
+    )
     summary = json.loads(done.stdout)
     assert summary["acked"] == 1000 and summary["rejected"] == 0
     assert summary["config_version"] == 1 and summary["settings"] == {"fw": "go"}
     assert stored_values(server, "go-1") == collections.Counter(float(i) for i in range(1000))
-    poll(lambda: server.query.GetDevice(qpb.GetDeviceRequest(device_id="go-1"), timeout=10)
-         .config_reported_version == 1, what="the Go device's report")
+    poll(
+        lambda: (
+            server.query.GetDevice(qpb.GetDeviceRequest(device_id="go-1"), timeout=10).config_reported_version
+            == 1
+        ),
+        what="the Go device's report",
+    )
 
 
 def test_go_device_reconnects_and_sends_everything_once(server, go_device):
     proxy = TcpProxy(server.port)
     proxy.refusing = True
     try:
-        device = subprocess.Popen([go_device, "-target", proxy.target, "-device", "go-2", "-readings", "500"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        device = subprocess.Popen(
+            [go_device, "-target", proxy.target, "-device", "go-2", "-readings", "500"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         poll(lambda: proxy.refused >= 2, what="two refused connection attempts")
         proxy.refusing = False
         out, err = device.communicate(timeout=120)

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.client.simulate import METRICS, run_fleet
+from iotstream.v1 import query_pb2 as qpb
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "dashboards"
 DEVICES, READINGS = 4, 900  # 300 time points of 3 metrics, 1 s apart: five 1-minute buckets per series
@@ -40,13 +40,25 @@ COLUMNS = {
     ("iotstream-anomalies", 2): ["time", "kind", "episodes"],
     ("iotstream-anomalies", 3): ["t", "metric", "flagged"],
     ("iotstream-anomalies", 4): ["device_id", "episodes"],
-    ("iotstream-anomalies", 5): ["opened", "device_id", "metric", "kind", "severity", "state", "readings",
-                                 "peak_value", "peak_score", "updated", "acknowledged_by"],
+    ("iotstream-anomalies", 5): [
+        "opened",
+        "device_id",
+        "metric",
+        "kind",
+        "severity",
+        "state",
+        "readings",
+        "peak_value",
+        "peak_score",
+        "updated",
+        "acknowledged_by",
+    ],
 }
 
 
 def expand_macros(sql: str, from_ms: int, to_ms: int, interval_s: int) -> str:
     """The plugin's macros, as its Go code writes them."""
+
     def seconds(ms):
         return f"toDateTime({ms // 1000})"
 
@@ -58,20 +70,32 @@ def expand_macros(sql: str, from_ms: int, to_ms: int, interval_s: int) -> str:
         "timeFilter_ms": lambda c: f"{c} >= {millis(from_ms)} AND {c} <= {millis(to_ms)}",
         "timeInterval": lambda c: f"toStartOfInterval(toDateTime({c}), INTERVAL {interval_s} second)",
     }
-    sql = re.sub(r"\$__(timeFilter_ms|timeFilter|timeInterval)\(([^)]*)\)",
-                 lambda m: with_arg[m.group(1)](m.group(2).strip()), sql)
-    plain = {"fromTime": seconds(from_ms), "toTime": seconds(to_ms), "fromTime_ms": millis(from_ms),
-             "toTime_ms": millis(to_ms), "interval_s": str(interval_s)}
-    sql = re.sub(r"\$__(fromTime_ms|toTime_ms|fromTime|toTime|interval_s)\b", lambda m: plain[m.group(1)], sql)
+    sql = re.sub(
+        r"\$__(timeFilter_ms|timeFilter|timeInterval)\(([^)]*)\)",
+        lambda m: with_arg[m.group(1)](m.group(2).strip()),
+        sql,
+    )
+    plain = {
+        "fromTime": seconds(from_ms),
+        "toTime": seconds(to_ms),
+        "fromTime_ms": millis(from_ms),
+        "toTime_ms": millis(to_ms),
+        "interval_s": str(interval_s),
+    }
+    sql = re.sub(
+        r"\$__(fromTime_ms|toTime_ms|fromTime|toTime|interval_s)\b", lambda m: plain[m.group(1)], sql
+    )
     assert "$__" not in sql, f"a macro this test does not know: {sql}"
     return sql
 
 
 def interpolate(sql: str, variables: dict[str, str]) -> str:
     """Grafana's template variables: ${name} raw, ${name:singlequote} quoted (single values here)."""
+
     def one(m):
         value = variables[m.group(1)]
         return "'" + value.replace("'", "\\'") + "'" if m.group(2) == "singlequote" else value
+
     return re.sub(r"\$\{(\w+)(?::(\w+))?\}", one, sql)
 
 
@@ -111,7 +135,9 @@ def fleet(chdb_dir):
 
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12]))
     try:
-        summary, data = asyncio.run(run_fleet(srv.target, DEVICES, READINGS, batch=60, anomalies=0.01, seed=11))
+        summary, data = asyncio.run(
+            run_fleet(srv.target, DEVICES, READINGS, batch=60, anomalies=0.01, seed=11)
+        )
         assert summary["acked"] == DEVICES * READINGS
         deadline = time.monotonic() + 60
         while srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
@@ -119,8 +145,9 @@ def fleet(chdb_dir):
             time.sleep(0.05)
         episodes = srv.query.ListAnomalies(qpb.ListAnomaliesRequest(), timeout=10).anomalies
         assert episodes, "the simulated spikes opened no episode"
-        srv.query.AcknowledgeAnomaly(qpb.AcknowledgeAnomalyRequest(id=episodes[0].id, by="grafana-test"),
-                                     timeout=10)
+        srv.query.AcknowledgeAnomaly(
+            qpb.AcknowledgeAnomalyRequest(id=episodes[0].id, by="grafana-test"), timeout=10
+        )
         yield srv, data
     finally:
         srv.stop()
@@ -132,8 +159,9 @@ def run(srv, data, sql):
     return srv.sql(expand_macros(interpolate(sql, variables), now - 3_600_000, now + 1000, INTERVAL_S))
 
 
-@pytest.mark.parametrize("uid,pid,kind,sql", queries(), ids=lambda v: str(v) if not isinstance(v, str)
-                         or len(v) < 40 else "sql")
+@pytest.mark.parametrize(
+    "uid,pid,kind,sql", queries(), ids=lambda v: str(v) if not isinstance(v, str) or len(v) < 40 else "sql"
+)
 def test_query_returns_rows_with_its_columns(fleet, uid, pid, kind, sql):
     srv, data = fleet
     rows = run(srv, data, sql)
@@ -142,7 +170,9 @@ def test_query_returns_rows_with_its_columns(fleet, uid, pid, kind, sql):
     if kind in ("timeseries", "annotation"):  # Grafana needs a time column first and a number to plot
         types = [r["type"] for r in run(srv, data, f"DESCRIBE TABLE ({sql})")]
         assert types[0].startswith("DateTime"), types
-        assert any(re.match(r"(Nullable\()?(U?Int|Float)", t) for t in types[1:]) or kind == "annotation", types
+        assert any(re.match(r"(Nullable\()?(U?Int|Float)", t) for t in types[1:]) or kind == "annotation", (
+            types
+        )
 
 
 def panel_sql(uid, pid):

@@ -18,8 +18,8 @@ from security_fixtures import batch, bearer, code_of, database, now_ms, poll
 
 from iotstream.auth import ClickHouseTokens
 from iotstream.ingest import Limits
-from iotstream.query.service import QueryLimits
 from iotstream.node import Config
+from iotstream.query.service import QueryLimits
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
 
@@ -58,9 +58,15 @@ class HealthWatch:
 
 
 def name_flood(names: list[str], readings: int, device: str = "dev-flood") -> pb.ReadingBatch:
-    return pb.ReadingBatch(device_id=device, seq=1, base_time_ms=now_ms() - 1000,
-                           time_offset_ms=[0] * readings, metric_names=names, metric_index=[0] * readings,
-                           values=[1.0] * readings)
+    return pb.ReadingBatch(
+        device_id=device,
+        seq=1,
+        base_time_ms=now_ms() - 1000,
+        time_offset_ms=[0] * readings,
+        metric_names=names,
+        metric_index=[0] * readings,
+        values=[1.0] * readings,
+    )
 
 
 def test_gzip_name_table_flood_is_refused_without_stalling_anyone(server):
@@ -129,8 +135,13 @@ def test_keys_over_the_processor_limit_are_stored_unscored_and_counted(server):
 
 @pytest.fixture(scope="module")
 def paced(chdb_dir):
-    limits = Limits(rate_readings_per_s=100.0, burst_readings=100, max_delay_s=5.0, max_sends_per_device=2,
-                    max_metrics_per_device=3)
+    limits = Limits(
+        rate_readings_per_s=100.0,
+        burst_readings=100,
+        max_delay_s=5.0,
+        max_sends_per_device=2,
+        max_metrics_per_device=3,
+    )
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), limits=limits))
     yield srv
     srv.stop()
@@ -154,11 +165,15 @@ def test_metrics_per_device_are_capped_with_their_reason(paced):
     b.metric_names[:] = ["a", "b", "c", "d", "e"]
     b.metric_index[:] = [0, 1, 2, 3, 4]
     ack = paced.ingest.Send(b, timeout=30)
-    assert ack.accepted == 3 and [(r.index, r.reason) for r in ack.rejected] == \
-        [(3, pb.TOO_MANY_METRICS), (4, pb.TOO_MANY_METRICS)]
+    assert ack.accepted == 3 and [(r.index, r.reason) for r in ack.rejected] == [
+        (3, pb.TOO_MANY_METRICS),
+        (4, pb.TOO_MANY_METRICS),
+    ]
     assert paced.server.live_stats()["rejected"]["TOO_MANY_METRICS"] == 2
-    stored = paced.sql("SELECT groupArray(metric) AS m FROM (SELECT metric FROM $db.readings "
-                       "WHERE device_id = 'dev-m' ORDER BY metric)")[0]["m"]
+    stored = paced.sql(
+        "SELECT groupArray(metric) AS m FROM (SELECT metric FROM $db.readings "
+        "WHERE device_id = 'dev-m' ORDER BY metric)"
+    )[0]["m"]
     assert stored == ["a", "b", "c"]
 
 
@@ -213,10 +228,16 @@ def guarded(chdb_dir):
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), query_limits=limits))
     t0 = now_ms() - 6 * 3_600_000
     srv.t0 = t0 - t0 % 60_000
-    srv.server.store.insert_readings(pa.table({
-        "device_id": ["dev-q"] * ROWS, "metric": ["temp"] * ROWS,
-        "time": pa.array([srv.t0 + i * 500 for i in range(ROWS)], pa.timestamp("ms", tz="UTC")),
-        "value": [float(i) for i in range(ROWS)]}))
+    srv.server.store.insert_readings(
+        pa.table(
+            {
+                "device_id": ["dev-q"] * ROWS,
+                "metric": ["temp"] * ROWS,
+                "time": pa.array([srv.t0 + i * 500 for i in range(ROWS)], pa.timestamp("ms", tz="UTC")),
+                "value": [float(i) for i in range(ROWS)],
+            }
+        )
+    )
     yield srv
     srv.stop()
 
@@ -234,8 +255,13 @@ def refused(srv) -> dict:
 def test_aggregate_over_ten_years_at_one_second_is_refused_with_a_way_out(guarded):
     """The range holds all 40,000 rows: reading them passes the cap, so ClickHouse stops the query."""
     end = now_ms()
-    err = refusal(guarded.query.Aggregate, qpb.AggregateRequest(
-        device_ids=["dev-q"], start_ms=end - 10 * 365 * 86_400_000, end_ms=end, interval_ms=1000), timeout=10)
+    err = refusal(
+        guarded.query.Aggregate,
+        qpb.AggregateRequest(
+            device_ids=["dev-q"], start_ms=end - 10 * 365 * 86_400_000, end_ms=end, interval_ms=1000
+        ),
+        timeout=10,
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"more than {ROWS // 2} rows" in err.details() and "narrow the time range" in err.details()
     assert refused(guarded)["ROWS_READ_LIMIT_CALLS"] >= 1
@@ -246,11 +272,18 @@ def test_rows_read_and_result_rows_are_capped(guarded):
     err = refusal(guarded.query.GetHistory, qpb.GetHistoryRequest(device_id="dev-q", start_ms=t0), timeout=10)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # A narrower range reads few enough rows, but 500 buckets of 1 s are over the result cap of 100.
-    err = refusal(guarded.query.Aggregate, qpb.AggregateRequest(
-        device_ids=["dev-q"], start_ms=t0, end_ms=t0 + 500_000, interval_ms=1000), timeout=10)
+    err = refusal(
+        guarded.query.Aggregate,
+        qpb.AggregateRequest(device_ids=["dev-q"], start_ms=t0, end_ms=t0 + 500_000, interval_ms=1000),
+        timeout=10,
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "over the limit of 100" in err.details()
-    ok = guarded.query.Aggregate(qpb.AggregateRequest(device_ids=["dev-q"], start_ms=t0, end_ms=t0 + 500_000,
-                                                      interval_ms=10_000, funcs=[qpb.COUNT]), timeout=10)
+    ok = guarded.query.Aggregate(
+        qpb.AggregateRequest(
+            device_ids=["dev-q"], start_ms=t0, end_ms=t0 + 500_000, interval_ms=10_000, funcs=[qpb.COUNT]
+        ),
+        timeout=10,
+    )
     assert sum(ok.series[0].count) == 1000  # 50 buckets of 20 readings: the oracle is the insert above
     stats = refused(guarded)
     assert stats["ROWS_READ_LIMIT_CALLS"] >= 1 and stats["AGGREGATE_TOO_LARGE_CALLS"] >= 1
@@ -262,10 +295,16 @@ def token(key: list) -> str:
 
 @pytest.mark.parametrize("skip", [10**9, -3])
 def test_history_page_token_cannot_widen_the_scan(guarded, skip):
-    err = refusal(guarded.query.GetHistory, qpb.GetHistoryRequest(
-        device_id="dev-q", start_ms=guarded.t0, page_size=10,
-        page_token=token(["temp", guarded.t0, 0.0, skip])),
-        timeout=10)
+    err = refusal(
+        guarded.query.GetHistory,
+        qpb.GetHistoryRequest(
+            device_id="dev-q",
+            start_ms=guarded.t0,
+            page_size=10,
+            page_token=token(["temp", guarded.t0, 0.0, skip]),
+        ),
+        timeout=10,
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in err.details()
 
 
@@ -273,8 +312,9 @@ def test_history_pages_still_walk_the_range(guarded):
     got, page_token = [], ""
     end = guarded.t0 + 100 * 500
     while True:
-        request = qpb.GetHistoryRequest(device_id="dev-q", start_ms=guarded.t0, end_ms=end, page_size=30,
-                                        page_token=page_token)
+        request = qpb.GetHistoryRequest(
+            device_id="dev-q", start_ms=guarded.t0, end_ms=end, page_size=30, page_token=page_token
+        )
         resp = guarded.query.GetHistory(request, timeout=10)
         got += [v for s in resp.series for v in s.values]
         if not resp.next_page_token:
@@ -286,9 +326,12 @@ def test_history_pages_still_walk_the_range(guarded):
 def test_watches_are_capped(guarded):
     first = guarded.query.WatchAnomalies(qpb.WatchAnomaliesRequest(), timeout=30)
     assert next(first).type == qpb.AnomalyEvent.WATCHING
-    assert code_of(guarded.query.WatchAnomalies, qpb.WatchAnomaliesRequest(), timeout=10) == \
-        grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        code_of(guarded.query.WatchAnomalies, qpb.WatchAnomaliesRequest(), timeout=10)
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     first.cancel()
+
     def opens():
         return code_of(lambda: next(guarded.query.WatchAnomalies(qpb.WatchAnomaliesRequest(), timeout=5)))
 
@@ -297,8 +340,11 @@ def test_watches_are_capped(guarded):
 
 
 def test_a_call_without_deadline_gets_the_default(chdb_dir):
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(),
-                              query_limits=QueryLimits(default_deadline_s=1e-6)))
+    srv = ServerThread(
+        Config(
+            port=0, data_dir=chdb_dir, database=database(), query_limits=QueryLimits(default_deadline_s=1e-6)
+        )
+    )
     try:
         err = refusal(srv.query.GetStats, qpb.GetStatsRequest())  # no timeout: the server's default applies
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "default of 1e-06 s" in err.details()

@@ -17,15 +17,23 @@ def now_ms():
 
 def make_batch(device, values, seq=1, names=("temp", "hum"), index=None, offsets=None):
     n = len(values)
-    return pb.ReadingBatch(device_id=device, seq=seq, base_time_ms=now_ms() - 10_000,
-                           time_offset_ms=offsets if offsets is not None else list(range(n)),
-                           metric_names=names, metric_index=index if index is not None else [i % 2 for i in range(n)],
-                           values=values)
+    return pb.ReadingBatch(
+        device_id=device,
+        seq=seq,
+        base_time_ms=now_ms() - 10_000,
+        time_offset_ms=offsets if offsets is not None else list(range(n)),
+        metric_names=names,
+        metric_index=index if index is not None else [i % 2 for i in range(n)],
+        values=values,
+    )
 
 
 def stored(server, device):
-    return server.sql("SELECT metric, toUnixTimestamp64Milli(time) AS t, value FROM $db.readings "
-                      "WHERE device_id = {d:String} ORDER BY t", {"d": device})
+    return server.sql(
+        "SELECT metric, toUnixTimestamp64Milli(time) AS t, value FROM $db.readings "
+        "WHERE device_id = {d:String} ORDER BY t",
+        {"d": device},
+    )
 
 
 def test_send_stores_and_acks(server):
@@ -37,8 +45,14 @@ def test_send_stores_and_acks(server):
 @pytest.mark.parametrize("case", ["nan", "inf", "old", "future", "bad_name", "bad_index"])
 def test_each_reason_keeps_neighbours(server, case):
     values, names, index, offsets = [1.0, 2.0, 3.0], ["temp", "hum"], [0, 1, 0], [0, 1, 2]
-    expected = {"nan": pb.NON_FINITE_VALUE, "inf": pb.NON_FINITE_VALUE, "old": pb.TIME_OUT_OF_RANGE,
-                "future": pb.TIME_OUT_OF_RANGE, "bad_name": pb.BAD_METRIC_NAME, "bad_index": pb.UNKNOWN_METRIC}
+    expected = {
+        "nan": pb.NON_FINITE_VALUE,
+        "inf": pb.NON_FINITE_VALUE,
+        "old": pb.TIME_OUT_OF_RANGE,
+        "future": pb.TIME_OUT_OF_RANGE,
+        "bad_name": pb.BAD_METRIC_NAME,
+        "bad_index": pb.UNKNOWN_METRIC,
+    }
     if case == "nan":
         values[1] = math.nan
     elif case == "inf":
@@ -52,7 +66,9 @@ def test_each_reason_keeps_neighbours(server, case):
     else:
         index[1] = 9
     device = f"dev-{case.replace('_', '-')}"
-    ack = server.ingest.Send(make_batch(device, values, names=names, index=index, offsets=offsets), timeout=10)
+    ack = server.ingest.Send(
+        make_batch(device, values, names=names, index=index, offsets=offsets), timeout=10
+    )
     assert ack.accepted == 2
     assert [(r.index, r.reason) for r in ack.rejected] == [(1, expected[case])]
     assert ack.rejected[0].detail
@@ -60,12 +76,16 @@ def test_each_reason_keeps_neighbours(server, case):
 
 
 def test_stream_acks_in_order_with_rejections(server):
-    batches = [make_batch("dev-s", [float(i), math.nan if i % 3 == 0 else float(i) + 0.5], seq=i)
-               for i in range(1, 31)]
+    batches = [
+        make_batch("dev-s", [float(i), math.nan if i % 3 == 0 else float(i) + 0.5], seq=i)
+        for i in range(1, 31)
+    ]
     acks = [r.ack for r in server.ingest.Stream(iter(batches), timeout=30)]
     assert [a.seq for a in acks] == list(range(1, 31))
     assert sum(a.accepted for a in acks) == 30 + 20
-    assert all([r.reason for r in a.rejected] == ([pb.NON_FINITE_VALUE] if a.seq % 3 == 0 else []) for a in acks)
+    assert all(
+        [r.reason for r in a.rejected] == ([pb.NON_FINITE_VALUE] if a.seq % 3 == 0 else []) for a in acks
+    )
     assert len(stored(server, "dev-s")) == 50
 
 
@@ -98,7 +118,10 @@ def test_random_bytes_in_stream_end_it_with_status(server):
 
 def assert_still_serving(server):
     health = health_pb2_grpc.HealthStub(server.channel)
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     assert server.ingest.Send(make_batch("dev-after", [5.0]), timeout=10).accepted == 1
 
 
@@ -124,7 +147,9 @@ def test_reflection_resolves_methods(server):
     requests.append(reflection_pb2.ServerReflectionRequest(file_containing_symbol="iotstream.v1.Ingest.Nope"))
     replies = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
     for reply in replies[:3]:
-        files = [descriptor_pb2.FileDescriptorProto.FromString(b)
-                 for b in reply.file_descriptor_response.file_descriptor_proto]
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(b)
+            for b in reply.file_descriptor_response.file_descriptor_proto
+        ]
         assert any(f.package == "iotstream.v1" and f.service for f in files), reply
     assert replies[3].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

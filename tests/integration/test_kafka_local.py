@@ -16,8 +16,9 @@ ck = pytest.importorskip("confluent_kafka")
 def produce(bootstrap: str, topic: str, values: list[bytes], **extra) -> None:
     """Idempotent, acks=all producer as the ingest uses it; fails on any delivery error."""
     errors = []
-    p = ck.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                     "linger.ms": 5, **extra})
+    p = ck.Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5, **extra}
+    )
     for i, v in enumerate(values):
         p.produce(topic, v, key=str(i % 16).encode(), on_delivery=lambda err, _m: err and errors.append(err))
         p.poll(0)
@@ -27,8 +28,14 @@ def produce(bootstrap: str, topic: str, values: list[bytes], **extra) -> None:
 
 def consume_all(bootstrap: str, topic: str, n: int, timeout: float = 60.0) -> list[bytes]:
     """Read n messages from the start of topic with a fresh group."""
-    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
-                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = ck.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     c.subscribe([topic])
     got, deadline = [], time.monotonic() + timeout
     try:
@@ -74,8 +81,9 @@ def test_producer_rides_out_outage(private_kafka_broker):
     topic = "outage-test"
     produce(b.bootstrap, topic, [b"warmup"])
     errors = []
-    p = ck.Producer({"bootstrap.servers": b.bootstrap, "enable.idempotence": True, "acks": "all",
-                     "log_level": 0})  # silence "connection refused" while it is down
+    p = ck.Producer(
+        {"bootstrap.servers": b.bootstrap, "enable.idempotence": True, "acks": "all", "log_level": 0}
+    )  # silence "connection refused" while it is down
     b.shutdown()
     for i in range(200):
         p.produce(topic, f"during-{i}".encode(), on_delivery=lambda err, _m: err and errors.append(err))

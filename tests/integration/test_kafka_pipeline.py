@@ -1,4 +1,5 @@
-"""The distributed path against a real Kafka broker: ingest -> Kafka -> processor(s) -> ClickHouse, exactly once.
+"""The distributed path against a real Kafka broker: ingest -> Kafka -> processor(s) -> ClickHouse, exactly
+once.
 
 One fleet (100 devices x 1,000 readings) is ingested once per module; each test then processes it with
 its own consumer group and ClickHouse database, so results can be compared with an uninterrupted run.
@@ -18,11 +19,11 @@ import grpc
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-
 from conftest import ServerThread
+
 from iotstream.bus.kafka import KafkaConfig, ensure_topics
-from iotstream.node import Config
 from iotstream.client.simulate import batches, device_signal, run_fleet
+from iotstream.node import Config
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
 from iotstream.v1 import query_pb2_grpc
@@ -59,12 +60,21 @@ def lag(cfg: KafkaConfig) -> tuple[int, int]:
 
 
 def processor_node(cfg: KafkaConfig, chdb_dir: str, roles=("process",), **kw) -> ServerThread:
-    return ServerThread(Config(roles=frozenset(roles), kafka=cfg, port=0, data_dir=chdb_dir,
-                               database="k_" + uuid.uuid4().hex[:10], **kw))
+    return ServerThread(
+        Config(
+            roles=frozenset(roles),
+            kafka=cfg,
+            port=0,
+            data_dir=chdb_dir,
+            database="k_" + uuid.uuid4().hex[:10],
+            **kw,
+        )
+    )
 
 
 def episodes(stub) -> set:
-    """Every anomaly episode through ListAnomalies: (device, metric, peak time, kind, peak score, readings)."""
+    """Every anomaly episode through ListAnomalies: (device, metric, peak time, kind, peak score,
+    readings)."""
     found, token = set(), ""
     while True:
         page = stub.ListAnomalies(qpb.ListAnomaliesRequest(page_size=1000, page_token=token), timeout=30)
@@ -100,7 +110,9 @@ def ingested(kafka_broker, chdb_dir):
     cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace="t" + uuid.uuid4().hex[:8], partitions=4)
     node = ingest_node(cfg)
     try:
-        summary, fleet = asyncio.run(run_fleet(node.target, DEVICES, READINGS, batch=100, anomalies=0.002, seed=5))
+        summary, fleet = asyncio.run(
+            run_fleet(node.target, DEVICES, READINGS, batch=100, anomalies=0.002, seed=5)
+        )
     finally:
         node.stop()
     assert summary["acked"] == summary["sent"] == DEVICES * READINGS
@@ -128,7 +140,7 @@ def test_two_processors_share_the_work_exactly(kafka_broker, chdb_dir):
     rng = np.random.default_rng(8)
     end_ms = int(time.time() * 1000)
     fleet = [device_signal(f"dev-{i:03d}", 1000, end_ms, 1000, 0.005, rng) for i in range(40)]
-    halves = [[b for d in fleet for b in batches(d, 100)[h * 5:(h + 1) * 5]] for h in (0, 1)]
+    halves = [[b for d in fleet for b in batches(d, 100)[h * 5 : (h + 1) * 5]] for h in (0, 1)]
     ingest = ingest_node(cfg)
     a = b = reference = None
     try:
@@ -139,8 +151,9 @@ def test_two_processors_share_the_work_exactly(kafka_broker, chdb_dir):
         wait_for(lambda: len(a.server.processor_loop.runs) < 4, 60, "the group to rebalance")
         assert all(ingest.ingest.Send(x, timeout=30).accepted == 100 for x in halves[1])
         wait_caught_up(cfg)
-        reference = processor_node(KafkaConfig(bootstrap=cfg.bootstrap, namespace=cfg.namespace, group="ref"),
-                                   chdb_dir)
+        reference = processor_node(
+            KafkaConfig(bootstrap=cfg.bootstrap, namespace=cfg.namespace, group="ref"), chdb_dir
+        )
         wait_caught_up(KafkaConfig(bootstrap=cfg.bootstrap, namespace=cfg.namespace, group="ref"))
         expected = anomalies(reference)
         assert count(a)[0] + count(b)[0] == count(reference)[0] == 40_000
@@ -156,17 +169,45 @@ def test_two_processors_share_the_work_exactly(kafka_broker, chdb_dir):
 
 
 def start_process(cfg: KafkaConfig, data_dir, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "iotstream.cli", "process", "--kafka", cfg.bootstrap, "--namespace", cfg.namespace,
-           "--group", cfg.group_id, "--data-dir", str(data_dir), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "iotstream.cli",
+        "process",
+        "--kafka",
+        cfg.bootstrap,
+        "--namespace",
+        cfg.namespace,
+        "--group",
+        cfg.group_id,
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def read_store(data_dir) -> tuple[qpb.Stats, set, dict]:
     """Stats, anomalies and per-device reading counts of an embedded store, through a query-server process."""
-    proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "query-server", "--port", "0", "--data-dir",
-                             str(data_dir), "--insecure-no-auth"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iotstream.cli",
+            "query-server",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--insecure-no-auth",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        target = next(m.group(1) for line in proc.stderr if (m := re.search(r"serving on ([\d.]+:\d+)", line)))
+        target = next(
+            m.group(1) for line in proc.stderr if (m := re.search(r"serving on ([\d.]+:\d+)", line))
+        )
         with grpc.insecure_channel(target) as ch:
             q = query_pb2_grpc.QueryStub(ch)
             stats = q.GetStats(qpb.GetStatsRequest(), timeout=30)
@@ -186,7 +227,9 @@ def test_kill_9_mid_stream_then_restart(ingested, tmp_path):
     cfg = KafkaConfig(bootstrap=cfg.bootstrap, namespace=cfg.namespace, group="k" + uuid.uuid4().hex[:8])
     proc = start_process(cfg, tmp_path, "--chunk-messages", "5", "--snapshot-every", "0.5")
     total = DEVICES * READINGS // 100
-    wait_for(lambda: total * 0.2 <= total - lag(cfg)[0] < total * 0.8, 120, "the processor to be mid-stream", 0.02)
+    wait_for(
+        lambda: total * 0.2 <= total - lag(cfg)[0] < total * 0.8, 120, "the processor to be mid-stream", 0.02
+    )
     proc.kill()  # SIGKILL: no snapshot, no commit, no goodbye
     assert proc.wait(30) == -signal.SIGKILL
     assert lag(cfg)[0] > 0
@@ -205,8 +248,15 @@ def test_kill_9_mid_stream_then_restart(ingested, tmp_path):
 def test_poison_message_goes_to_dead_letters(kafka_broker, chdb_dir):
     cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace="p" + uuid.uuid4().hex[:8], partitions=1)
     ensure_topics(cfg)
-    good = pb.ReadingBatch(device_id="dev-p", seq=1, base_time_ms=int(time.time() * 1000), time_offset_ms=[0, 1],
-                           metric_names=["temp"], metric_index=[0, 0], values=[1.0, 2.0])
+    good = pb.ReadingBatch(
+        device_id="dev-p",
+        seq=1,
+        base_time_ms=int(time.time() * 1000),
+        time_offset_ms=[0, 1],
+        metric_names=["temp"],
+        metric_index=[0, 0],
+        values=[1.0, 2.0],
+    )
     producer = Producer({"bootstrap.servers": cfg.bootstrap})
     producer.produce(cfg.topic, good.SerializeToString(), b"dev-p")
     producer.produce(cfg.topic, b"\xff\xff\xff\xff\x0f", b"dev-p")  # truncated varint: never a ReadingBatch
@@ -219,11 +269,16 @@ def test_poison_message_goes_to_dead_letters(kafka_broker, chdb_dir):
         assert count(node) == (4, 4)  # both neighbours of the poison message
     finally:
         node.stop()
-    reader = Consumer({"bootstrap.servers": cfg.bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"})
+    reader = Consumer(
+        {"bootstrap.servers": cfg.bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"}
+    )
     reader.subscribe([cfg.deadletter_topic])
     try:
-        msg = wait_for(lambda: next((m for m in [reader.poll(0.5)] if m is not None and not m.error()), None),
-                       30, "the dead letter")
+        msg = wait_for(
+            lambda: next((m for m in [reader.poll(0.5)] if m is not None and not m.error()), None),
+            30,
+            "the dead letter",
+        )
     finally:
         reader.close()
     headers = dict(msg.headers())
@@ -235,9 +290,15 @@ def test_poison_message_goes_to_dead_letters(kafka_broker, chdb_dir):
 def test_resent_batch_through_kafka_is_stored_once(kafka_broker, chdb_dir):
     cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace="r" + uuid.uuid4().hex[:8], partitions=2)
     ingest = ingest_node(cfg)
-    batch = pb.ReadingBatch(device_id="dev-r", seq=9, base_time_ms=int(time.time() * 1000) - 5000,
-                            time_offset_ms=[0, 1, 2], metric_names=["temp"], metric_index=[0, 0, 0],
-                            values=[1.0, 2.0, 3.0])
+    batch = pb.ReadingBatch(
+        device_id="dev-r",
+        seq=9,
+        base_time_ms=int(time.time() * 1000) - 5000,
+        time_offset_ms=[0, 1, 2],
+        metric_names=["temp"],
+        metric_index=[0, 0, 0],
+        values=[1.0, 2.0, 3.0],
+    )
     try:
         assert ingest.ingest.Send(batch, timeout=30).accepted == 3
         # The ack was lost: the device reconnects and resends on a new stream.
@@ -291,11 +352,20 @@ def test_dead_processor_thread_turns_the_node_not_serving(kafka_broker, chdb_dir
     node = processor_node(cfg, chdb_dir, roles=("process", "query"))
     try:
         health = health_pb2_grpc.HealthStub(node.channel)
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         node.server.processor_loop.source.consumer.close()  # its next consume() raises: the thread dies
         wait_for(lambda: node.server.failed.is_set(), 30, "the node to notice")
         assert "processor stopped" in node.server.failure
-        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
-                 == health_pb2.HealthCheckResponse.NOT_SERVING, 30, "health to say NOT_SERVING")
+        wait_for(
+            lambda: (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            ),
+            30,
+            "health to say NOT_SERVING",
+        )
     finally:
         node.stop()

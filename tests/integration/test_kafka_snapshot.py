@@ -22,9 +22,16 @@ def state_with_keys(keys: int, readings_per_key: int) -> bytes:
     now = int(time.time() * 1000)
     names = [f"m{i:05d}" for i in range(keys)]
     for r in range(readings_per_key):
-        batch = pb.ReadingBatch(device_id="dev-1", seq=r + 1, base_time_ms=now + r * 1000,
-                                time_offset_ms=[0] * keys, metric_names=names, metric_index=list(range(keys)),
-                                values=np.random.default_rng(r).normal(20, 1, keys).tolist(), fingerprint=r + 1)
+        batch = pb.ReadingBatch(
+            device_id="dev-1",
+            seq=r + 1,
+            base_time_ms=now + r * 1000,
+            time_offset_ms=[0] * keys,
+            metric_names=names,
+            metric_index=list(range(keys)),
+            values=np.random.default_rng(r).normal(20, 1, keys).tolist(),
+            fingerprint=r + 1,
+        )
         processor.prepare([batch.SerializeToString()])
     return processor.state(0).to_bytes()
 

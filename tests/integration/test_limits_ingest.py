@@ -10,11 +10,11 @@ import time
 import grpc
 import pytest
 from conftest import ServerThread
-from iotstream.ingest import Limits
-from iotstream.v1 import ingest_pb2 as pb
 from security_fixtures import batch, code_of, database, poll
 
+from iotstream.ingest import Limits
 from iotstream.node import Config
+from iotstream.v1 import ingest_pb2 as pb
 
 RATE = 4000.0  # readings/s per device
 REJECT_AFTER_S = 1.0
@@ -22,16 +22,24 @@ REJECT_AFTER_S = 1.0
 
 @pytest.fixture(scope="module")
 def limited(chdb_dir):
-    limits = Limits(max_readings=500, max_message_bytes=20_000, max_streams_per_device=2,
-                    rate_readings_per_s=RATE, burst_readings=int(RATE), max_delay_s=5.0,
-                    reject_after_s=REJECT_AFTER_S)
+    limits = Limits(
+        max_readings=500,
+        max_message_bytes=20_000,
+        max_streams_per_device=2,
+        rate_readings_per_s=RATE,
+        burst_readings=int(RATE),
+        max_delay_s=5.0,
+        reject_after_s=REJECT_AFTER_S,
+    )
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), limits=limits))
     yield srv
     srv.stop()
 
 
 def stored(srv, device) -> int:
-    return srv.sql("SELECT count() AS n FROM $db.readings WHERE device_id = {d:String}", {"d": device})[0]["n"]
+    return srv.sql("SELECT count() AS n FROM $db.readings WHERE device_id = {d:String}", {"d": device})[0][
+        "n"
+    ]
 
 
 def rejected(srv) -> dict:
@@ -43,8 +51,10 @@ def test_message_over_the_size_limit_is_refused_and_counted(limited):
     big = batch("dev-big", 2000)  # over the 20 kB limit, under gRPC's own cap of twice that
     assert 20_000 < big.ByteSize() < 40_000
     assert code_of(limited.ingest.Send, big, timeout=10) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert code_of(limited.ingest.Stream, iter([batch("dev-big", 3), big]), timeout=10) == \
-        grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        code_of(limited.ingest.Stream, iter([batch("dev-big", 3), big]), timeout=10)
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     assert rejected(limited)["MESSAGE_TOO_LARGE_CALLS"] == before + 2
     huge = batch("dev-big", 5000)  # over twice the limit: gRPC itself refuses it, same status
     assert code_of(limited.ingest.Send, huge, timeout=10) == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -68,14 +78,20 @@ def test_streams_per_device_are_capped(limited):
         feeds.append(feed)
         calls.append(call)
     before = rejected(limited).get("TOO_MANY_STREAMS_CALLS", 0)
-    assert code_of(limited.ingest.Stream, iter([batch("dev-cap", seq=2)]), timeout=10) == \
-        grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        code_of(limited.ingest.Stream, iter([batch("dev-cap", seq=2)]), timeout=10)
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     assert rejected(limited)["TOO_MANY_STREAMS_CALLS"] == before + 1
     assert code_of(limited.ingest.Stream, iter([batch("dev-other")]), timeout=10) == grpc.StatusCode.OK
     feeds[0].put(None)  # one closes: a new one is let in
     list(calls[0])
-    poll(lambda: code_of(limited.ingest.Stream, iter([batch("dev-cap", seq=3)]), timeout=10) == grpc.StatusCode.OK,
-         what="a stream slot freed")
+    poll(
+        lambda: (
+            code_of(limited.ingest.Stream, iter([batch("dev-cap", seq=3)]), timeout=10) == grpc.StatusCode.OK
+        ),
+        what="a stream slot freed",
+    )
     feeds[1].put(None)
     list(calls[1])
 
@@ -112,12 +128,16 @@ def test_sustained_excess_is_refused_with_retry_delay_and_nothing_acked_is_lost(
     RESOURCE_EXHAUSTED and grpc-retry-pushback-ms. A client that waits that long and resends from its first
     unacked batch gets everything stored exactly once."""
     before = rejected(limited)
-    all_batches = [batch("dev-flood", 500, seq=s, value=s * 1000.0) for s in range(1, 31)]  # 15,000 distinct values
+    all_batches = [
+        batch("dev-flood", 500, seq=s, value=s * 1000.0) for s in range(1, 31)
+    ]  # 15,000 distinct values
     pending, refusals, started = list(all_batches), [], time.monotonic()
     while pending:
         acked, err = send_until_refused(limited, "dev-flood", pending)
         pending = [b for b in pending if b.seq not in set(acked)]
-        assert acked == [b.seq for b in all_batches if b.seq in set(acked)]  # in order, a prefix of what was sent
+        assert acked == [
+            b.seq for b in all_batches if b.seq in set(acked)
+        ]  # in order, a prefix of what was sent
         if err is None:
             assert not pending
             break
@@ -129,7 +149,9 @@ def test_sustained_excess_is_refused_with_retry_delay_and_nothing_acked_is_lost(
         assert time.monotonic() - started < 40
     assert refusals, "a sustained flood must be refused at least once"
     assert stored(limited, "dev-flood") == 15_000
-    distinct = limited.sql("SELECT uniqExact(value) AS n FROM $db.readings WHERE device_id = 'dev-flood'")[0]["n"]
+    distinct = limited.sql("SELECT uniqExact(value) AS n FROM $db.readings WHERE device_id = 'dev-flood'")[0][
+        "n"
+    ]
     assert distinct == 15_000
     after = rejected(limited)
     assert after["RATE_LIMITED"] - before.get("RATE_LIMITED", 0) == 500 * len(refusals)
@@ -160,7 +182,10 @@ def test_other_devices_are_not_slowed_by_a_flooding_one(limited):
 def test_refusals_are_in_get_stats(limited):
     from iotstream.v1 import query_pb2 as qpb
 
-    assert code_of(limited.ingest.Send, batch("dev-stats", 2000), timeout=10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        code_of(limited.ingest.Send, batch("dev-stats", 2000), timeout=10)
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     stats = dict(limited.query.GetStats(qpb.GetStatsRequest(), timeout=30).rejected)
     assert stats == rejected(limited)  # no traffic in between: the RPC shows exactly the counters
     assert stats["MESSAGE_TOO_LARGE_CALLS"] >= 1

@@ -12,12 +12,12 @@ import uuid
 import grpc
 import numpy as np
 import pytest
+from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ServerThread
 from iotstream.clickhouse import StorageError
-from iotstream.node import Config
 from iotstream.client.simulate import batches, device_signal
+from iotstream.node import Config
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc
 
@@ -29,7 +29,10 @@ def node(chdb_dir: str, **kw) -> ServerThread:
 def fleet(devices: int, readings: int, batch: int, seed: int) -> list[list[pb.ReadingBatch]]:
     rng = np.random.default_rng(seed)
     end_ms = int(time.time() * 1000)
-    return [batches(device_signal(f"dev-{i:03d}", readings, end_ms, 1000, 0.0, rng), batch) for i in range(devices)]
+    return [
+        batches(device_signal(f"dev-{i:03d}", readings, end_ms, 1000, 0.0, rng), batch)
+        for i in range(devices)
+    ]
 
 
 def stored(srv: ServerThread) -> tuple[int, int]:
@@ -93,7 +96,9 @@ class Faulty:
 
 def test_acks_never_precede_the_fsync_that_covers_them(chdb_dir):
     srv = node(chdb_dir)
-    gate = srv.server.store.backend = Gate(srv.server.store.backend)  # nothing stored, so nothing truncated yet
+    gate = srv.server.store.backend = Gate(
+        srv.server.store.backend
+    )  # nothing stored, so nothing truncated yet
     commits = []  # the last durable offset after each commit (the writer's fsync is done by then)
     srv.server.queue.on_commit = commits.append
     acks = []  # (device, seq, last durable offset seen when the ack arrived)
@@ -132,7 +137,10 @@ def test_full_log_pushes_back_then_unavailable_and_loses_nothing(chdb_dir):
             for b in data:
                 srv.ingest.Send(b, timeout=30)
                 acked += 1
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "local log full" in refused.value.details()
+        assert (
+            refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            and "local log full" in refused.value.details()
+        )
         assert 0 < acked < len(data)
         assert srv.server.counters.rejected["QUEUE_UNAVAILABLE_CALLS"] == 1
         gate.open.set()
@@ -146,8 +154,11 @@ def test_full_log_pushes_back_then_unavailable_and_loses_nothing(chdb_dir):
 
 def test_transient_storage_errors_are_retried_and_store_once(chdb_dir):
     srv = node(chdb_dir)
-    srv.server.store.backend = Faulty(srv.server.store.backend, StorageError("Code: 252. DB::Exception: Too many "
-                                                                             "parts (TOO_MANY_PARTS)"), times=3)
+    srv.server.store.backend = Faulty(
+        srv.server.store.backend,
+        StorageError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)"),
+        times=3,
+    )
     try:
         for b in fleet(3, 300, 50, seed=3)[0] + fleet(3, 300, 50, seed=3)[1]:
             assert srv.ingest.Send(b, timeout=30).accepted == 50
@@ -184,8 +195,13 @@ def test_stop_ends_a_storage_retry_and_the_next_start_stores_the_batch(chdb_dir)
     the log, and the next start on the same data stores it once."""
     database = "l_" + uuid.uuid4().hex[:10]
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database))
-    faulty = srv.server.store.backend = Faulty(srv.server.store.backend, StorageError(
-        "Code: 209. DB::NetException: Timeout exceeded while reading from socket (SOCKET_TIMEOUT)"), times=10**6)
+    faulty = srv.server.store.backend = Faulty(
+        srv.server.store.backend,
+        StorageError(
+            "Code: 209. DB::NetException: Timeout exceeded while reading from socket (SOCKET_TIMEOUT)"
+        ),
+        times=10**6,
+    )
     data = fleet(1, 100, 100, seed=5)[0]
     try:
         assert srv.ingest.Send(data[0], timeout=30).accepted == 100

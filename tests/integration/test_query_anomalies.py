@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from iotstream.v1 import query_pb2 as qpb
 
 from iotstream.query.service import decode_token
+from iotstream.v1 import query_pb2 as qpb
 
 Q = 60_000  # StoreConfig.episode_quiet_ms default
 
@@ -22,11 +22,17 @@ def now_ms():
 
 def flagged(rows) -> pa.Table:
     """rows: (device_id, metric, kind, time_ms, value, score), as processor.anomaly_table builds them."""
-    return pa.table({
-        "device_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
-        "time": pa.array([r[3] for r in rows], pa.timestamp("ms", tz="UTC")),
-        "value": [float(r[4]) for r in rows], "kind": [r[2] for r in rows],
-        "score": [float(r[5]) for r in rows], "zscore": [float(r[4]) * 2 for r in rows]})
+    return pa.table(
+        {
+            "device_id": [r[0] for r in rows],
+            "metric": [r[1] for r in rows],
+            "time": pa.array([r[3] for r in rows], pa.timestamp("ms", tz="UTC")),
+            "value": [float(r[4]) for r in rows],
+            "kind": [r[2] for r in rows],
+            "score": [float(r[5]) for r in rows],
+            "zscore": [float(r[4]) * 2 for r in rows],
+        }
+    )
 
 
 def reference_episodes(rows, quiet=Q):
@@ -44,15 +50,22 @@ def reference_episodes(rows, quiet=Q):
             runs[-1].append(r)
         for run in runs:
             peak = max(run, key=lambda r: (r[5], r[3]))
-            out[(*key, run[0][3])] = {"updated_ms": run[-1][3], "readings": len(run), "time_ms": peak[3],
-                                      "value": peak[4], "score": peak[5]}
+            out[(*key, run[0][3])] = {
+                "updated_ms": run[-1][3],
+                "readings": len(run),
+                "time_ms": peak[3],
+                "value": peak[4],
+                "score": peak[5],
+            }
     return out
 
 
 def list_all(query, **filters):
     got, token = [], ""
     while True:
-        page = query.ListAnomalies(qpb.ListAnomaliesRequest(page_size=50, page_token=token, **filters), timeout=10)
+        page = query.ListAnomalies(
+            qpb.ListAnomaliesRequest(page_size=50, page_token=token, **filters), timeout=10
+        )
         got += page.anomalies
         token = page.next_page_token
         if not token:
@@ -60,9 +73,16 @@ def list_all(query, **filters):
 
 
 def as_dict(anomalies):
-    return {(a.device_id, a.metric, a.kind, a.opened_ms): {
-        "updated_ms": a.updated_ms, "readings": a.readings, "time_ms": a.time_ms, "value": a.value,
-        "score": a.score} for a in anomalies}
+    return {
+        (a.device_id, a.metric, a.kind, a.opened_ms): {
+            "updated_ms": a.updated_ms,
+            "readings": a.readings,
+            "time_ms": a.time_ms,
+            "value": a.value,
+            "score": a.score,
+        }
+        for a in anomalies
+    }
 
 
 def test_episodes_match_python_grouping_whatever_the_arrival_order(server):
@@ -77,7 +97,9 @@ def test_episodes_match_python_grouping_whatever_the_arrival_order(server):
                 t += int(rng.choice([Q // 2, Q - 1, Q, Q + 1, 3 * Q]))
                 for _ in range(int(rng.integers(1, 5))):
                     t += int(rng.integers(1_000, 20_000))
-                    rows.append((dev, metric, kind, t, float(rng.normal(50, 10)), float(rng.uniform(0.5, 0.9))))
+                    rows.append(
+                        (dev, metric, kind, t, float(rng.normal(50, 10)), float(rng.uniform(0.5, 0.9)))
+                    )
     order = rng.permutation(len(rows))  # late readings join, extend and merge episodes already stored
     for i, chunk in enumerate(np.array_split(order, 7)):
         server.server.store.insert_anomalies(flagged([rows[j] for j in chunk]), token=f"t-{i}")
@@ -85,8 +107,13 @@ def test_episodes_match_python_grouping_whatever_the_arrival_order(server):
     assert as_dict(got) == reference_episodes(rows)
     for a in got:
         assert a.closes_ms == a.updated_ms + Q and a.state == qpb.ANOMALY_CLOSED
-        assert a.severity == (qpb.SEVERITY_HIGH if a.score >= 0.7 else
-                              qpb.SEVERITY_MEDIUM if a.score >= 0.6 else qpb.SEVERITY_LOW)
+        assert a.severity == (
+            qpb.SEVERITY_HIGH
+            if a.score >= 0.7
+            else qpb.SEVERITY_MEDIUM
+            if a.score >= 0.6
+            else qpb.SEVERITY_LOW
+        )
     stats = server.query.GetStats(qpb.GetStatsRequest(), timeout=10)
     assert stats.anomalies == len(got) and stats.open_anomalies == 0
     # The same inserts again, as a processor replay would send them: nothing changes, nothing new is written.
@@ -100,21 +127,45 @@ def test_episodes_match_python_grouping_whatever_the_arrival_order(server):
 def test_open_episodes_and_filters(server):
     t = now_ms()
     store = server.server.store
-    store.insert_anomalies(flagged([
-        ("dev-x", "temp", "zscore", t - 10_000, 30.0, 0.55), ("dev-x", "temp", "zscore", t - 5_000, 35.0, 0.75),
-        ("dev-x", "hum", "stuck", t - 4 * Q, 1.0, 0.62), ("dev-y", "temp", "zscore", t - 2_000, 9.0, 0.51)]))
+    store.insert_anomalies(
+        flagged(
+            [
+                ("dev-x", "temp", "zscore", t - 10_000, 30.0, 0.55),
+                ("dev-x", "temp", "zscore", t - 5_000, 35.0, 0.75),
+                ("dev-x", "hum", "stuck", t - 4 * Q, 1.0, 0.62),
+                ("dev-y", "temp", "zscore", t - 2_000, 9.0, 0.51),
+            ]
+        )
+    )
     open_ = list_all(server.query, state=qpb.ANOMALY_OPEN)
     assert [(a.device_id, a.metric) for a in open_] == [("dev-y", "temp"), ("dev-x", "temp")]  # newest first
     x = open_[1]
     assert (x.opened_ms, x.updated_ms, x.closes_ms, x.readings) == (t - 10_000, t - 5_000, t - 5_000 + Q, 2)
-    assert (x.time_ms, x.value, x.score, x.zscore, x.severity) == (t - 5_000, 35.0, 0.75, 70.0, qpb.SEVERITY_HIGH)
+    assert (x.time_ms, x.value, x.score, x.zscore, x.severity) == (
+        t - 5_000,
+        35.0,
+        0.75,
+        70.0,
+        qpb.SEVERITY_HIGH,
+    )
     assert [a.kind for a in list_all(server.query, state=qpb.ANOMALY_CLOSED)] == ["stuck"]
-    assert [a.device_id for a in list_all(server.query, min_severity=qpb.SEVERITY_MEDIUM)] == ["dev-x", "dev-x"]
+    assert [a.device_id for a in list_all(server.query, min_severity=qpb.SEVERITY_MEDIUM)] == [
+        "dev-x",
+        "dev-x",
+    ]
     assert [a.metric for a in list_all(server.query, device_id="dev-x", kind="stuck")] == ["hum"]
     assert [a.device_id for a in list_all(server.query, metric="temp", start_ms=t - 3_000)] == ["dev-y"]
     assert list_all(server.query, end_ms=t - 4 * Q) == []  # [start, end) excludes an episode opened at end
-    store.insert_readings(pa.table({"device_id": ["dev-x"], "metric": ["temp"],
-                                    "time": pa.array([t], pa.timestamp("ms", tz="UTC")), "value": [1.0]}))
+    store.insert_readings(
+        pa.table(
+            {
+                "device_id": ["dev-x"],
+                "metric": ["temp"],
+                "time": pa.array([t], pa.timestamp("ms", tz="UTC")),
+                "value": [1.0],
+            }
+        )
+    )
     device = server.query.GetDevice(qpb.GetDeviceRequest(device_id="dev-x"), timeout=10)
     assert (device.anomalies, device.open_anomalies) == (2, 1)
 
@@ -129,10 +180,19 @@ def test_acknowledge(server):
     acked = server.query.AcknowledgeAnomaly(qpb.AcknowledgeAnomalyRequest(id=a.id, by="alice"), timeout=10)
     assert acked.acknowledged_by == "alice" and before <= acked.acknowledged_ms <= now_ms()
     again = server.query.AcknowledgeAnomaly(qpb.AcknowledgeAnomalyRequest(id=a.id, by="bob"), timeout=10)
-    assert (again.acknowledged_by, again.acknowledged_ms) == ("alice", acked.acknowledged_ms)  # first one stands
+    assert (again.acknowledged_by, again.acknowledged_ms) == (
+        "alice",
+        acked.acknowledged_ms,
+    )  # first one stands
     # A later flagged reading extends the episode, an earlier one moves its start: still acknowledged.
-    store.insert_anomalies(flagged([("dev-a", "temp", "zscore", t + 30_000, 2.0, 0.6),
-                                    ("dev-a", "temp", "zscore", t - 30_000, 3.0, 0.6)]))
+    store.insert_anomalies(
+        flagged(
+            [
+                ("dev-a", "temp", "zscore", t + 30_000, 2.0, 0.6),
+                ("dev-a", "temp", "zscore", t - 30_000, 3.0, 0.6),
+            ]
+        )
+    )
     [moved] = list_all(server.query)
     assert (moved.opened_ms, moved.readings, moved.acknowledged_by) == (t - 30_000, 3, "alice")
     store.insert_anomalies(flagged([("dev-a", "temp", "zscore", t + 10 * Q, 4.0, 0.6)]))  # a new episode
@@ -141,19 +201,26 @@ def test_acknowledge(server):
     assert [x.opened_ms for x in list_all(server.query, acknowledged=qpb.ACKNOWLEDGED)] == [t - 30_000]
 
 
-@pytest.mark.parametrize("request_, code", [
-    (qpb.AcknowledgeAnomalyRequest(by="x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (qpb.AcknowledgeAnomalyRequest(id="bm90IGFuIGlk", by="x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (qpb.AcknowledgeAnomalyRequest(id="WyJkIiwgIm0iLCAiayIsIDEyM10=", by=""), grpc.StatusCode.INVALID_ARGUMENT),
-    (qpb.AcknowledgeAnomalyRequest(id="WyJkIiwgIm0iLCAiayIsIDEyM10=", by="x"), grpc.StatusCode.NOT_FOUND),
-])
+@pytest.mark.parametrize(
+    "request_, code",
+    [
+        (qpb.AcknowledgeAnomalyRequest(by="x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (qpb.AcknowledgeAnomalyRequest(id="bm90IGFuIGlk", by="x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            qpb.AcknowledgeAnomalyRequest(id="WyJkIiwgIm0iLCAiayIsIDEyM10=", by=""),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (qpb.AcknowledgeAnomalyRequest(id="WyJkIiwgIm0iLCAiayIsIDEyM10=", by="x"), grpc.StatusCode.NOT_FOUND),
+    ],
+)
 def test_acknowledge_refusals(server, request_, code):
     assert decode_token("WyJkIiwgIm0iLCAiayIsIDEyM10=", 4) == ["d", "m", "k", 123]
     with pytest.raises(grpc.RpcError) as err:
         server.query.AcknowledgeAnomaly(request_, timeout=10)
     assert err.value.code() == code
-    assert ("id" if code == grpc.StatusCode.NOT_FOUND or not request_.id or "bm90" in request_.id else "by") \
-        in err.value.details()
+    assert (
+        "id" if code == grpc.StatusCode.NOT_FOUND or not request_.id or "bm90" in request_.id else "by"
+    ) in err.value.details()
 
 
 def test_paging_neither_skips_nor_repeats_under_concurrent_inserts(server):
@@ -179,7 +246,9 @@ def test_paging_neither_skips_nor_repeats_under_concurrent_inserts(server):
     try:
         seen, token, pages = [], "", 0
         while True:
-            page = server.query.ListAnomalies(qpb.ListAnomaliesRequest(page_size=7, page_token=token), timeout=10)
+            page = server.query.ListAnomalies(
+                qpb.ListAnomaliesRequest(page_size=7, page_token=token), timeout=10
+            )
             seen += [(a.device_id, a.metric, a.kind, a.opened_ms) for a in page.anomalies]
             token, pages = page.next_page_token, pages + 1
             if not token:

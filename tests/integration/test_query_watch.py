@@ -1,5 +1,6 @@
 """WatchAnomalies over real gRPC: opened, updated and closed episodes in order, filters, and resuming from
-any event's cursor without a gap or a repeat. The quiet period is 1.5 s so that episodes close quickly; flagged
+any event's cursor without a gap or a repeat. The quiet period is 1.5 s so that episodes close quickly;
+flagged
 readings are stamped AHEAD ms in the future so that an episode stays open long enough for a watcher to see it
 open on a busy machine (open until its newest reading time + the quiet period)."""
 
@@ -10,10 +11,10 @@ import grpc
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
-from iotstream.clickhouse.store import StoreConfig
-from iotstream.v1 import query_pb2 as qpb
 
+from iotstream.clickhouse.store import StoreConfig
 from iotstream.node import Config
+from iotstream.v1 import query_pb2 as qpb
 
 Q = 1_500
 AHEAD = 1_500
@@ -30,16 +31,29 @@ def soon():
 
 def flagged(rows) -> pa.Table:
     """rows: (device_id, metric, time_ms, score)"""
-    return pa.table({
-        "device_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
-        "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")), "value": [1.0] * len(rows),
-        "kind": ["zscore"] * len(rows), "score": [float(r[3]) for r in rows], "zscore": [9.0] * len(rows)})
+    return pa.table(
+        {
+            "device_id": [r[0] for r in rows],
+            "metric": [r[1] for r in rows],
+            "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
+            "value": [1.0] * len(rows),
+            "kind": ["zscore"] * len(rows),
+            "score": [float(r[3]) for r in rows],
+            "zscore": [9.0] * len(rows),
+        }
+    )
 
 
 @pytest.fixture
 def quick(chdb_dir):
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="t_" + uuid.uuid4().hex[:12],
-                              store=StoreConfig(episode_quiet_ms=Q)))
+    srv = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database="t_" + uuid.uuid4().hex[:12],
+            store=StoreConfig(episode_quiet_ms=Q),
+        )
+    )
     yield srv
     srv.stop()
 
@@ -95,10 +109,14 @@ def test_lifecycle_and_resume(quick):
     assert summary(last.next())[:2] == ("OPENED", "dev-2")  # missed while disconnected, still open
     store.insert_anomalies(flagged([("dev-3", "temp", soon(), 0.9)]))
     events = [summary(last.next()) for _ in range(3)]
-    assert sorted(events) == [("CLOSED", "dev-2", 1, qpb.ANOMALY_CLOSED), ("CLOSED", "dev-3", 1, qpb.ANOMALY_CLOSED),
-                              ("OPENED", "dev-3", 1, qpb.ANOMALY_OPEN)]
+    assert sorted(events) == [
+        ("CLOSED", "dev-2", 1, qpb.ANOMALY_CLOSED),
+        ("CLOSED", "dev-3", 1, qpb.ANOMALY_CLOSED),
+        ("OPENED", "dev-3", 1, qpb.ANOMALY_OPEN),
+    ]
     assert events.index(("OPENED", "dev-3", 1, qpb.ANOMALY_OPEN)) < events.index(
-        ("CLOSED", "dev-3", 1, qpb.ANOMALY_CLOSED))
+        ("CLOSED", "dev-3", 1, qpb.ANOMALY_CLOSED)
+    )
     last.close()
 
 
@@ -106,8 +124,9 @@ def test_filter_and_old_episodes(quick):
     store = quick.server.store
     watch = Watch(quick, device_id="dev-b")
     t = soon()
-    store.insert_anomalies(flagged([("dev-a", "temp", t, 0.9), ("dev-b", "temp", t, 0.5),
-                                    ("dev-b", "hum", t - 3_600_000, 0.8)]))  # a late, long-closed episode
+    store.insert_anomalies(
+        flagged([("dev-a", "temp", t, 0.9), ("dev-b", "temp", t, 0.5), ("dev-b", "hum", t - 3_600_000, 0.8)])
+    )  # a late, long-closed episode
     first, second = watch.next(), watch.next()  # one insert: by key within it
     assert summary(first) == ("CLOSED", "dev-b", 1, qpb.ANOMALY_CLOSED) and first.anomaly.metric == "hum"
     assert summary(second) == ("OPENED", "dev-b", 1, qpb.ANOMALY_OPEN) and second.anomaly.metric == "temp"
@@ -131,20 +150,42 @@ def test_cli_lists_acknowledges_and_watches(quick):
     import sys
 
     def cli(*args):
-        out = subprocess.run([sys.executable, "-m", "iotstream.cli", "query", "--target", quick.target, "--json", *args],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "iotstream.cli", "query", "--target", quick.target, "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines()]
 
-    watcher = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "query", "--target", quick.target, "watch",
-                                "--device", "cli-dev", "--count", "2"], stdout=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iotstream.cli",
+            "query",
+            "--target",
+            quick.target,
+            "watch",
+            "--device",
+            "cli-dev",
+            "--count",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert json.loads(watcher.stdout.readline())["type"] == "WATCHING"
         # opened just now (so that it is in "anomalies" up to now), open until well after now
-        quick.server.store.insert_anomalies(flagged([("cli-dev", "temp", now_ms() - 100, 0.75),
-                                                     ("cli-dev", "temp", now_ms() + 1_000, 0.5)]))
+        quick.server.store.insert_anomalies(
+            flagged([("cli-dev", "temp", now_ms() - 100, 0.75), ("cli-dev", "temp", now_ms() + 1_000, 0.5)])
+        )
         [listed] = cli("anomalies", "--device", "cli-dev", "--severity", "high", "--state", "open")
-        assert listed["anomalies"][0]["readings"] == 2 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
+        assert (
+            listed["anomalies"][0]["readings"] == 2 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
+        )
         [acked] = cli("ack", listed["anomalies"][0]["id"], "--by", "cli-user")
         assert acked["acknowledged_by"] == "cli-user"
         events = [json.loads(watcher.stdout.readline()) for _ in range(2)]

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import grpc
-
 from conftest import wait_stored
 
 from iotstream.client.simulate import run_fleet
@@ -18,8 +17,11 @@ from iotstream.v1 import query_pb2_grpc
 
 
 def start_serve(data_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", str(data_dir)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iotstream.cli", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stderr:
         found = re.search(r"serving on ([\d.]+:\d+)", line)
         if found:
@@ -47,8 +49,13 @@ def test_restart_keeps_acked_readings(tmp_path):
             wait_stored(query_pb2_grpc.QueryStub(ch))
         before = stats(target)
         # The CLI, as the README shows it: exactly one JSON object on stdout.
-        out = subprocess.run([sys.executable, "-m", "iotstream.cli", "query", "--target", target, "stats", "--json"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "iotstream.cli", "query", "--target", target, "stats", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         assert json.loads(out)["readings"] == 1500 and out.count("\n") == 1
     finally:
         stop_serve(proc)
@@ -80,14 +87,21 @@ def test_rolling_state_survives_a_restart(tmp_path):
     proc, target = start_serve(tmp_path)
     try:
         d = fleet[0]
-        spike = pb.ReadingBatch(device_id=d.device_id, seq=1000, base_time_ms=time.time_ns() // 1_000_000,
-                                time_offset_ms=[0], metric_names=["temperature"], metric_index=[0],
-                                values=[float(d.values[d.metric == 0][-1]) + 50.0])
+        spike = pb.ReadingBatch(
+            device_id=d.device_id,
+            seq=1000,
+            base_time_ms=time.time_ns() // 1_000_000,
+            time_offset_ms=[0],
+            metric_names=["temperature"],
+            metric_index=[0],
+            values=[float(d.values[d.metric == 0][-1]) + 50.0],
+        )
         with grpc.insecure_channel(target) as ch:
             assert ingest_pb2_grpc.IngestStub(ch).Send(spike, timeout=30).accepted == 1
             wait_stored(query_pb2_grpc.QueryStub(ch))
             found = query_pb2_grpc.QueryStub(ch).ListAnomalies(
-                qpb.ListAnomaliesRequest(device_id=d.device_id, kind="zscore"), timeout=30)
+                qpb.ListAnomaliesRequest(device_id=d.device_id, kind="zscore"), timeout=30
+            )
         # A cold window (no readings yet) would not judge it at all.
         assert [(a.metric, a.time_ms) for a in found.anomalies] == [("temperature", spike.base_time_ms)]
     finally:

@@ -3,8 +3,8 @@
 import time
 
 import pytest
-
 from conftest import ServerThread
+
 from iotstream.node import Config
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import query_pb2 as qpb
@@ -22,8 +22,15 @@ hi = 50.0
 def ruled(chdb_dir, tmp_path):
     path = tmp_path / "rules.toml"
     path.write_text(RULES)
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database="rules_" + str(time.time_ns()),
-                              rules_path=str(path), silence_check_s=0.2))
+    srv = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database="rules_" + str(time.time_ns()),
+            rules_path=str(path),
+            silence_check_s=0.2,
+        )
+    )
     yield srv
     srv.stop()
 
@@ -35,8 +42,15 @@ def kinds(server, kind):
 
 def test_threshold_from_rules_and_silence(ruled):
     now = time.time_ns() // 1_000_000
-    batch = pb.ReadingBatch(device_id="dev-t", seq=1, base_time_ms=now - 1000, time_offset_ms=[0, 1, 2, 3],
-                            metric_names=["temp", "hum"], metric_index=[0, 0, 1, 1], values=[20.0, 51.0, 60.0, 61.0])
+    batch = pb.ReadingBatch(
+        device_id="dev-t",
+        seq=1,
+        base_time_ms=now - 1000,
+        time_offset_ms=[0, 1, 2, 3],
+        metric_names=["temp", "hum"],
+        metric_index=[0, 0, 1, 1],
+        values=[20.0, 51.0, 60.0, 61.0],
+    )
     assert ruled.ingest.Send(batch, timeout=10).accepted == 4
     # hi = 50 holds for temp only: hum's 60 is not above any of its limits.
     assert kinds(ruled, "threshold") == [("dev-t", "temp", now - 999)]

@@ -8,11 +8,11 @@ import grpc
 import pytest
 from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from iotstream.v1 import query_pb2 as qpb
 from security_fixtures import batch, bearer, code_of, database, poll
 
 from iotstream.auth import ClickHouseTokens
 from iotstream.node import Config
+from iotstream.v1 import query_pb2 as qpb
 
 OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 
@@ -21,25 +21,37 @@ OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.S
 def secured(chdb_dir):
     srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), auth=True))
     registry = ClickHouseTokens(srv.server.store.backend)
-    srv.tokens = {"dev-a": registry.add("device", "dev-a"), "dev-b": registry.add("device", "dev-b"),
-                  "reader": registry.add("reader", "dash"), "admin": registry.add("admin", "ops")}
+    srv.tokens = {
+        "dev-a": registry.add("device", "dev-a"),
+        "dev-b": registry.add("device", "dev-b"),
+        "reader": registry.add("reader", "dash"),
+        "admin": registry.add("admin", "ops"),
+    }
     srv.registry = registry
     yield srv
     srv.stop()
 
 
 def stored(srv, device) -> int:
-    return srv.sql("SELECT count() AS n FROM $db.readings WHERE device_id = {d:String}", {"d": device})[0]["n"]
+    return srv.sql("SELECT count() AS n FROM $db.readings WHERE device_id = {d:String}", {"d": device})[0][
+        "n"
+    ]
 
 
 def test_no_token_or_bad_token_is_unauthenticated(secured):
     send, stats = secured.ingest.Send, secured.query.GetStats
     assert code_of(send, batch("dev-a"), timeout=10) == UNAUTH
     assert code_of(send, batch("dev-a"), timeout=10, metadata=bearer("iot_madeup")) == UNAUTH
-    assert code_of(send, batch("dev-a"), timeout=10, metadata=(("authorization", "Basic Zm9vOmJhcg=="),)) == UNAUTH
+    assert (
+        code_of(send, batch("dev-a"), timeout=10, metadata=(("authorization", "Basic Zm9vOmJhcg=="),))
+        == UNAUTH
+    )
     assert code_of(secured.ingest.Stream, iter([batch("dev-a")]), timeout=10) == UNAUTH
     assert code_of(stats, qpb.GetStatsRequest(), timeout=10) == UNAUTH
-    assert code_of(stats, qpb.GetStatsRequest(), timeout=10, metadata=bearer(secured.tokens["dev-a"] + "x")) == UNAUTH
+    assert (
+        code_of(stats, qpb.GetStatsRequest(), timeout=10, metadata=bearer(secured.tokens["dev-a"] + "x"))
+        == UNAUTH
+    )
     assert stored(secured, "dev-a") == 0
 
 
@@ -52,8 +64,11 @@ def test_device_token_sends_only_its_own_batches(secured):
 
     # A stream: the batches before the stranger's are acked and stored, then the call ends.
     acks = []
-    stream = secured.ingest.Stream(iter([batch("dev-b", 2, seq=s) for s in (1, 2, 3)] + [batch("dev-a", 2, seq=4)]),
-                                   timeout=10, metadata=bearer(t["dev-b"]))
+    stream = secured.ingest.Stream(
+        iter([batch("dev-b", 2, seq=s) for s in (1, 2, 3)] + [batch("dev-a", 2, seq=4)]),
+        timeout=10,
+        metadata=bearer(t["dev-b"]),
+    )
     with pytest.raises(grpc.RpcError) as err:
         for r in stream:
             acks.append(r.ack.seq)
@@ -65,10 +80,15 @@ def test_roles_cannot_cross(secured):
     t = secured.tokens
     for role in ("reader", "admin"):  # query tokens cannot ingest
         assert code_of(secured.ingest.Send, batch("dev-a"), timeout=10, metadata=bearer(t[role])) == DENIED
-    assert code_of(secured.query.GetStats, qpb.GetStatsRequest(), timeout=10, metadata=bearer(t["dev-a"])) == DENIED
+    assert (
+        code_of(secured.query.GetStats, qpb.GetStatsRequest(), timeout=10, metadata=bearer(t["dev-a"]))
+        == DENIED
+    )
     for role in ("reader", "admin"):
-        assert code_of(secured.query.ListDevices, qpb.ListDevicesRequest(), timeout=10,
-                       metadata=bearer(t[role])) == OK
+        assert (
+            code_of(secured.query.ListDevices, qpb.ListDevicesRequest(), timeout=10, metadata=bearer(t[role]))
+            == OK
+        )
 
 
 def test_reader_cannot_acknowledge(secured):
@@ -82,7 +102,10 @@ def test_reader_cannot_acknowledge(secured):
 
 def test_health_and_reflection_need_no_token(secured):
     health = health_pb2_grpc.HealthStub(secured.channel)
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
 
 
 def test_token_added_while_running_is_taken_and_revoked_one_is_not(secured):
@@ -128,8 +151,10 @@ def test_server_streaming_query_needs_a_reader_token(secured):
     assert code_of(lambda: list(watch(b"", timeout=5))) == UNAUTH
     assert code_of(lambda: list(watch(b"", timeout=5, metadata=bearer(secured.tokens["dev-a"])))) == DENIED
     # A reader gets the stream: it runs until the deadline (nothing to watch) or answers, but is not refused.
-    assert code_of(lambda: list(watch(b"", timeout=1, metadata=bearer(secured.tokens["reader"])))) not in \
-        (UNAUTH, DENIED)
+    assert code_of(lambda: list(watch(b"", timeout=1, metadata=bearer(secured.tokens["reader"])))) not in (
+        UNAUTH,
+        DENIED,
+    )
 
 
 def test_admin_manages_tokens_over_grpc(secured):
@@ -139,17 +164,32 @@ def test_admin_manages_tokens_over_grpc(secured):
     admin = admin_pb2_grpc.AdminStub(secured.channel)
     as_admin = bearer(secured.tokens["admin"])
     for who in ("reader", "dev-a"):  # only admins manage tokens
-        assert code_of(admin.AddToken, apb.AddTokenRequest(role="device", subject="dev-x"), timeout=10,
-                       metadata=bearer(secured.tokens[who])) == DENIED
-    assert code_of(admin.AddToken, apb.AddTokenRequest(role="root", subject="x"), timeout=10,
-                   metadata=as_admin) == grpc.StatusCode.INVALID_ARGUMENT
-    token = admin.AddToken(apb.AddTokenRequest(role="device", subject="dev-rpc"), timeout=10, metadata=as_admin).token
+        assert (
+            code_of(
+                admin.AddToken,
+                apb.AddTokenRequest(role="device", subject="dev-x"),
+                timeout=10,
+                metadata=bearer(secured.tokens[who]),
+            )
+            == DENIED
+        )
+    assert (
+        code_of(admin.AddToken, apb.AddTokenRequest(role="root", subject="x"), timeout=10, metadata=as_admin)
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    token = admin.AddToken(
+        apb.AddTokenRequest(role="device", subject="dev-rpc"), timeout=10, metadata=as_admin
+    ).token
     assert secured.ingest.Send(batch("dev-rpc"), timeout=10, metadata=bearer(token)).accepted == 3  # at once
     listed = admin.ListTokens(apb.ListTokensRequest(role="device"), timeout=10, metadata=as_admin).tokens
     assert "dev-rpc" in {t.subject for t in listed} and all(t.role == "device" for t in listed)
     assert token not in repr(listed)
-    assert admin.RevokeTokens(apb.RevokeTokensRequest(role="device", subject="dev-rpc"), timeout=10,
-                              metadata=as_admin).revoked == 1
+    assert (
+        admin.RevokeTokens(
+            apb.RevokeTokensRequest(role="device", subject="dev-rpc"), timeout=10, metadata=as_admin
+        ).revoked
+        == 1
+    )
     assert code_of(secured.ingest.Send, batch("dev-rpc"), timeout=10, metadata=bearer(token)) == UNAUTH
 
 
@@ -162,4 +202,7 @@ def test_cli_devices_add_against_a_running_server(secured, capsys):
     assert secured.ingest.Send(batch("dev-cli"), timeout=10, metadata=bearer(token)).accepted == 3
     assert main(["devices", "list", "--target", secured.target, "--token", admin, "--json"]) == 0
     assert "dev-cli" in {json.loads(line)["subject"] for line in capsys.readouterr().out.splitlines()}
-    assert main(["devices", "add", "dev-cli2", "--target", secured.target, "--token", secured.tokens["reader"]]) == 1
+    assert (
+        main(["devices", "add", "dev-cli2", "--target", secured.target, "--token", secured.tokens["reader"]])
+        == 1
+    )

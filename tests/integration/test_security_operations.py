@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from security_fixtures import batch, database, poll
 
-from iotstream.common import logs
 from iotstream.bus.kafka import KafkaConfig
-from iotstream.node import INGEST, Config
 from iotstream.client.simulate import run_fleet
+from iotstream.common import logs
+from iotstream.node import INGEST, Config
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -49,8 +49,14 @@ def test_metrics_endpoint_counts_ingest_store_and_anomalies(metered):
     assert metered.ingest.Send(bad, timeout=10).accepted == 3
     summary, _ = asyncio.run(run_fleet(metered.target, 4, 600, batch=100, anomalies=0.02, seed=3))
     assert summary["acked"] == 2400
-    m = poll(lambda: (s := scrape(port)).get(("iotstream_stored_readings_total",), 0) >= 2403
-             and s.get(("iotstream_queue_readings",)) == 0 and s, what="stored readings in metrics")
+    m = poll(
+        lambda: (
+            (s := scrape(port)).get(("iotstream_stored_readings_total",), 0) >= 2403
+            and s.get(("iotstream_queue_readings",)) == 0
+            and s
+        ),
+        what="stored readings in metrics",
+    )
     assert m[("iotstream_readings_accepted_total",)] == 2403
     assert m[("iotstream_rejected_total", ("reason", "NON_FINITE_VALUE"))] == 1
     assert m[("iotstream_queue_readings",)] == 0
@@ -61,8 +67,16 @@ def test_metrics_endpoint_counts_ingest_store_and_anomalies(metered):
 
 def test_health_is_not_serving_while_kafka_is_away(private_kafka_broker):
     kafka = KafkaConfig(bootstrap=private_kafka_broker.bootstrap, namespace="health", partitions=1)
-    srv = ServerThread(Config(port=0, roles=frozenset({INGEST}), kafka=kafka, metrics_port=0,
-                              health_every_s=0.2, probe_timeout_s=1.0))
+    srv = ServerThread(
+        Config(
+            port=0,
+            roles=frozenset({INGEST}),
+            kafka=kafka,
+            metrics_port=0,
+            health_every_s=0.2,
+            probe_timeout_s=1.0,
+        )
+    )
     health = health_pb2_grpc.HealthStub(srv.channel)
 
     def status(service=""):
@@ -90,7 +104,9 @@ def test_json_logs_are_one_object_per_line():
     saved = root.handlers[:], root.level
     try:
         logs.setup(logging.INFO, "json", stream=out)
-        logging.getLogger("iotstream.test").warning("kafka unreachable: %s", "timeout", extra={"dependency": "kafka"})
+        logging.getLogger("iotstream.test").warning(
+            "kafka unreachable: %s", "timeout", extra={"dependency": "kafka"}
+        )
         try:
             raise ValueError("boom")
         except ValueError:
@@ -109,7 +125,10 @@ def test_unauthenticated_calls_show_in_metrics(chdb_dir):
     try:
         with pytest.raises(grpc.RpcError):
             srv.ingest.Send(batch("dev-x"), timeout=10)
-        assert scrape(srv.server.metrics_port)[("iotstream_rejected_total", ("reason", "UNAUTHENTICATED_CALLS"))] == 1
+        assert (
+            scrape(srv.server.metrics_port)[("iotstream_rejected_total", ("reason", "UNAUTHENTICATED_CALLS"))]
+            == 1
+        )
     finally:
         srv.stop()
 
@@ -117,9 +136,14 @@ def test_unauthenticated_calls_show_in_metrics(chdb_dir):
 def test_consumer_lag_and_stored_readings_with_kafka(kafka_broker, chdb_dir):
     import uuid
 
-    kafka = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace=f"lag-{uuid.uuid4().hex[:8]}", partitions=2)
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), kafka=kafka, metrics_port=0,
-                              snapshot_every_s=1.0))
+    kafka = KafkaConfig(
+        bootstrap=kafka_broker.bootstrap, namespace=f"lag-{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    srv = ServerThread(
+        Config(
+            port=0, data_dir=chdb_dir, database=database(), kafka=kafka, metrics_port=0, snapshot_every_s=1.0
+        )
+    )
     try:
         summary, _ = asyncio.run(run_fleet(srv.target, 3, 300, batch=100, seed=5))
         assert summary["acked"] == 900
@@ -128,8 +152,12 @@ def test_consumer_lag_and_stored_readings_with_kafka(kafka_broker, chdb_dir):
         def caught_up():
             m = scrape(port)
             lag = {k[1][1]: v for k, v in m.items() if k[0] == "iotstream_consumer_lag_messages"}
-            return (set(lag) == {"0", "1"} and sum(lag.values()) == 0
-                    and m.get(("iotstream_stored_readings_total",), 0) == 900 and m)
+            return (
+                set(lag) == {"0", "1"}
+                and sum(lag.values()) == 0
+                and m.get(("iotstream_stored_readings_total",), 0) == 900
+                and m
+            )
 
         m = poll(caught_up, timeout=30, what="lag 0 on both partitions and 900 readings stored")
         assert m[("iotstream_dependency_up", ("dependency", "kafka"))] == 1

@@ -7,13 +7,13 @@ import asyncio
 import grpc
 import pytest
 from conftest import ServerThread
-from iotstream.v1 import ingest_pb2_grpc
 from security_fixtures import batch, bearer, code_of, database, make_pki
 
 from iotstream.auth import ClickHouseTokens
-from iotstream.node import Config
 from iotstream.client.simulate import run_fleet
 from iotstream.common.tls import ClientTLS, ServerTLS, channel
+from iotstream.node import Config
+from iotstream.v1 import ingest_pb2_grpc
 
 OK = grpc.StatusCode.OK
 
@@ -25,21 +25,36 @@ def pki(tmp_path_factory):
 
 def send_code(target, tls: ClientTLS | None, token=None) -> grpc.StatusCode:
     with channel(target, tls) as ch:
-        return code_of(ingest_pb2_grpc.IngestStub(ch).Send, batch("dev-tls"), timeout=5, metadata=bearer(token))
+        return code_of(
+            ingest_pb2_grpc.IngestStub(ch).Send, batch("dev-tls"), timeout=5, metadata=bearer(token)
+        )
 
 
 @pytest.fixture(scope="module")
 def tls_server(chdb_dir, pki):
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(),
-                              tls=ServerTLS(pki.path("server.pem"), pki.path("server.key"))))
+    srv = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database=database(),
+            tls=ServerTLS(pki.path("server.pem"), pki.path("server.key")),
+        )
+    )
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def mtls_server(chdb_dir, pki):
-    srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database(), auth=True,
-                              tls=ServerTLS(pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"))))
+    srv = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database=database(),
+            auth=True,
+            tls=ServerTLS(pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem")),
+        )
+    )
     srv.token = ClickHouseTokens(srv.server.store.backend).add("device", "dev-tls")
     yield srv
     srv.stop()
@@ -59,7 +74,9 @@ def test_tls_refuses_plaintext_and_untrusted_servers(tls_server, pki):
 
 
 def test_simulated_fleet_over_tls(tls_server, pki):
-    summary, _ = asyncio.run(run_fleet(tls_server.target, 3, 60, batch=20, tls=ClientTLS(ca=pki.path("ca.pem"))))
+    summary, _ = asyncio.run(
+        run_fleet(tls_server.target, 3, 60, batch=20, tls=ClientTLS(ca=pki.path("ca.pem")))
+    )
     assert summary["acked"] == 180
 
 

@@ -15,6 +15,7 @@ import uuid
 
 import grpc
 import pytest
+
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
 from iotstream.v1 import query_pb2 as qpb
@@ -28,8 +29,23 @@ class Serve:
     """`iotstream --log-format json serve` in a subprocess; stderr collected by a thread."""
 
     def __init__(self, data_dir, *extra):
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotstream.cli", "--log-format", "json", "serve", "--port",
-                                      "0", "--data-dir", str(data_dir), *extra], stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iotstream.cli",
+                "--log-format",
+                "json",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self.listening = threading.Event()
         self.target = None
@@ -68,10 +84,17 @@ async def busy_device(stub, device: int, acked: set, outcome: dict, started_ms: 
         while True:
             await window.acquire()
             seq += 1
-            await call.write(pb.ReadingBatch(
-                device_id=f"drain-{device:02d}", seq=seq, base_time_ms=started_ms + seq * BATCH,
-                time_offset_ms=list(range(BATCH)), metric_names=["m"], metric_index=[0] * BATCH,
-                values=values_of(device, seq)))
+            await call.write(
+                pb.ReadingBatch(
+                    device_id=f"drain-{device:02d}",
+                    seq=seq,
+                    base_time_ms=started_ms + seq * BATCH,
+                    time_offset_ms=list(range(BATCH)),
+                    metric_names=["m"],
+                    metric_index=[0] * BATCH,
+                    values=values_of(device, seq),
+                )
+            )
 
     writer = asyncio.create_task(send())
     try:
@@ -97,7 +120,9 @@ async def ingest_then_sigterm(serve: Serve) -> tuple[dict, dict]:
     started_ms = time.time_ns() // 1_000_000 - 3_600_000
     async with grpc.aio.insecure_channel(serve.target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        tasks = [asyncio.create_task(busy_device(stub, d, acked[d], outcome, started_ms)) for d in range(DEVICES)]
+        tasks = [
+            asyncio.create_task(busy_device(stub, d, acked[d], outcome, started_ms)) for d in range(DEVICES)
+        ]
         deadline = time.monotonic() + 60
         while sum(len(a) for a in acked.values()) < 300:  # busy: 60,000 readings acked, more in flight
             assert time.monotonic() < deadline, "ingest too slow to get busy"
@@ -112,8 +137,12 @@ def stored_values(target: str, device: int) -> list[float]:
     with grpc.insecure_channel(target) as ch:
         stub = query_pb2_grpc.QueryStub(ch)
         while True:
-            page = stub.GetHistory(qpb.GetHistoryRequest(device_id=f"drain-{device:02d}", start_ms=1,
-                                                         page_size=100_000, page_token=token), timeout=60)
+            page = stub.GetHistory(
+                qpb.GetHistoryRequest(
+                    device_id=f"drain-{device:02d}", start_ms=1, page_size=100_000, page_token=token
+                ),
+                timeout=60,
+            )
             out.extend(v for s in page.series for v in s.values)
             if not page.next_page_token:
                 return out
@@ -137,7 +166,14 @@ def test_sigterm_during_busy_ingest_loses_nothing_acked(tmp_path, queue, request
     extra = ()
     if queue == "kafka":
         broker = request.getfixturevalue("kafka_broker")
-        extra = ("--kafka", broker.bootstrap, "--namespace", f"drain-{uuid.uuid4().hex[:8]}", "--partitions", "4")
+        extra = (
+            "--kafka",
+            broker.bootstrap,
+            "--namespace",
+            f"drain-{uuid.uuid4().hex[:8]}",
+            "--partitions",
+            "4",
+        )
     serve = Serve(tmp_path, *extra)
     try:
         acked, outcome = asyncio.run(ingest_then_sigterm(serve))
@@ -156,7 +192,9 @@ def test_sigterm_during_busy_ingest_loses_nothing_acked(tmp_path, queue, request
     try:
         for d in range(DEVICES):
             # With Kafka, what was in the topic but not yet stored is stored by the restarted processor.
-            values = poll_values(again.target, d, acked[d]) if queue == "kafka" else stored_values(again.target, d)
+            values = (
+                poll_values(again.target, d, acked[d]) if queue == "kafka" else stored_values(again.target, d)
+            )
             assert len(values) == len(set(values)), f"device {d}: a reading stored twice"
             missing = {seq for seq in acked[d] if not set(values_of(d, seq)) <= set(values)}
             assert not missing, f"device {d}: acked batches {sorted(missing)[:5]} not stored"

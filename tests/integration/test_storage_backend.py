@@ -6,6 +6,7 @@ import uuid
 
 import pyarrow as pa
 import pytest
+
 from iotstream.clickhouse import open_backend
 
 

@@ -7,6 +7,7 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from iotstream.clickhouse import Store, open_backend
 from iotstream.clickhouse.rollups import FUNCS
 
@@ -17,9 +18,14 @@ DEVICES, METRICS = ("d-1", "d-2", "d-3"), ("temp", "hum")
 
 def readings(device, metric, times, values) -> pa.Table:
     n = len(times)
-    return pa.table({"device_id": pa.array([device] * n), "metric": pa.array([metric] * n),
-                     "time": pa.array(np.asarray(times, np.int64), pa.timestamp("ms", tz="UTC")),
-                     "value": pa.array(np.asarray(values, np.float64))})
+    return pa.table(
+        {
+            "device_id": pa.array([device] * n),
+            "metric": pa.array([metric] * n),
+            "time": pa.array(np.asarray(times, np.int64), pa.timestamp("ms", tz="UTC")),
+            "value": pa.array(np.asarray(values, np.float64)),
+        }
+    )
 
 
 def make_data(seed=7):
@@ -42,9 +48,17 @@ def store(chdb_dir):
     order = np.random.default_rng(1).permutation(len(rows))  # arrival order unrelated to reading time
     for chunk in np.array_split(order, 9):
         part = [rows[i] for i in chunk]
-        s.insert_readings(pa.table({"device_id": [r[0] for r in part], "metric": [r[1] for r in part],
-                                    "time": pa.array([r[2] for r in part], pa.timestamp("ms", tz="UTC")),
-                                    "value": [r[3] for r in part]}), token=f"load-{chunk[0]}")
+        s.insert_readings(
+            pa.table(
+                {
+                    "device_id": [r[0] for r in part],
+                    "metric": [r[1] for r in part],
+                    "time": pa.array([r[2] for r in part], pa.timestamp("ms", tz="UTC")),
+                    "value": [r[3] for r in part],
+                }
+            ),
+            token=f"load-{chunk[0]}",
+        )
     s.rows = rows
     yield s
     s.backend.close()
@@ -104,8 +118,10 @@ def test_ragged_range_mixes_rollups_and_raw(store):
 
 def test_minute_buckets_merged_over_devices(store):
     start = DAY0 + 7 * HOUR + 30_000
-    assert check(store, [], ["hum"], start, start + 3 * HOUR, 5 * MIN, merge=True) == \
-        ["readings", "rollup_1m"]
+    assert check(store, [], ["hum"], start, start + 3 * HOUR, 5 * MIN, merge=True) == [
+        "readings",
+        "rollup_1m",
+    ]
 
 
 def test_interval_no_rollup_divides_reads_raw(store):
@@ -116,10 +132,14 @@ def test_late_reading_lands_in_its_bucket(store):
     late_t = DAY0 + 3 * HOUR + 17  # long after newer readings of the same series were stored
     store.insert_readings(readings("d-late", "temp", [late_t, DAY0 + DAY + 5], [1.5, 2.5]))
     for interval, source in ((MIN, "rollup_1m"), (HOUR, "rollup_1h"), (DAY, "rollup_1d")):
-        table, sources = store.aggregate(["d-late"], [], DAY0, DAY0 + 2 * DAY, interval, ["COUNT", "SUM"], False)
+        table, sources = store.aggregate(
+            ["d-late"], [], DAY0, DAY0 + 2 * DAY, interval, ["COUNT", "SUM"], False
+        )
         assert sources == [source]
-        assert [(r["bucket_ms"], r["count"], r["sum"]) for r in table.to_pylist()] == \
-            [(late_t // interval * interval, 1, 1.5), ((DAY0 + DAY + 5) // interval * interval, 1, 2.5)]
+        assert [(r["bucket_ms"], r["count"], r["sum"]) for r in table.to_pylist()] == [
+            (late_t // interval * interval, 1, 1.5),
+            ((DAY0 + DAY + 5) // interval * interval, 1, 2.5),
+        ]
 
 
 def test_replayed_insert_counts_once(store):
@@ -141,17 +161,30 @@ def test_retention_follows_the_config(chdb_dir):
     from iotstream.clickhouse.store import StoreConfig
 
     db = "t_ttl_" + uuid.uuid4().hex[:8]
-    s = Store(open_backend(data_dir=chdb_dir, database=db), StoreConfig(retention_days=30, long_retention_days=400))
+    s = Store(
+        open_backend(data_dir=chdb_dir, database=db), StoreConfig(retention_days=30, long_retention_days=400)
+    )
     s.migrate()
     assert s.apply_retention() == []  # already as configured
-    s2 = Store(open_backend(data_dir=chdb_dir, database=db), StoreConfig(retention_days=7, long_retention_days=400))
+    s2 = Store(
+        open_backend(data_dir=chdb_dir, database=db), StoreConfig(retention_days=7, long_retention_days=400)
+    )
     assert sorted(s2.apply_retention()) == ["anomalies", "readings", "rollup_1m"]
-    ddl = s2.backend.query("SELECT create_table_query AS q FROM system.tables WHERE database = {d:String} "
-                           "AND name = 'readings'", {"d": db}).column("q")[0].as_py()
+    ddl = (
+        s2.backend.query(
+            "SELECT create_table_query AS q FROM system.tables WHERE database = {d:String} "
+            "AND name = 'readings'",
+            {"d": db},
+        )
+        .column("q")[0]
+        .as_py()
+    )
     assert "toIntervalDay(7)" in ddl
     # A reading 10 days old is now past retention, one 5 days old is not: TTL (applied at the latest by a
     # merge) keeps only the second.
-    s2.insert_readings(readings("old", "temp", [time.time_ns() // 1_000_000 - d * DAY for d in (10, 5)], [1.0, 2.0]))
+    s2.insert_readings(
+        readings("old", "temp", [time.time_ns() // 1_000_000 - d * DAY for d in (10, 5)], [1.0, 2.0])
+    )
     s2.backend.command(f"OPTIMIZE TABLE {db}.readings FINAL")
     assert s2.backend.query(f"SELECT value FROM {db}.readings").column("value").to_pylist() == [2.0]
     s.backend.close()
@@ -161,8 +194,13 @@ def test_fleet_queries_read_the_projection_and_stay_exact_after_merges(store):
     from iotstream.clickhouse import rollups
 
     start, end, only = DAY0 - 30 * MIN, DAY0 + DAY + 7 * HOUR, ["hum"]  # other tests add "temp" readings
-    sql, params = rollups.aggregate_sql(rollups.plan(start, end, HOUR), ["AVG", "MIN", "MAX", "COUNT"],
-                                        merge_devices=True, by_device=False, by_metric=True)
+    sql, params = rollups.aggregate_sql(
+        rollups.plan(start, end, HOUR),
+        ["AVG", "MIN", "MAX", "COUNT"],
+        merge_devices=True,
+        by_device=False,
+        by_metric=True,
+    )
     params.update(iv=HOUR, metrics=only)
     plan = store.backend.query("EXPLAIN " + store._sql(sql), params).column(0).to_pylist()
     assert sum("ReadFromMergeTree (fleet)" in line for line in plan) == 2  # rollup_1m and rollup_1h pieces

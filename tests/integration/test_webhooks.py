@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
-from iotstream.clickhouse.store import StoreConfig
 
+from iotstream.clickhouse.store import StoreConfig
 from iotstream.node import Config
 
 SECRET = "s3cret-for-tests"
@@ -27,10 +27,17 @@ def now_ms():
 
 def flagged(rows) -> pa.Table:
     """(device_id, metric, time_ms, score) flagged readings, as the processor writes them."""
-    return pa.table({"device_id": [r[0] for r in rows], "metric": [r[1] for r in rows],
-                     "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
-                     "value": [42.0] * len(rows), "kind": ["zscore"] * len(rows),
-                     "score": [float(r[3]) for r in rows], "zscore": [8.0] * len(rows)})
+    return pa.table(
+        {
+            "device_id": [r[0] for r in rows],
+            "metric": [r[1] for r in rows],
+            "time": pa.array([r[2] for r in rows], pa.timestamp("ms", tz="UTC")),
+            "value": [42.0] * len(rows),
+            "kind": ["zscore"] * len(rows),
+            "score": [float(r[3]) for r in rows],
+            "zscore": [8.0] * len(rows),
+        }
+    )
 
 
 class Receiver:
@@ -62,8 +69,9 @@ class Receiver:
 
     def wait(self, n: int, timeout: float = 60) -> list[dict]:
         with self.changed:
-            assert self.changed.wait_for(lambda: len(self.requests) >= n, timeout), \
+            assert self.changed.wait_for(lambda: len(self.requests) >= n, timeout), (
                 f"{len(self.requests)} of {n} requests in {timeout} s: {[r['body'] for r in self.requests]}"
+            )
             return list(self.requests)
 
     def stop(self):
@@ -78,8 +86,9 @@ def events(requests):
 def verified(request) -> dict:
     """The body, after checking the signature as a receiver would."""
     h = request["headers"]
-    expected = hmac.new(SECRET.encode(), h["X-Iotstream-Timestamp"].encode() + b"." + request["body"],
-                        hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        SECRET.encode(), h["X-Iotstream-Timestamp"].encode() + b"." + request["body"], hashlib.sha256
+    ).hexdigest()
     assert hmac.compare_digest(h["X-Iotstream-Signature"], "sha256=" + expected)
     assert abs(int(h["X-Iotstream-Timestamp"]) - time.time()) < 60
     body = json.loads(request["body"])
@@ -103,9 +112,16 @@ def node_with(chdb_dir, tmp_path):
     started = []
 
     def start(hooks_path, quiet_ms=60_000, database=None, state=None):
-        srv = ServerThread(Config(port=0, data_dir=chdb_dir, database=database or "t_" + uuid.uuid4().hex[:12],
-                                  store=StoreConfig(episode_quiet_ms=quiet_ms), webhooks_path=hooks_path,
-                                  webhooks_state=state or str(tmp_path / "outbox.sqlite")))
+        srv = ServerThread(
+            Config(
+                port=0,
+                data_dir=chdb_dir,
+                database=database or "t_" + uuid.uuid4().hex[:12],
+                store=StoreConfig(episode_quiet_ms=quiet_ms),
+                webhooks_path=hooks_path,
+                webhooks_state=state or str(tmp_path / "outbox.sqlite"),
+            )
+        )
         started.append(srv)
         return srv
 
@@ -116,8 +132,12 @@ def node_with(chdb_dir, tmp_path):
 
 
 def deliveries(srv, hook, result):
-    return srv.server.metrics.registry.get_sample_value("iotstream_webhook_deliveries_total",
-                                                        {"hook": hook, "result": result}) or 0
+    return (
+        srv.server.metrics.registry.get_sample_value(
+            "iotstream_webhook_deliveries_total", {"hook": hook, "result": result}
+        )
+        or 0
+    )
 
 
 def settle(srv, hook, result, n, timeout=10):
@@ -131,20 +151,42 @@ def settle(srv, hook, result, n, timeout=10):
 
 def test_opened_escalated_closed_with_filters_and_signatures(node_with, tmp_path):
     every, plant_high = Receiver(), Receiver()
-    path = hooks_file(tmp_path, {"name": "every", "url": every.url},
-                      {"name": "plant-high", "url": plant_high.url, "min_severity": "high",
-                       "metrics": ["temp*"], "devices": ["plant-*"]})
+    path = hooks_file(
+        tmp_path,
+        {"name": "every", "url": every.url},
+        {
+            "name": "plant-high",
+            "url": plant_high.url,
+            "min_severity": "high",
+            "metrics": ["temp*"],
+            "devices": ["plant-*"],
+        },
+    )
     srv = node_with(path, quiet_ms=8_000)  # episodes stay open 8 s after their last flagged reading
     try:
         store, t0 = srv.server.store, now_ms()
         store.insert_anomalies(flagged([("plant-1", "temperature", t0, 0.55)]))  # low
         assert events(every.wait(1)) == [("opened", "plant-1")]
-        store.insert_anomalies(flagged([("plant-1", "temperature", t0 + 100, 0.75),  # now high: escalated
-                                        ("other-1", "temperature", t0, 0.9),  # wrong device for plant-high
-                                        ("plant-2", "humidity", t0, 0.9)]))  # wrong metric for plant-high
+        store.insert_anomalies(
+            flagged(
+                [
+                    ("plant-1", "temperature", t0 + 100, 0.75),  # now high: escalated
+                    ("other-1", "temperature", t0, 0.9),  # wrong device for plant-high
+                    ("plant-2", "humidity", t0, 0.9),
+                ]
+            )
+        )  # wrong metric for plant-high
         got = every.wait(7)  # + escalated, 2 opened, then 3 closed
-        assert sorted(events(got[1:4])) == [("escalated", "plant-1"), ("opened", "other-1"), ("opened", "plant-2")]
-        assert sorted(events(got[4:])) == [("closed", "other-1"), ("closed", "plant-1"), ("closed", "plant-2")]
+        assert sorted(events(got[1:4])) == [
+            ("escalated", "plant-1"),
+            ("opened", "other-1"),
+            ("opened", "plant-2"),
+        ]
+        assert sorted(events(got[4:])) == [
+            ("closed", "other-1"),
+            ("closed", "plant-1"),
+            ("closed", "plant-2"),
+        ]
         assert events(plant_high.wait(2)) == [("escalated", "plant-1"), ("closed", "plant-1")]
         bodies = [verified(r) for r in got + plant_high.requests]
         escalated = next(b for b in bodies if b["event"] == "escalated")
@@ -176,15 +218,22 @@ def test_a_failing_receiver_gets_retries_until_it_recovers(node_with, tmp_path):
 def test_dead_letter_after_the_last_try_and_at_once_on_a_client_error(node_with, tmp_path):
     down, refuses = Receiver(statuses=[500] * 10), Receiver(statuses=[400] * 10)
     state = str(tmp_path / "dead.sqlite")
-    srv = node_with(hooks_file(tmp_path, {"name": "down", "url": down.url, "max_attempts": 3, "backoff_s": 0.05},
-                               {"name": "refuses", "url": refuses.url, "max_attempts": 3, "backoff_s": 0.05}),
-                    state=state)
+    srv = node_with(
+        hooks_file(
+            tmp_path,
+            {"name": "down", "url": down.url, "max_attempts": 3, "backoff_s": 0.05},
+            {"name": "refuses", "url": refuses.url, "max_attempts": 3, "backoff_s": 0.05},
+        ),
+        state=state,
+    )
     try:
         srv.server.store.insert_anomalies(flagged([("dev-1", "temperature", now_ms(), 0.6)]))
         assert len(down.wait(3)) == 3 and len(refuses.wait(1)) == 1
         assert settle(srv, "down", "dead", 1) == 1 and settle(srv, "refuses", "dead", 1) == 1
         with sqlite3.connect(state) as db:  # read the outbox file as it is on disk
-            dead = db.execute("SELECT hook, event, attempts, error FROM dead_letters ORDER BY hook").fetchall()
+            dead = db.execute(
+                "SELECT hook, event, attempts, error FROM dead_letters ORDER BY hook"
+            ).fetchall()
             pending = db.execute("SELECT count() FROM pending").fetchone()[0]
         assert dead == [("down", "opened", 3, "HTTP 500"), ("refuses", "opened", 1, "HTTP 400")]
         assert pending == 0
@@ -198,14 +247,19 @@ def test_an_event_pending_at_shutdown_is_delivered_after_a_restart(node_with, tm
     gone = Receiver()
     gone.stop()  # nothing listens there: every try is refused
     database, state = "t_" + uuid.uuid4().hex[:12], str(tmp_path / "restart.sqlite")
-    first = node_with(hooks_file(tmp_path, {"name": "ops", "url": gone.url, "backoff_s": 0.05}), database=database,
-                      state=state)
+    first = node_with(
+        hooks_file(tmp_path, {"name": "ops", "url": gone.url, "backoff_s": 0.05}),
+        database=database,
+        state=state,
+    )
     first.server.store.insert_anomalies(flagged([("dev-9", "temperature", now_ms(), 0.6)]))
     settle(first, "ops", "failed", 2, timeout=30)
     first.stop()
     back = Receiver()
     try:
-        second = node_with(hooks_file(tmp_path, {"name": "ops", "url": back.url}), database=database, state=state)
+        second = node_with(
+            hooks_file(tmp_path, {"name": "ops", "url": back.url}), database=database, state=state
+        )
         [request] = back.wait(1)
         body = verified(request)
         assert (body["event"], body["episode"]["device_id"]) == ("opened", "dev-9")

@@ -46,8 +46,16 @@ def test_identify_and_revoke(tmp_path):
     assert [r["subject"] for r in reg.list()] == ["dash"]
 
 
-@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer"),), (("authorization", "Basic abc"),),
-                                      (("authorization", "Bearer " + new_token()),), (("x-token", "abc"),)])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer"),),
+        (("authorization", "Basic abc"),),
+        (("authorization", "Bearer " + new_token()),),
+        (("x-token", "abc"),),
+    ],
+)
 def test_bad_credentials_are_unauthenticated(tmp_path, metadata):
     auth = Authenticator(FileTokens(tmp_path / "none.jsonl"))
     with pytest.raises(AuthError) as err:
@@ -55,17 +63,20 @@ def test_bad_credentials_are_unauthenticated(tmp_path, metadata):
     assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
-@pytest.mark.parametrize("role,method,allowed", [
-    (DEVICE, "/iotstream.v1.Ingest/Stream", True),
-    (DEVICE, "/iotstream.v1.Query/GetStats", False),
-    (READER, "/iotstream.v1.Ingest/Send", False),
-    (READER, "/iotstream.v1.Query/GetHistory", True),
-    (READER, "/iotstream.v1.Query/AcknowledgeAnomaly", False),
-    (ADMIN, "/iotstream.v1.Query/AcknowledgeAnomaly", True),
-    (ADMIN, "/iotstream.v1.Query/ListAnomalies", True),
-    (ADMIN, "/iotstream.v1.Ingest/Send", False),
-    (DEVICE, "/grpc.health.v1.Health/Check", True),
-])
+@pytest.mark.parametrize(
+    "role,method,allowed",
+    [
+        (DEVICE, "/iotstream.v1.Ingest/Stream", True),
+        (DEVICE, "/iotstream.v1.Query/GetStats", False),
+        (READER, "/iotstream.v1.Ingest/Send", False),
+        (READER, "/iotstream.v1.Query/GetHistory", True),
+        (READER, "/iotstream.v1.Query/AcknowledgeAnomaly", False),
+        (ADMIN, "/iotstream.v1.Query/AcknowledgeAnomaly", True),
+        (ADMIN, "/iotstream.v1.Query/ListAnomalies", True),
+        (ADMIN, "/iotstream.v1.Ingest/Send", False),
+        (DEVICE, "/grpc.health.v1.Health/Check", True),
+    ],
+)
 def test_roles(role, method, allowed):
     principal = Principal(role, "x")
     if allowed:

@@ -5,8 +5,8 @@ import shlex
 
 import pytest
 
-from iotstream.cli.main import build_parser
 from iotstream.cli.help import EXAMPLES, subcommands
+from iotstream.cli.main import build_parser
 
 PARSER = build_parser()
 ALL = dict(subcommands(PARSER))

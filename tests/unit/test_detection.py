@@ -1,4 +1,5 @@
-"""The simulator's labelled anomalies (iotstream.client.simulate), the event-level scoring of bench/detection.py,
+"""The simulator's labelled anomalies (iotstream.client.simulate), the event-level scoring of
+bench/detection.py,
 and false alarms on normal real-sensor signals (iotstream.client.signals) with the shipped defaults."""
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iotstream.ext import Episode
-from iotstream.client.signals import DAY_MS, NORMAL, RESOLUTION, normal_signal, quantize
 
+from iotstream.client.signals import DAY_MS, NORMAL, RESOLUTION, normal_signal, quantize
 from iotstream.client.simulate import KINDS, METRICS, PROFILES, SEGMENTS, device_signal
+from iotstream.ext import Episode
 
 END = 1_800_000_000_000
 
@@ -33,7 +34,8 @@ def test_spikes_only_by_default():
     d = device_signal("d", 3000, END, 1000, 0.01, np.random.default_rng(0))
     assert len(d.values) == 3000 and len(d.spikes) == 30
     assert [(a.kind, a.metric, a.start_ms) for a in d.anomalies] == [
-        ("spike", int(d.metric[i]), int(d.time_ms[i])) for i in d.spikes]
+        ("spike", int(d.metric[i]), int(d.time_ms[i])) for i in d.spikes
+    ]
     again = device_signal("d", 3000, END, 1000, 0.01, np.random.default_rng(0), kinds=("spike",))
     np.testing.assert_array_equal(again.values, d.values)
     with pytest.raises(ValueError, match="unknown anomaly kind"):
@@ -93,11 +95,23 @@ def test_event_level_scoring():
 
     from iotstream.client.simulate import Anomaly
 
-    data = [Data([Anomaly("stuck", 0, 1_000, 5_000), Anomaly("stuck", 1, 1_000, 5_000),
-                  Anomaly("stuck", 2, 500_000, 600_000)])]
-    eps = [Episode(0, "stuck", 3_000, 9_000, 5, 0.6), Episode(0, "zscore", 4_000, 4_000, 1, 0.7),  # one hit
-           Episode(1, "zscore", 5_000 + bench.GRACE * bench.INTERVAL_MS + 1, 70_000, 1, 0.6),  # after the grace: false
-           Episode(2, "zscore", 100, 200, 1, 0.6)]  # before: false; window 3 missed
+    data = [
+        Data(
+            [
+                Anomaly("stuck", 0, 1_000, 5_000),
+                Anomaly("stuck", 1, 1_000, 5_000),
+                Anomaly("stuck", 2, 500_000, 600_000),
+            ]
+        )
+    ]
+    eps = [
+        Episode(0, "stuck", 3_000, 9_000, 5, 0.6),
+        Episode(0, "zscore", 4_000, 4_000, 1, 0.7),  # one hit
+        Episode(
+            1, "zscore", 5_000 + bench.GRACE * bench.INTERVAL_MS + 1, 70_000, 1, 0.6
+        ),  # after the grace: false
+        Episode(2, "zscore", 100, 200, 1, 0.6),
+    ]  # before: false; window 3 missed
     r = bench.score(data, eps, ("stuck",))["stuck"]
     assert (r["labelled"], r["detected"], r["false_alarms"]) == (3, 1, 2)
     assert r["precision"] == pytest.approx(1 / 3, abs=1e-4) and r["recall"] == pytest.approx(1 / 3, abs=1e-4)
@@ -116,6 +130,7 @@ def test_detection_quality_does_not_regress(kind):
 
 # ----------------------------------------------------------------------
 # False alarms on normal real-sensor signals (issue 11's table, counters, daily cycles)
+
 
 @pytest.mark.parametrize("interval_ms", [1_000, 10_000, 60_000])
 @pytest.mark.parametrize("kind", sorted(NORMAL))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from iotstream.v1 import ingest_pb2 as pb
-
-from iotstream.client.device import Buffer, Columns, rejected_readings
 from iotstream.auth.device_config import ConfigHub
+from iotstream.client.device import Buffer, Columns, rejected_readings
+from iotstream.v1 import ingest_pb2 as pb
 
 
 def test_columns_seal_into_one_reading_batch():
@@ -25,7 +24,9 @@ def test_rejections_map_back_to_their_readings():
     c = Columns()
     c.add("temp", 1.0, 5000)
     c.add("hum", float("nan"), 5001)
-    ack = pb.Ack(seq=1, accepted=1, rejected=[pb.Rejection(index=1, reason=pb.NON_FINITE_VALUE, detail="nan")])
+    ack = pb.Ack(
+        seq=1, accepted=1, rejected=[pb.Rejection(index=1, reason=pb.NON_FINITE_VALUE, detail="nan")]
+    )
     [r] = rejected_readings(c.seal("d", 1), ack)
     assert (r.metric, r.time_ms, r.reason, r.detail) == ("hum", 5001, "NON_FINITE_VALUE", "nan")
 
@@ -52,8 +53,14 @@ class Configs:
 
     def set(self, device, interval, metrics, settings, now_ms):
         version = self.rows.get(device, {"version": 0})["version"] + 1
-        self.rows[device] = {"device_id": device, "version": version, "sample_interval_ms": interval,
-                             "metrics": metrics, "settings": settings, "set_ms": now_ms}
+        self.rows[device] = {
+            "device_id": device,
+            "version": version,
+            "sample_interval_ms": interval,
+            "metrics": metrics,
+            "settings": settings,
+            "set_ms": now_ms,
+        }
         return self.rows[device]
 
     def report(self, device, version, now_ms):
@@ -80,4 +87,5 @@ def test_hub_sends_a_config_while_due_and_again_to_a_device_that_fell_behind():
         stop()
         await hub.report("d", 1)  # reflashed: the newest is due again, on the stream still open
         assert [c.version for c in sent] == [1, 2, 2, 2]
+
     asyncio.run(scenario())

@@ -18,9 +18,15 @@ NOW = 1_800_000_000_000
 
 def batch(values, index, names, device="dev-1", offsets=None):
     n = len(values)
-    return pb.ReadingBatch(device_id=device, seq=1, base_time_ms=NOW,
-                           time_offset_ms=offsets if offsets is not None else [0] * n,
-                           metric_names=names, metric_index=index, values=values)
+    return pb.ReadingBatch(
+        device_id=device,
+        seq=1,
+        base_time_ms=NOW,
+        time_offset_ms=offsets if offsets is not None else [0] * n,
+        metric_names=names,
+        metric_index=index,
+        values=values,
+    )
 
 
 def reasons(verdict):
@@ -76,10 +82,12 @@ def test_per_name_verdicts_match_a_per_reading_oracle(seed):
     pool = ["temp", "hum", "9bad", "has space", "x" * 70, "ok.name", "bad\n", "", "registered_not"]
     names = [pool[i] for i in rng.integers(0, len(pool), int(rng.integers(1, 12)))]
     values = rng.choice([1.0, 2.5, math.nan, math.inf], n, p=[0.7, 0.2, 0.05, 0.05]).tolist()
-    offsets = rng.choice([0, -10**11, 10**9, 5], n, p=[0.8, 0.05, 0.05, 0.1]).tolist()
+    offsets = rng.choice([0, -(10**11), 10**9, 5], n, p=[0.8, 0.05, 0.05, 0.1]).tolist()
     index = rng.integers(0, len(names) + 2, n).tolist()
-    limits = Limits(max_readings=int(rng.integers(1, 400)),
-                    metrics=frozenset({"temp", "hum", "ok.name"}) if seed % 2 else None)
+    limits = Limits(
+        max_readings=int(rng.integers(1, 400)),
+        metrics=frozenset({"temp", "hum", "ok.name"}) if seed % 2 else None,
+    )
     v = validate(batch(values, index, names, offsets=offsets), NOW, limits)
     want = oracle(values, offsets, index, names, limits)
     assert [reasons(v).get(i, 0) for i in range(n)] == want

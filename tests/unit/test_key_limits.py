@@ -32,10 +32,13 @@ def test_idle_keys_are_evicted_and_the_rest_continue_exactly():
     assert a.evict_idle(later) == 1 and a.evicted == 1
     assert set(a.slots) == {("d1", "temp"), ("d2", "hum")} and a.stats.nslots == 2
     assert "gone" not in a.recent and a.is_resend("d1", 1, 6)
-    for x, y in zip(feed(a, [("d1", "temp"), ("d2", "hum")], later, seed=2),
-                    feed(oracle, [("d1", "temp"), ("d2", "hum")], later, seed=2), strict=True):
+    for x, y in zip(
+        feed(a, [("d1", "temp"), ("d2", "hum")], later, seed=2),
+        feed(oracle, [("d1", "temp"), ("d2", "hum")], later, seed=2),
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, y)
-    slot, = a.assign([("gone", "x")], later)[0]  # back, cold
+    (slot,) = a.assign([("gone", "x")], later)[0]  # back, cold
     assert slot == 2 and a.stats.count(int(slot)) == 0
 
 
@@ -69,8 +72,15 @@ def test_a_full_partition_compacts_for_room_at_most_once_a_minute():
 
 
 def payload(device, metric, values, t0):
-    batch = pb.ReadingBatch(device_id=device, seq=1, base_time_ms=t0, time_offset_ms=range(len(values)),
-                            metric_names=[metric], metric_index=[0] * len(values), values=values)
+    batch = pb.ReadingBatch(
+        device_id=device,
+        seq=1,
+        base_time_ms=t0,
+        time_offset_ms=range(len(values)),
+        metric_names=[metric],
+        metric_index=[0] * len(values),
+        values=values,
+    )
     return batch.SerializeToString()
 
 
@@ -105,9 +115,18 @@ def test_a_flood_of_distinct_keys_keeps_state_bounded():
     metrics = [f"m{j}" for j in range(100)]
     stored = 0
     for chunk in range(10):
-        payloads = [pb.ReadingBatch(device_id=f"flood-{chunk}-{d}", seq=1, base_time_ms=t0,
-                                    time_offset_ms=[0] * 100, metric_names=metrics, metric_index=range(100),
-                                    values=[1.0] * 100).SerializeToString() for d in range(100)]
+        payloads = [
+            pb.ReadingBatch(
+                device_id=f"flood-{chunk}-{d}",
+                seq=1,
+                base_time_ms=t0,
+                time_offset_ms=[0] * 100,
+                metric_names=metrics,
+                metric_index=range(100),
+                values=[1.0] * 100,
+            ).SerializeToString()
+            for d in range(100)
+        ]
         stored += proc.prepare(payloads).readings.num_rows
         state = proc.state(0)
         assert len(state.slots) <= 1000 and state.stats.nslots <= 1024

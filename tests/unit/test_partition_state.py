@@ -27,7 +27,8 @@ def test_snapshot_round_trip_continues_identically():
     a.stats.update(slots[:250], ts[:250], vals[:250])
     b = PartitionState.from_bytes(a.to_bytes())
     assert b.slots == a.slots and b.is_resend("d1", 4, 99)
-    for x, y in zip(a.stats.update(slots[250:], ts[250:], vals[250:]), b.stats.update(slots[250:], ts[250:], vals[250:])):
+    later = (slots[250:], ts[250:], vals[250:])
+    for x, y in zip(a.stats.update(*later), b.stats.update(*later), strict=True):
         np.testing.assert_array_equal(x, y)
 
 

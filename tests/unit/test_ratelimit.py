@@ -1,6 +1,7 @@
 """The per-device token bucket: pass, then hold back, then refuse with a retry delay."""
 
 import pytest
+
 from iotstream.ingest import DeviceLimiter, RateLimited, TokenBucket, TooManyStreams
 
 

@@ -1,8 +1,7 @@
 """Human output of `iotstream query`: alignment, sparklines, bars and the subcommand renderers."""
 
-from iotstream.v1 import query_pb2 as pb
-
 from iotstream.cli import render
+from iotstream.v1 import query_pb2 as pb
 
 NOW = 1_800_000_000_000
 
@@ -28,8 +27,18 @@ def test_bar_and_age():
 
 
 def test_aggregate_prints_only_filled_functions():
-    reply = pb.AggregateResponse(sources=["rollup_1m"], series=[pb.AggregateSeries(
-        device_id="d1", metric="temp", bucket_start_ms=[NOW, NOW + 60_000], p95=[1.5, 2.5], count=[3, 4])])
+    reply = pb.AggregateResponse(
+        sources=["rollup_1m"],
+        series=[
+            pb.AggregateSeries(
+                device_id="d1",
+                metric="temp",
+                bucket_start_ms=[NOW, NOW + 60_000],
+                p95=[1.5, 2.5],
+                count=[3, 4],
+            )
+        ],
+    )
     lines = render.aggregate(reply, NOW).splitlines()
     assert lines[0] == "d1 / temp  count ▁█"
     assert lines[1].split() == ["BUCKET", "(UTC)", "COUNT", "P95"]
@@ -38,9 +47,24 @@ def test_aggregate_prints_only_filled_functions():
 
 
 def test_anomalies_table_and_paging_hint():
-    reply = pb.ListAnomaliesResponse(next_page_token="tok", anomalies=[pb.Anomaly(
-        device_id="d1", metric="temp", kind="zscore", severity=pb.SEVERITY_HIGH, state=pb.ANOMALY_OPEN,
-        opened_ms=NOW - 5_000, readings=2, value=9.5, score=0.8, id="ID1", acknowledged_by="alice")])
+    reply = pb.ListAnomaliesResponse(
+        next_page_token="tok",
+        anomalies=[
+            pb.Anomaly(
+                device_id="d1",
+                metric="temp",
+                kind="zscore",
+                severity=pb.SEVERITY_HIGH,
+                state=pb.ANOMALY_OPEN,
+                opened_ms=NOW - 5_000,
+                readings=2,
+                value=9.5,
+                score=0.8,
+                id="ID1",
+                acknowledged_by="alice",
+            )
+        ],
+    )
     lines = render.anomalies(reply, NOW).splitlines()
     assert lines[0].split()[:4] == ["OPENED", "DEVICE", "METRIC", "KIND"]
     assert "(5s ago)  d1      temp    zscore  high      open" in lines[1] and "████████·· 0.80" in lines[1]
@@ -49,7 +73,17 @@ def test_anomalies_table_and_paging_hint():
 
 
 def test_watch_event_line():
-    e = pb.AnomalyEvent(type=pb.AnomalyEvent.CLOSED, anomaly=pb.Anomaly(
-        device_id="d1", metric="temp", kind="stuck", severity=pb.SEVERITY_LOW, updated_ms=NOW, value=1.0,
-        score=0.55, readings=7))
+    e = pb.AnomalyEvent(
+        type=pb.AnomalyEvent.CLOSED,
+        anomaly=pb.Anomaly(
+            device_id="d1",
+            metric="temp",
+            kind="stuck",
+            severity=pb.SEVERITY_LOW,
+            updated_ms=NOW,
+            value=1.0,
+            score=0.55,
+            readings=7,
+        ),
+    )
     assert render.event(e, NOW).endswith("closed   d1  temp  stuck  low  peak 1 score 0.55  7 readings")

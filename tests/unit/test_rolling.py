@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from iotstream.ext import FLAG_ZSCORE, rolling_py
 from numpy.lib.stride_tricks import sliding_window_view
+
+from iotstream.ext import FLAG_ZSCORE, rolling_py
 
 try:
     from iotstream.ext import _rolling
@@ -41,6 +42,7 @@ def impl(request):
 
 # ----------------------------------------------------------------------
 # Oracle
+
 
 def resolution_before(slots: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per reading: the smallest non-zero |step| between consecutive real readings of its slot before
@@ -87,9 +89,11 @@ def oracle(slots: np.ndarray, values: np.ndarray, window: int, minp: int):
         # a constant window: 0 for the same value, else steps of the resolution (+-inf without one)
         const = vr == 0
         safe = np.where(res[const] > 0, res[const], 1)
-        zz[const] = np.where(v[const] == m[const], 0.0,
-                             np.where(res[const] > 0, (v[const] - m[const]) / safe,
-                                      np.copysign(np.inf, v[const] - m[const])))
+        zz[const] = np.where(
+            v[const] == m[const],
+            0.0,
+            np.where(res[const] > 0, (v[const] - m[const]) / safe, np.copysign(np.inf, v[const] - m[const])),
+        )
         zz[(c < minp) | np.isnan(v)] = np.nan
         cnt[idx], mean[idx], var[idx], z[idx] = c, m + shift, vr, zz
     return cnt, mean, var, z
@@ -168,13 +172,16 @@ def make_stream(kind: str, seed: int = 0, n: int = N_READINGS, keys: int = N_KEY
             key = rng.integers(keys)
             idx = np.flatnonzero(slots == key)
             a = rng.integers(len(idx))
-            values[idx[a:a + rng.integers(5, 300)]] = round(float(rng.normal(0, 50)), 1)
+            values[idx[a : a + rng.integers(5, 300)]] = round(float(rng.normal(0, 50)), 1)
         spikes = rng.random(n) < 0.002
         values[spikes] += 50 * scale[spikes]
     elif kind == "big_tiny_var":
         # around 1e12 with a spread of a few ulps to a few thousand ulps
-        values = 1e12 + rng.normal(0, 1, keys)[slots] * 1e6 + rng.standard_normal(n) * 1e-3 * (
-            1 + 100 * (slots % 3 == 0))
+        values = (
+            1e12
+            + rng.normal(0, 1, keys)[slots] * 1e6
+            + rng.standard_normal(n) * 1e-3 * (1 + 100 * (slots % 3 == 0))
+        )
     elif kind == "tiny_scale":
         values = 1e-300 * (1 + rng.standard_normal(n) * 0.1) * (1 + slots)
     elif kind == "huge":
@@ -194,7 +201,7 @@ STREAMS = ["mixed", "big_tiny_var", "tiny_scale", "huge", "jumps"]
 def run_chunked(stats, slots, ts, values, chunk):
     zs, scores, flags = [], [], []
     for a in range(0, len(values), chunk):
-        z, s, f = stats.update(slots[a:a + chunk], ts[a:a + chunk], values[a:a + chunk])
+        z, s, f = stats.update(slots[a : a + chunk], ts[a : a + chunk], values[a : a + chunk])
         zs.append(z)
         scores.append(s)
         flags.append(f)
@@ -203,6 +210,7 @@ def run_chunked(stats, slots, ts, values, chunk):
 
 # ----------------------------------------------------------------------
 # Against the oracle
+
 
 @pytest.mark.parametrize("kind", STREAMS)
 def test_z_matches_oracle(impl, kind):
@@ -230,7 +238,7 @@ def test_mean_var_count_match_oracle(impl, kind):
     stats = impl.RollingStats(window=window, min_count=minp)
     chunk = 997  # odd size: batch boundaries fall anywhere
     for a in range(0, len(values), chunk):
-        stats.update(slots[a:a + chunk], ts[a:a + chunk], values[a:a + chunk])
+        stats.update(slots[a : a + chunk], ts[a : a + chunk], values[a : a + chunk])
         upto = min(a + chunk, len(values))
         for key in range(20):
             w = window_tail(slots, values, key, upto, window)
@@ -354,8 +362,13 @@ def test_property_twin_vs_oracle(stream, window, minp, zthr):
 
 @needs_cython
 @settings(max_examples=150, deadline=None)
-@given(stream=stream_st, window=st.integers(2, 9), minp=st.integers(0, 9), split=st.integers(0, 120),
-       span=st.integers(0, 6))
+@given(
+    stream=stream_st,
+    window=st.integers(2, 9),
+    minp=st.integers(0, 9),
+    split=st.integers(0, 120),
+    span=st.integers(0, 6),
+)
 def test_property_parity_and_snapshot(stream, window, minp, split, span):
     minp = min(minp, window)
     slots = np.array([s for s, _ in stream], dtype=np.int64)
@@ -381,6 +394,7 @@ def test_property_parity_and_snapshot(stream, window, minp, split, span):
 # ----------------------------------------------------------------------
 # Parity on the long streams
 
+
 @needs_cython
 @pytest.mark.parametrize("kind", STREAMS)
 def test_parity_long_streams(kind):
@@ -399,6 +413,7 @@ def test_parity_long_streams(kind):
 
 # ----------------------------------------------------------------------
 # Snapshots
+
 
 @pytest.mark.parametrize("src", IMPLS)
 @pytest.mark.parametrize("dst", IMPLS)
@@ -439,6 +454,7 @@ def test_pickle_roundtrip(impl):
 # ----------------------------------------------------------------------
 # Slots and arguments
 
+
 def test_slot_growth(impl):
     slots, ts, values = make_stream("mixed", seed=11, n=5_000, keys=10)
     slots = slots * 997 + 3  # sparse, up to ~9000
@@ -465,8 +481,13 @@ def test_bad_arguments(impl):
         stats.update([0, 1], [0], [1.0, 2.0])
     with pytest.raises(IndexError):
         stats.mean(-1)
-    for kwargs in ({"window": 1}, {"window": 4, "min_count": -1}, {"z_threshold": 0.0},
-                   {"z_threshold": math.inf}, {"capacity": 0}):
+    for kwargs in (
+        {"window": 1},
+        {"window": 4, "min_count": -1},
+        {"z_threshold": 0.0},
+        {"z_threshold": math.inf},
+        {"capacity": 0},
+    ):
         with pytest.raises(ValueError):
             impl.RollingStats(**kwargs)
 
@@ -474,11 +495,20 @@ def test_bad_arguments(impl):
 # ----------------------------------------------------------------------
 # Picking the implementation
 
+
 def _which(env: dict) -> str:
-    code = ("import logging; logging.basicConfig(level=logging.WARNING);"
-            "import iotstream.ext as e; print(e.IMPLEMENTATION)")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                         text=True, check=True, cwd=os.path.dirname(__file__))
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING);"
+        "import iotstream.ext as e; print(e.IMPLEMENTATION)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(__file__),
+    )
     return out.stdout.strip() + "|" + out.stderr
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from iotstream.ext import _common, _snapshot, rolling_py
 from iotstream.ext._common import (
     FLAG_LATE,
@@ -56,12 +57,13 @@ def stream(seed, n=8000, keys=12):
 # ----------------------------------------------------------------------
 # Window order statistics and EWMA against numpy
 
+
 def test_order_statistics_match_numpy(impl):
     window = 25
     slots, ts, values = stream(1)
     stats = impl.RollingStats(window=window, min_count=3)
     for a in range(0, len(values), 611):
-        stats.update(slots[a:a + 611], ts[a:a + 611], values[a:a + 611])
+        stats.update(slots[a : a + 611], ts[a : a + 611], values[a : a + 611])
         upto = min(a + 611, len(values))
         for key in range(12):
             w = values[:upto][slots[:upto] == key][-window:]
@@ -97,6 +99,7 @@ def test_ewm_matches_recurrence(impl):
 
 # ----------------------------------------------------------------------
 # Detectors on crafted series
+
 
 def test_static_thresholds(impl):
     stats = impl.RollingStats(window=10, min_count=5, robust_threshold=math.inf)
@@ -207,10 +210,22 @@ def test_score_combines_detectors_monotonically(impl):
 # ----------------------------------------------------------------------
 # Parity and snapshots with every detector on
 
+
 def full_detectors(impl):
-    stats = impl.RollingStats(window=16, min_count=4, z_threshold=3.0, capacity=4, ewm_alpha=0.2,
-                              robust_threshold=4.0, max_rate=5.0, stuck_count=5, stuck_ms=4000,
-                              silence_ms=3000, shift_threshold=0.5, time_window_ms=10_000)
+    stats = impl.RollingStats(
+        window=16,
+        min_count=4,
+        z_threshold=3.0,
+        capacity=4,
+        ewm_alpha=0.2,
+        robust_threshold=4.0,
+        max_rate=5.0,
+        stuck_count=5,
+        stuck_ms=4000,
+        silence_ms=3000,
+        shift_threshold=0.5,
+        time_window_ms=10_000,
+    )
     stats.configure(np.arange(0, 12, 3), lo=-0.3, hi=0.3)
     return stats
 
@@ -228,15 +243,32 @@ def test_parity_all_detectors(seed):
     oc.append(c2.update(slots[split:], ts[split:], values[split:]))
     op.append(p2.update(slots[split:], ts[split:], values[split:]))
     for i in range(3):
-        np.testing.assert_array_equal(np.concatenate([oc[0][i], oc[1][i]]),
-                                      np.concatenate([op[0][i], op[1][i]]))
+        np.testing.assert_array_equal(
+            np.concatenate([oc[0][i], oc[1][i]]), np.concatenate([op[0][i], op[1][i]])
+        )
     assert c2.to_bytes() == p2.to_bytes()
     flags = np.concatenate([oc[0][2], oc[1][2]])
     for bit in (FLAG_ZSCORE, FLAG_ROBUST, FLAG_RATE, FLAG_STUCK, FLAG_THRESHOLD, FLAG_LATE, FLAG_SHIFT):
         assert (flags & bit).any(), bit
     for key in range(13):
-        for name in ("mean", "var", "count", "min", "max", "median", "mad", "ewm_mean", "ewm_var",
-                     "last_ts", "tmean", "tvar", "tcount", "cusum", "resolution", "kind"):
+        for name in (
+            "mean",
+            "var",
+            "count",
+            "min",
+            "max",
+            "median",
+            "mad",
+            "ewm_mean",
+            "ewm_var",
+            "last_ts",
+            "tmean",
+            "tvar",
+            "tcount",
+            "cusum",
+            "resolution",
+            "kind",
+        ):
             assert repr(getattr(c2, name)(key)) == repr(getattr(p2, name)(key)), (name, key)
     np.testing.assert_array_equal(c2.silent(int(ts.max()) + 5000), p2.silent(int(ts.max()) + 5000))
 
@@ -250,10 +282,15 @@ def test_loads_stage1_snapshot(impl):
     old_f = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev"]
     old_i = ["pos", "nfill", "nobs", "nsame"]
     legacy = _snapshot.dump(
-        "RollingStats", {"window": 12, "min_count": 4, "z_threshold": 6.0},
+        "RollingStats",
+        {"window": 12, "min_count": 4, "z_threshold": 6.0},
         {"fstate": old_f, "istate": old_i},
-        {"fstate": raw["fstate"][:, [_common.FLOAT_FIELDS.index(n) for n in old_f]],
-         "istate": raw["istate"][:, [_common.INT_FIELDS.index(n) for n in old_i]], "buf": raw["buf"]})
+        {
+            "fstate": raw["fstate"][:, [_common.FLOAT_FIELDS.index(n) for n in old_f]],
+            "istate": raw["istate"][:, [_common.INT_FIELDS.index(n) for n in old_i]],
+            "buf": raw["buf"],
+        },
+    )
     back = impl.RollingStats.from_bytes(legacy)
     for key in range(6):
         for name in ("mean", "var", "count", "min", "max", "median", "mad"):
@@ -266,10 +303,14 @@ def test_loads_stage1_snapshot(impl):
     for j, name in enumerate(_common.INT_FIELDS):
         if name not in old_i:
             gs[:, j] = _common.INT_DEFAULTS[name]
-    reset = impl.RollingStats.from_bytes(_snapshot.dump(
-        "RollingStats", {"window": 12, "min_count": 4, "z_threshold": 6.0},
-        {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS},
-        {"fstate": fs, "istate": gs, "buf": raw["buf"]}))
+    reset = impl.RollingStats.from_bytes(
+        _snapshot.dump(
+            "RollingStats",
+            {"window": 12, "min_count": 4, "z_threshold": 6.0},
+            {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS},
+            {"fstate": fs, "istate": gs, "buf": raw["buf"]},
+        )
+    )
     assert back.resolution(0) == 0.0 < new.resolution(0)
     out1 = back.update(slots, ts + 10**7, values)
     out2 = reset.update(slots, ts + 10**7, values)

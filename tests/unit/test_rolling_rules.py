@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from iotstream.ext import (
     FLAG_RATE,
     FLAG_STUCK,
@@ -38,7 +39,14 @@ stuck_ms = 600000
 def test_rules_defaults_and_overrides(tmp_path):
     book = parse_rules(RULES)
     t = book.for_metric("temperature")
-    assert (t.z_threshold, t.lo, t.hi, t.max_rate, t.stuck_count, t.silence_ms) == (5.0, -40, 85, 5, 30, 300000)
+    assert (t.z_threshold, t.lo, t.hi, t.max_rate, t.stuck_count, t.silence_ms) == (
+        5.0,
+        -40,
+        85,
+        5,
+        30,
+        300000,
+    )
     v = book.for_metric("vibration.x")
     assert v.robust_threshold == math.inf and v.stuck_ms == 600000 and v.hi == math.inf
     assert book.for_metric("humidity") == book.default == Rules(z_threshold=5.0, silence_ms=300000)
@@ -48,13 +56,16 @@ def test_rules_defaults_and_overrides(tmp_path):
     assert load_rules(path) == book
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("[default]\nz_treshold = 3", r"\[default\]: unknown key 'z_treshold'"),
-    ("[metrics.temp]\nlo = 5\nhi = 1", "lo must be <= hi"),
-    ("[metrics.temp]\nmax_rate = 'fast'", "max_rate must be a number"),
-    ("[defaults]\nlo = 1", "unknown top-level table"),
-    ("[default\n", "rules.toml"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[default]\nz_treshold = 3", r"\[default\]: unknown key 'z_treshold'"),
+        ("[metrics.temp]\nlo = 5\nhi = 1", "lo must be <= hi"),
+        ("[metrics.temp]\nmax_rate = 'fast'", "max_rate must be a number"),
+        ("[defaults]\nlo = 1", "unknown top-level table"),
+        ("[default\n", "rules.toml"),
+    ],
+)
 def test_rules_errors_name_the_culprit(text, match):
     with pytest.raises(ValueError, match=match):
         parse_rules(text, "rules.toml")
@@ -72,22 +83,35 @@ def test_rules_configure_slots():
 
 def test_episodes_group_flagged_readings():
     tr = EpisodeTracker(quiet_ms=10_000)
-    ev = tr.update([1, 1, 2, 1], [0, 1000, 1000, 2000], [0.7, 0.9, 0.6, 0.8],
-                   [FLAG_ZSCORE, FLAG_ZSCORE, FLAG_STUCK, FLAG_ZSCORE | FLAG_STUCK])
+    ev = tr.update(
+        [1, 1, 2, 1],
+        [0, 1000, 1000, 2000],
+        [0.7, 0.9, 0.6, 0.8],
+        [FLAG_ZSCORE, FLAG_ZSCORE, FLAG_STUCK, FLAG_ZSCORE | FLAG_STUCK],
+    )
     assert [(e.action, e.episode.slot, e.episode.kind) for e in ev] == [
-        ("opened", 1, "zscore"), ("opened", 2, "stuck"), ("opened", 1, "stuck"), ("updated", 1, "zscore")]
+        ("opened", 1, "zscore"),
+        ("opened", 2, "stuck"),
+        ("opened", 1, "stuck"),
+        ("updated", 1, "zscore"),
+    ]
     ep = ev[-1].episode
     assert (ep.start_ms, ep.end_ms, ep.count, ep.severity, ep.id) == (0, 2000, 3, 0.9, "1:zscore:0")
     # unflagged readings and quiet time within quiet_ms keep it open; a flagged one extends it
     assert tr.update([1], [11_000], [0.1], [0]) == []
     ev = tr.update([1], [12_000], [0.95], [FLAG_ZSCORE])
     assert [(e.action, e.episode.slot, e.episode.kind) for e in ev] == [
-        ("updated", 1, "zscore"), ("closed", 2, "stuck")]  # slot 1's stuck episode is exactly quiet_ms old
+        ("updated", 1, "zscore"),
+        ("closed", 2, "stuck"),
+    ]  # slot 1's stuck episode is exactly quiet_ms old
     assert ev[0].episode.count == 4 and ev[0].episode.severity == 0.95
     # a flagged reading after a quiet period closes the old episode and opens a new one
     ev = tr.update([1], [30_000], [0.7], [FLAG_ZSCORE])
     assert [(e.action, e.episode.kind, e.episode.start_ms) for e in ev] == [
-        ("closed", "zscore", 0), ("opened", "zscore", 30_000), ("closed", "stuck", 2000)]
+        ("closed", "zscore", 0),
+        ("opened", "zscore", 30_000),
+        ("closed", "stuck", 2000),
+    ]
     back = EpisodeTracker.from_bytes(tr.to_bytes())
     assert back.open == tr.open
     assert [e.action for e in back.close_idle(40_001)] == ["closed"] and not back.open
@@ -104,7 +128,9 @@ def test_one_incident_one_episode():
     events, single = [], []
     for a in range(0, len(vals), 64):
         sl = slice(a, a + 64)
-        _, score, flags, dom = stats.update(np.zeros(len(vals[sl]), np.int64), ts[sl], vals[sl], dominant=True)
+        _, score, flags, dom = stats.update(
+            np.zeros(len(vals[sl]), np.int64), ts[sl], vals[sl], dominant=True
+        )
         events += tr.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags)
         single += one.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags, dom)
     events += tr.close_idle(10**9)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from iotstream.ext import _common, _snapshot, rolling_py
 from iotstream.ext._common import FLAG_LATE, FLAG_SHIFT, FLAG_ZSCORE
 
@@ -34,6 +35,7 @@ def feed(stats, values, ts=None, slot=0):
 
 # ----------------------------------------------------------------------
 # Time windows against an oracle
+
 
 def time_oracle(slots, ts, values, window, span):
     """Per slot: the in-order real readings among its last ``window`` that are newer than newest - span."""
@@ -70,7 +72,7 @@ def test_time_window_matches_oracle(impl, seed, level):
     stats = impl.RollingStats(window=window, min_count=3, time_window_ms=span)
     stats.configure([4], time_window_ms=3_000)  # per-slot spans
     for a in range(0, len(values), 487):
-        stats.update(slots[a:a + 487], ts[a:a + 487], values[a:a + 487])
+        stats.update(slots[a : a + 487], ts[a : a + 487], values[a : a + 487])
         upto = min(a + 487, len(values))
         for key, sp in ((0, span), (1, span), (4, 3_000)):
             sel = slots[:upto] == key
@@ -115,9 +117,15 @@ def test_time_ring_allocated_on_first_use(impl):
     assert back.tcount(1) == 2 and back.tcount(0) == 0 and back.count(0) == 3
 
 
-time_stream = st.lists(st.tuples(st.integers(0, 2), st.integers(-3000, 4000),
-                                 st.one_of(st.floats(-1e3, 1e3), st.just(np.nan), st.just(5.0))),
-                       min_size=1, max_size=150)
+time_stream = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.integers(-3000, 4000),
+        st.one_of(st.floats(-1e3, 1e3), st.just(np.nan), st.just(5.0)),
+    ),
+    min_size=1,
+    max_size=150,
+)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,12 +143,14 @@ def test_property_time_window(stream, window, span):
             assert stats.tmean(key) == pytest.approx(exact, rel=1e-9, abs=1e-9)
         if len(want) > 1:
             m = math.fsum(want) / len(want)
-            assert stats.tvar(key) == pytest.approx(math.fsum((v - m) ** 2 for v in want) / (len(want) - 1),
-                                                    rel=1e-7, abs=1e-7)
+            assert stats.tvar(key) == pytest.approx(
+                math.fsum((v - m) ** 2 for v in want) / (len(want) - 1), rel=1e-7, abs=1e-7
+            )
 
 
 # ----------------------------------------------------------------------
 # Change at onset on crafted series
+
 
 def noise(n, seed=0, sd=1.0, level=20.0):
     return level + sd * np.random.default_rng(seed).standard_normal(n)
@@ -237,6 +247,7 @@ def test_shift_off_and_warmup(impl):
 # ----------------------------------------------------------------------
 # Parity and snapshots with time windows and changes
 
+
 def shifty(seed, n=12_000, keys=6):
     rng = np.random.default_rng(seed)
     slots = rng.integers(0, keys, n).astype(np.int64)
@@ -290,10 +301,17 @@ def test_loads_stage2_snapshot(impl):
     old_i = _common.INT_FIELDS[:8]
     old_p = _common.PARAM_FIELDS[:8]
     legacy = _snapshot.dump(
-        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
+        "RollingStats",
+        {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
         {"fstate": old_f, "istate": old_i, "pstate": old_p},
-        {"fstate": raw["fstate"][:, :10], "istate": raw["istate"][:, :8], "pstate": raw["pstate"][:, :8],
-         "buf": raw["buf"], "sorted": raw["sorted"]})
+        {
+            "fstate": raw["fstate"][:, :10],
+            "istate": raw["istate"][:, :8],
+            "pstate": raw["pstate"][:, :8],
+            "buf": raw["buf"],
+            "sorted": raw["sorted"],
+        },
+    )
     back = impl.RollingStats.from_bytes(legacy)
     assert back.settings(0)["shift_threshold"] == 10.0  # the default of an old snapshot's settings
     for key in range(4):
@@ -302,10 +320,20 @@ def test_loads_stage2_snapshot(impl):
     fs, gs = raw["fstate"].copy(), raw["istate"].copy()
     fs[:, 10:] = [_common.FLOAT_DEFAULTS[k] for k in _common.FLOAT_FIELDS[10:]]
     gs[:, 8:] = [_common.INT_DEFAULTS[k] for k in _common.INT_FIELDS[8:]]
-    reset = impl.RollingStats.from_bytes(_snapshot.dump(
-        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
-        {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS, "pstate": old_p},
-        {"fstate": fs, "istate": gs, "pstate": raw["pstate"][:, :8], "buf": raw["buf"], "sorted": raw["sorted"]}))
+    reset = impl.RollingStats.from_bytes(
+        _snapshot.dump(
+            "RollingStats",
+            {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
+            {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS, "pstate": old_p},
+            {
+                "fstate": fs,
+                "istate": gs,
+                "pstate": raw["pstate"][:, :8],
+                "buf": raw["buf"],
+                "sorted": raw["sorted"],
+            },
+        )
+    )
     out1 = back.update(slots, ts + 10**8, values)
     out2 = reset.update(slots, ts + 10**8, values)
     for x, y in zip(out1, out2, strict=True):
@@ -328,13 +356,26 @@ def test_loads_histogram_layout_snapshot(impl):
     pstate[:, _common.PARAM_FIELDS.index("shift_threshold")] = 1.0
     pstate[1, _common.PARAM_FIELDS.index("shift_threshold")] = math.inf
     legacy = _snapshot.dump(
-        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05,
-                         **{k: v for k, v in new.defaults.items() if k != "z_threshold"}, "shift_threshold": 1.0},
+        "RollingStats",
+        {
+            "window": 20,
+            "min_count": 4,
+            "z_threshold": 6.0,
+            "ewm_alpha": 0.05,
+            **{k: v for k, v in new.defaults.items() if k != "z_threshold"},
+            "shift_threshold": 1.0,
+        },
         {"fstate": old_f, "istate": old_i, "pstate": _common.PARAM_FIELDS},
-        {"fstate": np.hstack([raw["fstate"][:, :17], np.ones((n, 4))]),
-         "istate": np.hstack([raw["istate"][:, :11], np.ones((n, 3), np.int64)]), "pstate": pstate,
-         "buf": raw["buf"], "sorted": raw["sorted"], "bins": np.zeros((n, 20), np.uint8),
-         "hist": np.ones((n, 48))})
+        {
+            "fstate": np.hstack([raw["fstate"][:, :17], np.ones((n, 4))]),
+            "istate": np.hstack([raw["istate"][:, :11], np.ones((n, 3), np.int64)]),
+            "pstate": pstate,
+            "buf": raw["buf"],
+            "sorted": raw["sorted"],
+            "bins": np.zeros((n, 20), np.uint8),
+            "hist": np.ones((n, 48)),
+        },
+    )
     back = impl.RollingStats.from_bytes(legacy)
     assert back.defaults["shift_threshold"] == 10.0 and back.settings(0)["shift_threshold"] == 10.0
     assert back.settings(1)["shift_threshold"] == math.inf  # off stays off
@@ -346,9 +387,15 @@ def test_loads_histogram_layout_snapshot(impl):
     gs[:, 11:] = [_common.INT_DEFAULTS[k] for k in _common.INT_FIELDS[11:]]
     pstate[:, _common.PARAM_FIELDS.index("shift_threshold")] = 10.0
     pstate[1, _common.PARAM_FIELDS.index("shift_threshold")] = math.inf
-    reset = impl.RollingStats.from_bytes(_snapshot.dump(
-        "RollingStats", {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
-        {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS, "pstate": _common.PARAM_FIELDS},
-        {"fstate": fs, "istate": gs, "pstate": pstate, "buf": raw["buf"], "sorted": raw["sorted"]}))
-    for x, y in zip(back.update(slots, ts + 10**8, values), reset.update(slots, ts + 10**8, values), strict=True):
+    reset = impl.RollingStats.from_bytes(
+        _snapshot.dump(
+            "RollingStats",
+            {"window": 20, "min_count": 4, "z_threshold": 6.0, "ewm_alpha": 0.05},
+            {"fstate": _common.FLOAT_FIELDS, "istate": _common.INT_FIELDS, "pstate": _common.PARAM_FIELDS},
+            {"fstate": fs, "istate": gs, "pstate": pstate, "buf": raw["buf"], "sorted": raw["sorted"]},
+        )
+    )
+    for x, y in zip(
+        back.update(slots, ts + 10**8, values), reset.update(slots, ts + 10**8, values), strict=True
+    ):
         np.testing.assert_array_equal(x, y)

@@ -8,16 +8,23 @@ from iotstream.clickhouse import StorageError
 from iotstream.common.retry import Interrupted, retry
 
 
-@pytest.mark.parametrize(("message", "transient"), [
-    ("Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts."
-     " (TOO_MANY_PARTS)", True),
-    ("Code: 209. DB::NetException: Timeout exceeded while reading from socket (SOCKET_TIMEOUT)", True),
-    ("Code: 60. DB::Exception: Table iotstream.readings does not exist. (UNKNOWN_TABLE)", False),
-    ("Code: 53. DB::Exception: Type mismatch in IN or VALUES section. (TYPE_MISMATCH)", False),
-    ("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)", False),
-    ("Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)", False),
-    ("something without a code", False),
-])
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        (
+            "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than "
+            "inserts."
+            " (TOO_MANY_PARTS)",
+            True,
+        ),
+        ("Code: 209. DB::NetException: Timeout exceeded while reading from socket (SOCKET_TIMEOUT)", True),
+        ("Code: 60. DB::Exception: Table iotstream.readings does not exist. (UNKNOWN_TABLE)", False),
+        ("Code: 53. DB::Exception: Type mismatch in IN or VALUES section. (TYPE_MISMATCH)", False),
+        ("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)", False),
+        ("Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)", False),
+        ("something without a code", False),
+    ],
+)
 def test_classified_by_clickhouse_code(message, transient):
     assert StorageError(message).transient is transient
 

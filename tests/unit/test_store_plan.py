@@ -2,6 +2,7 @@
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from iotstream.clickhouse.rollups import FUNCS, RAW, ROLLUPS, aggregate_sql, plan
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -18,8 +19,13 @@ def test_aligned_range_reads_one_rollup():
 def test_edges_come_from_finer_tables():
     start, end = T0 - HOUR - MIN - 5, T0 + DAY + 2 * MIN + 7
     assert plan(start, end, DAY) == [
-        (RAW, start, T0 - HOUR - MIN), ("rollup_1m", T0 - HOUR - MIN, T0 - HOUR), ("rollup_1h", T0 - HOUR, T0),
-        ("rollup_1d", T0, T0 + DAY), ("rollup_1m", T0 + DAY, T0 + DAY + 2 * MIN), (RAW, T0 + DAY + 2 * MIN, end)]
+        (RAW, start, T0 - HOUR - MIN),
+        ("rollup_1m", T0 - HOUR - MIN, T0 - HOUR),
+        ("rollup_1h", T0 - HOUR, T0),
+        ("rollup_1d", T0, T0 + DAY),
+        ("rollup_1m", T0 + DAY, T0 + DAY + 2 * MIN),
+        (RAW, T0 + DAY + 2 * MIN, end),
+    ]
 
 
 def test_interval_that_no_rollup_divides_reads_raw():
@@ -27,8 +33,11 @@ def test_interval_that_no_rollup_divides_reads_raw():
     assert plan(T0, T0 + DAY, 1_000) == [(RAW, T0, T0 + DAY)]
 
 
-@given(st.integers(0, 4 * 10**12), st.integers(1, 40 * DAY), st.sampled_from([1_000, 90_000, MIN, 5 * MIN, HOUR,
-                                                                              6 * HOUR, DAY, 7 * DAY]))
+@given(
+    st.integers(0, 4 * 10**12),
+    st.integers(1, 40 * DAY),
+    st.sampled_from([1_000, 90_000, MIN, 5 * MIN, HOUR, 6 * HOUR, DAY, 7 * DAY]),
+)
 def test_pieces_tile_the_range_with_whole_rows(start, length, interval):
     end = start + length
     pieces = plan(start, end, interval)

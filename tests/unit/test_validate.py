@@ -13,10 +13,15 @@ NOW = 1_800_000_000_000
 
 def batch(values, offsets=None, index=None, names=("temp",), device="dev-1", base=NOW):
     n = len(values)
-    return pb.ReadingBatch(device_id=device, seq=7, base_time_ms=base,
-                           time_offset_ms=offsets if offsets is not None else [0] * n,
-                           metric_names=names, metric_index=index if index is not None else [0] * n,
-                           values=values)
+    return pb.ReadingBatch(
+        device_id=device,
+        seq=7,
+        base_time_ms=base,
+        time_offset_ms=offsets if offsets is not None else [0] * n,
+        metric_names=names,
+        metric_index=index if index is not None else [0] * n,
+        values=values,
+    )
 
 
 def reasons(verdict):
@@ -43,15 +48,17 @@ def test_time_window():
 
 
 def test_metric_names_and_indexes():
-    v = validate(batch([1.0, 2.0, 3.0, 4.0], index=[0, 1, 2, 5], names=["ok", "9bad", "has space"]),
-                 NOW, Limits())
+    v = validate(
+        batch([1.0, 2.0, 3.0, 4.0], index=[0, 1, 2, 5], names=["ok", "9bad", "has space"]), NOW, Limits()
+    )
     assert reasons(v) == {1: pb.BAD_METRIC_NAME, 2: pb.BAD_METRIC_NAME, 3: pb.UNKNOWN_METRIC}
     assert "9bad" in v.rejections[0].detail
 
 
 def test_registered_metrics_only():
-    v = validate(batch([1.0, 2.0], index=[0, 1], names=["temp", "other"]), NOW,
-                 Limits(metrics=frozenset({"temp"})))
+    v = validate(
+        batch([1.0, 2.0], index=[0, 1], names=["temp", "other"]), NOW, Limits(metrics=frozenset({"temp"}))
+    )
     assert reasons(v) == {1: pb.UNKNOWN_METRIC}
 
 
@@ -61,7 +68,7 @@ def test_batch_cap_rejects_the_tail():
 
 
 def test_first_failing_check_wins():
-    v = validate(batch([math.nan], offsets=[-10**12]), NOW, Limits())
+    v = validate(batch([math.nan], offsets=[-(10**12)]), NOW, Limits())
     assert reasons(v) == {0: pb.NON_FINITE_VALUE}
 
 

@@ -24,6 +24,7 @@ dropped. Rows are deleted once a processor snapshot covers them (`save_snapshot`
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import sqlite3
@@ -51,6 +52,7 @@ class _Append:
     readings: int
     done: asyncio.Future = field(repr=False)
     offset: int = -1
+    at: float = field(default_factory=time.monotonic)  # when ingest handed it over (for the lag)
 
 
 class Record:
@@ -122,6 +124,11 @@ class LocalLog:
         self.durable_offset = last or 0
         first = self._w.execute("SELECT MIN(offset) FROM log").fetchone()[0]
         self._processed = first if first is not None else self.durable_offset + 1
+        # (last offset, append time) of the rows on disk not yet processed, oldest first: the queue's lag.
+        # The rows found at start count from the start.
+        self._ages: collections.deque[tuple[int, float]] = collections.deque(
+            [(last, time.monotonic())] if last is not None and last >= self._processed else []
+        )
         self.closed = False
         self._pending: list[_Append] = []
         self._cv = threading.Condition()
@@ -215,6 +222,8 @@ class LocalLog:
                 )  # the writer thread's own backoff; nothing waits on this thread but the group
                 delay = min(delay * 2, 1.0)
         self.durable_offset = group[-1].offset
+        with self._cv:
+            self._ages.extend((it.offset, it.at) for it in group)
         if self.on_commit is not None:
             self.on_commit(self.durable_offset)
         self._settle(group, None)
@@ -279,6 +288,19 @@ class LocalLog:
         ).fetchall()
         return [Record(self.topic, offset, payload) for offset, payload in rows]
 
+    def lag_ms(self) -> int:
+        """Age of the oldest batch acked or waiting for the disk and not yet processed (0: none)."""
+        with self._cv:
+            oldest = [
+                t
+                for t in (
+                    self._ages[0][1] if self._ages else None,
+                    self._pending[0].at if self._pending else None,
+                )
+                if t is not None
+            ]
+        return int((time.monotonic() - min(oldest)) * 1000) if oldest else 0
+
     def end_offset(self) -> int:
         """The offset the next append gets (the processor has caught up when it reads from here)."""
         return self.durable_offset + 1
@@ -295,6 +317,8 @@ class LocalLog:
         self._processed = next_offset
         with self._cv:
             self.depth -= readings
+            while self._ages and self._ages[0][0] < next_offset:
+                self._ages.popleft()
 
     def save_snapshot(self, partition: int, next_offset: int, data: bytes) -> None:
         """Store a state snapshot covering the rows before `next_offset`, clear the intents, and delete

@@ -22,8 +22,8 @@ from ._common import (
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
 )
-from .episodes import Episode, EpisodeEvent, EpisodeTracker
 from .rules import RuleBook, Rules, load_rules, parse_rules
+from .tracker import Episode, EpisodeEvent, EpisodeTracker
 
 logger = logging.getLogger(__name__)
 

@@ -330,33 +330,33 @@ class IngestService:
                 self.limiter.close_stream(d)
 
     async def end_call(self, exc: Exception, context) -> None:
-        """End the call with the status `exc` stands for, counting why."""
+        """End the call with the status `exc` stands for (ENDINGS), counting why."""
         if isinstance(exc, AuthError):
             revoked = exc.code == grpc.StatusCode.UNAUTHENTICATED
             code, reason = exc.code, REVOKED_CALLS if revoked else f"{exc.code.name}_CALLS"
-        elif isinstance(exc, BadRequest):
-            code, reason = grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_CALLS
-        elif isinstance(exc, WrongDevice):
-            code, reason = grpc.StatusCode.PERMISSION_DENIED, WRONG_DEVICE
-        elif isinstance(exc, TooManyStreams):
-            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_STREAMS_CALLS
-        elif isinstance(exc, TooManySends):
-            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_SENDS_CALLS
-        elif isinstance(exc, RateLimited):
-            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED
+        else:
+            code, reason = next((end for kind, end in ENDINGS.items() if isinstance(exc, kind)), (None, ""))
+            if code is None:
+                raise exc
+        if isinstance(exc, RateLimited):
             pushback = str(max(1, round(exc.retry_after_s * 1000)))
             context.set_trailing_metadata((("grpc-retry-pushback-ms", pushback),))
-        elif isinstance(exc, QueueUnavailable):
-            code, reason = grpc.StatusCode.UNAVAILABLE, QUEUE_UNAVAILABLE_CALLS
-        elif isinstance(exc, Draining):
-            code, reason = grpc.StatusCode.UNAVAILABLE, DRAINING_CALLS
-        elif isinstance(exc, MessageTooLarge):
-            code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE_CALLS
-        else:
-            raise exc
         # WRONG_DEVICE and RATE_LIMITED count the batch's readings; the others count calls.
         self.counters.count(reason, getattr(exc, "readings", 1))
         await context.abort(code, str(exc))
+
+
+# What ends a call, by exception: its status and the counter it is counted under (module docstring).
+ENDINGS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
+    BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST_CALLS),
+    WrongDevice: (grpc.StatusCode.PERMISSION_DENIED, WRONG_DEVICE),
+    TooManyStreams: (grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_STREAMS_CALLS),
+    TooManySends: (grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_SENDS_CALLS),
+    RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED),
+    QueueUnavailable: (grpc.StatusCode.UNAVAILABLE, QUEUE_UNAVAILABLE_CALLS),
+    Draining: (grpc.StatusCode.UNAVAILABLE, DRAINING_CALLS),
+    MessageTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE_CALLS),
+}
 
 
 async def _cancel_when(revocation, reader: asyncio.Task) -> None:

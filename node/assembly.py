@@ -439,6 +439,7 @@ class Node:
         return {
             "readings_per_s": self.counters.rate_per_s(),
             "queue_readings": self.queue.depth if self.queue is not None else 0,
+            "queue_lag_ms": self.queue.lag_ms() if isinstance(self.queue, LocalLog) else 0,
             "consumer_lag": self.metrics.consumer_lag,
             "rejected": {**self.counters.rejected, **self._key_limits()},
         }

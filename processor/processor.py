@@ -19,7 +19,7 @@ from .decode import Columns, to_columns
 from .state import IDLE_MS, MAX_KEYS, PartitionState
 
 # flag bit -> anomaly kind stored in ClickHouse (FLAG_LATE is information, not an anomaly)
-KINDS = {bit: name for bit, name in FLAG_NAMES.items() if bit & ANOMALY_FLAGS}
+DETECTORS = {bit: name for bit, name in FLAG_NAMES.items() if bit & ANOMALY_FLAGS}
 
 
 @dataclass
@@ -172,14 +172,14 @@ def anomaly_table(
         return empty_anomalies()
     t = cols.readings_table(rows)
     fired = flags[rows] & ANOMALY_FLAGS
-    names = {int(f): [kind for bit, kind in KINDS.items() if f & bit] for f in np.unique(fired)}
+    names = {int(f): [kind for bit, kind in DETECTORS.items() if f & bit] for f in np.unique(fired)}
     return pa.table(
         {
             "device_id": t.column("device_id").cast(pa.string()),
             "metric": t.column("metric").cast(pa.string()),
             "time": t.column("time"),
             "value": t.column("value"),
-            "kind": pa.array([KINDS[int(d)] for d in dominant[rows]], pa.string()),
+            "kind": pa.array([DETECTORS[int(d)] for d in dominant[rows]], pa.string()),
             "detectors": pa.array([names[int(f)] for f in fired], pa.list_(pa.string())),
             "score": pa.array(score[rows], pa.float64()),
             "zscore": pa.array(z[rows], pa.float64()),

@@ -1,6 +1,7 @@
 """The local log's partition face on a real SQLite file: offsets, reads, snapshots that truncate, restarts."""
 
 import asyncio
+import time
 
 from iotstream.bus import local as queue
 from iotstream.bus.local import LocalLog
@@ -38,3 +39,35 @@ def test_offsets_reads_snapshot_truncation_and_restart(tmp_path, monkeypatch):
     assert log.load_state(0) == (b"", 4, b"[]")
     log.close()
     log.close_reader()
+
+
+def age(ms: float) -> None:
+    """Let `ms` pass (the lag is a clock reading; nothing here waits for another thread)."""
+    until = time.monotonic() + ms / 1000
+    while time.monotonic() < until:
+        time.sleep(0.005)
+
+
+def test_lag_is_the_age_of_the_oldest_unprocessed_batch(tmp_path):
+    log = LocalLog(str(tmp_path / "log.sqlite"))
+    assert log.lag_ms() == 0  # empty
+    append(log, [b"a"])
+    age(60)
+    append(log, [b"b"])
+    age(10)
+    oldest = log.lag_ms()
+    assert oldest >= 70
+    log.commit(2)  # row 1 processed: row 2, 60 ms younger, is the oldest now
+    assert log.lag_ms() <= oldest - 50
+    log.commit(3)
+    assert log.lag_ms() == 0
+    log.close()
+    log.close_reader()
+
+    again = LocalLog(str(tmp_path / "log.sqlite"))  # nothing truncated: rows 1-2 are unprocessed again,
+    age(30)  # aged from the restart
+    assert again.depth == 2 and 30 <= again.lag_ms() < oldest + 1_000
+    again.commit(3)
+    assert again.lag_ms() == 0
+    again.close()
+    again.close_reader()

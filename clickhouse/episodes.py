@@ -36,7 +36,7 @@ WITH
         WHERE (device_id, metric, kind) IN (SELECT device_id, metric, kind FROM keys)
     ),
     -- Per key: the first episode the earliest new reading can join (ends within Q before it), else that
-    reading.
+    -- reading.
     starts AS (
         SELECT k.device_id AS device_id, k.metric AS metric, k.kind AS kind,
                least(any(k.since), coalesce(minIfOrNull(c.opened, addMilliseconds(c.updated, {q:Int64}) >=

@@ -159,6 +159,7 @@ def add_parsers(sub) -> None:
         help="seconds a full local log pushes back before calls get UNAVAILABLE (default 30)",
     )
     options.rules(s)
+    options.keys(s)
     options.security(s, default_auth=False)
     options.metrics(s)
     options.operator(s)
@@ -187,6 +188,7 @@ def add_parsers(sub) -> None:
     options.kafka(s, required=True)
     options.storage(s)
     options.rules(s)
+    options.keys(s)
     s.add_argument("--group", default="", help="consumer group (default NAMESPACE-processor)")
     s.add_argument(
         "--chunk-messages",

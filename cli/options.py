@@ -40,6 +40,8 @@ def node_config(args, roles):
         rules_path=getattr(args, "rules", None),
         max_chunk_messages=getattr(args, "chunk_messages", 1000),
         snapshot_every_s=getattr(args, "snapshot_every", 5.0),
+        max_keys=getattr(args, "max_keys_per_partition", 2_000_000),
+        key_idle_ms=int(getattr(args, "key_idle_hours", 24.0) * 3_600_000),
         log_max_bytes=int(getattr(args, "log_max_mb", 512) * 1024 * 1024),
         unavailable_after_s=getattr(args, "unavailable_after", 30.0),
         webhooks_path=getattr(args, "webhooks", None),
@@ -111,6 +113,23 @@ def kafka(parser, required):
         type=int,
         default=8,
         help="readings partitions when this node creates the topic (default 8)",
+    )
+
+
+def keys(parser):
+    g = parser.add_argument_group("rolling state")
+    g.add_argument(
+        "--max-keys-per-partition",
+        type=int,
+        default=2_000_000,
+        help="(device, metric) keys with rolling state per partition; past it readings are stored "
+        "unscored, counted as KEYS_OVER_LIMIT (default 2000000)",
+    )
+    g.add_argument(
+        "--key-idle-hours",
+        type=float,
+        default=24.0,
+        help="a key without a reading this long is dropped and comes back cold (default 24)",
     )
 
 

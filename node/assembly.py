@@ -32,6 +32,7 @@ from iotstream.ext import load_rules
 from iotstream.ingest import Counters, IngestService, Limits, add_to_server
 from iotstream.processor.kafka_loop import KafkaSource
 from iotstream.processor.loop import ChunkLoop, LocalSource
+from iotstream.processor.state import IDLE_MS, MAX_KEYS
 from iotstream.query.service import DEFAULT_SILENCE_MS, QueryLimits, QueryService
 from iotstream.query.service import add_to_server as add_query_to_server
 from iotstream.v1 import ingest_pb2, query_pb2
@@ -80,6 +81,8 @@ class Config:
     shutdown_grace_s: float = 5.0
     max_chunk_messages: int = 1000
     snapshot_every_s: float = 5.0
+    max_keys: int = MAX_KEYS  # (device, metric) keys with rolling state, per partition (processor/state.py)
+    key_idle_ms: int = IDLE_MS  # a key without a reading this long is dropped, and comes back cold
     # Security and operations (README "Security and operations").
     auth: bool = False  # every Ingest/Query call needs a bearer token (iotstream.auth)
     tokens_file: str | None = None  # token registry as a file; None: the auth_tokens table in ClickHouse
@@ -215,6 +218,8 @@ class Node:
                 cfg.snapshot_every_s,
                 rules=load_rules(cfg.rules_path),
                 silence_every_s=cfg.silence_check_s,
+                max_keys=cfg.max_keys,
+                idle_ms=cfg.key_idle_ms,
             )
             thread = threading.Thread(target=self._run_processor, args=(loop,), name="processor", daemon=True)
             thread.start()

@@ -30,7 +30,7 @@ from iotstream.clickhouse import StorageError
 from iotstream.common.retry import Interrupted, retry
 
 from .processor import Processor
-from .state import PartitionState
+from .state import IDLE_MS, MAX_KEYS, PartitionState
 
 log = logging.getLogger(__name__)
 # A chunk ends at this many bytes of batches too (~350,000 readings of a typical batch): smaller inserts
@@ -74,9 +74,11 @@ class ChunkLoop:
         snapshot_every_s: float = 5.0,
         rules=None,
         silence_every_s: float = 10.0,
+        max_keys: int = MAX_KEYS,
+        idle_ms: int = IDLE_MS,
     ):
         self.source = source
-        self.processor = Processor(store, rules)
+        self.processor = Processor(store, rules, max_keys, idle_ms)
         self.max_chunk_messages = max_chunk_messages
         self.snapshot_every_s = snapshot_every_s
         self.silence_every_s = silence_every_s

@@ -119,11 +119,18 @@ def test_disagreeing_columns_are_rejected_not_crashed_on(server):
     assert ack.accepted == 0 and {r.reason for r in ack.rejected} == {pb.MALFORMED_BATCH}
 
 
-def test_keys_over_the_processor_limit_are_stored_unscored_and_counted(server):
-    processor = server.server.processor_loop.processor
-    processor.max_keys = 2
-    for state in processor.partitions.values():  # the local log's partition is assigned at start
-        state.max_keys = 2
+def test_keys_over_the_processor_limit_are_stored_unscored_and_counted(chdb_dir):
+    server = ServerThread(
+        Config(port=0, data_dir=chdb_dir, database=database(), max_keys=2)
+    )  # --max-keys-...
+    try:
+        keys_over_the_limit(server)
+    finally:
+        server.stop()
+
+
+def keys_over_the_limit(server: ServerThread) -> None:
+    assert server.server.processor_loop.processor.max_keys == 2
     b = batch("dev-keys", 3)
     b.metric_names[:] = ["a", "b", "c"]
     b.metric_index[:] = [0, 1, 2]

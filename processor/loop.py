@@ -63,6 +63,7 @@ class Progress:
     resent: int = 0
     dead_letters: int = 0
     chunks: int = 0
+    silence_checks: int = 0
 
 
 class ChunkLoop:
@@ -198,6 +199,7 @@ class ChunkLoop:
 
     def _check_silence(self) -> None:
         table = self.processor.silence(time.time_ns() // 1_000_000)
+        self.progress.silence_checks += 1
         if table.num_rows:
             retry(
                 lambda: self.processor.store.insert_anomalies(table),

@@ -328,7 +328,8 @@ def test_broker_outage_slows_acks_loses_nothing(private_kafka_broker, chdb_dir):
     sender = threading.Thread(target=fleet)
     sender.start()
     try:
-        time.sleep(3)  # let the fleet get going before the outage (a scenario step, not synchronisation)
+        # the fleet is going (some batches acked) before the outage
+        wait_for(lambda: ingest.server.counters.accepted >= 500, 60, "the first acks", 0.05)
         broker.restart(down=10)
         sender.join(180)
         assert not sender.is_alive()

@@ -58,5 +58,10 @@ def test_threshold_from_rules_and_silence(ruled):
     while time.monotonic() < deadline and len(kinds(ruled, "silence")) < 2:
         time.sleep(0.1)
     assert sorted(kinds(ruled, "silence")) == [("dev-t", "hum", now - 997), ("dev-t", "temp", now - 999)]
-    time.sleep(1.0)  # more timer ticks pass: each silence is still reported once
+    progress = ruled.server.processor_loop.progress
+    ticks = progress.silence_checks
+    deadline = time.monotonic() + 20
+    while progress.silence_checks < ticks + 3 and time.monotonic() < deadline:  # more timer ticks pass
+        time.sleep(0.05)  # polling a condition
+    assert progress.silence_checks >= ticks + 3  # ...and each silence is still reported once:
     assert len(kinds(ruled, "silence")) == 2

@@ -114,7 +114,17 @@ def cmd_demo(args) -> int:
 
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = query_pb2_grpc.QueryStub(channel)
-                stats = await stub.GetStats(pb.GetStatsRequest(), timeout=30)
+                # An ack means durable in the local log; the processor stores a moment later.
+                deadline = time.monotonic() + 120
+                while True:
+                    stats = await stub.GetStats(pb.GetStatsRequest(), timeout=30)
+                    if (
+                        stats.readings >= summary["acked"]
+                        and stats.queue_readings == 0
+                        or time.monotonic() > deadline
+                    ):
+                        break
+                    await asyncio.sleep(0.2)  # polling the stored count
                 anomalies = await stub.ListAnomalies(pb.ListAnomaliesRequest(page_size=5), timeout=30)
         finally:
             await server.stop()

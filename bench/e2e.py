@@ -1,6 +1,7 @@
 """End to end: simulated devices -> ingest -> queue (local or Kafka) -> processor -> ClickHouse -> Query.
 
-    python -m iotstream.bench.e2e [--kafka BOOTSTRAP] [--duration 20] [--rate READINGS/S] [--json]
+    python -m iotstream.bench.e2e [--kafka BOOTSTRAP] [--duration 20] [--rate READINGS/S] [--queries N]
+                                  [--json]
 
 Starts `iotstream serve` (embedded, or `--kafka BOOTSTRAP`) in its own process and drives it with
 bench/loadgen.py in another (devices on long-lived Ingest/Stream calls, batches of --batch readings,
@@ -12,7 +13,10 @@ closed loop, or open loop at --rate). Meanwhile this process:
   polls Query/GetHistory for it every --poll-ms; `queryable_p50_ms`/`queryable_p99_ms` are send-to-visible;
 - measures CPU seconds per component: the server process (and its threads grouped by OS thread name, e.g.
   Python vs ClickHouse's pools vs gRPC's), the load generator process, this process (markers and polling),
-  and the Kafka broker when one listens on the bootstrap port.
+  and the Kafka broker when one listens on the bootstrap port;
+- with --queries N, calls what a dashboard calls while the load runs, one call at a time in turn, N of each
+  spread over the measured interval: GetDevice (a loaded device), Aggregate (a loaded device, the last
+  10 minutes in 1-minute buckets) and GetStats; `queries` gives each one's p50/p99 over gRPC.
 
 `ack_p50_ms`/`ack_p99_ms` are the load generator's send-to-Ack latencies of its batches. Prints one JSON
 object (with --json, only that) and writes bench/results/e2e.json (or --out).
@@ -81,13 +85,16 @@ class Probe:
     One poller looks for every outstanding marker with a single GetHistory per tick, so the query load
     stays at 1000 / poll_ms per second however far the markers lag (polls share chDB with the inserts)."""
 
-    def __init__(self, target: str, marker_every: float, poll_ms: float, give_up_s: float = 60.0):
+    def __init__(
+        self, target: str, marker_every: float, poll_ms: float, give_up_s: float = 60.0, queries=None
+    ):
         self.target, self.marker_every, self.poll_s, self.give_up_s = (
             target,
             marker_every,
             poll_ms / 1000,
             give_up_s,
         )
+        self.queries = queries  # QueryLoad or None
         self.samples: list[tuple[float, int]] = []  # (perf_counter, readings stored)
         self.markers: list[dict] = []
         self.waiting: dict[int, dict] = {}  # seq -> marker record, acked and not yet visible
@@ -106,11 +113,16 @@ class Probe:
             sampler = asyncio.create_task(self.sample_loop())
             marker = asyncio.create_task(self.marker_loop())
             poller = asyncio.create_task(self.poll_loop())
+            if self.queries is not None:
+                dashboard = asyncio.create_task(self.queries.run(self.query))
             while not self.stop.is_set():
                 await asyncio.sleep(0.05)
             sampler.cancel()
             marker.cancel()
             await asyncio.gather(sampler, marker, *self.sends, return_exceptions=True)
+            if self.queries is not None:
+                dashboard.cancel()
+                await asyncio.gather(dashboard, return_exceptions=True)
             # Let the poller find the markers still in flight (each gives up after give_up_s).
             while (
                 self.waiting
@@ -191,6 +203,53 @@ class Probe:
                         rec["visible"] = seen
 
 
+class QueryLoad:
+    """--queries: a dashboard's calls during the measured interval [t0, t1) (perf_counter), one at a time in
+    turn (GetDevice, Aggregate, GetStats), `calls` of each, evenly spaced; latencies per call name."""
+
+    def __init__(self, calls: int, t0: float, t1: float, devices: list[str]):
+        self.calls, self.t0, self.t1, self.devices = calls, t0, t1, devices
+        self.ms: dict[str, list[float]] = {"GetDevice": [], "Aggregate_10m_1m": [], "GetStats": []}
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    async def run(self, query) -> None:
+        from iotstream.v1 import query_pb2 as qpb
+
+        def request(name: str, i: int):
+            device = self.devices[i % len(self.devices)]
+            if name == "GetDevice":
+                return query.GetDevice(qpb.GetDeviceRequest(device_id=device), timeout=10)
+            if name == "GetStats":
+                return query.GetStats(qpb.GetStatsRequest(), timeout=10)
+            now = time.time_ns() // 1_000_000
+            return query.Aggregate(
+                qpb.AggregateRequest(
+                    device_ids=[device], start_ms=now - 600_000, end_ms=now, interval_ms=60_000
+                ),
+                timeout=10,
+            )
+
+        names = list(self.ms)
+        step = (self.t1 - self.t0) / (self.calls * len(names))
+        for k in range(self.calls * len(names)):
+            await asyncio.sleep(max(0.0, self.t0 + k * step - time.perf_counter()))
+            name = names[k % len(names)]
+            t = time.perf_counter()
+            try:
+                await request(name, k // len(names))
+                self.ms[name].append((time.perf_counter() - t) * 1000)
+            except Exception as exc:
+                self.errors[f"{name}: {str(exc)[:120]}"] += 1
+
+    def result(self) -> dict:
+        out: dict = {
+            name: {"calls": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": pct(v, 100)}
+            for name, v in self.ms.items()
+        }
+        out["errors"] = dict(self.errors)
+        return out
+
+
 def rate_between(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float | None, int]:
     """Readings/s stored between the samples nearest to t0 and t1 (interpolation-free: sample times)."""
     inside = [s for s in samples if t0 <= s[0] <= t1]
@@ -213,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-ms", type=float, default=25.0, help="marker poll interval (default 25)")
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--loadgen-cpus", help="taskset CPUs for the load generator (default: unpinned)")
+    ap.add_argument(
+        "--queries", type=int, default=0, help="dashboard calls of each kind while loading (default 0: none)"
+    )
     ap.add_argument("--out", help="JSON path (default bench/results/e2e.json)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
     args = ap.parse_args(argv)
@@ -243,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.rate:
             cmd += ["--rate", str(args.rate / args.batch)]
-        probe = Probe(server.target, args.marker_every, args.poll_ms)
-        probe.thread.start()
         t_start = time.perf_counter()
-        lg = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         m0 = t_start + args.warmup
         m1 = m0 + args.duration
+        devices = [f"e2e-{i:05d}" for i in range(args.streams)]  # loadgen's names, see --prefix above
+        queries = QueryLoad(args.queries, m0, m1, devices) if args.queries else None
+        probe = Probe(server.target, args.marker_every, args.poll_ms, queries=queries)
+        probe.thread.start()
+        lg = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # CPU over the measured interval only.
         time.sleep(max(0.0, m0 - time.perf_counter()))
         cpu = {"server": server.cpu_seconds(), "probe": self_cpu_seconds()}
@@ -298,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "markers_visible": len(visible),
         "marker_ack_p50_ms": pct(acked, 50),
         "marker_ack_p99_ms": pct(acked, 99),
+        "queries": queries.result() if queries else None,
         "poll_errors": probe.poll_errors,
         "load_errors": load["errors"],
         "load_error_samples": load["error_samples"],
@@ -316,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['queryable_p50_ms']} ms p99 {result['queryable_p99_ms']} ms; cpu {cpu_s}",
             file=sys.stderr,
         )
+        for name, q in (result["queries"] or {}).items():
+            print(f"  {name}: {q}", file=sys.stderr)
         print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(result))
     return 0 if result["readings_per_s"] else 1

@@ -95,16 +95,3 @@ class DeviceConfigs:
 
     def reported_since(self, since_ms: int) -> list[dict]:
         return self._rows(_REPORTS + " WHERE time >= " + _MS % "t", {"t": since_ms})
-
-    def versions(self, device_id: str) -> dict:
-        """GetDevice's configuration fields: desired version, reported version and time (0 when none)."""
-        rows = self._rows(
-            "SELECT (SELECT max(version) FROM $db.device_config WHERE device_id = {d:String}) AS "
-            "config_version, "
-            "ifNull((SELECT argMax(version, time) FROM $db.device_config_reports WHERE device_id = "
-            "{d:String}), 0) "
-            "AS config_reported_version, ifNull((SELECT toUnixTimestamp64Milli(max(time)) "
-            "FROM $db.device_config_reports WHERE device_id = {d:String}), 0) AS config_reported_ms",
-            {"d": device_id},
-        )
-        return rows[0]

@@ -13,31 +13,35 @@ _DEVICE_COLUMNS = """toUnixTimestamp64Milli(min(first_time)) AS first_seen_ms,
 
 
 class Reads(Tables):
-    def counts(self, online_since_ms: int, now_ms: int) -> dict:
+    def stats(self, online_since_ms: int, now_ms: int) -> dict:
+        """GetStats' stored figures in one statement (every statement of the embedded engine waits for the
+        insert in progress, so one wait instead of several): readings, anomaly episodes (open ones: not
+        closed by `now_ms`), devices (online: stored since `online_since_ms`), the last store time, and
+        rows and bytes on disk of each table with data (active parts; row versions not yet merged away
+        count too)."""
         row = self._query(
             f"""
-            SELECT
-                (SELECT count() FROM $db.readings) AS readings,
-                (SELECT count() FROM $db.anomaly_episodes FINAL) AS anomalies,
-                (SELECT count() FROM $db.anomaly_episodes FINAL WHERE closes > {_MS % "now"}) AS
-                open_anomalies,
-                (SELECT uniqExact(device_id) FROM $db.device_metrics) AS devices,
-                (SELECT count() FROM (SELECT device_id FROM $db.device_metrics GROUP BY device_id
-                                      HAVING max(last_stored) >= {_MS % "since"})) AS devices_online,
-                (SELECT toUnixTimestamp64Milli(max(last_stored)) FROM $db.device_metrics) AS last_stored_ms
+            WITH
+                (SELECT tuple(count(), countIf(closes > {_MS % "now"})) FROM $db.anomaly_episodes FINAL)
+                    AS episodes,
+                (SELECT tuple(count(), countIf(stored >= {_MS % "since"}), max(stored))
+                 FROM (SELECT max(last_stored) AS stored FROM $db.device_metrics GROUP BY device_id))
+                    AS devs,
+                (SELECT tuple(groupArray(table), groupArray(rows), groupArray(bytes))
+                 FROM (SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts
+                       WHERE database = {{d:String}} AND active GROUP BY table ORDER BY table)) AS parts
+            SELECT (SELECT count() FROM $db.readings) AS readings,
+                   episodes.1 AS anomalies, episodes.2 AS open_anomalies,
+                   devs.1 AS devices, devs.2 AS devices_online,
+                   toUnixTimestamp64Milli(devs.3) AS last_stored_ms,
+                   parts.1 AS tables, parts.2 AS table_rows, parts.3 AS table_bytes
             """,
-            {"since": online_since_ms, "now": now_ms},
+            {"since": online_since_ms, "now": now_ms, "d": self.db},
         ).to_pylist()[0]
+        tables = row.pop("tables")
+        row["table_rows"] = dict(zip(tables, row["table_rows"], strict=True))
+        row["table_bytes"] = dict(zip(tables, row["table_bytes"], strict=True))
         return row
-
-    def table_sizes(self) -> list:
-        """Rows and bytes on disk of each table with data (active parts; row versions not yet merged away
-        count too)."""
-        return self._query(
-            "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes FROM system.parts "
-            "WHERE database = {d:String} AND active GROUP BY table ORDER BY table",
-            {"d": self.db},
-        ).to_pylist()
 
     def list_devices(self, prefix: str, status: int, online_since_ms: int, after: str, limit: int) -> list:
         """Registry rows by device id after `after`; status: 0 all, 1 online only, 2 offline only
@@ -56,17 +60,24 @@ class Reads(Tables):
         ).to_pylist()
 
     def device_summary(self, device_id: str, now_ms: int) -> list:
-        """GetDevice in one round trip: per metric its newest value by reading time, readings, first
-        reading time and last stored time, each row also carrying the device's episode counts."""
+        """GetDevice in one round trip (every statement of the embedded engine waits for the insert in
+        progress): per metric its newest value by reading time, readings, first reading time and last
+        stored time, each row also carrying the device's episode counts and configuration versions
+        (desired, reported and when; 0 when none; see device_config.py)."""
         return self._query(
             f"""
             WITH (SELECT tuple(count(), countIf(closes > {_MS % "now"})) FROM $db.anomaly_episodes FINAL
-                  WHERE device_id = {{d:String}}) AS episodes
+                  WHERE device_id = {{d:String}}) AS episodes,
+                 (SELECT max(version) FROM $db.device_config WHERE device_id = {{d:String}}) AS desired,
+                 (SELECT tuple(argMax(version, time), toUnixTimestamp64Milli(max(time)))
+                  FROM $db.device_config_reports WHERE device_id = {{d:String}}) AS reported
             SELECT metric, toUnixTimestamp64Milli(max(last_time)) AS time_ms, argMaxMerge(last_value) AS
             value,
                    sum(readings) AS stored_readings, toUnixTimestamp64Milli(min(first_time)) AS first_ms,
                    toUnixTimestamp64Milli(max(last_stored)) AS stored_ms,
-                   tupleElement(episodes, 1) AS anomalies, tupleElement(episodes, 2) AS open_anomalies
+                   tupleElement(episodes, 1) AS anomalies, tupleElement(episodes, 2) AS open_anomalies,
+                   desired AS config_version, tupleElement(reported, 1) AS config_reported_version,
+                   tupleElement(reported, 2) AS config_reported_ms
             FROM $db.device_metrics WHERE device_id = {{d:String}}
             GROUP BY metric HAVING sum(readings) > 0 ORDER BY metric
             """

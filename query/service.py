@@ -27,7 +27,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from iotstream.clickhouse import StorageError
-from iotstream.clickhouse.device_config import DeviceConfigs
 from iotstream.clickhouse.store import ReadCap
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
@@ -341,9 +340,10 @@ class QueryService(pb_grpc.QueryServicer):
                     grpc.StatusCode.NOT_FOUND, f"device_id: no readings for {request.device_id!r}"
                 )
             stored = max(r["stored_ms"] for r in rows)
-            config = await self._run(context, DeviceConfigs(self.store.backend).versions, request.device_id)
             return pb.Device(
-                **config,
+                config_version=rows[0]["config_version"],
+                config_reported_version=rows[0]["config_reported_version"],
+                config_reported_ms=rows[0]["config_reported_ms"],
                 device_id=request.device_id,
                 status=self._status(stored),
                 last_stored_ms=stored,
@@ -545,13 +545,7 @@ class QueryService(pb_grpc.QueryServicer):
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.Stats:
         async def build():
             now = now_ms()
-            counts = await self._run(context, self.store.counts, now - self.silence_ms, now)
-            sizes = await self._run(context, self.store.table_sizes)
-            stats = pb.Stats(
-                **counts,
-                table_rows={r["table"]: r["rows"] for r in sizes},
-                table_bytes={r["table"]: r["bytes"] for r in sizes},
-            )
+            stats = pb.Stats(**await self._run(context, self.store.stats, now - self.silence_ms, now))
             if self.stats_source is not None:  # this node's ingest and processor, if it runs them
                 live = self.stats_source()
                 stats.readings_per_s = live.get("readings_per_s", 0.0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from contextlib import contextmanager, nullcontext
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import pyarrow as pa
@@ -59,6 +61,42 @@ class StorageError(RuntimeError):
 CLUSTER_SETTINGS = {"distributed_product_mode": "local", "distributed_foreground_insert": 1}
 
 
+class ReadsFirst:
+    """Order of statements on the embedded engine, which runs one statement at a time (one lock per chDB
+    connection, shared by every client of the process): an insert waits until the reads that came before
+    it have run. A plain lock lets the thread that just released it take it again first, and the
+    processor writes readings, anomalies and episodes back to back, so a query could wait for several
+    inserts; now it waits for at most the statement in progress and the statements queued before it.
+    Reads that come after an insert wait for it, so a stream of queries cannot stall ingestion."""
+
+    def __init__(self):
+        self._next = 0  # ticket of the next read
+        self._pending: set[int] = set()  # tickets of reads not finished yet
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def read(self):
+        with self._changed:
+            ticket = self._next
+            self._next += 1
+            self._pending.add(ticket)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._pending.discard(ticket)
+                self._changed.notify_all()
+
+    def before_write(self) -> None:
+        with self._changed:
+            ahead = self._next
+            self._changed.wait_for(lambda: not self._pending or min(self._pending) >= ahead)
+
+
+_GATES: dict[str, ReadsFirst] = {}  # chDB data folder -> its gate (one engine per folder and process)
+_GATES_LOCK = threading.Lock()
+
+
 class Backend:
     """ClickHouse through clickhouse-connect, one client code path for both modes:
 
@@ -77,6 +115,10 @@ class Backend:
         self.cluster = cluster
         self.embedded = dsn.startswith("chdb://")
         settings = CLUSTER_SETTINGS if cluster else None
+        self.gate: ReadsFirst | None = None  # embedded only: a server runs statements concurrently
+        if self.embedded:
+            with _GATES_LOCK:
+                self.gate = _GATES.setdefault(dsn, ReadsFirst())
         self._client = self._call(clickhouse_connect.get_client, dsn=dsn, settings=settings)
         on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
         self.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
@@ -85,7 +127,8 @@ class Backend:
         self._call(self._client.command, sql, parameters=_bindable(params))
 
     def query(self, sql: str, params: dict | None = None) -> pa.Table:
-        return self._call(self._client.query_arrow, sql, parameters=_bindable(params))
+        with self.gate.read() if self.gate else nullcontext():
+            return self._call(self._client.query_arrow, sql, parameters=_bindable(params))
 
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
         if token is not None and not _TOKEN.fullmatch(
@@ -94,6 +137,8 @@ class Backend:
             raise ValueError(f"bad insert_deduplication_token {token!r}")
         settings = {"insert_deduplication_token": token} if token else None
         database, _, name = table.rpartition(".")
+        if self.gate:
+            self.gate.before_write()
         self._call(self._client.insert_arrow, name, data, database=database or None, settings=settings)
 
     def close(self) -> None:

@@ -61,6 +61,13 @@ class StorageError(RuntimeError):
 CLUSTER_SETTINGS = {"distributed_product_mode": "local", "distributed_foreground_insert": 1}
 
 
+# Every insert: the materialized views fed by the table (device_metrics, rollup_1m and its cascade) run in
+# parallel threads rather than one after another. An insert into readings then holds the embedded engine,
+# which every query waits for, about half as long for the same CPU (measured: 50,000 readings, median
+# 254-373 -> 121-185 ms; see docs/benchmarks.md).
+INSERT_SETTINGS = {"parallel_view_processing": 1}
+
+
 class ReadsFirst:
     """Order of statements on the embedded engine, which runs one statement at a time (one lock per chDB
     connection, shared by every client of the process): an insert waits until the reads that came before
@@ -135,7 +142,9 @@ class Backend:
             token
         ):  # tokens are built internally; guard all the same
             raise ValueError(f"bad insert_deduplication_token {token!r}")
-        settings = {"insert_deduplication_token": token} if token else None
+        settings: dict[str, object] = dict(INSERT_SETTINGS)
+        if token:
+            settings["insert_deduplication_token"] = token
         database, _, name = table.rpartition(".")
         if self.gate:
             self.gate.before_write()

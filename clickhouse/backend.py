@@ -70,11 +70,12 @@ INSERT_SETTINGS = {"parallel_view_processing": 1}
 
 class ReadsFirst:
     """Order of statements on the embedded engine, which runs one statement at a time (one lock per chDB
-    connection, shared by every client of the process): an insert waits until the reads that came before
-    it have run. A plain lock lets the thread that just released it take it again first, and the
-    processor writes readings, anomalies and episodes back to back, so a query could wait for several
-    inserts; now it waits for at most the statement in progress and the statements queued before it.
-    Reads that come after an insert wait for it, so a stream of queries cannot stall ingestion."""
+    connection, shared by every client of the process): a write (an insert, or a command: DDL, INSERT ...
+    SELECT) waits until the reads that came before it have run. A plain lock lets the thread that just
+    released it take it again first, and the processor writes readings, anomalies and episodes back to
+    back, so a query could wait for several writes; now it waits for at most the statement in progress
+    and those queued before it. Reads that come after a write wait for it, so a stream of queries cannot
+    stall ingestion."""
 
     def __init__(self):
         self._next = 0  # ticket of the next read
@@ -131,6 +132,8 @@ class Backend:
         self.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
 
     def command(self, sql: str, params: dict | None = None) -> None:
+        if self.gate:  # DDL and INSERT ... SELECT (episodes): writes, after the reads queued before them
+            self.gate.before_write()
         self._call(self._client.command, sql, parameters=_bindable(params))
 
     def query(self, sql: str, params: dict | None = None) -> pa.Table:

@@ -33,6 +33,8 @@ def test_e2e_json_shape(tmp_path):
             "2",
             "--marker-every",
             "0.3",
+            "--queries",
+            "3",
             "--out",
             str(out),
         ],
@@ -51,3 +53,8 @@ def test_e2e_json_shape(tmp_path):
     assert r["queryable_p99_ms"] >= r["queryable_p50_ms"] > 0
     assert {"server", "probe", "load_generator"} <= set(r["cpu_s"])
     assert r["server_threads_cpu_s"]
+    q = r["queries"]
+    assert set(q) == {"GetDevice", "Aggregate_10m_1m", "GetStats", "errors"}
+    assert q["GetStats"]["calls"] >= 1 and q["GetStats"]["p99_ms"] >= q["GetStats"]["p50_ms"] > 0
+    # The only error allowed: GetDevice before the first readings of its device were stored.
+    assert all(e.startswith("GetDevice") and "NOT_FOUND" in e for e in q["errors"]), q["errors"]

@@ -1,9 +1,9 @@
 -- Cascaded rollups: rollup_1h is fed from the rows each insert writes into rollup_1m, and rollup_1d from
 -- those written into rollup_1h, instead of all three views re-reading every raw reading and building a
 -- t-digest state per reading. Counts, sums and extremes combine exactly; sd and q are merged states
--- (-MergeState), which is what every read already does across rows. The 1m rows of one insert are fewer
--- than its readings when a key has several readings a minute in it; at 1 Hz per key and sub-minute inserts
--- they are about as many, and measured CPU did not change (bench/profile/README.md §3).
+-- (-MergeState), which is what every read already does across rows. The 1m rows of one insert are far
+-- fewer than its readings when devices send several readings a minute (measured in
+-- bench/profile/store_insert.py, docs/benchmarks.md).
 -- A replayed insert (same insert_deduplication_token) is dropped at `readings`, before any view runs, so no
 -- level of the chain counts it twice (tests/integration/test_storage_rollups.py).
 -- Rows stored before this migration stay as they are: the tables keep their columns and states.

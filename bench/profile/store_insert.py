@@ -1,14 +1,12 @@
 """What one insert into `readings` costs, with the schema's materialized views and without them.
 
-    python -m iotstream.bench.profile.store_insert [--rows 1000 10000 100000] [--inserts 20] [--devices 1000]
-        [--interval-ms 1000] [--variants full direct ...] [--json]
+    python -m iotstream.bench.profile.store_insert [--rows 1000 10000 100000] [--inserts 20] [--json]
 
 Builds the real schema (Store.migrate) in throwaway chDB databases, then times --inserts inserts of --rows
-readings each (--devices devices x 3 metrics, each device's readings --interval-ms apart, one token per
-insert like the processor) for variants of the same database:
-  full      the schema as migrated (readings + device_metrics view + rollup_1m view, rollup_1h fed from
-            rollup_1m's inserted rows and rollup_1d from rollup_1h's: 011_rollup_cascade.sql)
-  direct    rollup_1h and rollup_1d fed from every reading, as before 011
+readings each (1,000 devices x 3 metrics, times within the last minutes, one token per insert like the
+embedded processor) for three variants of the same database:
+  full      the schema as migrated (readings + device_metrics view + rollup_1m/1h/1d views)
+  cascade   rollup_1h and rollup_1d fed from rollup_1m's inserts instead of from readings
   no_quantiles  the three rollup views without their quantilesTDigest state
   no_rollups  the three rollup views dropped
   bare      every materialized view on readings dropped
@@ -32,18 +30,19 @@ import pyarrow as pa
 
 VARIANTS = {
     "full": [],
-    "direct": ["rollup_1h_mv", "rollup_1d_mv"],  # then re-created on readings, see DIRECT
+    "cascade": ["rollup_1h_mv", "rollup_1d_mv"],  # then re-created on rollup_1m, see CASCADE
     "no_quantiles": ["rollup_1m_mv", "rollup_1h_mv", "rollup_1d_mv"],  # re-created without q, see NO_Q
     "no_rollups": ["rollup_1m_mv", "rollup_1h_mv", "rollup_1d_mv"],
     "bare": None,  # every view that reads from readings
 }
-# The 1h and 1d rollup views as 005 created them: each reads every reading.
-DIRECT = """
+# The 1h and 1d rollups fed from rollup_1m's inserted blocks (one row per device, metric and minute) instead
+# of from every reading: states merge with -MergeState, sums and extremes with sum/min/max.
+CASCADE = """
 CREATE MATERIALIZED VIEW {db}.rollup_{unit}_mv TO {db}.rollup_{unit} AS
-SELECT device_id, metric, toDateTime(toStartOf{fn}(time), 'UTC') AS bucket,
-       count() AS n, sum(value) AS total, min(value) AS lo, max(value) AS hi,
-       stddevSampStableState(value) AS sd, quantilesTDigestState(0.5, 0.95, 0.99)(value) AS q
-FROM {db}.readings
+SELECT device_id, metric, toDateTime(toStartOf{fn}(m.bucket), 'UTC') AS bucket,
+       sum(m.n) AS n, sum(m.total) AS total, min(m.lo) AS lo, max(m.hi) AS hi,
+       stddevSampStableMergeState(m.sd) AS sd, quantilesTDigestMergeState(0.5, 0.95, 0.99)(m.q) AS q
+FROM {db}.rollup_1m AS m
 GROUP BY device_id, metric, bucket"""
 # The rollup views as migrated, minus the quantilesTDigest state (q keeps its default, an empty state).
 NO_Q = """
@@ -60,16 +59,15 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def readings(rows: int, k: int, n_devices: int, interval_ms: int) -> pa.Table:
-    """Rows of --devices devices x 3 metrics, round robin; a device's readings are interval_ms apart."""
-    devices = [f"dev-{i:05d}" for i in range(n_devices)]
+def readings(rows: int, k: int) -> pa.Table:
+    devices = [f"dev-{i:04d}" for i in range(1000)]
     i = np.arange(rows)
     now = time.time_ns() // 1_000_000
-    t = now - 3_600_000 + (k * rows + i) // (3 * n_devices) * interval_ms % 3_600_000
+    t = now - 600_000 + (k * rows + i) // 3 * 7 % 600_000
     return pa.table(
         {
             "device_id": pa.DictionaryArray.from_arrays(
-                pa.array((i // 3 % n_devices).astype(np.int32)), pa.array(devices)
+                pa.array((i // 3 % 1000).astype(np.int32)), pa.array(devices)
             ),
             "metric": pa.DictionaryArray.from_arrays(
                 pa.array((i % 3).astype(np.int32)), pa.array(["temperature", "humidity", "pressure"])
@@ -84,11 +82,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--inserts", type=int, default=20)
-    ap.add_argument("--devices", type=int, default=1000, help="devices, 3 metrics each (default 1000)")
-    ap.add_argument(
-        "--interval-ms", type=int, default=1000, help="between a device's readings (default 1000)"
-    )
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -97,9 +90,8 @@ def main() -> None:
 
     path = tempfile.mkdtemp(prefix="store-insert-")
     results = {}
-    for variant in args.variants:
+    for variant, drop in VARIANTS.items():
         for rows in args.rows:
-            drop = VARIANTS[variant]
             db = f"p_{variant}_{rows}"
             store = Store(open_backend(data_dir=path, database=db), StoreConfig())
             store.migrate()
@@ -120,10 +112,10 @@ def main() -> None:
             if variant == "no_quantiles":
                 for unit, fn in (("1m", "Minute"), ("1h", "Hour"), ("1d", "Day")):
                     store.backend.command(NO_Q.format(db=db, unit=unit, fn=fn))
-            if variant == "direct":
+            if variant == "cascade":
                 for unit, fn in (("1h", "Hour"), ("1d", "Day")):
-                    store.backend.command(DIRECT.format(db=db, unit=unit, fn=fn))
-            tables = [readings(rows, k, args.devices, args.interval_ms) for k in range(args.inserts)]
+                    store.backend.command(CASCADE.format(db=db, unit=unit, fn=fn))
+            tables = [readings(rows, k) for k in range(args.inserts)]
             c0, t0 = cpu(), time.perf_counter()
             for k, table in enumerate(tables):
                 store.insert_readings(table, f"bench-{variant}-{rows}-{k}")
@@ -153,13 +145,7 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    out = {
-        "benchmark": "store_insert",
-        "inserts": args.inserts,
-        "devices": args.devices,
-        "interval_ms": args.interval_ms,
-        "results": results,
-    }
+    out = {"benchmark": "store_insert", "inserts": args.inserts, "results": results}
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/store_insert.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))

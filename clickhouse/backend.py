@@ -61,7 +61,7 @@ class StorageError(RuntimeError):
 CLUSTER_SETTINGS = {"distributed_product_mode": "local", "distributed_foreground_insert": 1}
 
 
-# Every insert: the materialized views fed by the table (device_metrics, rollup_1m and its cascade) run in
+# Every insert: the materialized views fed by the table (device_metrics and the three rollups) run in
 # parallel threads rather than one after another. An insert into readings then holds the embedded engine,
 # which every query waits for, about half as long for the same CPU (measured: 50,000 readings, median
 # 254-373 -> 121-185 ms; see docs/benchmarks.md).

@@ -2,8 +2,12 @@
 any event's cursor without a gap or a repeat. The quiet period is 1.5 s so that episodes close quickly;
 flagged
 readings are stamped AHEAD ms in the future so that an episode stays open long enough for a watcher to see it
-open on a busy machine (open until its newest reading time + the quiet period)."""
+open on a busy machine (open until its newest reading time + the quiet period).
 
+The node runs the processor on embedded ClickHouse, so streams wait for its episode writes; the fallback poll
+is set to 10 minutes here, so every event below comes from a wakeup (a write, or the next closure)."""
+
+import threading
 import time
 import uuid
 
@@ -14,6 +18,8 @@ from conftest import ServerThread
 
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.node import Config
+from iotstream.node.assembly import QUERY
+from iotstream.query.service import QueryLimits
 from iotstream.v1 import query_pb2 as qpb
 
 Q = 1_500
@@ -52,6 +58,7 @@ def quick(chdb_dir):
             data_dir=chdb_dir,
             database="t_" + uuid.uuid4().hex[:12],
             store=StoreConfig(episode_quiet_ms=Q),
+            query_limits=QueryLimits(watch_poll_s=600),
         )
     )
     yield srv
@@ -195,3 +202,72 @@ def test_cli_lists_acknowledges_and_watches(quick):
     finally:
         watcher.kill()
         watcher.stdout.close()
+
+
+class CountingBackend:
+    """The store's backend, counting the queries that read episodes (other parts of the node query too)."""
+
+    def __init__(self, backend):
+        self.backend, self.episode_reads = backend, 0
+
+    def query(self, sql, params=None):
+        if "anomaly_episodes" in sql:
+            self.episode_reads += 1
+        return self.backend.query(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def wait_for(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)  # polling a condition
+
+
+def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick):
+    store = quick.server.store
+    counting = store.backend = CountingBackend(store.backend)
+    signal = quick.server.episodes_written
+    watches = [Watch(quick, timeout=60) for _ in range(5)]
+    wait_for(lambda: len(signal._waiters) == len(watches))  # every stream has looked and now waits
+    before = counting.episode_reads
+    time.sleep(1.5)  # idle for longer than the old 0.2 s poll and the default fallback (1 s)
+    assert counting.episode_reads == before
+    got: list = []
+
+    def read(watch):
+        got.append(summary(watch.next()))
+
+    readers = [threading.Thread(target=read, args=(w,)) for w in watches]
+    for reader in readers:
+        reader.start()
+    store.insert_anomalies(flagged([("dev-w", "temp", soon(), 0.9)]))
+    for reader in readers:
+        reader.join(30)  # far below the 600 s fallback: the write woke them
+    assert got == [("OPENED", "dev-w", 1, qpb.ANOMALY_OPEN)] * len(watches)
+    for watch in watches:
+        watch.close()
+
+
+def test_query_node_polls_for_episodes_written_elsewhere(chdb_dir):
+    """A query-only node has no processor of its own: its streams look every watch_poll_s."""
+    srv = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database="t_" + uuid.uuid4().hex[:12],
+            roles=frozenset({QUERY}),
+            store=StoreConfig(episode_quiet_ms=Q),
+            query_limits=QueryLimits(watch_poll_s=0.1),
+        )
+    )
+    try:
+        assert srv.server.episodes_written is None
+        watch = Watch(srv)
+        srv.server.store.insert_anomalies(flagged([("dev-q", "temp", soon(), 0.9)]))  # as a processor would
+        assert summary(watch.next()) == ("OPENED", "dev-q", 1, qpb.ANOMALY_OPEN)
+        watch.close()
+    finally:
+        srv.stop()

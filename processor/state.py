@@ -67,13 +67,14 @@ class PartitionState:
         known = self._lookup(keys)
         self.seen[known[known >= 0]] = now  # before evicting: these keys are live
         missing = [k for k, slot in zip(keys, known.tolist(), strict=True) if slot < 0]
+        renumbered = False
         if (
             missing
             and len(self.slots) + len(missing) > self.max_keys
             and now - self._cap_compacted_at >= CAP_COMPACT_EVERY_MS
         ):
             self._cap_compacted_at = now
-            self.evict_idle(now, at_cap=True)
+            renumbered = self.evict_idle(now, at_cap=True) > 0
         new = []
         for d, m in missing[: max(0, self.max_keys - len(self.slots))]:
             key = (sys.intern(d), sys.intern(m))  # one string per device / metric name, not one per key
@@ -82,6 +83,8 @@ class PartitionState:
         if len(self.seen) < len(self.slots):
             grow = max(len(self.slots), 2 * len(self.seen)) - len(self.seen)
             self.seen = np.concatenate([self.seen, np.empty(grow, dtype=np.int64)])
+        if not new and not renumbered:  # only known keys, or a full partition: `known` still holds
+            return known, new
         out = self._lookup(keys)
         self.seen[out[out >= 0]] = now
         return out, new

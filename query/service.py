@@ -585,10 +585,10 @@ class WatchPause:
     async def __call__(self, changes: tuple, closures: tuple) -> None:
         waits: list[asyncio.Future] = []
         timeout: float | None = self.service.limits.watch_poll_s
-        if self.signal is not None:
-            waits.append(self.signal.after(self.seen))
+        if self.signal is not None:  # a write since `seen` (noted before the look) ends the wait at once
             nxt = await self.run(self.service.store.episode_closures, changes, closures, FAR_MS, 1)
             timeout = max(0.0, (nxt[0]["closes_ms"] - now_ms()) / 1000) if nxt else None
+            waits.append(self.signal.after(self.seen))
         if self.revocation is not None:
             waits.append(asyncio.ensure_future(self.revocation.revoked.wait()))
         try:

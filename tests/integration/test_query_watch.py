@@ -50,17 +50,22 @@ def flagged(rows) -> pa.Table:
     )
 
 
-@pytest.fixture
-def quick(chdb_dir):
-    srv = ServerThread(
+def watch_node(chdb_dir, watch_poll_s: float, **config) -> ServerThread:
+    return ServerThread(
         Config(
             port=0,
             data_dir=chdb_dir,
             database="t_" + uuid.uuid4().hex[:12],
             store=StoreConfig(episode_quiet_ms=Q),
-            query_limits=QueryLimits(watch_poll_s=600),
+            query_limits=QueryLimits(watch_poll_s=watch_poll_s),
+            **config,
         )
     )
+
+
+@pytest.fixture
+def quick(chdb_dir):
+    srv = watch_node(chdb_dir, watch_poll_s=600)
     yield srv
     srv.stop()
 
@@ -185,13 +190,18 @@ def test_cli_lists_acknowledges_and_watches(quick):
     )
     try:
         assert json.loads(watcher.stdout.readline())["type"] == "WATCHING"
-        # opened just now (so that it is in "anomalies" up to now), open until well after now
+        # opened just now (so that it is in "anomalies" up to now), open for 6.5 s (readings 1 s apart, within
+        # the quiet period): the CLI subprocess below may take seconds to start on a loaded machine
+        t = now_ms()
         quick.server.store.insert_anomalies(
-            flagged([("cli-dev", "temp", now_ms() - 100, 0.75), ("cli-dev", "temp", now_ms() + 1_000, 0.5)])
+            flagged(
+                [("cli-dev", "temp", t - 100, 0.75)]
+                + [("cli-dev", "temp", t + i * 1_000, 0.5) for i in range(1, 6)]
+            )
         )
         [listed] = cli("anomalies", "--device", "cli-dev", "--severity", "high", "--state", "open")
         assert (
-            listed["anomalies"][0]["readings"] == 2 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
+            listed["anomalies"][0]["readings"] == 6 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
         )
         [acked] = cli("ack", listed["anomalies"][0]["id"], "--by", "cli-user")
         assert acked["acknowledged_by"] == "cli-user"
@@ -253,16 +263,7 @@ def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick):
 
 def test_query_node_polls_for_episodes_written_elsewhere(chdb_dir):
     """A query-only node has no processor of its own: its streams look every watch_poll_s."""
-    srv = ServerThread(
-        Config(
-            port=0,
-            data_dir=chdb_dir,
-            database="t_" + uuid.uuid4().hex[:12],
-            roles=frozenset({QUERY}),
-            store=StoreConfig(episode_quiet_ms=Q),
-            query_limits=QueryLimits(watch_poll_s=0.1),
-        )
-    )
+    srv = watch_node(chdb_dir, watch_poll_s=0.1, roles=frozenset({QUERY}))
     try:
         assert srv.server.episodes_written is None
         watch = Watch(srv)

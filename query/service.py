@@ -10,9 +10,9 @@ Guardrails (QueryLimits; each refusal counted in GetStats' `rejected` map under 
   answer, not in the range asked for: "everything since 1970 by the minute" is fine over a day of data;
   over years of data the rows-read cap stops it first;
 * more than `max_watches` WatchAnomalies streams open: RESOURCE_EXHAUSTED [TOO_MANY_WATCHES_CALLS]; an
-  idle stream costs no query: it wakes when this process writes an episode (EpisodeSignal), when the next
-  episode it saw open closes, or, where another process writes the episodes (a query node apart from its
-  processors, or a shared ClickHouse server), every `watch_poll_s`;
+  idle stream costs no query: it wakes when this process writes an episode (EpisodeSignal; at most once per
+  WATCH_MIN_LOOK_S), when the next episode it saw open closes, or, where another process writes the
+  episodes (a query node apart from its processors, or a shared ClickHouse server), every `watch_poll_s`;
 * with auth on, a WatchAnomalies stream whose token is revoked ends UNAUTHENTICATED [REVOKED_CALLS].
 """
 
@@ -112,6 +112,7 @@ def time_range(start_ms: int, end_ms: int) -> tuple[int, int]:
     return start_ms, end
 
 
+WATCH_MIN_LOOK_S = 0.2  # a woken WatchAnomalies stream looks at most this often
 FAR_MS = 4_102_444_800_000  # 2100-01-01: "any time later" for the next-closure look
 
 
@@ -581,6 +582,7 @@ class WatchPause:
         self.service, self.run, self.revocation = service, run, revocation
         self.signal = service.episodes_written
         self.seen = self.signal.count if self.signal is not None else 0  # noted before the first look
+        self.looked = time.monotonic()  # when the last look began
 
     async def __call__(self, changes: tuple, closures: tuple) -> None:
         waits: list[asyncio.Future] = []
@@ -603,12 +605,18 @@ class WatchPause:
                 self.signal.forget(waits[0])
         if self.revocation is not None and self.revocation.revoked.is_set():
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CALLS, "token revoked during the call")
-        if self.signal is not None:
-            woken = self.signal.count != self.seen
+        if self.signal is not None and self.signal.count != self.seen:
+            # Versions younger than watch_settle_ms are not reported yet; and a burst of writes shares one
+            # look, so that many streams cost no more than polling every WATCH_MIN_LOOK_S.
+            await asyncio.sleep(
+                max(
+                    self.service.store.config.watch_settle_ms / 1000,
+                    self.looked + WATCH_MIN_LOOK_S - time.monotonic(),
+                    0.0,
+                )
+            )
             self.seen = self.signal.count
-            settle_ms = self.service.store.config.watch_settle_ms
-            if woken and settle_ms:  # versions younger than this are not reported yet
-                await asyncio.sleep(settle_ms / 1000)
+        self.looked = time.monotonic()
 
 
 # ---- registration ---------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ class Dispatcher:
             tuple(self._start[:5]),
             tuple(self._start[5:]),
             run,
-            lambda: asyncio.sleep(POLL_S),
+            lambda *_: asyncio.sleep(POLL_S),
             BATCH,
         ):
             await self.on_change(kind, row, now, cursor)

@@ -219,6 +219,8 @@ class Episodes(Tables):
                         "q": int(self.config.episode_quiet_ms),
                     },
                 )
+        if self.on_episodes is not None:
+            self.on_episodes()
 
     def rebuild_episodes(self) -> None:
         """Episodes of every flagged reading stored (after the migration that adds them)."""

@@ -63,11 +63,13 @@ class Tables:
         backend: Backend,
         config: StoreConfig | None = None,
         on_insert: Callable[[str, float, pa.Table], None] | None = None,
+        on_episodes: Callable[[], None] | None = None,
     ):
         self.backend = backend
         self.config = config or StoreConfig()
         self.db = backend.database
         self.on_insert = on_insert  # hears of every insert that succeeded: (table, seconds, data)
+        self.on_episodes = on_episodes  # hears of every episode write, once it is done (wakes watchers)
         # Episode rows are versioned by write time; one writer at a time in this process keeps versions in
         # commit order, which WatchAnomalies relies on.
         self._episode_lock = threading.Lock()

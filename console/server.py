@@ -437,7 +437,9 @@ def start_console(node) -> Console:
     from iotstream.query.service import QueryService
 
     cfg = node.config
-    service = QueryService(node.store, node.live_stats, cfg.silence_ms)
+    service = QueryService(
+        node.store, node.live_stats, cfg.silence_ms, episodes_written=node.episodes_written
+    )
     console = Console(service, node.auth, asyncio.get_running_loop())
     console.port = console.start(cfg.http_host, cfg.http_port, cfg.tls)
     log.info("console on http%s://%s:%d/", "s" if cfg.tls else "", cfg.http_host, console.port)

@@ -35,6 +35,7 @@ from iotstream.processor.loop import ChunkLoop, LocalSource
 from iotstream.processor.state import IDLE_MS, MAX_KEYS
 from iotstream.query.service import DEFAULT_SILENCE_MS, QueryLimits, QueryService
 from iotstream.query.service import add_to_server as add_query_to_server
+from iotstream.query.wakeup import EpisodeSignal
 from iotstream.v1 import ingest_pb2, query_pb2
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class Node:
         config.check()
         self.config = config
         self.store: Store | None = None
+        self.episodes_written: EpisodeSignal | None = None
         self.queue: LocalLog | KafkaQueue | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -187,7 +189,16 @@ class Node:
             backend = open_backend(
                 data_dir=cfg.data_dir, clickhouse_url=cfg.clickhouse_url, database=cfg.database
             )
-            self.store = Store(backend, cfg.store, on_insert=self.metrics.observe_insert)
+            # With embedded ClickHouse and the processor in this process, every episode write is ours:
+            # WatchAnomalies streams wait for it instead of polling.
+            if PROCESS in roles and not cfg.clickhouse_url:
+                self.episodes_written = EpisodeSignal()
+            self.store = Store(
+                backend,
+                cfg.store,
+                on_insert=self.metrics.observe_insert,
+                on_episodes=self.episodes_written.notify if self.episodes_written is not None else None,
+            )
             applied = await asyncio.to_thread(self.store.migrate)
             if applied:
                 log.info("schema migrations applied: %s", ", ".join(applied))
@@ -353,7 +364,14 @@ class Node:
             services.append(INGEST_SERVICE)
         if QUERY in cfg.roles:
             add_query_to_server(
-                QueryService(self.store, self.live_stats, cfg.silence_ms, self.auth, cfg.query_limits),
+                QueryService(
+                    self.store,
+                    self.live_stats,
+                    cfg.silence_ms,
+                    self.auth,
+                    cfg.query_limits,
+                    self.episodes_written,
+                ),
                 self.server,
             )
             services.append(QUERY_SERVICE)

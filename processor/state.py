@@ -25,7 +25,11 @@ from iotstream.ext import RollingStats, _snapshot
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"IOTSPS\x00\x01"
+# v2 names each device and metric once and gives every slot, in slot order, the index of its device and
+# metric: at 10^6 keys the header is a quarter of the size, and a restored key shares its strings as a live
+# one does. v1 (a [device, metric, slot] list per key) is still read.
+MAGIC = b"IOTSPS\x00\x02"
+MAGIC_V1 = b"IOTSPS\x00\x01"
 _LEN = struct.Struct("<I")
 RECENT_BATCHES = 64  # per device: a reconnecting device resends at most its unacked in-flight batches
 MAX_KEYS = 2_000_000  # per partition
@@ -67,13 +71,14 @@ class PartitionState:
         known = self._lookup(keys)
         self.seen[known[known >= 0]] = now  # before evicting: these keys are live
         missing = [k for k, slot in zip(keys, known.tolist(), strict=True) if slot < 0]
+        renumbered = False
         if (
             missing
             and len(self.slots) + len(missing) > self.max_keys
             and now - self._cap_compacted_at >= CAP_COMPACT_EVERY_MS
         ):
             self._cap_compacted_at = now
-            self.evict_idle(now, at_cap=True)
+            renumbered = self.evict_idle(now, at_cap=True) > 0
         new = []
         for d, m in missing[: max(0, self.max_keys - len(self.slots))]:
             key = (sys.intern(d), sys.intern(m))  # one string per device / metric name, not one per key
@@ -82,6 +87,8 @@ class PartitionState:
         if len(self.seen) < len(self.slots):
             grow = max(len(self.slots), 2 * len(self.seen)) - len(self.seen)
             self.seen = np.concatenate([self.seen, np.empty(grow, dtype=np.int64)])
+        if not new and not renumbered:  # only known keys, or a full partition: `known` still holds
+            return known, new
         out = self._lookup(keys)
         self.seen[out[out >= 0]] = now
         return out, new
@@ -122,9 +129,17 @@ class PartitionState:
         return False
 
     def to_bytes(self) -> bytes:
+        by_slot: list = [None] * len(self.slots)  # slots are always 0..n-1 (assign, evict_idle)
+        for key, slot in self.slots.items():
+            by_slot[slot] = key
+        devices: dict[str, int] = {}
+        metrics: dict[str, int] = {}
         header = json.dumps(
             {
-                "slots": [[d, m, s] for (d, m), s in self.slots.items()],
+                "device": [devices.setdefault(d, len(devices)) for d, _ in by_slot],
+                "metric": [metrics.setdefault(m, len(metrics)) for _, m in by_slot],
+                "devices": list(devices),
+                "metrics": list(metrics),
                 "recent": {d: list(q) for d, q in self.recent.items()},
             }
         ).encode()
@@ -132,12 +147,21 @@ class PartitionState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PartitionState:
-        if data[: len(MAGIC)] != MAGIC:
+        magic = data[: len(MAGIC)]
+        if magic not in (MAGIC, MAGIC_V1):
             raise ValueError(f"not a partition-state snapshot (starts {data[:8]!r})")
         (n,) = _LEN.unpack_from(data, len(MAGIC))
         start = len(MAGIC) + _LEN.size
         header = json.loads(data[start : start + n])
-        slots = {(d, m): s for d, m, s in header["slots"]}
+        if magic == MAGIC_V1:
+            slots = {(sys.intern(d), sys.intern(m)): s for d, m, s in header["slots"]}
+        else:
+            devices = [sys.intern(d) for d in header["devices"]]
+            metrics = [sys.intern(m) for m in header["metrics"]]
+            slots = {
+                (devices[d], metrics[m]): s
+                for s, (d, m) in enumerate(zip(header["device"], header["metric"], strict=True))
+            }
         recent = {
             d: collections.deque((tuple(k) for k in keys), maxlen=RECENT_BATCHES)
             for d, keys in header["recent"].items()

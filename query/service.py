@@ -9,7 +9,10 @@ Guardrails (QueryLimits; each refusal counted in GetStats' `rejected` map under 
   buckets over all its series: RESOURCE_EXHAUSTED [AGGREGATE_TOO_LARGE_CALLS]. Buckets are counted in the
   answer, not in the range asked for: "everything since 1970 by the minute" is fine over a day of data;
   over years of data the rows-read cap stops it first;
-* more than `max_watches` WatchAnomalies streams open: RESOURCE_EXHAUSTED [TOO_MANY_WATCHES_CALLS];
+* more than `max_watches` WatchAnomalies streams open: RESOURCE_EXHAUSTED [TOO_MANY_WATCHES_CALLS]; an
+  idle stream costs no query: it wakes when this process writes an episode (EpisodeSignal; at most once per
+  WATCH_MIN_LOOK_S), when the next episode it saw open closes, or, where another process writes the
+  episodes (a query node apart from its processors, or a shared ClickHouse server), every `watch_poll_s`;
 * with auth on, a WatchAnomalies stream whose token is revoked ends UNAUTHENTICATED [REVOKED_CALLS].
 """
 
@@ -31,6 +34,8 @@ from iotstream.clickhouse.store import ReadCap
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
 
+from .wakeup import EpisodeSignal
+
 DEFAULT_SILENCE_MS = 5 * 60_000
 HISTORY_PAGE_CAP = 100_000
 QUERY_DEADLINE_CALLS = "QUERY_DEADLINE_CALLS"
@@ -49,6 +54,7 @@ class QueryLimits:
     max_buckets: int = 1_000_000  # in one Aggregate answer, over all its series
     max_rows_read: int = 200_000_000  # rows one Aggregate or GetHistory query may read
     max_watches: int = 100  # WatchAnomalies streams open at once on this node
+    watch_poll_s: float = 1.0  # how often a stream looks for episodes written by another process
 
 
 class InvalidArgument(ValueError):
@@ -103,6 +109,10 @@ def time_range(start_ms: int, end_ms: int) -> tuple[int, int]:
     if end <= start_ms:
         raise InvalidArgument(f"end_ms: {end} must be after start_ms {start_ms}")
     return start_ms, end
+
+
+WATCH_MIN_LOOK_S = 0.2  # a woken WatchAnomalies stream looks at most this often
+FAR_MS = 4_102_444_800_000  # 2100-01-01: "any time later" for the next-closure look
 
 
 def now_ms() -> int:
@@ -205,7 +215,8 @@ async def episode_events(store, changes: tuple, closures: tuple, run, pause, bat
     before whose quiet period has now ended
     (CLOSED), then new versions of episodes (OPENED / UPDATED, or CLOSED if already closed). Closures come
     first so that an episode reported open in a look is reported closed by a later one, exactly once.
-    `run(fn, *args)` awaits a blocking store call; `pause()` waits between looks that found nothing more.
+    `run(fn, *args)` awaits a blocking store call; `pause(changes, closures)` waits between looks that found
+    nothing more, given the positions after the look.
     WatchAnomalies and the webhooks both follow this."""
     while True:
         now = now_ms()
@@ -224,11 +235,10 @@ async def episode_events(store, changes: tuple, closures: tuple, run, pause, bat
             # deletion is yielded too (row["deleted"]), for followers that told someone it was open.
             yield watch_event_type(row, seen, now), row, now, encode_cursor(changes, closures)
         if len(rows) < batch:
-            await pause()
+            await pause(changes, closures)
 
 
 class QueryService(pb_grpc.QueryServicer):
-    WATCH_POLL_S = 0.2  # how often a WatchAnomalies stream looks for changes
     WATCH_BATCH = 500  # episode changes read per look
 
     def __init__(
@@ -238,12 +248,16 @@ class QueryService(pb_grpc.QueryServicer):
         silence_ms: int = DEFAULT_SILENCE_MS,
         auth=None,
         limits: QueryLimits | None = None,
+        episodes_written: EpisodeSignal | None = None,
     ):
         self.store = store
         self.stats_source = stats_source  # gives live ingest figures (rate, queue depth, rejections)
         self.silence_ms = silence_ms
         self.auth = auth  # iotstream.auth.Authenticator, or None: open
         self.limits = limits or QueryLimits()
+        # Given when every episode write of the store is this process's: watchers then wait for it instead
+        # of polling.
+        self.episodes_written = episodes_written
         self.refused: collections.Counter[str] = collections.Counter()
         self.watches = 0
 
@@ -525,22 +539,12 @@ class QueryService(pb_grpc.QueryServicer):
         def run(fn, *args):
             return self._run(context, fn, *args)
 
+        pause = WatchPause(self, run, revocation)
         async for kind, row, now, cursor in episode_events(
-            self.store, changes, closures, run, lambda: self._pause(revocation), self.WATCH_BATCH
+            self.store, changes, closures, run, pause, self.WATCH_BATCH
         ):
             if not row["deleted"] and watch_matches(request, row):
                 yield pb.AnomalyEvent(type=kind, anomaly=anomaly_message(row, now), cursor=cursor)
-
-    async def _pause(self, revocation) -> None:
-        """WATCH_POLL_S, or less if the call's token is revoked meanwhile: then the call ends."""
-        if revocation is None:
-            await asyncio.sleep(self.WATCH_POLL_S)
-            return
-        try:
-            await asyncio.wait_for(revocation.revoked.wait(), self.WATCH_POLL_S)
-        except TimeoutError:
-            return
-        raise Refused(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CALLS, "token revoked during the call")
 
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.Stats:
         async def build():
@@ -561,6 +565,52 @@ class QueryService(pb_grpc.QueryServicer):
 
     def _status(self, last_stored_ms: int) -> int:
         return pb.ONLINE if last_stored_ms >= now_ms() - self.silence_ms else pb.OFFLINE
+
+
+class WatchPause:
+    """What a WatchAnomalies stream waits for between looks: the next write of an episode (or, without an
+    EpisodeSignal, `watch_poll_s`), the next closure of an episode it saw open, or the revocation of its
+    token, which ends the call."""
+
+    def __init__(self, service: QueryService, run, revocation):
+        self.service, self.run, self.revocation = service, run, revocation
+        self.signal = service.episodes_written
+        self.seen = self.signal.count if self.signal is not None else 0  # noted before the first look
+        self.looked = time.monotonic()  # when the last look began
+
+    async def __call__(self, changes: tuple, closures: tuple) -> None:
+        waits: list[asyncio.Future] = []
+        timeout: float | None = self.service.limits.watch_poll_s
+        if self.signal is not None:  # a write since `seen` (noted before the look) ends the wait at once
+            nxt = await self.run(self.service.store.episode_closures, changes, closures, FAR_MS, 1)
+            timeout = max(0.0, (nxt[0]["closes_ms"] - now_ms()) / 1000) if nxt else None
+            waits.append(self.signal.after(self.seen))
+        if self.revocation is not None:
+            waits.append(asyncio.ensure_future(self.revocation.revoked.wait()))
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(timeout or 0)
+        finally:
+            for future in waits:
+                future.cancel()
+            if self.signal is not None:
+                self.signal.forget(waits[0])
+        if self.revocation is not None and self.revocation.revoked.is_set():
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CALLS, "token revoked during the call")
+        if self.signal is not None and self.signal.count != self.seen:
+            # Versions younger than watch_settle_ms are not reported yet; and a burst of writes shares one
+            # look, so that many streams cost no more than polling every WATCH_MIN_LOOK_S.
+            await asyncio.sleep(
+                max(
+                    self.service.store.config.watch_settle_ms / 1000,
+                    self.looked + WATCH_MIN_LOOK_S - time.monotonic(),
+                    0.0,
+                )
+            )
+            self.seen = self.signal.count
+        self.looked = time.monotonic()
 
 
 # ---- registration ---------------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 any event's cursor without a gap or a repeat. The quiet period is 1.5 s so that episodes close quickly;
 flagged
 readings are stamped AHEAD ms in the future so that an episode stays open long enough for a watcher to see it
-open on a busy machine (open until its newest reading time + the quiet period)."""
+open on a busy machine (open until its newest reading time + the quiet period).
 
+The node runs the processor on embedded ClickHouse, so streams wait for its episode writes; the fallback poll
+is set to 10 minutes here, so every event below comes from a wakeup (a write, or the next closure)."""
+
+import threading
 import time
 import uuid
 
@@ -14,6 +18,8 @@ from conftest import ServerThread
 
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.node import Config
+from iotstream.node.assembly import QUERY
+from iotstream.query.service import QueryLimits
 from iotstream.v1 import query_pb2 as qpb
 
 Q = 1_500
@@ -44,16 +50,22 @@ def flagged(rows) -> pa.Table:
     )
 
 
-@pytest.fixture
-def quick(chdb_dir):
-    srv = ServerThread(
+def watch_node(chdb_dir, watch_poll_s: float, **config) -> ServerThread:
+    return ServerThread(
         Config(
             port=0,
             data_dir=chdb_dir,
             database="t_" + uuid.uuid4().hex[:12],
             store=StoreConfig(episode_quiet_ms=Q),
+            query_limits=QueryLimits(watch_poll_s=watch_poll_s),
+            **config,
         )
     )
+
+
+@pytest.fixture
+def quick(chdb_dir):
+    srv = watch_node(chdb_dir, watch_poll_s=600)
     yield srv
     srv.stop()
 
@@ -178,13 +190,18 @@ def test_cli_lists_acknowledges_and_watches(quick):
     )
     try:
         assert json.loads(watcher.stdout.readline())["type"] == "WATCHING"
-        # opened just now (so that it is in "anomalies" up to now), open until well after now
+        # opened just now (so that it is in "anomalies" up to now), open for 6.5 s (readings 1 s apart, within
+        # the quiet period): the CLI subprocess below may take seconds to start on a loaded machine
+        t = now_ms()
         quick.server.store.insert_anomalies(
-            flagged([("cli-dev", "temp", now_ms() - 100, 0.75), ("cli-dev", "temp", now_ms() + 1_000, 0.5)])
+            flagged(
+                [("cli-dev", "temp", t - 100, 0.75)]
+                + [("cli-dev", "temp", t + i * 1_000, 0.5) for i in range(1, 6)]
+            )
         )
         [listed] = cli("anomalies", "--device", "cli-dev", "--severity", "high", "--state", "open")
         assert (
-            listed["anomalies"][0]["readings"] == 2 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
+            listed["anomalies"][0]["readings"] == 6 and listed["anomalies"][0]["severity"] == "SEVERITY_HIGH"
         )
         [acked] = cli("ack", listed["anomalies"][0]["id"], "--by", "cli-user")
         assert acked["acknowledged_by"] == "cli-user"
@@ -195,3 +212,63 @@ def test_cli_lists_acknowledges_and_watches(quick):
     finally:
         watcher.kill()
         watcher.stdout.close()
+
+
+class CountingBackend:
+    """The store's backend, counting the queries that read episodes (other parts of the node query too)."""
+
+    def __init__(self, backend):
+        self.backend, self.episode_reads = backend, 0
+
+    def query(self, sql, params=None):
+        if "anomaly_episodes" in sql:
+            self.episode_reads += 1
+        return self.backend.query(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def wait_for(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)  # polling a condition
+
+
+def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick):
+    store = quick.server.store
+    counting = store.backend = CountingBackend(store.backend)
+    signal = quick.server.episodes_written
+    watches = [Watch(quick, timeout=60) for _ in range(5)]
+    wait_for(lambda: len(signal._waiters) == len(watches))  # every stream has looked and now waits
+    before = counting.episode_reads
+    time.sleep(1.5)  # idle for longer than the old 0.2 s poll and the default fallback (1 s)
+    assert counting.episode_reads == before
+    got: list = []
+
+    def read(watch):
+        got.append(summary(watch.next()))
+
+    readers = [threading.Thread(target=read, args=(w,)) for w in watches]
+    for reader in readers:
+        reader.start()
+    store.insert_anomalies(flagged([("dev-w", "temp", soon(), 0.9)]))
+    for reader in readers:
+        reader.join(30)  # far below the 600 s fallback: the write woke them
+    assert got == [("OPENED", "dev-w", 1, qpb.ANOMALY_OPEN)] * len(watches)
+    for watch in watches:
+        watch.close()
+
+
+def test_query_node_polls_for_episodes_written_elsewhere(chdb_dir):
+    """A query-only node has no processor of its own: its streams look every watch_poll_s."""
+    srv = watch_node(chdb_dir, watch_poll_s=0.1, roles=frozenset({QUERY}))
+    try:
+        assert srv.server.episodes_written is None
+        watch = Watch(srv)
+        srv.server.store.insert_anomalies(flagged([("dev-q", "temp", soon(), 0.9)]))  # as a processor would
+        assert summary(watch.next()) == ("OPENED", "dev-q", 1, qpb.ANOMALY_OPEN)
+        watch.close()
+    finally:
+        srv.stop()

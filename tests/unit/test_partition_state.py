@@ -1,10 +1,12 @@
 """Partition state: resend detection and the snapshot round trip."""
 
+import json
+
 import numpy as np
 import pytest
 
 from iotstream.processor import PartitionState
-from iotstream.processor.state import RECENT_BATCHES
+from iotstream.processor.state import _LEN, MAGIC_V1, RECENT_BATCHES
 
 
 def test_resend_window():
@@ -30,6 +32,28 @@ def test_snapshot_round_trip_continues_identically():
     later = (slots[250:], ts[250:], vals[250:])
     for x, y in zip(a.stats.update(*later), b.stats.update(*later), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_restored_keys_share_their_device_and_metric_strings():
+    a = PartitionState()
+    a.assign([(f"dev-{d}", f"m{j}") for d in range(3) for j in range(4)])
+    b = PartitionState.from_bytes(a.to_bytes())
+    assert b.slots == a.slots
+    devices = {id(d) for d, _ in b.slots}
+    metrics = {id(m) for _, m in b.slots}
+    assert len(devices) == 3 and len(metrics) == 4  # one string each, not one per key
+
+
+def test_a_version_1_snapshot_still_restores():
+    a = PartitionState()
+    a.assign([("d1", "temp"), ("d2", "hum"), ("d1", "hum")])
+    a.is_resend("d2", 7, 42)
+    header = json.dumps(
+        {"slots": [[d, m, s] for (d, m), s in a.slots.items()], "recent": {"d2": [[7, 42]]}}
+    ).encode()
+    b = PartitionState.from_bytes(MAGIC_V1 + _LEN.pack(len(header)) + header + a.stats.to_bytes())
+    assert b.slots == a.slots and b.is_resend("d2", 7, 42)
+    assert b.to_bytes() == a.to_bytes()  # written again in the current form, the same
 
 
 def test_rejects_foreign_bytes():

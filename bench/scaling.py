@@ -2,7 +2,7 @@
 12-partition topic, partitions moving under load.
 
     python -m iotstream.bench.scaling [--kafka BOOTSTRAP] [--processors 3] [--partitions 12] [--devices 60]
-        [--readings 60000] [--rate 120000] [--phase 20] [--json] [--out FILE]
+        [--readings 150000] [--rate 150000] [--phase 15] [--json] [--out FILE]
 
 Starts (and at the end, on error and on Ctrl-C alike, ends) a local Kafka broker unless --kafka names one,
 one `iotstream ingest` node, `iotstream simulate` as the load (--devices streams, --rate readings/s in all),
@@ -267,14 +267,21 @@ def exactness(acked: int, stores: dict, killed: str) -> dict:
     }
 
 
-def run(args, say=lambda *a: None) -> dict:
-    """The whole check; every process it starts is ended before it returns or raises."""
+def run(args, say=lambda *a: None, started: list | None = None) -> dict:
+    """The whole check; every process it starts (each also appended to `started`) is ended before it
+    returns or raises."""
     from iotstream.bench import kafka_local
     from iotstream.bus.kafka import KafkaConfig, ensure_topics
 
     work = Path(tempfile.mkdtemp(prefix="iotstream-scaling-"))
     broker = None
-    children: list[Child] = []
+    children: list[Child] = []  # those still to end
+
+    def track(child: Child) -> None:
+        children.append(child)
+        if started is not None:
+            started.append(child)
+
     members: dict[str, Child] = {}
     sampler = None
     failed = False
@@ -304,7 +311,7 @@ def run(args, say=lambda *a: None) -> dict:
             ],
             work,
         ).start()
-        children.append(ingest)
+        track(ingest)
         wait_serving(ingest, ingest_port)
 
         def member(name: str) -> Child:
@@ -316,7 +323,7 @@ def run(args, say=lambda *a: None) -> dict:
                 metrics_port=port,
             )
             members[name] = child.start()
-            children.append(child)
+            track(child)
             return child
 
         sampler = Sampler(cfg, members, args.sample_every)
@@ -346,7 +353,7 @@ def run(args, say=lambda *a: None) -> dict:
             work,
             stdout=subprocess.PIPE,
         ).start()
-        children.append(load)
+        track(load)
         wait_storing(members["p1"], 0, args.event_timeout)
         say(f"load: {args.devices} devices x {args.readings} readings at {args.rate:,.0f} readings/s")
         schedule = [f"p{i} joins" for i in range(2, args.processors + 1)] + ["p2 killed", "p2 rejoins"]
@@ -392,9 +399,9 @@ def run(args, say=lambda *a: None) -> dict:
         for name, child in members.items():
             if child in children and child.stop() != 0:
                 raise RuntimeError(f"{name} exited with {child.proc.returncode}:\n{child.log_tail()}")
-        children.clear()
         stores = read_stores({n: work / n for n in members}, work)
-        return report(args, summary, events, sampler.samples, stores)
+        kafka_bytes = topic_bytes(broker.data_dir, cfg.topic) if broker is not None else None
+        return report(args, summary, events, sampler.samples, stores, kafka_bytes)
     except BaseException:
         failed = True
         raise
@@ -419,7 +426,12 @@ def keep_logs(work: Path, failed: bool) -> None:
     print(f"scaling: logs kept in {work}", file=sys.stderr)
 
 
-def report(args, summary: dict, events, samples, stores) -> dict:
+def topic_bytes(data_dir: Path, topic: str) -> int:
+    """Bytes of the topic's log segments on the broker's disk (lz4 batches as the producer sent them)."""
+    return sum(f.stat().st_size for f in data_dir.glob(f"{topic}-*/*.log"))
+
+
+def report(args, summary: dict, events, samples, stores, kafka_bytes: int | None) -> dict:
     phases = []
     for (t0, what), (t1, _) in zip(events, events[1:], strict=False):
         settle = min(args.settle, (t1 - t0) / 2)  # a new member's first seconds are its start-up
@@ -440,6 +452,7 @@ def report(args, summary: dict, events, samples, stores) -> dict:
         "phases": phases,
         "rebalance_pauses": pauses,
         "steady_longest_stall_s": steady,
+        "kafka_bytes_per_reading": round(kafka_bytes / summary["acked"], 2) if kafka_bytes else None,
         "exactness": exactness(summary["acked"], stores, "p2"),
         "machine": machine(),
     }
@@ -495,6 +508,7 @@ def print_figures(result: dict) -> None:
     for pause in result["rebalance_pauses"]:
         print(f"{pause['event']:<11} longest partition stall {pause['longest_partition_stall_s']} s")
     print(f"steady state: longest partition stall {result['steady_longest_stall_s']} s")
+    print(f"Kafka: {result['kafka_bytes_per_reading']} bytes per reading on the broker's disk")
     ex = result["exactness"]
     print(
         f"exactness: acked {ex['acked']:,}, stored distinct {ex['stored_distinct']:,}, doubled within a "
@@ -510,10 +524,10 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--processors", type=int, default=3, help="members at most, >= 2 (default 3)")
     ap.add_argument("--partitions", type=int, default=12, help="readings partitions (default 12)")
     ap.add_argument("--devices", type=int, default=60, help="simulated devices (default 60)")
-    ap.add_argument("--readings", type=int, default=60_000, help="readings per device (default 60000)")
+    ap.add_argument("--readings", type=int, default=150_000, help="readings per device (default 150000)")
     ap.add_argument("--batch", type=int, default=500, help="readings per batch (default 500)")
-    ap.add_argument("--rate", type=float, default=120_000, help="offered readings/s in all (default 120000)")
-    ap.add_argument("--phase", type=float, default=20.0, help="seconds between events (default 20)")
+    ap.add_argument("--rate", type=float, default=150_000, help="offered readings/s in all (default 150000)")
+    ap.add_argument("--phase", type=float, default=15.0, help="seconds between events (default 15)")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds left out after an event (default 5)")
     ap.add_argument("--sample-every", type=float, default=0.25, help="sampling period, s (default 0.25)")
     ap.add_argument("--event-timeout", type=float, default=120.0, help="s to wait for a member (default 120)")

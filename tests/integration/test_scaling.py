@@ -44,7 +44,9 @@ def test_kill_9_of_a_member_mid_stream_stores_every_acked_reading_once(kafka_bro
             "90",
         ]
     )
-    result = scaling.run(args)
+    started: list = []
+    result = scaling.run(args, started=started)
+    assert len(started) == 5 and not [c.name for c in started if c.alive]  # ingest, load, p1, p2 twice
     ex = result["exactness"]
     assert result["load"]["acked"] == result["load"]["sent"] == DEVICES * READINGS
     assert ex["stored_distinct"] == DEVICES * READINGS  # none lost, nothing else

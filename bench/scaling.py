@@ -16,7 +16,10 @@ member's `iotstream_stored_readings_total` on its /metrics and its CPU seconds):
 - per phase (between events): readings/s stored per member and in all, each member's cores, and readings
   per CPU-second (the per-core figure docs/scaling.md's model uses); the backlog at the phase's end tells
   whether the members were saturated (> 0) or just kept up with the load;
-- per event, the rebalance pause: the longest time any partition went without a commit after the event.
+- per event, the partitions that moved (from the members' "partition N assigned" log lines), how soon
+  after the event they were assigned, and each one's rebalance pause: from its last commit before the
+  assignment to its first after it;
+- per phase, the longest time any partition with a backlog went without a commit, whatever the cause.
 
 Exactness, at the end: every acked reading stored exactly once. A ClickHouse server shared by the members
 would deduplicate a replayed chunk by its token; here each member has its own chDB folder (chDB fixes one
@@ -48,6 +51,7 @@ from pathlib import Path
 from iotstream.bench.harness import PYTHON, free_port, machine, prepare_kafka, write_result
 
 STORED = re.compile(rb"^iotstream_stored_readings_total (\S+)$", re.M)
+INSERTS = re.compile(rb'^iotstream_insert_seconds_count\{table="readings"\} (\S+)$', re.M)
 
 
 @dataclass
@@ -75,14 +79,20 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stored(self) -> float | None:
-        """The member's stored-readings counter, or None while its /metrics does not answer."""
+    def scrape(self) -> tuple[float, float] | None:
+        """(readings stored, inserts into the readings table) from the member's /metrics, or None while it
+        does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-                found = STORED.search(r.read())
+                text = r.read()
         except OSError:
             return None
-        return float(found.group(1)) if found else None
+        stored, inserts = STORED.search(text), INSERTS.search(text)
+        return float(stored.group(1)) if stored else 0.0, float(inserts.group(1)) if inserts else 0.0
+
+    def stored(self) -> float | None:
+        scraped = self.scrape()
+        return scraped[0] if scraped else None
 
     def cpu_seconds(self) -> float | None:
         """None without psutil (bench/setup installs it): the check runs, the cores go unreported."""
@@ -124,7 +134,9 @@ class Sample:
     committed: dict[int, int]  # partition -> committed offset (-1: none yet)
     high: dict[int, int]  # partition -> high watermark
     backlog: int  # messages not committed by the group
-    stored: dict[str, float]  # member -> readings stored, members whose /metrics answered
+    stored: dict[
+        str, tuple[float, float]
+    ]  # member -> (readings stored, inserts), those whose /metrics answered
     cpu: dict[str, float]  # member -> CPU seconds
 
 
@@ -151,7 +163,7 @@ class Sampler:
                 high = {p: consumer.get_watermark_offsets(parts[p], timeout=10)[1] for p in committed}
                 backlog = sum(high[p] - max(committed[p], 0) for p in committed)
                 live = [(n, c) for n, c in list(self.members.items()) if c.alive]
-                stored = {n: s for n, c in live if (s := c.stored()) is not None}
+                stored = {n: s for n, c in live if (s := c.scrape()) is not None}
                 cpu = {n: s for n, c in live if (s := c.cpu_seconds()) is not None}
                 self.samples.append(Sample(t, committed, high, backlog, stored, cpu))
                 self.stop.wait(max(0.0, self.every - (time.monotonic() - t)))
@@ -163,44 +175,97 @@ class Sampler:
 
 
 def phase_figures(samples: list[Sample], t0: float, t1: float) -> dict:
-    """Readings/s, cores and readings per CPU-second of each member over [t0, t1]."""
+    """Readings/s, inserts, cores and readings per CPU-second of each member over [t0, t1], from its own
+    first and last answer inside it (a member that just started answers late)."""
     inside = [s for s in samples if t0 <= s.t <= t1]
-    if len(inside) < 2:
-        return {}
-    first, last = inside[0], inside[-1]
-    dt = last.t - first.t
     members = {}
-    for name in sorted(set(first.stored) & set(last.stored)):
-        readings = last.stored[name] - first.stored[name]
-        cpu = last.cpu.get(name, 0.0) - first.cpu.get(name, 0.0)
+    for name in sorted({n for s in inside for n in s.stored}):
+        mine = [s for s in inside if name in s.stored and name in s.cpu]
+        if len(mine) < 2:
+            continue
+        first, last = mine[0], mine[-1]
+        dt = last.t - first.t
+        readings = last.stored[name][0] - first.stored[name][0]
+        inserts = last.stored[name][1] - first.stored[name][1]
+        cpu = last.cpu[name] - first.cpu[name]
         members[name] = {
+            "seconds": round(dt, 1),
             "readings_per_s": round(readings / dt),
+            "inserts_per_s": round(inserts / dt, 1),
+            "readings_per_insert": round(readings / inserts) if inserts else None,
             "cores": round(cpu / dt, 2),
             "readings_per_cpu_s": round(readings / cpu) if cpu > 0 else None,
         }
     return {
-        "seconds": round(dt, 1),
         "readings_per_s": sum(m["readings_per_s"] for m in members.values()),
         "members": members,
-        "backlog_at_end": last.backlog,
+        "backlog_at_end": inside[-1].backlog if inside else None,
     }
 
 
-def longest_stall(samples: list[Sample], t0: float, t1: float) -> tuple[float, int]:
-    """(longest time in [t0, t1] any partition went without its committed offset advancing, while it had
-    a backlog, and that partition). A partition that never advances counts from t0 to t1."""
-    worst, which = 0.0, -1
+ASSIGNED = re.compile(r"^(\S+ \S+) INFO iotstream\.processor\.loop: partition (\d+) assigned", re.M)
+
+
+def assignments(log_text: str, wall_to_mono: float) -> list[tuple[float, int]]:
+    """(monotonic time, partition) of every 'partition N assigned' line of a member's log."""
+    found = []
+    for stamp, partition in ASSIGNED.findall(log_text):
+        wall = time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp[-3:]) / 1000
+        found.append((wall - wall_to_mono, int(partition)))
+    return found
+
+
+def handovers(samples: list[Sample], events, assigned: list[tuple[float, int]]) -> list[dict]:
+    """Per event: how long after it the moved partitions were assigned, and each moved partition's gap
+    between its last commit before the assignment and its first after it (its rebalance pause; only
+    partitions that had a backlog count)."""
+    out = []
+    for (t0, what), (t1, _) in zip(events[1:], events[2:], strict=False):
+        gaps, delays = [], []
+        for t, p in assigned:
+            if not t0 <= t < t1:
+                continue
+            delays.append(t - t0)
+            before = [s for s in samples if s.t <= t]
+            after = [s for s in samples if s.t > t]
+            if not before or not after or before[-1].high[p] <= max(before[-1].committed[p], 0):
+                continue  # nothing waited on it: no pause to see
+            value, last_advance = before[-1].committed[p], before[-1].t
+            for s in reversed(before):  # back to the first sample that showed the current offset
+                if s.committed[p] != value:
+                    break
+                last_advance = s.t
+            moved = next((s.t for s in after if s.committed[p] != value), None)
+            if moved is not None:
+                gaps.append(moved - last_advance)
+        gaps.sort()
+        out.append(
+            {
+                "event": what,
+                "partitions_moved": len(delays),
+                "with_backlog": len(gaps),
+                "assigned_after_s": round(max(delays), 1) if delays else None,
+                "pause_median_s": round(gaps[len(gaps) // 2], 2) if gaps else None,
+                "pause_max_s": round(gaps[-1], 2) if gaps else None,
+            }
+        )
+    return out
+
+
+def longest_stall(samples: list[Sample], t0: float, t1: float) -> float:
+    """The longest time in [t0, t1] any partition with a backlog went without its committed offset
+    advancing, whatever the cause (a rebalance, or a busy member reading other partitions first)."""
+    worst = 0.0
     inside = [s for s in samples if t0 <= s.t <= t1]
     for p in inside[0].committed if inside else {}:
         since, last = inside[0].t, inside[0].committed[p]
         for s in inside[1:]:
             if s.committed[p] != last:
-                if s.t - since > worst:
-                    worst, which = s.t - since, p
+                worst = max(worst, s.t - since)
                 since, last = s.t, s.committed[p]
-        if inside[-1].backlog and inside[-1].t - since > worst:
-            worst, which = inside[-1].t - since, p
-    return round(worst, 2), which
+        if inside[-1].high[p] > max(last, 0):
+            worst = max(worst, inside[-1].t - since)
+    return round(worst, 2)
 
 
 def dump_store(data_dir: str, out: str) -> dict:
@@ -362,6 +427,8 @@ def run(args, say=lambda *a: None, started: list | None = None) -> dict:
             name = event.split()[0]
             wait_until(start + i * args.phase, lambda: not load.alive)
             if event.endswith("killed"):
+                if not load.alive:
+                    raise RuntimeError("the load ended before the kill: give it more --readings")
                 # Only while it is storing (it owns partitions and has a chunk under way): mid-stream.
                 wait_storing(members[name], members[name].stored() or 0, args.event_timeout)
                 members[name].kill9()
@@ -369,9 +436,12 @@ def run(args, say=lambda *a: None, started: list | None = None) -> dict:
             else:
                 if event.endswith(" joins"):
                     wait_storing(members[f"p{int(name[1:]) - 1}"], 0, args.event_timeout)
+                else:  # the survivors have taken the killed member's partitions over (a session timeout)
+                    wait_assigned(work, [n for n in members if n != name], events[-1][0], args.event_timeout)
                 member(name)
             events.append((time.monotonic(), event))
             say(f"{event} (backlog {sampler.backlog()} messages)")
+        wait_assigned(work, ["p2"], events[-1][0], args.event_timeout)  # the rejoined member has its share
         out, _ = load.proc.communicate(timeout=args.readings * args.devices / args.rate + 600)
         if load.proc.returncode != 0:
             raise RuntimeError(f"simulate exited with {load.proc.returncode}:\n{load.log_tail()}")
@@ -401,7 +471,9 @@ def run(args, say=lambda *a: None, started: list | None = None) -> dict:
                 raise RuntimeError(f"{name} exited with {child.proc.returncode}:\n{child.log_tail()}")
         stores = read_stores({n: work / n for n in members}, work)
         kafka_bytes = topic_bytes(broker.data_dir, cfg.topic) if broker is not None else None
-        return report(args, summary, events, sampler.samples, stores, kafka_bytes)
+        offset = time.time() - time.monotonic()
+        assigned = [a for n in members for a in assignments((work / f"{n}.log").read_text(), offset)]
+        return report(args, summary, events, sampler.samples, stores, kafka_bytes, assigned)
     except BaseException:
         failed = True
         raise
@@ -431,16 +503,16 @@ def topic_bytes(data_dir: Path, topic: str) -> int:
     return sum(f.stat().st_size for f in data_dir.glob(f"{topic}-*/*.log"))
 
 
-def report(args, summary: dict, events, samples, stores, kafka_bytes: int | None) -> dict:
+def report(args, summary: dict, events, samples, stores, kafka_bytes, assigned) -> dict:
     phases = []
     for (t0, what), (t1, _) in zip(events, events[1:], strict=False):
-        settle = min(args.settle, (t1 - t0) / 2)  # a new member's first seconds are its start-up
-        phases.append({"after": what, **phase_figures(samples, t0 + settle, t1)})
-    pauses = []
-    for (t0, what), (t1, _) in zip(events[1:], events[2:], strict=False):
-        stall, partition = longest_stall(samples, t0, t1)
-        pauses.append({"event": what, "longest_partition_stall_s": stall, "partition": partition})
-    steady, _ = longest_stall(samples, events[0][0] + args.settle, events[1][0])
+        phases.append(
+            {
+                "after": what,
+                **phase_figures(samples, t0 + min(args.settle, (t1 - t0) / 2), t1),
+                "longest_partition_stall_s": longest_stall(samples, t0, t1),
+            }
+        )
     return {
         "benchmark": "scaling",
         "processors": args.processors,
@@ -450,8 +522,7 @@ def report(args, summary: dict, events, samples, stores, kafka_bytes: int | None
         }
         | {"offered_readings_per_s": args.rate},
         "phases": phases,
-        "rebalance_pauses": pauses,
-        "steady_longest_stall_s": steady,
+        "rebalances": handovers(samples, events, assigned),
         "kafka_bytes_per_reading": round(kafka_bytes / summary["acked"], 2) if kafka_bytes else None,
         "exactness": exactness(summary["acked"], stores, "p2"),
         "machine": machine(),
@@ -484,6 +555,18 @@ def wait_storing(child: Child, above: float, timeout: float) -> None:
         time.sleep(0.1)  # polling a condition
 
 
+def wait_assigned(work: Path, names: list[str], since: float, timeout: float) -> None:
+    """Until one of the members' logs says it was assigned a partition after `since` (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        offset = time.time() - time.monotonic()
+        for name in names:
+            if any(t > since for t, _ in assignments((work / f"{name}.log").read_text(), offset)):
+                return
+        time.sleep(0.2)  # polling a condition
+    raise RuntimeError(f"no partition was assigned to {names} within {timeout} s")
+
+
 def wait_until(when: float, done) -> None:
     """Until the clock reaches `when` (the schedule), or `done()` (the load ended early)."""
     while time.monotonic() < when and not done():
@@ -498,16 +581,21 @@ def print_figures(result: dict) -> None:
     )
     for phase in result["phases"]:
         members = ", ".join(
-            f"{n} {m['readings_per_s']:,}/s {m['cores']} cores ({m['readings_per_cpu_s'] or 0:,}/cpu-s)"
+            f"{n} {m['readings_per_s']:,}/s {m['cores']} cores ({m['readings_per_cpu_s'] or 0:,}/cpu-s, "
+            f"{m['inserts_per_s']} inserts/s)"
             for n, m in phase.get("members", {}).items()
         )
         print(
             f"after {phase['after']:<11} {phase.get('readings_per_s', 0):>9,} readings/s stored "
-            f"[{members}] backlog {phase.get('backlog_at_end')}"
+            f"[{members}] backlog {phase.get('backlog_at_end')}, longest partition stall "
+            f"{phase['longest_partition_stall_s']} s"
         )
-    for pause in result["rebalance_pauses"]:
-        print(f"{pause['event']:<11} longest partition stall {pause['longest_partition_stall_s']} s")
-    print(f"steady state: longest partition stall {result['steady_longest_stall_s']} s")
+    for r in result["rebalances"]:
+        print(
+            f"{r['event']:<11} {r['partitions_moved']} partitions moved, assigned within "
+            f"{r['assigned_after_s']} s; pause per moved partition median {r['pause_median_s']} s, "
+            f"max {r['pause_max_s']} s"
+        )
     print(f"Kafka: {result['kafka_bytes_per_reading']} bytes per reading on the broker's disk")
     ex = result["exactness"]
     print(

@@ -2,14 +2,14 @@
 12-partition topic, partitions moving under load.
 
     python -m iotstream.bench.scaling [--kafka BOOTSTRAP] [--processors 3] [--partitions 12] [--devices 60]
-        [--readings 150000] [--rate 150000] [--phase 15] [--json] [--out FILE]
+        [--readings 200000] [--rate 150000] [--phase 15] [--json] [--out FILE]
 
 Starts (and at the end, on error and on Ctrl-C alike, ends) a local Kafka broker unless --kafka names one,
 one `iotstream ingest` node, `iotstream simulate` as the load (--devices streams, --rate readings/s in all),
 and `iotstream process` members of one group, each with its own chDB data folder. The schedule, one event
-every --phase seconds: p1 runs from the start; p2 ... pN join; p2 is killed with SIGKILL; p2 rejoins on
-the same data folder. Each event waits until the member before it has stored something, so it always
-lands mid-stream.
+every --phase seconds: p1 runs from the start; p2 ... pN join; p2 is killed with SIGKILL once every member
+stores (so each rebalance is the event's own) and while p2 itself is storing; p2 rejoins on the same data
+folder once a survivor has been assigned a partition after the kill.
 
 Figures, from samples every --sample-every seconds (the group's committed offsets per partition, each
 member's `iotstream_stored_readings_total` on its /metrics and its CPU seconds):
@@ -429,6 +429,8 @@ def run(args, say=lambda *a: None, started: list | None = None) -> dict:
             if event.endswith("killed"):
                 if not load.alive:
                     raise RuntimeError("the load ended before the kill: give it more --readings")
+                for other in members.values():  # every join is complete: the kill's rebalance is its own
+                    wait_storing(other, 0, args.event_timeout)
                 # Only while it is storing (it owns partitions and has a chunk under way): mid-stream.
                 wait_storing(members[name], members[name].stored() or 0, args.event_timeout)
                 members[name].kill9()
@@ -612,7 +614,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--processors", type=int, default=3, help="members at most, >= 2 (default 3)")
     ap.add_argument("--partitions", type=int, default=12, help="readings partitions (default 12)")
     ap.add_argument("--devices", type=int, default=60, help="simulated devices (default 60)")
-    ap.add_argument("--readings", type=int, default=150_000, help="readings per device (default 150000)")
+    ap.add_argument("--readings", type=int, default=200_000, help="readings per device (default 200000)")
     ap.add_argument("--batch", type=int, default=500, help="readings per batch (default 500)")
     ap.add_argument("--rate", type=float, default=150_000, help="offered readings/s in all (default 150000)")
     ap.add_argument("--phase", type=float, default=15.0, help="seconds between events (default 15)")

@@ -90,3 +90,24 @@ def test_the_next_owner_commits_what_a_lost_commit_left_behind(kafka_broker, chd
         assert count(second) == (0, 0)  # it resumed at the snapshots: nothing was read twice
     finally:
         second.stop()
+
+
+def test_a_failed_commit_is_retried_while_it_is_still_the_latest(kafka_broker):
+    """The retry half of the fix: a failed commit goes again at the next poll, unless a later commit of the
+    partition superseded it or the partition left this member."""
+    from confluent_kafka import KafkaError
+
+    from iotstream.processor.kafka_loop import KafkaSource
+
+    cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, namespace="f" + uuid.uuid4().hex[:8])
+    source = KafkaSource(cfg)
+    try:
+        source.wanted = {0: 7, 1: 9, 2: 4}
+        failed = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)
+        source._on_commit(failed, [TopicPartition(cfg.topic, 0, 7), TopicPartition(cfg.topic, 1, 8)])
+        source._on_commit(None, [TopicPartition(cfg.topic, 2, 4)])
+        assert source.pending == {0: 7}  # 1's failed 8 was superseded by 9; 2 succeeded
+        source._forget(0)
+        assert source.pending == {} and 0 not in source.wanted
+    finally:
+        source.close()

@@ -39,8 +39,8 @@ MAX_CHUNK_BYTES = 4 * 1024 * 1024
 # A source short of room (the local log over half full) gets snapshots, which truncate it, this often.
 PRESSED_SNAPSHOT_S = 0.5
 # One loop iteration stops starting chunks after this long and polls the source again: a Kafka member
-# services the group's rebalances only in that poll, so an iteration that worked through every partition's
-# backlog held every moved partition for as long (22-39 s per partition in docs/scaling.md's check).
+# services the group's rebalances only in a poll, and an iteration that chunked all it had polled made a
+# revoke wait for every partition's chunk (docs/scaling.md, "Why the pauses last a round").
 ITERATION_S = 0.5
 
 

@@ -69,10 +69,14 @@ class KafkaConfig:
         return AdminClient(self._settings({}))
 
     def _settings(self, settings: dict) -> dict:
+        """Keys as keyword arguments (enable_idempotence) or dotted; callbacks (on_commit) keep their name."""
         return {
             "bootstrap.servers": self.bootstrap,
             "logger": RDKAFKA_LOG,
-            **{key.replace("_", "."): value for key, value in settings.items()},
+            **{
+                key if key.startswith("on_") else key.replace("_", "."): value
+                for key, value in settings.items()
+            },
         }
 
 

@@ -154,8 +154,15 @@ class KafkaSource:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": session_timeout_ms,
                 "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
+                "on_commit": self._on_commit,
             }
         )
+        # The committed offsets are the group's lag (metrics, GetStats, "caught up"). An asynchronous commit
+        # can fail (one racing a rebalance does), and the partition's last one is not followed by another:
+        # partition -> the offset this member last asked to commit, and those to commit (again) at the next
+        # poll.
+        self.wanted: dict[int, int] = {}
+        self.pending: dict[int, int] = {}
 
     def start(self, loop) -> None:
         self.loop = loop
@@ -165,12 +172,15 @@ class KafkaSource:
 
     def _on_assign(self, consumer, partitions) -> None:
         latest = self.state_log.load()
+        parts = [TopicPartition(self.cfg.topic, tp.partition) for tp in partitions]
+        committed_at = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
         for tp in partitions:
             snapshot, offset, intents = self.state_log.restore(latest, tp.partition)
+            committed = committed_at[tp.partition]
+            if snapshot is not None and offset > committed:
+                # The previous owner stored up to its snapshot but its last commit was lost: report it.
+                self.wanted[tp.partition] = self.pending[tp.partition] = offset
             if snapshot is None:
-                committed = consumer.committed([TopicPartition(self.cfg.topic, tp.partition)], timeout=30)[
-                    0
-                ].offset
                 offset = committed if committed >= 0 else OFFSET_BEGINNING
                 if committed >= 0:
                     log.warning(
@@ -185,6 +195,7 @@ class KafkaSource:
     def _on_revoke(self, consumer, partitions) -> None:
         for tp in partitions:
             self.loop.release(tp.partition, save=True)
+            self._forget(tp.partition)
         self.state_log.flush()  # the next owner must find the snapshot
         consumer.incremental_unassign(partitions)
 
@@ -192,10 +203,27 @@ class KafkaSource:
         # Another member may own them already: drop the state without writing anything.
         for tp in partitions:
             self.loop.release(tp.partition, save=False)
+            self._forget(tp.partition)
         consumer.incremental_unassign(partitions)
+
+    def _forget(self, partition: int) -> None:
+        self.wanted.pop(partition, None)
+        self.pending.pop(partition, None)
+
+    def _on_commit(self, err, partitions) -> None:
+        """On the loop's thread (from consume): a failed commit that is still this member's latest for a
+        partition it owns is tried again at the next poll."""
+        for tp in partitions:
+            if (err is not None or tp.error is not None) and self.wanted.get(tp.partition) == tp.offset:
+                log.info("partition %d: commit of %d failed (%s); retrying", tp.partition, tp.offset, err)
+                self.pending[tp.partition] = tp.offset
 
     def poll(self, max_messages: int, timeout: float) -> list:
         self.side.poll(0)
+        if self.pending:
+            offsets = [TopicPartition(self.cfg.topic, p, o) for p, o in self.pending.items()]
+            self.pending.clear()
+            self.consumer.commit(offsets=offsets, asynchronous=True)
         records = []
         for msg in self.consumer.consume(max_messages, timeout=timeout):
             error = msg.error()
@@ -214,6 +242,7 @@ class KafkaSource:
         return True  # processors stop at once; the group's next member carries on
 
     def commit(self, partition: int, next_offset: int) -> None:
+        self.wanted[partition] = next_offset
         self.consumer.commit(
             offsets=[TopicPartition(self.cfg.topic, partition, next_offset)], asynchronous=True
         )

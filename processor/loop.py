@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 # A source short of room (the local log over half full) gets snapshots, which truncate it, this often.
 PRESSED_SNAPSHOT_S = 0.5
+# One loop iteration stops starting chunks after this long and polls the source again: a Kafka member
+# services the group's rebalances only in a poll, and an iteration that chunked all it had polled made a
+# revoke wait for every partition's chunk (docs/scaling.md, "Why the pauses last a round").
+ITERATION_S = 0.5
 
 
 def transient(exc: Exception) -> bool:
@@ -53,6 +57,7 @@ class PartitionRun:
     intents: list[tuple[int, int]] = field(default_factory=list)  # ranges since the last snapshot
     buffer: list = field(default_factory=list)
     snapshot_at: float = 0.0  # monotonic time of the last snapshot
+    served_at: float = 0.0  # monotonic time of its last chunk: the least recently served goes first
     ahead: bool = False  # the state holds a chunk that is not stored yet: no snapshot may be taken
 
 
@@ -128,13 +133,17 @@ class ChunkLoop:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.silence_every_s
                     self._check_silence()
-                records = self.source.poll(self.max_chunk_messages, 0.2)
+                # What is buffered counts against one poll's worth (memory stays as with one chunk's poll);
+                # a poll takes one record at least, so the group's callbacks are serviced every iteration.
+                buffered = sum(len(run.buffer) for run in self.runs.values())
+                ready = any(self._ready(run) for run in self.runs.values())
+                records = self.source.poll(max(1, self.max_chunk_messages - buffered), 0 if ready else 0.2)
                 for msg in records:
                     run = self.runs.get(msg.partition())
                     if run is not None and msg.offset() >= max(run.next_offset, 0):
                         run.buffer.append(msg)
+                self._work(time.monotonic() + ITERATION_S)
                 for partition, run in list(self.runs.items()):
-                    self._drain(partition, run)
                     since = time.monotonic() - run.snapshot_at
                     due = since >= self.snapshot_every_s or (
                         since >= PRESSED_SNAPSHOT_S and self.source.pressed()
@@ -155,28 +164,41 @@ class ChunkLoop:
         finally:
             self._leave(clean)
 
-    def _drain(self, partition: int, run: PartitionRun) -> None:
-        while run.buffer and not self.stopping.is_set():
-            if run.replay:
-                first, last = run.replay[0]
-                if run.buffer[-1].offset() < last:
-                    return  # the recorded range is not all here yet
-                count = sum(1 for m in run.buffer if m.offset() <= last)
-                run.replay.pop(0)
-            else:
-                count, size = 0, 0
-                for m in run.buffer[: self.max_chunk_messages]:
-                    if count and size + len(m.value()) > MAX_CHUNK_BYTES:
-                        break
-                    count, size = count + 1, size + len(m.value())
-                first, last = run.buffer[0].offset(), run.buffer[count - 1].offset()
-                run.intents.append((first, last))
-                self.source.save_intents(partition, run.intents)
-                self.source.flush()  # the intent is durable before the insert it describes
-            chunk, run.buffer = run.buffer[:count], run.buffer[count:]
-            self._process(partition, run, chunk, f"{self.source.topic}:{partition}:{first}:{last}")
-            run.next_offset = last + 1
-            self.source.commit(partition, last + 1)
+    def _work(self, deadline: float) -> None:
+        """Chunks of the ready partitions, least recently served first, until none is ready or `deadline`
+        has passed (one chunk at least)."""
+        while not self.stopping.is_set():
+            ready = [(run.served_at, p) for p, run in self.runs.items() if self._ready(run)]
+            if not ready:
+                return
+            partition = min(ready)[1]
+            self._chunk(partition, self.runs[partition])
+            if time.monotonic() >= deadline:
+                return
+
+    @staticmethod
+    def _ready(run: PartitionRun) -> bool:
+        """Records to chunk, and all of the next recorded range to replay if there is one."""
+        return bool(run.buffer) and (not run.replay or run.buffer[-1].offset() >= run.replay[0][1])
+
+    def _chunk(self, partition: int, run: PartitionRun) -> None:
+        if run.replay:
+            first, last = run.replay.pop(0)
+            count = sum(1 for m in run.buffer if m.offset() <= last)
+        else:
+            count, size = 0, 0
+            for m in run.buffer[: self.max_chunk_messages]:
+                if count and size + len(m.value()) > MAX_CHUNK_BYTES:
+                    break
+                count, size = count + 1, size + len(m.value())
+            first, last = run.buffer[0].offset(), run.buffer[count - 1].offset()
+            run.intents.append((first, last))
+            self.source.save_intents(partition, run.intents)
+            self.source.flush()  # the intent is durable before the insert it describes
+        chunk, run.buffer = run.buffer[:count], run.buffer[count:]
+        self._process(partition, run, chunk, f"{self.source.topic}:{partition}:{first}:{last}")
+        run.next_offset, run.served_at = last + 1, time.monotonic()
+        self.source.commit(partition, last + 1)
 
     def _process(self, partition: int, run: PartitionRun, chunk: list, token: str) -> None:
         """Prepare once (the state advances once), then insert, retrying transient errors."""

@@ -1,0 +1,83 @@
+"""The processor loop polls its source between chunks once an iteration's time is spent (a Kafka member
+services rebalances only in a poll), counts what it has buffered against the next poll, and serves the
+least recently served partition first. A fake source and store: pure loop logic."""
+
+from __future__ import annotations
+
+from iotstream.processor import loop as chunk_loop
+from iotstream.processor.loop import ChunkLoop
+
+
+class Msg:
+    def __init__(self, partition: int, offset: int):
+        self._partition, self._offset = partition, offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return b""  # an empty ReadingBatch: nothing to insert
+
+    def topic(self) -> str:
+        return "t"
+
+
+class Source:
+    """Hands out `batches` (one per poll, then nothing), assigns partition 9 at the fourth poll, as a
+    rebalance would, and stops the loop once `stop_after` commits are in."""
+
+    topic = "t"
+
+    def __init__(self, batches: list[list[Msg]], stop_after: int):
+        self.batches, self.stop_after = batches, stop_after
+        self.events: list[tuple] = []
+
+    def start(self, loop: ChunkLoop) -> None:
+        self.loop = loop
+        for p in (0, 1, 2):
+            loop.assign(p, None, 0, [])
+
+    def poll(self, max_messages: int, timeout: float) -> list:
+        self.events.append(("poll", max_messages, timeout))
+        if len([e for e in self.events if e[0] == "poll"]) == 4:
+            self.loop.assign(9, None, 0, [])
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, partition: int, next_offset: int) -> None:
+        self.events.append(("commit", partition, next_offset))
+        if len([e for e in self.events if e[0] == "commit"]) == self.stop_after:
+            self.loop.stopping.set()
+
+    def save_intents(self, partition, ranges) -> None: ...
+    def save_snapshot(self, partition, next_offset, data) -> None: ...
+    def flush(self) -> None: ...
+    def publish_anomalies(self, table) -> None: ...
+    def close(self) -> None: ...
+
+    def pressed(self) -> bool:
+        return False
+
+    def caught_up(self) -> bool:
+        return True
+
+
+def test_a_spent_iteration_polls_between_chunks_least_recently_served_first(monkeypatch):
+    monkeypatch.setattr(chunk_loop, "ITERATION_S", 0.0)  # every chunk spends the iteration
+    first = [Msg(p, o) for p in (0, 1, 2) for o in range(3)]
+    source = Source([first, [], [], [Msg(0, 3), Msg(9, 0), Msg(9, 1)]], stop_after=5)
+    ChunkLoop(source, store=None, max_chunk_messages=10, snapshot_every_s=3600).run()
+    assert source.events == [
+        ("poll", 10, 0.2),  # nothing buffered yet: a whole poll, waiting for it
+        ("commit", 0, 3),
+        ("poll", 4, 0),  # 6 records still buffered count against the poll; work is ready: no wait
+        ("commit", 1, 3),
+        ("poll", 7, 0),
+        ("commit", 2, 3),
+        ("poll", 10, 0.2),  # partition 9 assigned in it, as a rebalance is
+        ("commit", 9, 2),  # never served: before partition 0, served longest ago of the others
+        ("poll", 9, 0),
+        ("commit", 0, 4),
+    ]

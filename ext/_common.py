@@ -58,6 +58,7 @@ FLOAT_FIELDS = [
     "dprev",
     "cup",
     "cdown",
+    *(f"cal{k}" for k in range(8)),
 ]
 INT_FIELDS = [
     "pos",
@@ -101,6 +102,7 @@ FLOAT_DEFAULTS = {
     "dprev": 0.0,
     "cup": 0.0,
     "cdown": 0.0,
+    **{f"cal{k}": 0.5 ** (k + 1) for k in range(8)},
 }
 INT_DEFAULTS = {
     "pos": 0,
@@ -153,6 +155,21 @@ RCOV_ALPHA = 0.01  # weight of a residual pair in their lag-1 covariance, learnt
 # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
 # the sensor's autocorrelation
 SHIFT_THRESHOLD = 10.0  # default CUSUM decision interval (residual sd)
+# ----------------------------------------------------------------------
+# Calibrated score (see _rolling.pyx "Calibrated score"): per key, the share of its readings whose evidence
+# (largest detector evidence over its threshold) exceeded each of CAL_LEVELS levels CAL_LEVEL0 * 2**k.
+
+CAL_LEVELS = 8  # levels 1/16, 1/8, ..., 8 times a threshold: the state columns cal0..cal7
+CAL_LEVEL0 = 0.0625
+CAL_N = 10_000  # memory of the shares, in readings of the key (weight 1/CAL_N each once warm)
+CAL_PRIOR = 100  # a new key starts as if it had seen this many readings of the prior shares 2**-(k+1)
+# (FLOAT_DEFAULTS cal0..cal7): a new key's first large evidence is not yet taken for very rare
+CAL_QMIN = 1e-3  # a share below this rests on too few readings: the tail is extrapolated from the last
+# level above it, as a power law falling at least as (level / evidence) ** CAL_GAMMA
+CAL_GAMMA = 2.0
+SCORE_DECADES = 4.0  # score = u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0.5 = once in 10**4 readings
+TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares still rank larger evidence higher
+
 COUNTER_UPS = 100  # a key is a counter once it has stepped up this often ...
 COUNTER_RATIO = 100  # ... and at least this many times as often as it stepped down (resets)
 
@@ -167,6 +184,13 @@ KINDS = (
     "quantized",
     "continuous",
 )
+
+
+def score_for_tail(p: float) -> float:
+    """The score of a reading whose evidence its key shows once in 1/p readings: a fleet-wide threshold
+    that lets each key alarm on about a share p of its readings (the inverse of the kernel's mapping)."""
+    u = -math.log10(p) / SCORE_DECADES
+    return u / (1.0 + u)
 
 
 def classify(window_sorted: np.ndarray, res: float, nup: int, ndown: int) -> str:

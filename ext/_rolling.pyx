@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from libc.math cimport INFINITY, NAN, expm1, fabs, log1p, sqrt
+from libc.math cimport INFINITY, NAN, expm1, fabs, log, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
@@ -39,6 +39,12 @@ from ._common import (
     ALLOWANCE,
     WINDOW_SD_SHARE,
     ANOMALY_FLAGS,
+    CAL_GAMMA,
+    CAL_LEVEL0,
+    CAL_LEVELS,
+    CAL_N,
+    CAL_PRIOR,
+    CAL_QMIN,
     CLIP_SD,
     COUNTER_RATIO,
     COUNTER_UPS,
@@ -59,6 +65,8 @@ from ._common import (
     RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
+    SCORE_DECADES,
+    TIE_WEIGHT,
     check_alpha,
     check_batch,
     check_detectors,
@@ -102,7 +110,9 @@ cdef enum:
     F_DPREV = 22    # the previous (clipped) residual
     F_CUP = 23      # the two one-sided CUSUMs of standardized residuals
     F_CDOWN = 24
-    NF = 25
+    F_CAL0 = 25     # F_CAL0..+7: shares of the readings whose evidence exceeded CAL_LEVEL0 * 2**k
+    NCAL = 8
+    NF = 33
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -154,7 +164,8 @@ cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
-                     "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
+                     "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown",
+                     *(f"cal{k}" for k in range(NCAL))] or len(FLOAT_FIELDS) != NF or CAL_LEVELS != NCAL
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
                           "tnsame", "tn", "cn", "nup", "ndown"]
         or len(INT_FIELDS) != NI
@@ -198,6 +209,22 @@ cdef double RCOV_ALPHA_C = RCOV_ALPHA
 cdef int64_t RCOV_N = <int64_t>(1.0 / RCOV_ALPHA)
 cdef int64_t COUNTER_UPS_C = COUNTER_UPS
 cdef int64_t COUNTER_RATIO_C = COUNTER_RATIO
+cdef double CAL_GAMMA_C = CAL_GAMMA
+cdef double CAL_LEVEL0_C = CAL_LEVEL0
+cdef int64_t CAL_N_C = CAL_N
+cdef int64_t CAL_PRIOR_C = CAL_PRIOR
+cdef double CAL_QMIN_C = CAL_QMIN
+cdef double CAL_ALPHA_C = 1.0 / CAL_N
+cdef double TIE_WEIGHT_C = TIE_WEIGHT
+cdef double LN2 = math.log(2.0)
+cdef double CAL_EMAX = DBL_MAX * CAL_LEVEL0
+cdef double CAL_LEV[8]  # the levels, and 1 / (level - the level below it) (0 below the first)
+cdef double CAL_INV[8]
+for _k in range(NCAL):
+    CAL_LEV[_k] = CAL_LEVEL0 * 2.0**_k
+    CAL_INV[_k] = 1.0 / (CAL_LEVEL0 * 2.0**(_k - 1) if _k else CAL_LEVEL0)
+cdef double LOG_QMIN = math.log(CAL_QMIN)
+cdef double SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
 
 
 # ----------------------------------------------------------------------
@@ -569,18 +596,68 @@ cdef inline void add_ewm(float64_t val, float64_t *f, int64_t *g, float64_t alph
 
 
 # ----------------------------------------------------------------------
-# Combined score
+# Calibrated score
+#
+# Evidence in threshold units means different things on different keys: a Gaussian key's |z| / 6 is 0.5
+# once in 400 readings, a heavy-tailed key's far more often, a quantized key's moves in steps. So the
+# score is the key's own tail probability of its evidence e (the largest detector evidence over its
+# threshold): per key, q[k] is the exponentially weighted share of its readings (memory CAL_N, starting
+# from CAL_PRIOR readings of a prior tail) whose e exceeded the level CAL_LEVEL0 * 2**k. The tail at e
+# interpolates log q linearly in e between levels (from 0 at e = 0); above the last
+# level with a share of at least CAL_QMIN it falls as a power law, at least as steep as the last segment
+# and as CAL_GAMMA, so it never reaches 0 for finite evidence. Everything stays in log space:
+# score = u / (1 + u), u = -log10(tail) / SCORE_DECADES, so 0.5 means "once in 10**4 readings of this
+# key", and the score never saturates. Between levels a tiny term in e breaks ties of equal shares.
 
-cdef inline float64_t calc_score(float64_t e, float64_t em1) noexcept nogil:
-    """u / (1 + u) with u = log1p((e - 1) e): 0 at e = 0, 0.5 at e = 1 (a detector at its threshold),
-    strictly increasing, and below 1 even for e = inf (e is clamped to DBL_MAX), so it never saturates."""
-    cdef float64_t a, u
+
+cdef inline float64_t tail_log(float64_t e, const float64_t *q) noexcept nogil:
+    """Natural log of the share of the key's readings with evidence above ``e`` (before this one)."""
+    cdef float64_t qp = 1.0, qpp = 1.0, lev = 0.0, gam = CAL_GAMMA_C, lp
+    cdef int64_t k
     if not (e > 0.0):
         return 0.0
-    a = em1 * e
-    if a > DBL_MAX:
-        a = DBL_MAX
-    u = log1p(a)
+    for k in range(NCAL):
+        if q[k] < CAL_QMIN_C:
+            break
+        if e <= CAL_LEV[k]:  # between two levels (or 0 and the first): log of the share linear in e
+            lp = log(qp) if k > 0 else 0.0
+            return lp + (log(q[k]) - lp) * ((e - lev) * CAL_INV[k]) - TIE_WEIGHT_C * e
+        qpp = qp
+        qp = q[k]
+        lev = CAL_LEV[k]
+    if lev == 0.0:  # not even the first level is reliable: anchor the tail at CAL_QMIN there
+        lev = CAL_LEVEL0_C
+        if e <= lev:
+            return LOG_QMIN * (e / lev) - TIE_WEIGHT_C * e
+        lp = LOG_QMIN
+    else:
+        lp = log(qp)
+        if lev > CAL_LEVEL0_C:
+            gam = (log(qpp) - lp) / LN2
+            if gam < CAL_GAMMA_C:
+                gam = CAL_GAMMA_C
+        lev = lev * 2.0  # up to the next level the tail is at most the last reliable share: kept flat
+        if e <= lev:
+            return lp - TIE_WEIGHT_C * e
+    if e > CAL_EMAX:  # e / lev stays finite: infinite evidence has a finite, very small tail
+        e = CAL_EMAX
+    return lp - TIE_WEIGHT_C * lev - gam * log(e / lev)
+
+
+cdef inline void learn_tail(float64_t e, float64_t *q, int64_t n) noexcept nogil:
+    """Move each level's share towards whether ``e`` exceeded it (``n``: real readings of the key)."""
+    cdef float64_t a = 1.0 / (n + CAL_PRIOR_C) if n + CAL_PRIOR_C < CAL_N_C else CAL_ALPHA_C
+    cdef int64_t k
+    for k in range(NCAL):  # no branch: the compiler can do the eight at once
+        q[k] = q[k] + a * (<float64_t>(e > CAL_LEV[k]) - q[k])
+
+
+cdef inline float64_t calc_score(float64_t lt) noexcept nogil:
+    """u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0 for nothing unusual, below 1 for any tail."""
+    cdef float64_t u
+    if not (lt < 0.0):
+        return 0.0
+    u = lt * SCORE_SCALE
     return u / (1.0 + u)
 
 
@@ -769,13 +846,13 @@ cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float
 
 cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b,
                            float64_t *srt, const float64_t *p, int64_t *tr, int64_t window, int64_t minp,
-                           float64_t alpha, float64_t oma, float64_t em1, float64_t *z_out,
+                           float64_t alpha, float64_t oma, float64_t *z_out,
                            float64_t *score_out, uint8_t *dom_out) noexcept nogil:
     """Score one reading against its slot's state, then add it; returns the flags, and in ``dom_out``
     the flag of the detector with the largest evidence among those that fired (0 when none did)."""
     cdef:
         uint8_t flags = 0, dom = 0
-        float64_t z = NAN, rz, e = 0.0, x, rate, ex, span, bound
+        float64_t z = NAN, rz, e = 0.0, x, rate, ex, span, bound, lt
         int64_t dt
         bint counter = is_counter(g)
     if not counter:
@@ -857,8 +934,11 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
                 dom = STUCK_FLAG
     if not (dom & flags):
         dom = flags & ANOMALY & -(flags & ANOMALY)  # lowest flag that fired (ties at the threshold)
+    lt = tail_log(e, &f[F_CAL0])  # scored against the key's past, then learnt
+    if val == val:
+        learn_tail(e, &f[F_CAL0], g[I_EWM_N])
     z_out[0] = z
-    score_out[0] = calc_score(e, em1)
+    score_out[0] = calc_score(lt)
     dom_out[0] = dom
     return flags
 
@@ -892,8 +972,10 @@ cdef class RollingStats:
     any other (+-inf while the slot never moved). score is the combined score in [0, 1): each detector's
     evidence is normalised so that its threshold is 1 (``|z|/z_threshold``, ``|robust z|/robust_threshold``,
     ``|rate|/max_rate``, ``cusum/shift_threshold``, and for a violated static limit or stuck run
-    ``1 + excess/span`` and ``run/stuck_count``), the largest counts, and ``score = u/(1+u)`` with
-    ``u = log1p((e-1) x)``: 0.5 exactly at a threshold, strictly increasing, never 1.
+    ``1 + excess/span`` and ``run/stuck_count``), the largest, x, counts, and the score is calibrated on
+    the slot's own past: ``score = u/(1+u)``, ``u = -log10(tail) / 4``, tail the share of the slot's
+    readings with evidence above x (see "Calibrated score"): 0.5 = once in 10**4 readings of this slot,
+    0 for no evidence, strictly increasing in x, never 1.
 
     The change detector (FLAG_SHIFT) speaks after ``window`` readings, at the onset of a change, and is
     re-armed; see "Change at onset" above. The time window (``time_window_ms`` > 0, per slot) keeps mean and variance of the
@@ -911,7 +993,6 @@ cdef class RollingStats:
     cdef readonly double ewm_alpha
     cdef readonly dict defaults
     cdef double _oma
-    cdef double _em1
     cdef object _fstate
     cdef object _istate
     cdef object _pstate
@@ -928,7 +1009,6 @@ cdef class RollingStats:
         self.ewm_alpha = check_alpha(ewm_alpha)
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
-        self._em1 = math.e - 1.0
         self._fstate = new_fstate(capacity)
         self._istate = new_istate(capacity)
         self._pstate = new_pstate(capacity, self.defaults)
@@ -977,7 +1057,7 @@ cdef class RollingStats:
             int64_t[:, ::1] ts_r = self._tsring
             bint has_t = self._tsring.shape[1] > 0
             int64_t window = self.window, minp = self.min_count, s
-            float64_t alpha = self.ewm_alpha, oma = self._oma, em1 = self._em1
+            float64_t alpha = self.ewm_alpha, oma = self._oma
         with nogil:
             for i in range(n):
                 # Many keys do not fit in cache: fetch the state of the reading PF_FAR ahead, then,
@@ -988,6 +1068,8 @@ cdef class RollingStats:
                     prefetch(&fs[s, 0])
                     prefetch(&fs[s, 8])
                     prefetch(&fs[s, 16])
+                    prefetch(&fs[s, 24])
+                    prefetch(&fs[s, 32])
                     prefetch(&gs[s, 0])
                     prefetch(&gs[s, 8])
                     prefetch(&ps[s, 0])
@@ -1001,7 +1083,7 @@ cdef class RollingStats:
                         prefetch(&ts_r[s, gs[s, I_POS]])
                 s = s_v[i]
                 fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
-                                 &ts_r[s, 0] if has_t else NULL, window, minp, alpha, oma, em1, &z_v[i],
+                                 &ts_r[s, 0] if has_t else NULL, window, minp, alpha, oma, &z_v[i],
                                  &sc_v[i], &dm_v[i])
         if dominant:
             return z_out, score_out, flags_out, dom_out

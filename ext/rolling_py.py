@@ -18,6 +18,12 @@ from . import _snapshot
 from ._common import (
     ALLOWANCE,
     ANOMALY_FLAGS,
+    CAL_GAMMA,
+    CAL_LEVEL0,
+    CAL_LEVELS,
+    CAL_N,
+    CAL_PRIOR,
+    CAL_QMIN,
     CLIP_SD,
     COUNTER_RATIO,
     COUNTER_UPS,
@@ -38,6 +44,8 @@ from ._common import (
     RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
+    SCORE_DECADES,
+    TIE_WEIGHT,
     WINDOW_SD_SHARE,
     check_alpha,
     check_batch,
@@ -86,7 +94,8 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     F_DPREV,
     F_CUP,
     F_CDOWN,
-) = range(len(FLOAT_FIELDS))
+    F_CAL0,
+) = range(len(FLOAT_FIELDS) - CAL_LEVELS + 1)
 (
     I_POS,
     I_NFILL,
@@ -108,6 +117,7 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
 )
 assert (
     FLOAT_FIELDS[F_CDOWN] == "cdown"
+    and FLOAT_FIELDS[F_CAL0 + CAL_LEVELS - 1] == f"cal{CAL_LEVELS - 1}"
     and INT_FIELDS[I_NDOWN] == "ndown"
     and PARAM_FIELDS[P_TWIN] == "time_window_ms"
 )
@@ -126,6 +136,13 @@ MAD_SCALE = 1.4826
 MEANAD_SCALE = 1.2533
 NAN = math.nan
 INF = math.inf
+LN2 = math.log(2.0)
+CAL_EMAX = DBL_MAX * CAL_LEVEL0
+CAL_LEV = [CAL_LEVEL0 * 2.0**k for k in range(CAL_LEVELS)]
+CAL_INV = [1.0 / (CAL_LEVEL0 * 2.0 ** (k - 1) if k else CAL_LEVEL0) for k in range(CAL_LEVELS)]
+LOG_QMIN = math.log(CAL_QMIN)
+SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
+CAL_ALPHA = 1.0 / CAL_N
 
 # ----------------------------------------------------------------------
 # Rolling variance (see _rolling.pyx for the comments; the operations match line by line). Each helper
@@ -400,16 +417,55 @@ def add_ewm(val: float, f: list, g: list, alpha: float, oma: float) -> None:
 
 
 # ----------------------------------------------------------------------
-# Combined score
+# Calibrated score
 
 
-def calc_score(e: float, em1: float) -> float:
+def tail_log(e: float, q: list, o: int) -> float:
+    """Natural log of the share of the key's readings with evidence above ``e`` (q[o:o + CAL_LEVELS])."""
+    qp = 1.0
+    qpp = 1.0
+    lev = 0.0
+    gam = CAL_GAMMA
     if not (e > 0.0):
         return 0.0
-    a = em1 * e
-    if a > DBL_MAX:
-        a = DBL_MAX
-    u = math.log1p(a)
+    for k in range(CAL_LEVELS):
+        if q[o + k] < CAL_QMIN:
+            break
+        if e <= CAL_LEV[k]:
+            lp = math.log(qp) if k > 0 else 0.0
+            return lp + (math.log(q[o + k]) - lp) * ((e - lev) * CAL_INV[k]) - TIE_WEIGHT * e
+        qpp = qp
+        qp = q[o + k]
+        lev = CAL_LEV[k]
+    if lev == 0.0:
+        lev = CAL_LEVEL0
+        if e <= lev:
+            return LOG_QMIN * (e / lev) - TIE_WEIGHT * e
+        lp = LOG_QMIN
+    else:
+        lp = math.log(qp)
+        if lev > CAL_LEVEL0:
+            gam = (math.log(qpp) - lp) / LN2
+            if gam < CAL_GAMMA:
+                gam = CAL_GAMMA
+        lev = lev * 2.0  # up to the next level the tail is at most the last reliable share: kept flat
+        if e <= lev:
+            return lp - TIE_WEIGHT * e
+    if e > CAL_EMAX:  # e / lev stays finite: infinite evidence has a finite, very small tail
+        e = CAL_EMAX
+    return lp - TIE_WEIGHT * lev - gam * math.log(e / lev)
+
+
+def learn_tail(e: float, q: list, o: int, n: int) -> None:
+    a = 1.0 / (n + CAL_PRIOR) if n + CAL_PRIOR < CAL_N else CAL_ALPHA
+    for k in range(CAL_LEVELS):
+        q[o + k] = q[o + k] + a * ((1.0 if e > CAL_LEV[k] else 0.0) - q[o + k])
+
+
+def calc_score(lt: float) -> float:
+    if not (lt < 0.0):
+        return 0.0
+    u = lt * SCORE_SCALE
     return u / (1.0 + u)
 
 
@@ -585,7 +641,6 @@ def detect(
     minp: int,
     alpha: float,
     oma: float,
-    em1: float,
 ) -> tuple[float, float, int, int]:
     """Score one reading against its slot's state, then add it; returns ``(z, score, flags, dominant)``."""
     flags = 0
@@ -675,7 +730,10 @@ def detect(
                 dom = FLAG_STUCK
     if not dom & flags:
         dom = flags & ANOMALY_FLAGS & -(flags & ANOMALY_FLAGS)
-    return z, calc_score(e, em1), flags, dom
+    lt = tail_log(e, f, F_CAL0)
+    if val == val:
+        learn_tail(e, f, F_CAL0, g[I_EWM_N])
+    return z, calc_score(lt), flags, dom
 
 
 # ----------------------------------------------------------------------
@@ -702,7 +760,6 @@ class RollingStats:
         self.ewm_alpha = check_alpha(ewm_alpha)
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
-        self._em1 = math.e - 1.0
         self._set_state(
             new_fstate(capacity),
             new_istate(capacity),
@@ -744,7 +801,7 @@ class RollingStats:
             self._grow(int(sl.max()) + 1)
         out = [(0.0, 0.0, 0, 0)] * n
         fs, gs, ps, bs, ss, tr = self._fs, self._gs, self._ps, self._bs, self._ss, self._tr
-        window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
+        window, minp, alpha, oma = self.window, self.min_count, self.ewm_alpha, self._oma
         for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
             out[i] = detect(
                 val,
@@ -759,7 +816,6 @@ class RollingStats:
                 minp,
                 alpha,
                 oma,
-                em1,
             )
         cols = list(zip(*out, strict=True)) if n else [(), (), (), ()]
         res = (

@@ -59,6 +59,10 @@ FLOAT_FIELDS = [
     "cup",
     "cdown",
     *(f"cal{k}" for k in range(8)),
+    "sm",
+    "sv",
+    "sarm",
+    *(f"prof{k}" for k in range(24)),
 ]
 INT_FIELDS = [
     "pos",
@@ -75,6 +79,7 @@ INT_FIELDS = [
     "cn",
     "nup",
     "ndown",
+    "first_ts",
 ]
 FLOAT_DEFAULTS = {
     "shift": 0.0,
@@ -103,6 +108,10 @@ FLOAT_DEFAULTS = {
     "cup": 0.0,
     "cdown": 0.0,
     **{f"cal{k}": 0.5 ** (k + 1) for k in range(8)},
+    "sm": 0.0,
+    "sv": 0.0,
+    "sarm": 1.0,
+    **{f"prof{k}": 0.0 for k in range(24)},
 }
 INT_DEFAULTS = {
     "pos": 0,
@@ -119,6 +128,7 @@ INT_DEFAULTS = {
     "cn": 0,
     "nup": 0,
     "ndown": 0,
+    "first_ts": NEVER,
 }
 # Older layouts also held the histogram shift detector's columns (lmean, lvar, hsum, hw, ln, hn, srun)
 # and arrays (bins, hist); a snapshot with them loads, and the change detector starts afresh.
@@ -169,6 +179,24 @@ CAL_QMIN = 1e-3  # a share below this rests on too few readings: the tail is ext
 CAL_GAMMA = 2.0
 SCORE_DECADES = 4.0  # score = u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0.5 = once in 10**4 readings
 TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares still rank larger evidence higher
+
+# ----------------------------------------------------------------------
+# Time of day (see _rolling.pyx "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.
+
+DAY_MS = 86_400_000
+SEASON_BUCKETS = 24  # one an hour, linearly interpolated between the hours' centres: columns prof0..prof23
+SEASON_MIN_MS = 2 * DAY_MS  # the comparison starts once a key spans two days (short-lived keys: never)
+PROFILE_TAU_MS = 3_600_000.0  # a bucket learns with this time constant of in-bucket time: about a day
+SMOOTH_TAU_MS = 1_800_000.0  # the residual from the profile is smoothed over about half an hour ...
+SVAR_TAU_MS = 86_400_000.0  # ... and compared with its typical size (root mean square) over about a day,
+# learnt only while the smoothed residual is below half the threshold
+SEASON_ALPHA_MAX = (
+    0.5  # after a gap a reading moves a bucket, the smoothed residual, its size by at most this
+)
+SEASON_DEPARTED_SHARE = 0.1  # while the residual is above half the threshold the profile learns 10 times
+# slower: a warm night is not learnt as normal overnight, a lasting change still is, over days
+SEASON_Z = 6.0  # the smoothed residual is reported above this many times its typical size, once, and
+# re-armed when it falls below half of it
 
 COUNTER_UPS = 100  # a key is a counter once it has stepped up this often ...
 COUNTER_RATIO = 100  # ... and at least this many times as often as it stepped down (resets)

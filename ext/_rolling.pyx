@@ -47,6 +47,7 @@ from ._common import (
     CAL_QMIN,
     CLIP_SD,
     COUNTER_RATIO,
+    DAY_MS,
     COUNTER_UPS,
     FLAG_LATE,
     FLAG_RATE,
@@ -66,6 +67,14 @@ from ._common import (
     RMEAN_TAU_MS,
     RVAR_ALPHA,
     SCORE_DECADES,
+    SEASON_ALPHA_MAX,
+    SEASON_BUCKETS,
+    SEASON_DEPARTED_SHARE,
+    SEASON_MIN_MS,
+    SEASON_Z,
+    SMOOTH_TAU_MS,
+    SVAR_TAU_MS,
+    PROFILE_TAU_MS,
     TIE_WEIGHT,
     check_alpha,
     check_batch,
@@ -112,7 +121,12 @@ cdef enum:
     F_CDOWN = 24
     F_CAL0 = 25     # F_CAL0..+7: shares of the readings whose evidence exceeded CAL_LEVEL0 * 2**k
     NCAL = 8
-    NF = 33
+    F_SM = 33       # the time-of-day residual smoothed, its mean square, armed (1) or fired (0)
+    F_SV = 34
+    F_SARM = 35
+    F_PROF0 = 36    # F_PROF0..+23: the time-of-day profile, one value an hour of the UTC day
+    NBUCKET = 24
+    NF = 60
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -126,7 +140,8 @@ cdef enum:
     I_CN = 11       # readings the change detector has seen
     I_NUP = 12      # steps up and down between consecutive real readings (the counter test)
     I_NDOWN = 13
-    NI = 14
+    I_FIRST_TS = 14  # timestamp of the first real reading (the age the time-of-day comparison waits for)
+    NI = 15
     P_ZTHR = 0
     P_RTHR = 1
     P_LO = 2
@@ -165,9 +180,11 @@ cdef int64_t C_NEVER = INT64_MIN
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
                      "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown",
-                     *(f"cal{k}" for k in range(NCAL))] or len(FLOAT_FIELDS) != NF or CAL_LEVELS != NCAL
+                     *(f"cal{k}" for k in range(NCAL)), "sm", "sv", "sarm",
+                     *(f"prof{k}" for k in range(NBUCKET))]
+        or len(FLOAT_FIELDS) != NF or CAL_LEVELS != NCAL or SEASON_BUCKETS != NBUCKET
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
-                          "tnsame", "tn", "cn", "nup", "ndown"]
+                          "tnsame", "tn", "cn", "nup", "ndown", "first_ts"]
         or len(INT_FIELDS) != NI
         or PARAM_FIELDS != ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count",
                             "stuck_ms", "silence_ms", "shift_threshold", "time_window_ms"]
@@ -224,6 +241,15 @@ for _k in range(NCAL):
     CAL_LEV[_k] = CAL_LEVEL0 * 2.0**_k
     CAL_INV[_k] = 1.0 / (CAL_LEVEL0 * 2.0**(_k - 1) if _k else CAL_LEVEL0)
 cdef double LOG_QMIN = math.log(CAL_QMIN)
+cdef int64_t DAY_C = DAY_MS
+cdef int64_t BUCKET_MS = DAY_MS // SEASON_BUCKETS
+cdef int64_t SEASON_MIN_C = SEASON_MIN_MS
+cdef double PROFILE_TAU_C = PROFILE_TAU_MS
+cdef double SMOOTH_TAU_C = SMOOTH_TAU_MS
+cdef double SVAR_TAU_C = SVAR_TAU_MS
+cdef double SEASON_ALPHA_MAX_C = SEASON_ALPHA_MAX
+cdef double SEASON_DEPARTED_C = SEASON_DEPARTED_SHARE
+cdef double SEASON_Z_C = SEASON_Z
 cdef double SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
 
 
@@ -776,6 +802,68 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
 
 
 # ----------------------------------------------------------------------
+# Time of day
+#
+# The change detector follows a daily cycle by its time constants, so it cannot tell a night that stays
+# as warm as noon, or a drift as slow as the cycle, from the cycle itself. Per key a profile of the level
+# over the UTC day (NBUCKET values, one an hour, linearly interpolated between the hours' centres) is
+# learnt by least mean squares with a time constant of PROFILE_TAU_MS of in-bucket time (about a day; the
+# first day faster, as a running mean). The reading's residual from the profile is smoothed
+# (SMOOTH_TAU_MS) and compared with the smoothed residual's typical size (root mean square over
+# SVAR_TAU_MS, learnt from the second day on and only while no departure builds up): above SEASON_Z times
+# it the reading is flagged as a change (FLAG_SHIFT), once, and the comparison re-arms below half of it.
+# It speaks only once the key spans SEASON_MIN_MS (two days), so short-lived keys are unaffected; while a
+# departure lasts the profile learns SEASON_DEPARTED_SHARE as fast, so a warm night is not learnt as
+# normal by morning, while a lasting change is, over days.
+
+
+cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t *g) noexcept nogil:
+    """Feed one in-order real reading; returns the time-of-day evidence (> 1 above SEASON_Z)."""
+    cdef int64_t dt, age, tod, b0, b1, k
+    cdef float64_t pos, w, r, a, x = 0.0, sd
+    if g[I_FIRST_TS] == C_NEVER:
+        g[I_FIRST_TS] = ts
+        for k in range(NBUCKET):
+            f[F_PROF0 + k] = val
+        return 0.0
+    dt = ts - g[I_LAST_TS]
+    age = ts - g[I_FIRST_TS]
+    tod = ts % DAY_C
+    if tod < 0:
+        tod += DAY_C
+    pos = <float64_t>tod / <float64_t>BUCKET_MS - 0.5
+    if pos < 0.0:
+        pos += NBUCKET
+    b0 = <int64_t>pos
+    w = pos - b0
+    b1 = b0 + 1 if b0 + 1 < NBUCKET else 0
+    r = val - (f[F_PROF0 + b0] + w * (f[F_PROF0 + b1] - f[F_PROF0 + b0]))
+    a = dt / SMOOTH_TAU_C
+    if a > SEASON_ALPHA_MAX_C:
+        a = SEASON_ALPHA_MAX_C
+    f[F_SM] = f[F_SM] + a * (r - f[F_SM])
+    if age >= SEASON_MIN_C:
+        sd = sqrt(f[F_SV])
+        if sd < f[F_RES]:
+            sd = f[F_RES]
+        if sd > 0.0:
+            x = fabs(f[F_SM]) / sd / SEASON_Z_C
+    a = dt / (PROFILE_TAU_C if PROFILE_TAU_C < age / <float64_t>NBUCKET else age / <float64_t>NBUCKET)
+    if x >= 0.5:
+        a = a * SEASON_DEPARTED_C
+    if a > SEASON_ALPHA_MAX_C:
+        a = SEASON_ALPHA_MAX_C
+    f[F_PROF0 + b0] = f[F_PROF0 + b0] + a * (1.0 - w) * r
+    f[F_PROF0 + b1] = f[F_PROF0 + b1] + a * w * r
+    if x < 0.5 and age > DAY_C:
+        a = dt / (SVAR_TAU_C if SVAR_TAU_C < <float64_t>(age - DAY_C) else <float64_t>(age - DAY_C))
+        if a > SEASON_ALPHA_MAX_C:
+            a = SEASON_ALPHA_MAX_C
+        f[F_SV] = f[F_SV] + a * (f[F_SM] * f[F_SM] - f[F_SV])
+    return x
+
+
+# ----------------------------------------------------------------------
 # One reading
 
 cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b, float64_t *srt,
@@ -916,6 +1004,16 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             dom = SHIFT_FLAG
         if x > 1.0:
             flags |= SHIFT_FLAG
+        if not counter and ts > g[I_LAST_TS]:
+            x = seasonal(val, ts, f, g)
+            if x > e:
+                e = x
+                dom = SHIFT_FLAG
+            if x > 1.0 and f[F_SARM] > 0.0:
+                flags |= SHIFT_FLAG
+                f[F_SARM] = 0.0
+            elif x < 0.5:
+                f[F_SARM] = 1.0
         if f[F_PREV] == f[F_PREV]:
             learn_step(val, f, g)  # after scoring: the floor comes from earlier steps only
     step(val, ts, f, g, b, srt, tr, p[P_TWIN], window, alpha, oma)
@@ -1070,6 +1168,9 @@ cdef class RollingStats:
                     prefetch(&fs[s, 16])
                     prefetch(&fs[s, 24])
                     prefetch(&fs[s, 32])
+                    prefetch(&fs[s, 40])
+                    prefetch(&fs[s, 48])
+                    prefetch(&fs[s, 56])
                     prefetch(&gs[s, 0])
                     prefetch(&gs[s, 8])
                     prefetch(&ps[s, 0])

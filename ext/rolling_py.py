@@ -27,6 +27,7 @@ from ._common import (
     CLIP_SD,
     COUNTER_RATIO,
     COUNTER_UPS,
+    DAY_MS,
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
@@ -40,11 +41,19 @@ from ._common import (
     LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
+    PROFILE_TAU_MS,
     RCOV_ALPHA,
     RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
     SCORE_DECADES,
+    SEASON_ALPHA_MAX,
+    SEASON_BUCKETS,
+    SEASON_DEPARTED_SHARE,
+    SEASON_MIN_MS,
+    SEASON_Z,
+    SMOOTH_TAU_MS,
+    SVAR_TAU_MS,
     TIE_WEIGHT,
     WINDOW_SD_SHARE,
     check_alpha,
@@ -94,8 +103,8 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     F_DPREV,
     F_CUP,
     F_CDOWN,
-    F_CAL0,
-) = range(len(FLOAT_FIELDS) - CAL_LEVELS + 1)
+) = range(FLOAT_FIELDS.index("cal0"))
+F_CAL0, F_SM, F_SV, F_SARM, F_PROF0 = (FLOAT_FIELDS.index(k) for k in ("cal0", "sm", "sv", "sarm", "prof0"))
 (
     I_POS,
     I_NFILL,
@@ -111,6 +120,7 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     I_CN,
     I_NUP,
     I_NDOWN,
+    I_FIRST_TS,
 ) = range(len(INT_FIELDS))
 (P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN) = range(
     len(PARAM_FIELDS)
@@ -118,7 +128,7 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
 assert (
     FLOAT_FIELDS[F_CDOWN] == "cdown"
     and FLOAT_FIELDS[F_CAL0 + CAL_LEVELS - 1] == f"cal{CAL_LEVELS - 1}"
-    and INT_FIELDS[I_NDOWN] == "ndown"
+    and INT_FIELDS[I_FIRST_TS] == "first_ts"
     and PARAM_FIELDS[P_TWIN] == "time_window_ms"
 )
 # offsets inside a Welford block (count window at F_SHIFT / I_NOBS, time window at F_TSHIFT / I_TNOBS)
@@ -143,6 +153,7 @@ CAL_INV = [1.0 / (CAL_LEVEL0 * 2.0 ** (k - 1) if k else CAL_LEVEL0) for k in ran
 LOG_QMIN = math.log(CAL_QMIN)
 SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
 CAL_ALPHA = 1.0 / CAL_N
+BUCKET_MS = DAY_MS // SEASON_BUCKETS
 
 # ----------------------------------------------------------------------
 # Rolling variance (see _rolling.pyx for the comments; the operations match line by line). Each helper
@@ -489,6 +500,54 @@ def is_counter(g: list) -> bool:
 
 
 # ----------------------------------------------------------------------
+# Time of day
+
+
+def seasonal(val: float, ts: int, f: list, g: list) -> float:
+    if g[I_FIRST_TS] == NEVER:
+        g[I_FIRST_TS] = ts
+        for k in range(SEASON_BUCKETS):
+            f[F_PROF0 + k] = val
+        return 0.0
+    dt = ts - g[I_LAST_TS]
+    age = ts - g[I_FIRST_TS]
+    tod = ts % DAY_MS
+    if tod < 0:
+        tod += DAY_MS
+    pos = tod / BUCKET_MS - 0.5
+    if pos < 0.0:
+        pos += SEASON_BUCKETS
+    b0 = int(pos)
+    w = pos - b0
+    b1 = b0 + 1 if b0 + 1 < SEASON_BUCKETS else 0
+    r = val - (f[F_PROF0 + b0] + w * (f[F_PROF0 + b1] - f[F_PROF0 + b0]))
+    a = dt / SMOOTH_TAU_MS
+    if a > SEASON_ALPHA_MAX:
+        a = SEASON_ALPHA_MAX
+    f[F_SM] = f[F_SM] + a * (r - f[F_SM])
+    x = 0.0
+    if age >= SEASON_MIN_MS:
+        sd = math.sqrt(f[F_SV])
+        if sd < f[F_RES]:
+            sd = f[F_RES]
+        if sd > 0.0:
+            x = abs(f[F_SM]) / sd / SEASON_Z
+    a = dt / min(PROFILE_TAU_MS, age / SEASON_BUCKETS)
+    if x >= 0.5:
+        a = a * SEASON_DEPARTED_SHARE
+    if a > SEASON_ALPHA_MAX:
+        a = SEASON_ALPHA_MAX
+    f[F_PROF0 + b0] = f[F_PROF0 + b0] + a * (1.0 - w) * r
+    f[F_PROF0 + b1] = f[F_PROF0 + b1] + a * w * r
+    if x < 0.5 and age > DAY_MS:
+        a = dt / min(SVAR_TAU_MS, age - DAY_MS)
+        if a > SEASON_ALPHA_MAX:
+            a = SEASON_ALPHA_MAX
+        f[F_SV] = f[F_SV] + a * (f[F_SM] * f[F_SM] - f[F_SV])
+    return x
+
+
+# ----------------------------------------------------------------------
 # Change at onset
 
 
@@ -708,6 +767,16 @@ def detect(
             dom = FLAG_SHIFT
         if x > 1.0:
             flags |= FLAG_SHIFT
+        if not counter and ts > g[I_LAST_TS]:
+            x = seasonal(val, ts, f, g)
+            if x > e:
+                e = x
+                dom = FLAG_SHIFT
+            if x > 1.0 and f[F_SARM] > 0.0:
+                flags |= FLAG_SHIFT
+                f[F_SARM] = 0.0
+            elif x < 0.5:
+                f[F_SARM] = 1.0
         if f[F_PREV] == f[F_PREV]:
             learn_step(val, f, g)
     step(val, ts, f, g, b, srt, tr, p[P_TWIN], window, alpha, oma)

@@ -62,6 +62,7 @@ FLOAT_FIELDS = [
     "sm",
     "sv",
     "sarm",
+    "smean",
     *(f"prof{k}" for k in range(24)),
 ]
 INT_FIELDS = [
@@ -111,6 +112,7 @@ FLOAT_DEFAULTS = {
     "sm": 0.0,
     "sv": 0.0,
     "sarm": 1.0,
+    "smean": 0.0,
     **{f"prof{k}": 0.0 for k in range(24)},
 }
 INT_DEFAULTS = {
@@ -188,8 +190,9 @@ SEASON_BUCKETS = 24  # one an hour, linearly interpolated between the hours' cen
 SEASON_MIN_MS = 2 * DAY_MS  # the comparison starts once a key spans two days (short-lived keys: never)
 PROFILE_TAU_MS = 3_600_000.0  # a bucket learns with this time constant of in-bucket time: about a day
 SMOOTH_TAU_MS = 1_800_000.0  # the residual from the profile is smoothed over about half an hour ...
-SVAR_TAU_MS = 86_400_000.0  # ... and compared with its typical size (root mean square) over about a day,
-# learnt only while the smoothed residual is below half the threshold
+SVAR_TAU_MS = 86_400_000.0  # ... and its departure from its own mean over about a day (a slow trend the
+# profile lags behind is no departure) compared with its typical size (sd over about a day); mean and sd are
+# learnt only while the departure is below half the threshold
 SEASON_ALPHA_MAX = (
     0.5  # after a gap a reading moves a bucket, the smoothed residual, its size by at most this
 )

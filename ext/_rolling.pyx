@@ -124,9 +124,10 @@ cdef enum:
     F_SM = 33       # the time-of-day residual smoothed, its mean square, armed (1) or fired (0)
     F_SV = 34
     F_SARM = 35
-    F_PROF0 = 36    # F_PROF0..+23: the time-of-day profile, one value an hour of the UTC day
+    F_SMEAN = 36    # the smoothed residual's slow mean (F_SV is its variance around it)
+    F_PROF0 = 37    # F_PROF0..+23: the time-of-day profile, one value an hour of the UTC day
     NBUCKET = 24
-    NF = 60
+    NF = 61
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -180,7 +181,7 @@ cdef int64_t C_NEVER = INT64_MIN
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
                      "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown",
-                     *(f"cal{k}" for k in range(NCAL)), "sm", "sv", "sarm",
+                     *(f"cal{k}" for k in range(NCAL)), "sm", "sv", "sarm", "smean",
                      *(f"prof{k}" for k in range(NBUCKET))]
         or len(FLOAT_FIELDS) != NF or CAL_LEVELS != NCAL or SEASON_BUCKETS != NBUCKET
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
@@ -242,7 +243,10 @@ for _k in range(NCAL):
     CAL_INV[_k] = 1.0 / (CAL_LEVEL0 * 2.0**(_k - 1) if _k else CAL_LEVEL0)
 cdef double LOG_QMIN = math.log(CAL_QMIN)
 cdef int64_t DAY_C = DAY_MS
-cdef int64_t BUCKET_MS = DAY_MS // SEASON_BUCKETS
+cdef double INV_BUCKET = 1.0 / (DAY_MS // SEASON_BUCKETS)
+cdef double INV_SMOOTH = 1.0 / SMOOTH_TAU_MS
+cdef double INV_PROFILE = 1.0 / PROFILE_TAU_MS
+cdef double INV_SVAR = 1.0 / SVAR_TAU_MS
 cdef int64_t SEASON_MIN_C = SEASON_MIN_MS
 cdef double PROFILE_TAU_C = PROFILE_TAU_MS
 cdef double SMOOTH_TAU_C = SMOOTH_TAU_MS
@@ -809,8 +813,9 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
 # over the UTC day (NBUCKET values, one an hour, linearly interpolated between the hours' centres) is
 # learnt by least mean squares with a time constant of PROFILE_TAU_MS of in-bucket time (about a day; the
 # first day faster, as a running mean). The reading's residual from the profile is smoothed
-# (SMOOTH_TAU_MS) and compared with the smoothed residual's typical size (root mean square over
-# SVAR_TAU_MS, learnt from the second day on and only while no departure builds up): above SEASON_Z times
+# (SMOOTH_TAU_MS); its departure from its own slow mean (a trend the profile lags behind is none) is
+# compared with its typical size (sd; mean and sd over SVAR_TAU_MS, learnt from the second day on and
+# only while no departure builds up): above SEASON_Z times
 # it the reading is flagged as a change (FLAG_SHIFT), once, and the comparison re-arms below half of it.
 # It speaks only once the key spans SEASON_MIN_MS (two days), so short-lived keys are unaffected; while a
 # departure lasts the profile learns SEASON_DEPARTED_SHARE as fast, so a warm night is not learnt as
@@ -820,7 +825,7 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
 cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t *g) noexcept nogil:
     """Feed one in-order real reading; returns the time-of-day evidence (> 1 above SEASON_Z)."""
     cdef int64_t dt, age, tod, b0, b1, k
-    cdef float64_t pos, w, r, a, x = 0.0, sd
+    cdef float64_t pos, w, r, a, d, x = 0.0, sd
     if g[I_FIRST_TS] == C_NEVER:
         g[I_FIRST_TS] = ts
         for k in range(NBUCKET):
@@ -831,24 +836,27 @@ cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t 
     tod = ts % DAY_C
     if tod < 0:
         tod += DAY_C
-    pos = <float64_t>tod / <float64_t>BUCKET_MS - 0.5
+    pos = tod * INV_BUCKET - 0.5
     if pos < 0.0:
         pos += NBUCKET
     b0 = <int64_t>pos
     w = pos - b0
+    if b0 >= NBUCKET:  # just below midnight's half-hour, pos rounds up to a whole day
+        b0 = b0 - NBUCKET
     b1 = b0 + 1 if b0 + 1 < NBUCKET else 0
     r = val - (f[F_PROF0 + b0] + w * (f[F_PROF0 + b1] - f[F_PROF0 + b0]))
-    a = dt / SMOOTH_TAU_C
+    a = dt * INV_SMOOTH
     if a > SEASON_ALPHA_MAX_C:
         a = SEASON_ALPHA_MAX_C
     f[F_SM] = f[F_SM] + a * (r - f[F_SM])
+    d = f[F_SM] - f[F_SMEAN]
     if age >= SEASON_MIN_C:
         sd = sqrt(f[F_SV])
         if sd < f[F_RES]:
             sd = f[F_RES]
         if sd > 0.0:
-            x = fabs(f[F_SM]) / sd / SEASON_Z_C
-    a = dt / (PROFILE_TAU_C if PROFILE_TAU_C < age / <float64_t>NBUCKET else age / <float64_t>NBUCKET)
+            x = fabs(d) / (sd * SEASON_Z_C)
+    a = dt * INV_PROFILE if age >= DAY_C else <float64_t>(dt * NBUCKET) / <float64_t>age
     if x >= 0.5:
         a = a * SEASON_DEPARTED_C
     if a > SEASON_ALPHA_MAX_C:
@@ -856,10 +864,11 @@ cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t 
     f[F_PROF0 + b0] = f[F_PROF0 + b0] + a * (1.0 - w) * r
     f[F_PROF0 + b1] = f[F_PROF0 + b1] + a * w * r
     if x < 0.5 and age > DAY_C:
-        a = dt / (SVAR_TAU_C if SVAR_TAU_C < <float64_t>(age - DAY_C) else <float64_t>(age - DAY_C))
+        a = dt * INV_SVAR if age - DAY_C >= SVAR_TAU_C else <float64_t>dt / <float64_t>(age - DAY_C)
         if a > SEASON_ALPHA_MAX_C:
             a = SEASON_ALPHA_MAX_C
-        f[F_SV] = f[F_SV] + a * (f[F_SM] * f[F_SM] - f[F_SV])
+        f[F_SMEAN] = f[F_SMEAN] + a * d
+        f[F_SV] = f[F_SV] + a * (d * d - f[F_SV])
     return x
 
 

@@ -104,7 +104,9 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     F_CUP,
     F_CDOWN,
 ) = range(FLOAT_FIELDS.index("cal0"))
-F_CAL0, F_SM, F_SV, F_SARM, F_PROF0 = (FLOAT_FIELDS.index(k) for k in ("cal0", "sm", "sv", "sarm", "prof0"))
+F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0 = (
+    FLOAT_FIELDS.index(k) for k in ("cal0", "sm", "sv", "sarm", "smean", "prof0")
+)
 (
     I_POS,
     I_NFILL,
@@ -153,7 +155,10 @@ CAL_INV = [1.0 / (CAL_LEVEL0 * 2.0 ** (k - 1) if k else CAL_LEVEL0) for k in ran
 LOG_QMIN = math.log(CAL_QMIN)
 SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
 CAL_ALPHA = 1.0 / CAL_N
-BUCKET_MS = DAY_MS // SEASON_BUCKETS
+INV_BUCKET = 1.0 / (DAY_MS // SEASON_BUCKETS)
+INV_SMOOTH = 1.0 / SMOOTH_TAU_MS
+INV_PROFILE = 1.0 / PROFILE_TAU_MS
+INV_SVAR = 1.0 / SVAR_TAU_MS
 
 # ----------------------------------------------------------------------
 # Rolling variance (see _rolling.pyx for the comments; the operations match line by line). Each helper
@@ -514,25 +519,28 @@ def seasonal(val: float, ts: int, f: list, g: list) -> float:
     tod = ts % DAY_MS
     if tod < 0:
         tod += DAY_MS
-    pos = tod / BUCKET_MS - 0.5
+    pos = tod * INV_BUCKET - 0.5
     if pos < 0.0:
         pos += SEASON_BUCKETS
     b0 = int(pos)
     w = pos - b0
+    if b0 >= SEASON_BUCKETS:  # just below midnight's half-hour, pos rounds up to a whole day
+        b0 = b0 - SEASON_BUCKETS
     b1 = b0 + 1 if b0 + 1 < SEASON_BUCKETS else 0
     r = val - (f[F_PROF0 + b0] + w * (f[F_PROF0 + b1] - f[F_PROF0 + b0]))
-    a = dt / SMOOTH_TAU_MS
+    a = dt * INV_SMOOTH
     if a > SEASON_ALPHA_MAX:
         a = SEASON_ALPHA_MAX
     f[F_SM] = f[F_SM] + a * (r - f[F_SM])
+    d = f[F_SM] - f[F_SMEAN]
     x = 0.0
     if age >= SEASON_MIN_MS:
         sd = math.sqrt(f[F_SV])
         if sd < f[F_RES]:
             sd = f[F_RES]
         if sd > 0.0:
-            x = abs(f[F_SM]) / sd / SEASON_Z
-    a = dt / min(PROFILE_TAU_MS, age / SEASON_BUCKETS)
+            x = abs(d) / (sd * SEASON_Z)
+    a = dt * INV_PROFILE if age >= DAY_MS else dt * SEASON_BUCKETS / age
     if x >= 0.5:
         a = a * SEASON_DEPARTED_SHARE
     if a > SEASON_ALPHA_MAX:
@@ -540,10 +548,11 @@ def seasonal(val: float, ts: int, f: list, g: list) -> float:
     f[F_PROF0 + b0] = f[F_PROF0 + b0] + a * (1.0 - w) * r
     f[F_PROF0 + b1] = f[F_PROF0 + b1] + a * w * r
     if x < 0.5 and age > DAY_MS:
-        a = dt / min(SVAR_TAU_MS, age - DAY_MS)
+        a = dt * INV_SVAR if age - DAY_MS >= SVAR_TAU_MS else dt / (age - DAY_MS)
         if a > SEASON_ALPHA_MAX:
             a = SEASON_ALPHA_MAX
-        f[F_SV] = f[F_SV] + a * (f[F_SM] * f[F_SM] - f[F_SV])
+        f[F_SMEAN] = f[F_SMEAN] + a * d
+        f[F_SV] = f[F_SV] + a * (d * d - f[F_SV])
     return x
 
 

@@ -63,7 +63,7 @@ FLOAT_FIELDS = [
     "sv",
     "sarm",
     "smean",
-    *(f"prof{k}" for k in range(24)),
+    *(f"prof{k}" for k in range(12)),
 ]
 INT_FIELDS = [
     "pos",
@@ -113,7 +113,7 @@ FLOAT_DEFAULTS = {
     "sv": 0.0,
     "sarm": 1.0,
     "smean": 0.0,
-    **{f"prof{k}": 0.0 for k in range(24)},
+    **{f"prof{k}": 0.0 for k in range(12)},
 }
 INT_DEFAULTS = {
     "pos": 0,
@@ -186,9 +186,9 @@ TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares stil
 # Time of day (see _rolling.pyx "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.
 
 DAY_MS = 86_400_000
-SEASON_BUCKETS = 24  # one an hour, linearly interpolated between the hours' centres: columns prof0..prof23
+SEASON_BUCKETS = 12  # one per 2 hours, linearly interpolated between their centres: columns prof0..prof11
 SEASON_MIN_MS = 2 * DAY_MS  # the comparison starts once a key spans two days (short-lived keys: never)
-PROFILE_TAU_MS = 3_600_000.0  # a bucket learns with this time constant of in-bucket time: about a day
+PROFILE_TAU_MS = 7_200_000.0  # a bucket learns with this time constant of in-bucket time: about a day
 SMOOTH_TAU_MS = 1_800_000.0  # the residual from the profile is smoothed over about half an hour ...
 SVAR_TAU_MS = 86_400_000.0  # ... and its departure from its own mean over about a day (a slow trend the
 # profile lags behind is no departure) compared with its typical size (sd over about a day); mean and sd are

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from libc.math cimport INFINITY, NAN, expm1, fabs, log, sqrt
+from libc.math cimport INFINITY, NAN, expm1, fabs, floor, log, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
@@ -125,9 +125,9 @@ cdef enum:
     F_SV = 34
     F_SARM = 35
     F_SMEAN = 36    # the smoothed residual's slow mean (F_SV is its variance around it)
-    F_PROF0 = 37    # F_PROF0..+23: the time-of-day profile, one value an hour of the UTC day
-    NBUCKET = 24
-    NF = 61
+    F_PROF0 = 37    # F_PROF0..+11: the time-of-day profile, one value per 2 hours of the UTC day
+    NBUCKET = 12
+    NF = 49
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -243,7 +243,7 @@ for _k in range(NCAL):
     CAL_INV[_k] = 1.0 / (CAL_LEVEL0 * 2.0**(_k - 1) if _k else CAL_LEVEL0)
 cdef double LOG_QMIN = math.log(CAL_QMIN)
 cdef int64_t DAY_C = DAY_MS
-cdef double INV_BUCKET = 1.0 / (DAY_MS // SEASON_BUCKETS)
+cdef double INV_DAY = 1.0 / DAY_MS
 cdef double INV_SMOOTH = 1.0 / SMOOTH_TAU_MS
 cdef double INV_PROFILE = 1.0 / PROFILE_TAU_MS
 cdef double INV_SVAR = 1.0 / SVAR_TAU_MS
@@ -810,7 +810,7 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
 #
 # The change detector follows a daily cycle by its time constants, so it cannot tell a night that stays
 # as warm as noon, or a drift as slow as the cycle, from the cycle itself. Per key a profile of the level
-# over the UTC day (NBUCKET values, one an hour, linearly interpolated between the hours' centres) is
+# over the UTC day (NBUCKET values, one per 2 hours, linearly interpolated between their centres) is
 # learnt by least mean squares with a time constant of PROFILE_TAU_MS of in-bucket time (about a day; the
 # first day faster, as a running mean). The reading's residual from the profile is smoothed
 # (SMOOTH_TAU_MS); its departure from its own slow mean (a trend the profile lags behind is none) is
@@ -824,7 +824,7 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
 
 cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t *g) noexcept nogil:
     """Feed one in-order real reading; returns the time-of-day evidence (> 1 above SEASON_Z)."""
-    cdef int64_t dt, age, tod, b0, b1, k
+    cdef int64_t dt, age, b0, b1, k
     cdef float64_t pos, w, r, a, d, x = 0.0, sd
     if g[I_FIRST_TS] == C_NEVER:
         g[I_FIRST_TS] = ts
@@ -833,10 +833,8 @@ cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t 
         return 0.0
     dt = ts - g[I_LAST_TS]
     age = ts - g[I_FIRST_TS]
-    tod = ts % DAY_C
-    if tod < 0:
-        tod += DAY_C
-    pos = tod * INV_BUCKET - 0.5
+    pos = ts * INV_DAY  # days since the epoch; its fraction is the time of day (no integer division)
+    pos = (pos - floor(pos)) * NBUCKET - 0.5
     if pos < 0.0:
         pos += NBUCKET
     b0 = <int64_t>pos
@@ -1179,7 +1177,6 @@ cdef class RollingStats:
                     prefetch(&fs[s, 32])
                     prefetch(&fs[s, 40])
                     prefetch(&fs[s, 48])
-                    prefetch(&fs[s, 56])
                     prefetch(&gs[s, 0])
                     prefetch(&gs[s, 8])
                     prefetch(&ps[s, 0])

@@ -155,7 +155,7 @@ CAL_INV = [1.0 / (CAL_LEVEL0 * 2.0 ** (k - 1) if k else CAL_LEVEL0) for k in ran
 LOG_QMIN = math.log(CAL_QMIN)
 SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
 CAL_ALPHA = 1.0 / CAL_N
-INV_BUCKET = 1.0 / (DAY_MS // SEASON_BUCKETS)
+INV_DAY = 1.0 / DAY_MS
 INV_SMOOTH = 1.0 / SMOOTH_TAU_MS
 INV_PROFILE = 1.0 / PROFILE_TAU_MS
 INV_SVAR = 1.0 / SVAR_TAU_MS
@@ -516,10 +516,8 @@ def seasonal(val: float, ts: int, f: list, g: list) -> float:
         return 0.0
     dt = ts - g[I_LAST_TS]
     age = ts - g[I_FIRST_TS]
-    tod = ts % DAY_MS
-    if tod < 0:
-        tod += DAY_MS
-    pos = tod * INV_BUCKET - 0.5
+    pos = ts * INV_DAY
+    pos = (pos - math.floor(pos)) * SEASON_BUCKETS - 0.5
     if pos < 0.0:
         pos += SEASON_BUCKETS
     b0 = int(pos)

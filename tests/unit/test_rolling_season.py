@@ -62,3 +62,28 @@ def test_twins_agree_and_a_snapshot_continues_exactly():
     tail = RollingStats.from_bytes(first.to_bytes()).update(slots[cut:], ts[cut:], x[cut:])
     for a, b, c in zip(one, head, tail, strict=True):
         assert np.array_equal(a, np.concatenate([b, c]), equal_nan=True)
+
+
+def test_a_snapshot_without_the_new_columns_loads_and_continues():
+    """A snapshot of the layout before calibrated scores and the time-of-day profile (main at 185740b):
+    it loads with the prior shares and an unlearnt profile; z and flags continue exactly (on a key younger
+    than two days neither depends on the new columns), the score stays in [0, 1)."""
+    from iotstream.ext import _common, _snapshot
+
+    ts, x, _ = cycle(1, 60, False)
+    slots = np.zeros(len(x), np.int64)
+    cut = len(x) // 2
+    stats = RollingStats()
+    stats.update(slots[:cut], ts[:cut], x[:cut])
+    params, fields, arrays = _snapshot.load(stats.to_bytes(), "RollingStats")
+    nf, ni = _common.FLOAT_FIELDS.index("cal0"), _common.INT_FIELDS.index("first_ts")
+    old = _snapshot.dump(
+        "RollingStats",
+        params,
+        {"fstate": fields["fstate"][:nf], "istate": fields["istate"][:ni], "pstate": fields["pstate"]},
+        {**arrays, "fstate": arrays["fstate"][:, :nf], "istate": arrays["istate"][:, :ni]},
+    )
+    want = stats.update(slots[cut:], ts[cut:], x[cut:])
+    got = RollingStats.from_bytes(old).update(slots[cut:], ts[cut:], x[cut:])
+    assert np.array_equal(want[0], got[0], equal_nan=True) and np.array_equal(want[2], got[2])
+    assert np.all((got[1] >= 0.0) & (got[1] < 1.0))

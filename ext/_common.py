@@ -58,6 +58,12 @@ FLOAT_FIELDS = [
     "dprev",
     "cup",
     "cdown",
+    *(f"cal{k}" for k in range(8)),
+    "sm",
+    "sv",
+    "sarm",
+    "smean",
+    *(f"prof{k}" for k in range(12)),
 ]
 INT_FIELDS = [
     "pos",
@@ -74,6 +80,7 @@ INT_FIELDS = [
     "cn",
     "nup",
     "ndown",
+    "first_ts",
 ]
 FLOAT_DEFAULTS = {
     "shift": 0.0,
@@ -101,6 +108,12 @@ FLOAT_DEFAULTS = {
     "dprev": 0.0,
     "cup": 0.0,
     "cdown": 0.0,
+    **{f"cal{k}": 0.5 ** (k + 1) for k in range(8)},
+    "sm": 0.0,
+    "sv": 0.0,
+    "sarm": 1.0,
+    "smean": 0.0,
+    **{f"prof{k}": 0.0 for k in range(12)},
 }
 INT_DEFAULTS = {
     "pos": 0,
@@ -117,6 +130,7 @@ INT_DEFAULTS = {
     "cn": 0,
     "nup": 0,
     "ndown": 0,
+    "first_ts": NEVER,
 }
 # Older layouts also held the histogram shift detector's columns (lmean, lvar, hsum, hw, ln, hn, srun)
 # and arrays (bins, hist); a snapshot with them loads, and the change detector starts afresh.
@@ -153,6 +167,40 @@ RCOV_ALPHA = 0.01  # weight of a residual pair in their lag-1 covariance, learnt
 # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
 # the sensor's autocorrelation
 SHIFT_THRESHOLD = 10.0  # default CUSUM decision interval (residual sd)
+# ----------------------------------------------------------------------
+# Calibrated score (see _rolling.pyx "Calibrated score"): per key, the share of its readings whose evidence
+# (largest detector evidence over its threshold) exceeded each of CAL_LEVELS levels CAL_LEVEL0 * 2**k.
+
+CAL_LEVELS = 8  # levels 1/16, 1/8, ..., 8 times a threshold: the state columns cal0..cal7
+CAL_LEVEL0 = 0.0625
+CAL_N = 10_000  # memory of the shares, in readings of the key (weight 1/CAL_N each once warm)
+CAL_PRIOR = 100  # a new key starts as if it had seen this many readings of the prior shares 2**-(k+1)
+# (FLOAT_DEFAULTS cal0..cal7): a new key's first large evidence is not yet taken for very rare
+CAL_QMIN = 1e-3  # a share below this rests on too few readings: the tail is extrapolated from the last
+# level above it, as a power law falling at least as (level / evidence) ** CAL_GAMMA
+CAL_GAMMA = 2.0
+SCORE_DECADES = 4.0  # score = u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0.5 = once in 10**4 readings
+TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares still rank larger evidence higher
+
+# ----------------------------------------------------------------------
+# Time of day (see _rolling.pyx "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.
+
+DAY_MS = 86_400_000
+SEASON_BUCKETS = 12  # one per 2 hours, linearly interpolated between their centres: columns prof0..prof11
+SEASON_MIN_MS = 2 * DAY_MS  # the comparison starts once a key spans two days (short-lived keys: never)
+PROFILE_TAU_MS = 7_200_000.0  # a bucket learns with this time constant of in-bucket time: about a day
+SMOOTH_TAU_MS = 1_800_000.0  # the residual from the profile is smoothed over about half an hour ...
+SVAR_TAU_MS = 86_400_000.0  # ... and its departure from its own mean over about a day (a slow trend the
+# profile lags behind is no departure) compared with its typical size (sd over about a day); mean and sd are
+# learnt only while the departure is below half the threshold
+SEASON_ALPHA_MAX = (
+    0.5  # after a gap a reading moves a bucket, the smoothed residual, its size by at most this
+)
+SEASON_DEPARTED_SHARE = 0.1  # while the residual is above half the threshold the profile learns 10 times
+# slower: a warm night is not learnt as normal overnight, a lasting change still is, over days
+SEASON_Z = 6.0  # the smoothed residual is reported above this many times its typical size, once, and
+# re-armed when it falls below half of it
+
 COUNTER_UPS = 100  # a key is a counter once it has stepped up this often ...
 COUNTER_RATIO = 100  # ... and at least this many times as often as it stepped down (resets)
 
@@ -167,6 +215,13 @@ KINDS = (
     "quantized",
     "continuous",
 )
+
+
+def score_for_tail(p: float) -> float:
+    """The score of a reading whose evidence its key shows once in 1/p readings: a fleet-wide threshold
+    that lets each key alarm on about a share p of its readings (the inverse of the kernel's mapping)."""
+    u = -math.log10(p) / SCORE_DECADES
+    return u / (1.0 + u)
 
 
 def classify(window_sorted: np.ndarray, res: float, nup: int, ndown: int) -> str:

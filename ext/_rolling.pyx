@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from libc.math cimport INFINITY, NAN, expm1, fabs, log1p, sqrt
+from libc.math cimport INFINITY, NAN, expm1, fabs, floor, log, sqrt
 from libc.stdint cimport INT64_MIN, int64_t, uint8_t
 from libc.string cimport memmove
 
@@ -39,8 +39,15 @@ from ._common import (
     ALLOWANCE,
     WINDOW_SD_SHARE,
     ANOMALY_FLAGS,
+    CAL_GAMMA,
+    CAL_LEVEL0,
+    CAL_LEVELS,
+    CAL_N,
+    CAL_PRIOR,
+    CAL_QMIN,
     CLIP_SD,
     COUNTER_RATIO,
+    DAY_MS,
     COUNTER_UPS,
     FLAG_LATE,
     FLAG_RATE,
@@ -59,6 +66,16 @@ from ._common import (
     RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
+    SCORE_DECADES,
+    SEASON_ALPHA_MAX,
+    SEASON_BUCKETS,
+    SEASON_DEPARTED_SHARE,
+    SEASON_MIN_MS,
+    SEASON_Z,
+    SMOOTH_TAU_MS,
+    SVAR_TAU_MS,
+    PROFILE_TAU_MS,
+    TIE_WEIGHT,
     check_alpha,
     check_batch,
     check_detectors,
@@ -102,7 +119,15 @@ cdef enum:
     F_DPREV = 22    # the previous (clipped) residual
     F_CUP = 23      # the two one-sided CUSUMs of standardized residuals
     F_CDOWN = 24
-    NF = 25
+    F_CAL0 = 25     # F_CAL0..+7: shares of the readings whose evidence exceeded CAL_LEVEL0 * 2**k
+    NCAL = 8
+    F_SM = 33       # the time-of-day residual smoothed, its mean square, armed (1) or fired (0)
+    F_SV = 34
+    F_SARM = 35
+    F_SMEAN = 36    # the smoothed residual's slow mean (F_SV is its variance around it)
+    F_PROF0 = 37    # F_PROF0..+11: the time-of-day profile, one value per 2 hours of the UTC day
+    NBUCKET = 12
+    NF = 49
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -116,7 +141,8 @@ cdef enum:
     I_CN = 11       # readings the change detector has seen
     I_NUP = 12      # steps up and down between consecutive real readings (the counter test)
     I_NDOWN = 13
-    NI = 14
+    I_FIRST_TS = 14  # timestamp of the first real reading (the age the time-of-day comparison waits for)
+    NI = 15
     P_ZTHR = 0
     P_RTHR = 1
     P_LO = 2
@@ -154,9 +180,12 @@ cdef int64_t C_NEVER = INT64_MIN
 
 if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", "rprev", "ewm_mean",
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
-                     "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown"] or len(FLOAT_FIELDS) != NF
+                     "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown",
+                     *(f"cal{k}" for k in range(NCAL)), "sm", "sv", "sarm", "smean",
+                     *(f"prof{k}" for k in range(NBUCKET))]
+        or len(FLOAT_FIELDS) != NF or CAL_LEVELS != NCAL or SEASON_BUCKETS != NBUCKET
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
-                          "tnsame", "tn", "cn", "nup", "ndown"]
+                          "tnsame", "tn", "cn", "nup", "ndown", "first_ts"]
         or len(INT_FIELDS) != NI
         or PARAM_FIELDS != ["z_threshold", "robust_threshold", "lo", "hi", "max_rate", "stuck_count",
                             "stuck_ms", "silence_ms", "shift_threshold", "time_window_ms"]
@@ -198,6 +227,34 @@ cdef double RCOV_ALPHA_C = RCOV_ALPHA
 cdef int64_t RCOV_N = <int64_t>(1.0 / RCOV_ALPHA)
 cdef int64_t COUNTER_UPS_C = COUNTER_UPS
 cdef int64_t COUNTER_RATIO_C = COUNTER_RATIO
+cdef double CAL_GAMMA_C = CAL_GAMMA
+cdef double CAL_LEVEL0_C = CAL_LEVEL0
+cdef int64_t CAL_N_C = CAL_N
+cdef int64_t CAL_PRIOR_C = CAL_PRIOR
+cdef double CAL_QMIN_C = CAL_QMIN
+cdef double CAL_ALPHA_C = 1.0 / CAL_N
+cdef double TIE_WEIGHT_C = TIE_WEIGHT
+cdef double LN2 = math.log(2.0)
+cdef double CAL_EMAX = DBL_MAX * CAL_LEVEL0
+cdef double CAL_LEV[8]  # the levels, and 1 / (level - the level below it) (0 below the first)
+cdef double CAL_INV[8]
+for _k in range(NCAL):
+    CAL_LEV[_k] = CAL_LEVEL0 * 2.0**_k
+    CAL_INV[_k] = 1.0 / (CAL_LEVEL0 * 2.0**(_k - 1) if _k else CAL_LEVEL0)
+cdef double LOG_QMIN = math.log(CAL_QMIN)
+cdef int64_t DAY_C = DAY_MS
+cdef double INV_DAY = 1.0 / DAY_MS
+cdef double INV_SMOOTH = 1.0 / SMOOTH_TAU_MS
+cdef double INV_PROFILE = 1.0 / PROFILE_TAU_MS
+cdef double INV_SVAR = 1.0 / SVAR_TAU_MS
+cdef int64_t SEASON_MIN_C = SEASON_MIN_MS
+cdef double PROFILE_TAU_C = PROFILE_TAU_MS
+cdef double SMOOTH_TAU_C = SMOOTH_TAU_MS
+cdef double SVAR_TAU_C = SVAR_TAU_MS
+cdef double SEASON_ALPHA_MAX_C = SEASON_ALPHA_MAX
+cdef double SEASON_DEPARTED_C = SEASON_DEPARTED_SHARE
+cdef double SEASON_Z_C = SEASON_Z
+cdef double SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
 
 
 # ----------------------------------------------------------------------
@@ -569,18 +626,68 @@ cdef inline void add_ewm(float64_t val, float64_t *f, int64_t *g, float64_t alph
 
 
 # ----------------------------------------------------------------------
-# Combined score
+# Calibrated score
+#
+# Evidence in threshold units means different things on different keys: a Gaussian key's |z| / 6 is 0.5
+# once in 400 readings, a heavy-tailed key's far more often, a quantized key's moves in steps. So the
+# score is the key's own tail probability of its evidence e (the largest detector evidence over its
+# threshold): per key, q[k] is the exponentially weighted share of its readings (memory CAL_N, starting
+# from CAL_PRIOR readings of a prior tail) whose e exceeded the level CAL_LEVEL0 * 2**k. The tail at e
+# interpolates log q linearly in e between levels (from 0 at e = 0); above the last
+# level with a share of at least CAL_QMIN it falls as a power law, at least as steep as the last segment
+# and as CAL_GAMMA, so it never reaches 0 for finite evidence. Everything stays in log space:
+# score = u / (1 + u), u = -log10(tail) / SCORE_DECADES, so 0.5 means "once in 10**4 readings of this
+# key", and the score never saturates. Between levels a tiny term in e breaks ties of equal shares.
 
-cdef inline float64_t calc_score(float64_t e, float64_t em1) noexcept nogil:
-    """u / (1 + u) with u = log1p((e - 1) e): 0 at e = 0, 0.5 at e = 1 (a detector at its threshold),
-    strictly increasing, and below 1 even for e = inf (e is clamped to DBL_MAX), so it never saturates."""
-    cdef float64_t a, u
+
+cdef inline float64_t tail_log(float64_t e, const float64_t *q) noexcept nogil:
+    """Natural log of the share of the key's readings with evidence above ``e`` (before this one)."""
+    cdef float64_t qp = 1.0, qpp = 1.0, lev = 0.0, gam = CAL_GAMMA_C, lp
+    cdef int64_t k
     if not (e > 0.0):
         return 0.0
-    a = em1 * e
-    if a > DBL_MAX:
-        a = DBL_MAX
-    u = log1p(a)
+    for k in range(NCAL):
+        if q[k] < CAL_QMIN_C:
+            break
+        if e <= CAL_LEV[k]:  # between two levels (or 0 and the first): log of the share linear in e
+            lp = log(qp) if k > 0 else 0.0
+            return lp + (log(q[k]) - lp) * ((e - lev) * CAL_INV[k]) - TIE_WEIGHT_C * e
+        qpp = qp
+        qp = q[k]
+        lev = CAL_LEV[k]
+    if lev == 0.0:  # not even the first level is reliable: anchor the tail at CAL_QMIN there
+        lev = CAL_LEVEL0_C
+        if e <= lev:
+            return LOG_QMIN * (e / lev) - TIE_WEIGHT_C * e
+        lp = LOG_QMIN
+    else:
+        lp = log(qp)
+        if lev > CAL_LEVEL0_C:
+            gam = (log(qpp) - lp) / LN2
+            if gam < CAL_GAMMA_C:
+                gam = CAL_GAMMA_C
+        lev = lev * 2.0  # up to the next level the tail is at most the last reliable share: kept flat
+        if e <= lev:
+            return lp - TIE_WEIGHT_C * e
+    if e > CAL_EMAX:  # e / lev stays finite: infinite evidence has a finite, very small tail
+        e = CAL_EMAX
+    return lp - TIE_WEIGHT_C * lev - gam * log(e / lev)
+
+
+cdef inline void learn_tail(float64_t e, float64_t *q, int64_t n) noexcept nogil:
+    """Move each level's share towards whether ``e`` exceeded it (``n``: real readings of the key)."""
+    cdef float64_t a = 1.0 / (n + CAL_PRIOR_C) if n + CAL_PRIOR_C < CAL_N_C else CAL_ALPHA_C
+    cdef int64_t k
+    for k in range(NCAL):  # no branch: the compiler can do the eight at once
+        q[k] = q[k] + a * (<float64_t>(e > CAL_LEV[k]) - q[k])
+
+
+cdef inline float64_t calc_score(float64_t lt) noexcept nogil:
+    """u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0 for nothing unusual, below 1 for any tail."""
+    cdef float64_t u
+    if not (lt < 0.0):
+        return 0.0
+    u = lt * SCORE_SCALE
     return u / (1.0 + u)
 
 
@@ -699,6 +806,71 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
 
 
 # ----------------------------------------------------------------------
+# Time of day
+#
+# The change detector follows a daily cycle by its time constants, so it cannot tell a night that stays
+# as warm as noon, or a drift as slow as the cycle, from the cycle itself. Per key a profile of the level
+# over the UTC day (NBUCKET values, one per 2 hours, linearly interpolated between their centres) is
+# learnt by least mean squares with a time constant of PROFILE_TAU_MS of in-bucket time (about a day; the
+# first day faster, as a running mean). The reading's residual from the profile is smoothed
+# (SMOOTH_TAU_MS); its departure from its own slow mean (a trend the profile lags behind is none) is
+# compared with its typical size (sd; mean and sd over SVAR_TAU_MS, learnt from the second day on and
+# only while no departure builds up): above SEASON_Z times
+# it the reading is flagged as a change (FLAG_SHIFT), once, and the comparison re-arms below half of it.
+# It speaks only once the key spans SEASON_MIN_MS (two days), so short-lived keys are unaffected; while a
+# departure lasts the profile learns SEASON_DEPARTED_SHARE as fast, so a warm night is not learnt as
+# normal by morning, while a lasting change is, over days.
+
+
+cdef inline float64_t seasonal(float64_t val, int64_t ts, float64_t *f, int64_t *g) noexcept nogil:
+    """Feed one in-order real reading; returns the time-of-day evidence (> 1 above SEASON_Z)."""
+    cdef int64_t dt, age, b0, b1, k
+    cdef float64_t pos, w, r, a, d, x = 0.0, sd
+    if g[I_FIRST_TS] == C_NEVER:
+        g[I_FIRST_TS] = ts
+        for k in range(NBUCKET):
+            f[F_PROF0 + k] = val
+        return 0.0
+    dt = ts - g[I_LAST_TS]
+    age = ts - g[I_FIRST_TS]
+    pos = ts * INV_DAY  # days since the epoch; its fraction is the time of day (no integer division)
+    pos = (pos - floor(pos)) * NBUCKET - 0.5
+    if pos < 0.0:
+        pos += NBUCKET
+    b0 = <int64_t>pos
+    w = pos - b0
+    if b0 >= NBUCKET:  # just below midnight's half-hour, pos rounds up to a whole day
+        b0 = b0 - NBUCKET
+    b1 = b0 + 1 if b0 + 1 < NBUCKET else 0
+    r = val - (f[F_PROF0 + b0] + w * (f[F_PROF0 + b1] - f[F_PROF0 + b0]))
+    a = dt * INV_SMOOTH
+    if a > SEASON_ALPHA_MAX_C:
+        a = SEASON_ALPHA_MAX_C
+    f[F_SM] = f[F_SM] + a * (r - f[F_SM])
+    d = f[F_SM] - f[F_SMEAN]
+    if age >= SEASON_MIN_C:
+        sd = sqrt(f[F_SV])
+        if sd < f[F_RES]:
+            sd = f[F_RES]
+        if sd > 0.0:
+            x = fabs(d) / (sd * SEASON_Z_C)
+    a = dt * INV_PROFILE if age >= DAY_C else <float64_t>(dt * NBUCKET) / <float64_t>age
+    if x >= 0.5:
+        a = a * SEASON_DEPARTED_C
+    if a > SEASON_ALPHA_MAX_C:
+        a = SEASON_ALPHA_MAX_C
+    f[F_PROF0 + b0] = f[F_PROF0 + b0] + a * (1.0 - w) * r
+    f[F_PROF0 + b1] = f[F_PROF0 + b1] + a * w * r
+    if x < 0.5 and age > DAY_C:
+        a = dt * INV_SVAR if age - DAY_C >= SVAR_TAU_C else <float64_t>dt / <float64_t>(age - DAY_C)
+        if a > SEASON_ALPHA_MAX_C:
+            a = SEASON_ALPHA_MAX_C
+        f[F_SMEAN] = f[F_SMEAN] + a * d
+        f[F_SV] = f[F_SV] + a * (d * d - f[F_SV])
+    return x
+
+
+# ----------------------------------------------------------------------
 # One reading
 
 cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b, float64_t *srt,
@@ -769,13 +941,13 @@ cdef inline void step(float64_t val, int64_t ts, float64_t *f, int64_t *g, float
 
 cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, float64_t *b,
                            float64_t *srt, const float64_t *p, int64_t *tr, int64_t window, int64_t minp,
-                           float64_t alpha, float64_t oma, float64_t em1, float64_t *z_out,
+                           float64_t alpha, float64_t oma, float64_t *z_out,
                            float64_t *score_out, uint8_t *dom_out) noexcept nogil:
     """Score one reading against its slot's state, then add it; returns the flags, and in ``dom_out``
     the flag of the detector with the largest evidence among those that fired (0 when none did)."""
     cdef:
         uint8_t flags = 0, dom = 0
-        float64_t z = NAN, rz, e = 0.0, x, rate, ex, span, bound
+        float64_t z = NAN, rz, e = 0.0, x, rate, ex, span, bound, lt
         int64_t dt
         bint counter = is_counter(g)
     if not counter:
@@ -839,6 +1011,16 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
             dom = SHIFT_FLAG
         if x > 1.0:
             flags |= SHIFT_FLAG
+        if not counter and ts > g[I_LAST_TS]:
+            x = seasonal(val, ts, f, g)
+            if x > e:
+                e = x
+                dom = SHIFT_FLAG
+            if x > 1.0 and f[F_SARM] > 0.0:
+                flags |= SHIFT_FLAG
+                f[F_SARM] = 0.0
+            elif x < 0.5:
+                f[F_SARM] = 1.0
         if f[F_PREV] == f[F_PREV]:
             learn_step(val, f, g)  # after scoring: the floor comes from earlier steps only
     step(val, ts, f, g, b, srt, tr, p[P_TWIN], window, alpha, oma)
@@ -857,8 +1039,11 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
                 dom = STUCK_FLAG
     if not (dom & flags):
         dom = flags & ANOMALY & -(flags & ANOMALY)  # lowest flag that fired (ties at the threshold)
+    lt = tail_log(e, &f[F_CAL0])  # scored against the key's past, then learnt
+    if val == val:
+        learn_tail(e, &f[F_CAL0], g[I_EWM_N])
     z_out[0] = z
-    score_out[0] = calc_score(e, em1)
+    score_out[0] = calc_score(lt)
     dom_out[0] = dom
     return flags
 
@@ -892,8 +1077,10 @@ cdef class RollingStats:
     any other (+-inf while the slot never moved). score is the combined score in [0, 1): each detector's
     evidence is normalised so that its threshold is 1 (``|z|/z_threshold``, ``|robust z|/robust_threshold``,
     ``|rate|/max_rate``, ``cusum/shift_threshold``, and for a violated static limit or stuck run
-    ``1 + excess/span`` and ``run/stuck_count``), the largest counts, and ``score = u/(1+u)`` with
-    ``u = log1p((e-1) x)``: 0.5 exactly at a threshold, strictly increasing, never 1.
+    ``1 + excess/span`` and ``run/stuck_count``), the largest, x, counts, and the score is calibrated on
+    the slot's own past: ``score = u/(1+u)``, ``u = -log10(tail) / 4``, tail the share of the slot's
+    readings with evidence above x (see "Calibrated score"): 0.5 = once in 10**4 readings of this slot,
+    0 for no evidence, strictly increasing in x, never 1.
 
     The change detector (FLAG_SHIFT) speaks after ``window`` readings, at the onset of a change, and is
     re-armed; see "Change at onset" above. The time window (``time_window_ms`` > 0, per slot) keeps mean and variance of the
@@ -911,7 +1098,6 @@ cdef class RollingStats:
     cdef readonly double ewm_alpha
     cdef readonly dict defaults
     cdef double _oma
-    cdef double _em1
     cdef object _fstate
     cdef object _istate
     cdef object _pstate
@@ -928,7 +1114,6 @@ cdef class RollingStats:
         self.ewm_alpha = check_alpha(ewm_alpha)
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
-        self._em1 = math.e - 1.0
         self._fstate = new_fstate(capacity)
         self._istate = new_istate(capacity)
         self._pstate = new_pstate(capacity, self.defaults)
@@ -977,7 +1162,7 @@ cdef class RollingStats:
             int64_t[:, ::1] ts_r = self._tsring
             bint has_t = self._tsring.shape[1] > 0
             int64_t window = self.window, minp = self.min_count, s
-            float64_t alpha = self.ewm_alpha, oma = self._oma, em1 = self._em1
+            float64_t alpha = self.ewm_alpha, oma = self._oma
         with nogil:
             for i in range(n):
                 # Many keys do not fit in cache: fetch the state of the reading PF_FAR ahead, then,
@@ -988,6 +1173,10 @@ cdef class RollingStats:
                     prefetch(&fs[s, 0])
                     prefetch(&fs[s, 8])
                     prefetch(&fs[s, 16])
+                    prefetch(&fs[s, 24])
+                    prefetch(&fs[s, 32])
+                    prefetch(&fs[s, 40])
+                    prefetch(&fs[s, 48])
                     prefetch(&gs[s, 0])
                     prefetch(&gs[s, 8])
                     prefetch(&ps[s, 0])
@@ -1001,7 +1190,7 @@ cdef class RollingStats:
                         prefetch(&ts_r[s, gs[s, I_POS]])
                 s = s_v[i]
                 fl_v[i] = detect(x_v[i], t_v[i], &fs[s, 0], &gs[s, 0], &bs[s, 0], &ss[s, 0], &ps[s, 0],
-                                 &ts_r[s, 0] if has_t else NULL, window, minp, alpha, oma, em1, &z_v[i],
+                                 &ts_r[s, 0] if has_t else NULL, window, minp, alpha, oma, &z_v[i],
                                  &sc_v[i], &dm_v[i])
         if dominant:
             return z_out, score_out, flags_out, dom_out

@@ -18,9 +18,16 @@ from . import _snapshot
 from ._common import (
     ALLOWANCE,
     ANOMALY_FLAGS,
+    CAL_GAMMA,
+    CAL_LEVEL0,
+    CAL_LEVELS,
+    CAL_N,
+    CAL_PRIOR,
+    CAL_QMIN,
     CLIP_SD,
     COUNTER_RATIO,
     COUNTER_UPS,
+    DAY_MS,
     FLAG_LATE,
     FLAG_RATE,
     FLAG_ROBUST,
@@ -34,10 +41,20 @@ from ._common import (
     LEVEL_TAU_MS,
     NEVER,
     PARAM_FIELDS,
+    PROFILE_TAU_MS,
     RCOV_ALPHA,
     RHO_MAX,
     RMEAN_TAU_MS,
     RVAR_ALPHA,
+    SCORE_DECADES,
+    SEASON_ALPHA_MAX,
+    SEASON_BUCKETS,
+    SEASON_DEPARTED_SHARE,
+    SEASON_MIN_MS,
+    SEASON_Z,
+    SMOOTH_TAU_MS,
+    SVAR_TAU_MS,
+    TIE_WEIGHT,
     WINDOW_SD_SHARE,
     check_alpha,
     check_batch,
@@ -86,7 +103,10 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     F_DPREV,
     F_CUP,
     F_CDOWN,
-) = range(len(FLOAT_FIELDS))
+) = range(FLOAT_FIELDS.index("cal0"))
+F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0 = (
+    FLOAT_FIELDS.index(k) for k in ("cal0", "sm", "sv", "sarm", "smean", "prof0")
+)
 (
     I_POS,
     I_NFILL,
@@ -102,13 +122,15 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     I_CN,
     I_NUP,
     I_NDOWN,
+    I_FIRST_TS,
 ) = range(len(INT_FIELDS))
 (P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN) = range(
     len(PARAM_FIELDS)
 )
 assert (
     FLOAT_FIELDS[F_CDOWN] == "cdown"
-    and INT_FIELDS[I_NDOWN] == "ndown"
+    and FLOAT_FIELDS[F_CAL0 + CAL_LEVELS - 1] == f"cal{CAL_LEVELS - 1}"
+    and INT_FIELDS[I_FIRST_TS] == "first_ts"
     and PARAM_FIELDS[P_TWIN] == "time_window_ms"
 )
 # offsets inside a Welford block (count window at F_SHIFT / I_NOBS, time window at F_TSHIFT / I_TNOBS)
@@ -126,6 +148,17 @@ MAD_SCALE = 1.4826
 MEANAD_SCALE = 1.2533
 NAN = math.nan
 INF = math.inf
+LN2 = math.log(2.0)
+CAL_EMAX = DBL_MAX * CAL_LEVEL0
+CAL_LEV = [CAL_LEVEL0 * 2.0**k for k in range(CAL_LEVELS)]
+CAL_INV = [1.0 / (CAL_LEVEL0 * 2.0 ** (k - 1) if k else CAL_LEVEL0) for k in range(CAL_LEVELS)]
+LOG_QMIN = math.log(CAL_QMIN)
+SCORE_SCALE = -1.0 / (math.log(10.0) * SCORE_DECADES)
+CAL_ALPHA = 1.0 / CAL_N
+INV_DAY = 1.0 / DAY_MS
+INV_SMOOTH = 1.0 / SMOOTH_TAU_MS
+INV_PROFILE = 1.0 / PROFILE_TAU_MS
+INV_SVAR = 1.0 / SVAR_TAU_MS
 
 # ----------------------------------------------------------------------
 # Rolling variance (see _rolling.pyx for the comments; the operations match line by line). Each helper
@@ -400,16 +433,55 @@ def add_ewm(val: float, f: list, g: list, alpha: float, oma: float) -> None:
 
 
 # ----------------------------------------------------------------------
-# Combined score
+# Calibrated score
 
 
-def calc_score(e: float, em1: float) -> float:
+def tail_log(e: float, q: list, o: int) -> float:
+    """Natural log of the share of the key's readings with evidence above ``e`` (q[o:o + CAL_LEVELS])."""
+    qp = 1.0
+    qpp = 1.0
+    lev = 0.0
+    gam = CAL_GAMMA
     if not (e > 0.0):
         return 0.0
-    a = em1 * e
-    if a > DBL_MAX:
-        a = DBL_MAX
-    u = math.log1p(a)
+    for k in range(CAL_LEVELS):
+        if q[o + k] < CAL_QMIN:
+            break
+        if e <= CAL_LEV[k]:
+            lp = math.log(qp) if k > 0 else 0.0
+            return lp + (math.log(q[o + k]) - lp) * ((e - lev) * CAL_INV[k]) - TIE_WEIGHT * e
+        qpp = qp
+        qp = q[o + k]
+        lev = CAL_LEV[k]
+    if lev == 0.0:
+        lev = CAL_LEVEL0
+        if e <= lev:
+            return LOG_QMIN * (e / lev) - TIE_WEIGHT * e
+        lp = LOG_QMIN
+    else:
+        lp = math.log(qp)
+        if lev > CAL_LEVEL0:
+            gam = (math.log(qpp) - lp) / LN2
+            if gam < CAL_GAMMA:
+                gam = CAL_GAMMA
+        lev = lev * 2.0  # up to the next level the tail is at most the last reliable share: kept flat
+        if e <= lev:
+            return lp - TIE_WEIGHT * e
+    if e > CAL_EMAX:  # e / lev stays finite: infinite evidence has a finite, very small tail
+        e = CAL_EMAX
+    return lp - TIE_WEIGHT * lev - gam * math.log(e / lev)
+
+
+def learn_tail(e: float, q: list, o: int, n: int) -> None:
+    a = 1.0 / (n + CAL_PRIOR) if n + CAL_PRIOR < CAL_N else CAL_ALPHA
+    for k in range(CAL_LEVELS):
+        q[o + k] = q[o + k] + a * ((1.0 if e > CAL_LEV[k] else 0.0) - q[o + k])
+
+
+def calc_score(lt: float) -> float:
+    if not (lt < 0.0):
+        return 0.0
+    u = lt * SCORE_SCALE
     return u / (1.0 + u)
 
 
@@ -430,6 +502,56 @@ def learn_step(val: float, f: list, g: list) -> None:
 
 def is_counter(g: list) -> bool:
     return g[I_NUP] >= COUNTER_UPS and g[I_NDOWN] * COUNTER_RATIO <= g[I_NUP]
+
+
+# ----------------------------------------------------------------------
+# Time of day
+
+
+def seasonal(val: float, ts: int, f: list, g: list) -> float:
+    if g[I_FIRST_TS] == NEVER:
+        g[I_FIRST_TS] = ts
+        for k in range(SEASON_BUCKETS):
+            f[F_PROF0 + k] = val
+        return 0.0
+    dt = ts - g[I_LAST_TS]
+    age = ts - g[I_FIRST_TS]
+    pos = ts * INV_DAY
+    pos = (pos - math.floor(pos)) * SEASON_BUCKETS - 0.5
+    if pos < 0.0:
+        pos += SEASON_BUCKETS
+    b0 = int(pos)
+    w = pos - b0
+    if b0 >= SEASON_BUCKETS:  # just below midnight's half-hour, pos rounds up to a whole day
+        b0 = b0 - SEASON_BUCKETS
+    b1 = b0 + 1 if b0 + 1 < SEASON_BUCKETS else 0
+    r = val - (f[F_PROF0 + b0] + w * (f[F_PROF0 + b1] - f[F_PROF0 + b0]))
+    a = dt * INV_SMOOTH
+    if a > SEASON_ALPHA_MAX:
+        a = SEASON_ALPHA_MAX
+    f[F_SM] = f[F_SM] + a * (r - f[F_SM])
+    d = f[F_SM] - f[F_SMEAN]
+    x = 0.0
+    if age >= SEASON_MIN_MS:
+        sd = math.sqrt(f[F_SV])
+        if sd < f[F_RES]:
+            sd = f[F_RES]
+        if sd > 0.0:
+            x = abs(d) / (sd * SEASON_Z)
+    a = dt * INV_PROFILE if age >= DAY_MS else dt * SEASON_BUCKETS / age
+    if x >= 0.5:
+        a = a * SEASON_DEPARTED_SHARE
+    if a > SEASON_ALPHA_MAX:
+        a = SEASON_ALPHA_MAX
+    f[F_PROF0 + b0] = f[F_PROF0 + b0] + a * (1.0 - w) * r
+    f[F_PROF0 + b1] = f[F_PROF0 + b1] + a * w * r
+    if x < 0.5 and age > DAY_MS:
+        a = dt * INV_SVAR if age - DAY_MS >= SVAR_TAU_MS else dt / (age - DAY_MS)
+        if a > SEASON_ALPHA_MAX:
+            a = SEASON_ALPHA_MAX
+        f[F_SMEAN] = f[F_SMEAN] + a * d
+        f[F_SV] = f[F_SV] + a * (d * d - f[F_SV])
+    return x
 
 
 # ----------------------------------------------------------------------
@@ -585,7 +707,6 @@ def detect(
     minp: int,
     alpha: float,
     oma: float,
-    em1: float,
 ) -> tuple[float, float, int, int]:
     """Score one reading against its slot's state, then add it; returns ``(z, score, flags, dominant)``."""
     flags = 0
@@ -653,6 +774,16 @@ def detect(
             dom = FLAG_SHIFT
         if x > 1.0:
             flags |= FLAG_SHIFT
+        if not counter and ts > g[I_LAST_TS]:
+            x = seasonal(val, ts, f, g)
+            if x > e:
+                e = x
+                dom = FLAG_SHIFT
+            if x > 1.0 and f[F_SARM] > 0.0:
+                flags |= FLAG_SHIFT
+                f[F_SARM] = 0.0
+            elif x < 0.5:
+                f[F_SARM] = 1.0
         if f[F_PREV] == f[F_PREV]:
             learn_step(val, f, g)
     step(val, ts, f, g, b, srt, tr, p[P_TWIN], window, alpha, oma)
@@ -675,7 +806,10 @@ def detect(
                 dom = FLAG_STUCK
     if not dom & flags:
         dom = flags & ANOMALY_FLAGS & -(flags & ANOMALY_FLAGS)
-    return z, calc_score(e, em1), flags, dom
+    lt = tail_log(e, f, F_CAL0)
+    if val == val:
+        learn_tail(e, f, F_CAL0, g[I_EWM_N])
+    return z, calc_score(lt), flags, dom
 
 
 # ----------------------------------------------------------------------
@@ -702,7 +836,6 @@ class RollingStats:
         self.ewm_alpha = check_alpha(ewm_alpha)
         self.defaults = check_detectors(z_threshold, **detectors)
         self._oma = 1.0 - self.ewm_alpha
-        self._em1 = math.e - 1.0
         self._set_state(
             new_fstate(capacity),
             new_istate(capacity),
@@ -744,7 +877,7 @@ class RollingStats:
             self._grow(int(sl.max()) + 1)
         out = [(0.0, 0.0, 0, 0)] * n
         fs, gs, ps, bs, ss, tr = self._fs, self._gs, self._ps, self._bs, self._ss, self._tr
-        window, minp, alpha, oma, em1 = self.window, self.min_count, self.ewm_alpha, self._oma, self._em1
+        window, minp, alpha, oma = self.window, self.min_count, self.ewm_alpha, self._oma
         for i, (s, t, val) in enumerate(zip(sl.tolist(), ts.tolist(), vals.tolist(), strict=True)):
             out[i] = detect(
                 val,
@@ -759,7 +892,6 @@ class RollingStats:
                 minp,
                 alpha,
                 oma,
-                em1,
             )
         cols = list(zip(*out, strict=True)) if n else [(), (), (), ()]
         res = (

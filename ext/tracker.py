@@ -5,7 +5,8 @@ of that slot and kind that comes within ``quiet_ms`` of the previous one, and cl
 pass without one. Time is the readings' own clock: ``update`` closes what the batch's newest timestamp
 makes quiet, and ``close_idle(now_ms)`` lets a timer close episodes of keys that went silent. One
 incident thus yields one "opened", at most one "updated" per batch, and one "closed" event, never a row
-per reading. Severity is the largest combined score seen in the episode (0..1, 0.5 = at a threshold).
+per reading. Severity is the largest combined score seen in the episode (0..1, calibrated per key:
+0.5 = evidence seen once in 10**4 readings of the key).
 With ``by_key`` an episode is per slot instead, whatever detectors fire, named after the dominant
 detector of its first reading (``RollingStats.update(..., dominant=True)``): one incident, one episode.
 Pure Python: it only touches flagged readings, which are rare.

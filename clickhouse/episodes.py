@@ -17,8 +17,9 @@ from .tables import Tables
 _MS = "fromUnixTimestamp64Milli({%s:Int64}, 'UTC')"
 _US = "fromUnixTimestamp64Micro({%s:Int64}, 'UTC')"
 
-# Severity from the peak score (the detectors' 0..1 scale: 0.5 at a threshold, ~0.6 at twice it, ~0.7
-# at five times it); values match the proto's Severity enum.
+# Severity from the peak score (calibrated per key, docs/detection.md "What a score means": 0.5 = evidence
+# the key shows once in 10**4 readings, 0.6 once in 10**6, 0.7 once in ~2e9); values match the proto's
+# Severity enum.
 SEVERITY = "multiIf(peak_score >= 0.7, 3, peak_score >= 0.6, 2, 1)"
 
 RECOMPUTE = """

@@ -21,6 +21,7 @@ from ._common import (
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
+    SILENCE_SCORE,
 )
 from .rules import RuleBook, Rules, load_rules, parse_rules
 from .tracker import Episode, EpisodeEvent, EpisodeTracker
@@ -64,6 +65,7 @@ __all__ = [
     "RollingStats",
     "RuleBook",
     "Rules",
+    "SILENCE_SCORE",
     "load_rules",
     "parse_rules",
 ]

@@ -224,6 +224,11 @@ def score_for_tail(p: float) -> float:
     return u / (1.0 + u)
 
 
+# A silence has no evidence to calibrate: it is scored as the rarest share a key's memory resolves, once in
+# CAL_N readings (0.5), so a fleet threshold at score_for_tail(p) passes silences for any p >= 1 / CAL_N.
+SILENCE_SCORE = score_for_tail(1.0 / CAL_N)
+
+
 def classify(window_sorted: np.ndarray, res: float, nup: int, ndown: int) -> str:
     """A key's kind from its sorted window, learned resolution and step counts (for operators; the
     kernel itself only treats counters apart, the resolution floor covers the rest):

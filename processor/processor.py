@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
-from iotstream.ext import ANOMALY_FLAGS, FLAG_NAMES, FLAG_SILENCE, RuleBook
+from iotstream.ext import ANOMALY_FLAGS, FLAG_NAMES, FLAG_SILENCE, SILENCE_SCORE, RuleBook
 from iotstream.v1 import ingest_pb2 as pb
 
 from .decode import Columns, to_columns
@@ -99,7 +99,7 @@ class Processor:
                 "value": pa.array([float("nan")] * len(rows), pa.float64()),
                 "kind": pa.array([FLAG_NAMES[FLAG_SILENCE]] * len(rows), pa.string()),
                 "detectors": pa.array([[FLAG_NAMES[FLAG_SILENCE]]] * len(rows), pa.list_(pa.string())),
-                "score": pa.array([0.5] * len(rows), pa.float64()),
+                "score": pa.array([SILENCE_SCORE] * len(rows), pa.float64()),
                 "zscore": pa.array([float("nan")] * len(rows), pa.float64()),
             },
             schema=ANOMALY_SCHEMA,

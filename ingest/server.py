@@ -41,7 +41,7 @@ import concurrent.futures
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -332,7 +332,7 @@ class StreamCall:
         "context",
         "items",
         "unacked",
-        "opened",
+        "device",
         "unsubscribe",
         "revocation",
         "_writer_waits",
@@ -343,8 +343,8 @@ class StreamCall:
         self.service, self.requests, self.context = service, requests, context
         self.items: list = []
         self.unacked = 0  # batches handed over and not yet acked
-        self.opened: list[str] = []  # devices counted in the limiter's open streams
-        self.unsubscribe: list = []
+        self.device: str | None = None  # once counted in the limiter's open streams
+        self.unsubscribe: Callable[[], None] | None = None  # ends the configuration subscription
         self.revocation = None
         if service.auth is not None:
             self.revocation = service.auth.watch(context.invocation_metadata())
@@ -379,9 +379,9 @@ class StreamCall:
 
     def open(self, device: str) -> None:
         self.service.limiter.open_stream(device)
-        self.opened.append(device)
+        self.device = device
         if self.service.configs is not None:
-            self.unsubscribe.append(self.service.configs.subscribe(device, self.push_config))
+            self.unsubscribe = self.service.configs.subscribe(device, self.push_config)
 
     async def read(self) -> None:
         service = self.service
@@ -393,7 +393,7 @@ class StreamCall:
                 self.open(device)
             async for raw in self.requests:
                 batch = await service.offload(service._decode, raw)
-                if not self.opened:  # open mode: the stream belongs to its first batch's device
+                if self.device is None:  # open mode: the stream belongs to its first batch's device
                     self.open(batch.device_id)
                 await self.acquire()
                 self.put(await service.accept(raw, batch, device))
@@ -407,12 +407,12 @@ class StreamCall:
             self.put(exc)
 
     def close(self) -> None:
-        for stop in self.unsubscribe:
-            stop()
+        if self.unsubscribe is not None:
+            self.unsubscribe()
         if self.revocation is not None:
             self.revocation.close()
-        for d in self.opened:
-            self.service.limiter.close_stream(d)
+        if self.device is not None:
+            self.service.limiter.close_stream(self.device)
 
 
 def _wake(waiter: asyncio.Future | None) -> None:

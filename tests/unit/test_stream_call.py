@@ -49,6 +49,6 @@ def test_reader_hands_a_bad_request_to_the_writer():
     async def scenario():
         call = StreamCall(IngestService(None), _requests(b"\xff\xff\xff"), None)
         await call.read()
-        assert isinstance(await call.get(), BadRequest) and call.opened == [] and call.unacked == 0
+        assert isinstance(await call.get(), BadRequest) and call.device is None and call.unacked == 0
 
     asyncio.run(scenario())

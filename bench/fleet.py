@@ -2,7 +2,7 @@
 one server process.
 
     python -m iotstream.bench.fleet [--streams 10000] [--per-connection 100] [--interval 10] [--batch 10]
-                          [--duration 30] [--kafka BOOTSTRAP] [--json]
+                          [--duration 30] [--kafka BOOTSTRAP] [--no-floor] [--json]
 
 Real fleets keep a stream open per device and trickle a small batch every few seconds; a gateway runs many
 devices in one process. This runs --streams DeviceClients in this process, sharing ceil(streams /
@@ -19,7 +19,10 @@ Reported (one JSON object, also bench/results/fleet.json):
 - client (this process, the gateway): client_rss_bytes_per_device (RSS with the fleet running - RSS
   before the clients were made) / devices, client CPU seconds and cores over the steady state, and CPU
   microseconds per device per second;
-- ack_p50_ms / ack_p99_ms of the steady-state batches (sent after the whole fleet connected).
+- ack_p50_ms / ack_p99_ms of the steady-state batches (sent after the whole fleet connected);
+- the floor, measured in the same run (skip with --no-floor): the same fleet then runs against
+  bench/echo_server.py (bare grpc.aio, same server options); floor_rss_bytes_per_stream, floor_ack_p99_ms,
+  and rss_per_stream_vs_floor, what `serve` holds per stream over what gRPC itself holds.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ async def warm_up(target: str, batch: int) -> None:
             pass
 
 
-async def run(args, server: ServerProcess) -> dict:
+async def run(args, server: ServerProcess, echo: bool) -> dict:
     import grpc
 
     await warm_up(server.target, args.batch)
@@ -161,7 +164,7 @@ async def run(args, server: ServerProcess) -> dict:
     sent_per_s = args.streams / args.interval
     return {
         "benchmark": "fleet",
-        "server": "echo" if args.echo else "iotstream",
+        "server": "echo" if echo else "iotstream",
         "server_grpc_options": args.grpc_option,
         "mode": "kafka" if args.kafka else "embedded",
         "streams": args.streams,
@@ -235,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=INT",
         help="with --echo: extra server channel argument, e.g. grpc.server.max_pending_requests=20000",
     )
+    ap.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the floor: by default the same fleet then runs against bench/echo_server.py",
+    )
     ap.add_argument("--server-cpus", help="taskset CPUs for the server (default: unpinned)")
     ap.add_argument("--out", help="JSON path (default bench/results/fleet.json)")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -250,13 +258,27 @@ def main(argv: list[str] | None = None) -> int:
         module="iotstream.bench.echo_server" if args.echo else None,
         extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else [],
     ) as server:
-        result = asyncio.run(run(args, server))
+        result = asyncio.run(run(args, server, args.echo))
+    if not args.echo and not args.no_floor:
+        # The same fleet against bare grpc.aio: the floor. Second, so this process's (the gateway's) RSS
+        # before the first fleet is its own baseline.
+        with ServerProcess(cpus=args.server_cpus, module="iotstream.bench.echo_server") as server:
+            floor = asyncio.run(run(args, server, echo=True))
+        result["floor_rss_bytes_per_stream"] = floor["rss_bytes_per_stream"]
+        result["floor_uss_bytes_per_stream"] = floor["uss_bytes_per_stream"]
+        result["floor_ack_p99_ms"] = floor["ack_p99_ms"]
+        result["floor_errors"] = floor["errors"]
+        result["rss_per_stream_vs_floor"] = round(
+            result["rss_bytes_per_stream"] / max(floor["rss_bytes_per_stream"], 1), 2
+        )
     result["machine"] = machine()
     path = write_result("fleet", result, args.out)
     if not args.json:
         print(
             f"{result['streams_connected']:,}/{args.streams:,} streams connected in {result['connect_s']} s; "
-            f"{result['rss_bytes_per_stream']:,} B server RSS per stream; ack p50 {result['ack_p50_ms']} ms "
+            f"{result['rss_bytes_per_stream']:,} B server RSS per stream "
+            f"({result.get('rss_per_stream_vs_floor', '-')} x the grpc.aio floor); "
+            f"ack p50 {result['ack_p50_ms']} ms "
             f"p99 {result['ack_p99_ms']} ms; server {result['server_cores']} cores; client "
             f"{result['client_rss_bytes_per_device']:,} B RSS and {result['client_cpu_us_per_device_per_s']} "
             "µs "

@@ -41,7 +41,7 @@ import concurrent.futures
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -260,54 +260,16 @@ class IngestService:
     async def Stream(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
-        # The reader runs ahead of the acks (pipelining) but at most MAX_INFLIGHT_PER_STREAM batches;
-        # acks leave in the order the batches came. The queue between them is not bounded itself (the
-        # semaphore bounds it) so that an end marker always fits.
-        pending: asyncio.Queue = asyncio.Queue()
-        window = asyncio.Semaphore(MAX_INFLIGHT_PER_STREAM)
-        opened: list[str] = []
-        revocation = self.auth.watch(context.invocation_metadata()) if self.auth is not None else None
-        unsubscribe = []
-
-        def open_stream(device: str) -> None:
-            self.limiter.open_stream(device)
-            opened.append(device)
-            if self.configs is not None:
-                unsubscribe.append(
-                    self.configs.subscribe(
-                        device, lambda config: pending.put_nowait(pb.StreamResponse(config=config))
-                    )
-                )
-
-        async def read() -> None:
-            try:
-                device = self.device_of(context)
-                if self.draining.is_set():
-                    raise Draining("server is shutting down; reconnect to another node or later")
-                if device is not None:
-                    open_stream(device)
-                async for raw in request_iterator:
-                    batch = await self.offload(self._decode, raw)
-                    if not opened:  # open mode: the stream belongs to its first batch's device
-                        open_stream(batch.device_id)
-                    await window.acquire()
-                    pending.put_nowait(await self.accept(raw, batch, device))
-                await pending.put(None)
-            except (
-                asyncio.CancelledError
-            ):  # drain() or revocation: no more reading; what was read gets its ack
-                if revocation is not None and revocation.revoked.is_set():
-                    pending.put_nowait(revocation.error())
-                else:
-                    pending.put_nowait(Draining("server is shutting down; resend what was not acked"))
-            except Exception as exc:  # handed to the writer, which ends the call with a status
-                pending.put_nowait(exc)
-
-        reader = asyncio.create_task(read())
+        # One reader task runs ahead of the acks (pipelining) but at most MAX_INFLIGHT_PER_STREAM batches;
+        # this handler writes what it hands over, acks in the order the batches came.
+        call = StreamCall(self, request_iterator, context)
+        reader = asyncio.create_task(call.read())
         self._readers.add(reader)
-        guard = asyncio.create_task(_cancel_when(revocation, reader)) if revocation is not None else None
+        guard = None
+        if call.revocation is not None:
+            guard = asyncio.create_task(_cancel_when(call.revocation, reader))
         try:
-            while (item := await pending.get()) is not None:
+            while (item := await call.get()) is not None:
                 if isinstance(item, Exception):
                     await self.end_call(item, context)
                 if isinstance(item, pb.StreamResponse):  # a configuration, between two acks
@@ -315,19 +277,14 @@ class IngestService:
                     continue
                 done, ack = item
                 ack = await durable(done, ack, context)
-                window.release()
+                call.release()
                 yield pb.StreamResponse(ack=ack)
         finally:
-            for stop in unsubscribe:
-                stop()
             self._readers.discard(reader)
             reader.cancel()
             if guard is not None:
                 guard.cancel()
-            if revocation is not None:
-                revocation.close()
-            for d in opened:
-                self.limiter.close_stream(d)
+            call.close()
 
     async def end_call(self, exc: Exception, context) -> None:
         """End the call with the status `exc` stands for (ENDINGS), counting why."""
@@ -357,6 +314,110 @@ ENDINGS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     Draining: (grpc.StatusCode.UNAVAILABLE, DRAINING_CALLS),
     MessageTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE_CALLS),
 }
+
+
+class StreamCall:
+    """What one open Stream holds beside grpc.aio's own call: its devices, configuration subscription and
+    revocation watch, and the hand-over from its reader task to its writer (the handler): what to send, in
+    order (durability future and Ack pairs, configurations, the ending) and the read-ahead window.
+
+    A fleet stream is idle almost always, so this is one slotted object with a plain list and at most one
+    waiting future per side, in place of an asyncio.Queue (four deques and an Event), a Semaphore and
+    closures (bench/fleet.py measures the per-stream memory). The list is not bounded itself (the window
+    bounds the batches) so that an ending always fits."""
+
+    __slots__ = (
+        "service",
+        "requests",
+        "context",
+        "items",
+        "unacked",
+        "device",
+        "unsubscribe",
+        "revocation",
+        "_writer_waits",
+        "_reader_waits",
+    )
+
+    def __init__(self, service: IngestService, requests: AsyncIterator[bytes], context):
+        self.service, self.requests, self.context = service, requests, context
+        self.items: list = []
+        self.unacked = 0  # batches handed over and not yet acked
+        self.device: str | None = None  # once counted in the limiter's open streams
+        self.unsubscribe: Callable[[], None] | None = None  # ends the configuration subscription
+        self.revocation = None
+        if service.auth is not None:
+            self.revocation = service.auth.watch(context.invocation_metadata())
+        self._writer_waits: asyncio.Future | None = None
+        self._reader_waits: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        _wake(self._writer_waits)
+        self._writer_waits = None
+
+    async def get(self):
+        while not self.items:
+            self._writer_waits = asyncio.get_running_loop().create_future()
+            await self._writer_waits
+        return self.items.pop(0)
+
+    async def acquire(self) -> None:
+        """Wait for room in the read-ahead window, then take a place in it."""
+        while self.unacked >= MAX_INFLIGHT_PER_STREAM:
+            self._reader_waits = asyncio.get_running_loop().create_future()
+            await self._reader_waits
+        self.unacked += 1
+
+    def release(self) -> None:
+        self.unacked -= 1
+        _wake(self._reader_waits)
+        self._reader_waits = None
+
+    def push_config(self, config) -> None:
+        self.put(pb.StreamResponse(config=config))
+
+    def open(self, device: str) -> None:
+        self.service.limiter.open_stream(device)
+        self.device = device
+        if self.service.configs is not None:
+            self.unsubscribe = self.service.configs.subscribe(device, self.push_config)
+
+    async def read(self) -> None:
+        service = self.service
+        try:
+            device = service.device_of(self.context)
+            if service.draining.is_set():
+                raise Draining("server is shutting down; reconnect to another node or later")
+            if device is not None:
+                self.open(device)
+            async for raw in self.requests:
+                batch = await service.offload(service._decode, raw)
+                if self.device is None:  # open mode: the stream belongs to its first batch's device
+                    self.open(batch.device_id)
+                await self.acquire()
+                self.put(await service.accept(raw, batch, device))
+            self.put(None)
+        except asyncio.CancelledError:  # drain() or revocation: no more reading; what was read gets its ack
+            if self.revocation is not None and self.revocation.revoked.is_set():
+                self.put(self.revocation.error())
+            else:
+                self.put(Draining("server is shutting down; resend what was not acked"))
+        except Exception as exc:  # handed to the writer, which ends the call with a status
+            self.put(exc)
+
+    def close(self) -> None:
+        if self.unsubscribe is not None:
+            self.unsubscribe()
+        if self.revocation is not None:
+            self.revocation.close()
+        if self.device is not None:
+            self.service.limiter.close_stream(self.device)
+
+
+def _wake(waiter: asyncio.Future | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 async def _cancel_when(revocation, reader: asyncio.Task) -> None:

@@ -44,6 +44,11 @@ def test_fleet_json_shape(tmp_path):
     assert r["connect_s"] > 0 and isinstance(r["rss_bytes_per_stream"], int)
     assert r["steady_batches"] > 0 and r["ack_p99_ms"] >= r["ack_p50_ms"] > 0
     assert r["server_cpu_s"] >= 0
+    # the grpc.aio floor is measured in the same run, and the ratio is the one of the two figures reported
+    assert r["floor_errors"] == 0 and isinstance(r["floor_rss_bytes_per_stream"], int)
+    assert r["rss_per_stream_vs_floor"] == round(
+        r["rss_bytes_per_stream"] / max(r["floor_rss_bytes_per_stream"], 1), 2
+    )
     # the devices are iotstream.client.DeviceClients: their own cost is reported, and nothing is left unacked
     assert r["client_cpu_s"] > 0 and isinstance(r["client_rss_bytes_per_device"], int)
     assert r["unacked_at_end"] == 0 and r["acked_batches"] >= 30 + r["steady_batches"]

@@ -193,6 +193,10 @@ CAL_QMIN = 1e-3  # a share below this rests on too few readings: the tail is ext
 CAL_GAMMA = 2.0
 SCORE_DECADES = 4.0  # score = u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0.5 = once in 10**4 readings
 TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares still rank larger evidence higher
+# A young key's shares cannot tell how rare a z-score far beyond its threshold is (its prior makes it look
+# common): beyond the threshold thr, the tail of z and robust z evidence also falls by the Gaussian factor
+# exp(-(z**2 - thr**2) / 2) (z = evidence * thr, at most CAL_LEVEL0 * 2**(CAL_LEVELS - 1) * thr) raised to
+# 1 - n / CAL_N for a key of n readings, so the factor fades out as the key's own shares take over.
 
 # ----------------------------------------------------------------------
 # Time of day (see _rolling.pyx "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.

@@ -691,6 +691,15 @@ cdef inline void learn_tail(float64_t e, float64_t *q, int64_t n) noexcept nogil
         q[k] = q[k] + a * (<float64_t>(e > CAL_LEV[k]) - q[k])
 
 
+cdef inline float64_t young_tail(float64_t e, float64_t thr, int64_t n) noexcept nogil:
+    """Log of a young key's Gaussian factor for z-score evidence ``e`` beyond threshold ``thr`` (_common)."""
+    cdef float64_t z
+    if e > CAL_LEV[NCAL - 1]:
+        e = CAL_LEV[NCAL - 1]
+    z = e * thr
+    return -(1.0 - n * CAL_ALPHA_C) * 0.5 * (z * z - thr * thr)
+
+
 cdef inline float64_t calc_score(float64_t lt) noexcept nogil:
     """u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0 for nothing unusual, below 1 for any tail."""
     cdef float64_t u
@@ -1058,6 +1067,8 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
     if not (dom & flags):
         dom = flags & ANOMALY & -(flags & ANOMALY)  # lowest flag that fired (ties at the threshold)
     lt = tail_log(e, &f[F_CAL0])  # scored against the key's past, then learnt
+    if e > 1.0 and g[I_EWM_N] < CAL_N_C and (dom == Z_FLAG or dom == ROBUST_FLAG):
+        lt = lt + young_tail(e, p[P_ZTHR] if dom == Z_FLAG else p[P_RTHR], g[I_EWM_N])
     if val == val:
         learn_tail(e, &f[F_CAL0], g[I_EWM_N])
     z_out[0] = z

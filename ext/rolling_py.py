@@ -483,6 +483,13 @@ def learn_tail(e: float, q: list, o: int, n: int) -> None:
         q[o + k] = q[o + k] + a * ((1.0 if e > CAL_LEV[k] else 0.0) - q[o + k])
 
 
+def young_tail(e: float, thr: float, n: int) -> float:
+    if e > CAL_LEV[CAL_LEVELS - 1]:
+        e = CAL_LEV[CAL_LEVELS - 1]
+    z = e * thr
+    return -(1.0 - n * CAL_ALPHA) * 0.5 * (z * z - thr * thr)
+
+
 def calc_score(lt: float) -> float:
     if not (lt < 0.0):
         return 0.0
@@ -821,6 +828,8 @@ def detect(
     if not dom & flags:
         dom = flags & ANOMALY_FLAGS & -(flags & ANOMALY_FLAGS)
     lt = tail_log(e, f, F_CAL0)
+    if e > 1.0 and g[I_EWM_N] < CAL_N and (dom == FLAG_ZSCORE or dom == FLAG_ROBUST):
+        lt = lt + young_tail(e, p[P_ZTHR] if dom == FLAG_ZSCORE else p[P_RTHR], g[I_EWM_N])
     if val == val:
         learn_tail(e, f, F_CAL0, g[I_EWM_N])
     return z, calc_score(lt), flags, dom

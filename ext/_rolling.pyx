@@ -72,6 +72,9 @@ from ._common import (
     SEASON_DEPARTED_SHARE,
     SEASON_MIN_MS,
     SEASON_Z,
+    SMEAN_ALPHA,
+    SMEAN_SD,
+    SMEAN_VAR_ALPHA,
     SMOOTH_TAU_MS,
     SVAR_TAU_MS,
     PROFILE_TAU_MS,
@@ -127,7 +130,9 @@ cdef enum:
     F_SMEAN = 36    # the smoothed residual's slow mean (F_SV is its variance around it)
     F_PROF0 = 37    # F_PROF0..+11: the time-of-day profile, one value per 2 hours of the UTC day
     NBUCKET = 12
-    NF = 49
+    F_RSM = 49      # the change detector's residuals: short EW mean, and its learnt mean square
+    F_RSV = 50
+    NF = 51
     I_POS = 0       # next ring position to write
     I_NFILL = 1     # ring positions in use (<= window)
     I_NOBS = 2      # real (non-NaN) values in the window
@@ -182,7 +187,7 @@ if (FLOAT_FIELDS != ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev", 
                      "ewm_var", "tshift", "tmean", "tcmean", "tssqdm", "tcssq", "tsabs", "tprev", "res",
                      "level", "rmean", "rvar", "rcov", "dprev", "cup", "cdown",
                      *(f"cal{k}" for k in range(NCAL)), "sm", "sv", "sarm", "smean",
-                     *(f"prof{k}" for k in range(NBUCKET))]
+                     *(f"prof{k}" for k in range(NBUCKET)), "rsm", "rsv"]
         or len(FLOAT_FIELDS) != NF or CAL_LEVELS != NCAL or SEASON_BUCKETS != NBUCKET
         or INT_FIELDS != ["pos", "nfill", "nobs", "nsame", "last_ts", "prev_ts", "run_ts", "ewm_n", "tnobs",
                           "tnsame", "tn", "cn", "nup", "ndown", "first_ts"]
@@ -225,6 +230,10 @@ cdef double WINDOW_SD_SHARE_C = WINDOW_SD_SHARE
 cdef double RHO_MAX_C = RHO_MAX
 cdef double RCOV_ALPHA_C = RCOV_ALPHA
 cdef int64_t RCOV_N = <int64_t>(1.0 / RCOV_ALPHA)
+cdef double SMEAN_ALPHA_C = SMEAN_ALPHA
+cdef double SMEAN_VAR_ALPHA_C = SMEAN_VAR_ALPHA
+cdef int64_t SMEAN_N = <int64_t>(1.0 / SMEAN_VAR_ALPHA)
+cdef double SMEAN_SD2 = SMEAN_SD * SMEAN_SD
 cdef int64_t COUNTER_UPS_C = COUNTER_UPS
 cdef int64_t COUNTER_RATIO_C = COUNTER_RATIO
 cdef double CAL_GAMMA_C = CAL_GAMMA
@@ -682,6 +691,15 @@ cdef inline void learn_tail(float64_t e, float64_t *q, int64_t n) noexcept nogil
         q[k] = q[k] + a * (<float64_t>(e > CAL_LEV[k]) - q[k])
 
 
+cdef inline float64_t young_tail(float64_t e, float64_t thr, int64_t n) noexcept nogil:
+    """Log of a young key's Gaussian factor for z-score evidence ``e`` beyond threshold ``thr`` (_common)."""
+    cdef float64_t z
+    if e > CAL_LEV[NCAL - 1]:
+        e = CAL_LEV[NCAL - 1]
+    z = e * thr
+    return -(1.0 - n * CAL_ALPHA_C) * 0.5 * (z * z - thr * thr)
+
+
 cdef inline float64_t calc_score(float64_t lt) noexcept nogil:
     """u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0 for nothing unusual, below 1 for any tail."""
     cdef float64_t u
@@ -754,6 +772,8 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
         f[F_DPREV] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
+        f[F_RSM] = 0.0
+        f[F_RSV] = 0.0
         return 0.0
     d = (val - f[F_LEVEL]) - f[F_RMEAN]
     sd = sqrt(f[F_RVAR])
@@ -773,6 +793,7 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
             d = c
         elif d < -c:
             d = -c
+        f[F_RSM] = f[F_RSM] + SMEAN_ALPHA_C * (d - f[F_RSM])
         if n >= warm and h < INFINITY:
             u = d / sd
             f[F_CUP] = f[F_CUP] + u - ALLOWANCE_C
@@ -782,18 +803,24 @@ cdef inline float64_t change(float64_t val, int64_t ts, float64_t *f, int64_t *g
             if not (f[F_CDOWN] > 0.0):
                 f[F_CDOWN] = 0.0
             x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
-            if x > 1.0:  # fired: re-armed at the new level
+            if x > 1.0 and f[F_RSM] * f[F_RSM] <= SMEAN_SD2 * f[F_RSV]:
+                x = 1.0  # the short mean is within the key's usual range: wander, not a change
+            elif x > 1.0:  # fired: re-armed at the new level
                 f[F_LEVEL] = val
                 f[F_RMEAN] = 0.0
                 f[F_DPREV] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
+                f[F_RSM] = 0.0
                 return x
     a = RVAR_ALPHA_C if n >= RVAR_N else 1.0 / n
     f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
     if f[F_CUP] == 0.0 and f[F_CDOWN] == 0.0:  # learnt only while no change builds up
         a = RCOV_ALPHA_C if n >= RCOV_N else 1.0 / n
         f[F_RCOV] = f[F_RCOV] + a * (d * f[F_DPREV] - f[F_RCOV])
+    if 2.0 * f[F_CUP] < h and 2.0 * f[F_CDOWN] < h:  # learnt only while no change is near reporting
+        a = SMEAN_VAR_ALPHA_C if n >= SMEAN_N else 1.0 / n
+        f[F_RSV] = f[F_RSV] + a * (f[F_RSM] * f[F_RSM] - f[F_RSV])
     f[F_DPREV] = d
     if ts > g[I_LAST_TS]:  # level and residual mean move with time; a late or same-time reading does not
         a = -expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_C)
@@ -1040,6 +1067,8 @@ cdef inline uint8_t detect(float64_t val, int64_t ts, float64_t *f, int64_t *g, 
     if not (dom & flags):
         dom = flags & ANOMALY & -(flags & ANOMALY)  # lowest flag that fired (ties at the threshold)
     lt = tail_log(e, &f[F_CAL0])  # scored against the key's past, then learnt
+    if e > 1.0 and g[I_EWM_N] < CAL_N_C and (dom == Z_FLAG or dom == ROBUST_FLAG):
+        lt = lt + young_tail(e, p[P_ZTHR] if dom == Z_FLAG else p[P_RTHR], g[I_EWM_N])
     if val == val:
         learn_tail(e, &f[F_CAL0], g[I_EWM_N])
     z_out[0] = z
@@ -1177,6 +1206,7 @@ cdef class RollingStats:
                     prefetch(&fs[s, 32])
                     prefetch(&fs[s, 40])
                     prefetch(&fs[s, 48])
+                    prefetch(&fs[s, NF - 1])
                     prefetch(&gs[s, 0])
                     prefetch(&gs[s, 8])
                     prefetch(&ps[s, 0])

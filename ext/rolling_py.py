@@ -52,6 +52,9 @@ from ._common import (
     SEASON_DEPARTED_SHARE,
     SEASON_MIN_MS,
     SEASON_Z,
+    SMEAN_ALPHA,
+    SMEAN_SD,
+    SMEAN_VAR_ALPHA,
     SMOOTH_TAU_MS,
     SVAR_TAU_MS,
     TIE_WEIGHT,
@@ -104,8 +107,8 @@ __all__ = ["FLAG_ZSCORE", "RollingStats"]
     F_CUP,
     F_CDOWN,
 ) = range(FLOAT_FIELDS.index("cal0"))
-F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0 = (
-    FLOAT_FIELDS.index(k) for k in ("cal0", "sm", "sv", "sarm", "smean", "prof0")
+F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, F_RSM, F_RSV = (
+    FLOAT_FIELDS.index(k) for k in ("cal0", "sm", "sv", "sarm", "smean", "prof0", "rsm", "rsv")
 )
 (
     I_POS,
@@ -138,6 +141,8 @@ V_SHIFT, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV = range(7)
 C_NOBS, C_NSAME = range(2)
 RVAR_N = int(1.0 / RVAR_ALPHA)
 RCOV_N = int(1.0 / RCOV_ALPHA)
+SMEAN_N = int(1.0 / SMEAN_VAR_ALPHA)
+SMEAN_SD2 = SMEAN_SD * SMEAN_SD
 
 RECOMPUTE_RATIO = 1e4
 DRIFT_RATIO = 1e8
@@ -478,6 +483,13 @@ def learn_tail(e: float, q: list, o: int, n: int) -> None:
         q[o + k] = q[o + k] + a * ((1.0 if e > CAL_LEV[k] else 0.0) - q[o + k])
 
 
+def young_tail(e: float, thr: float, n: int) -> float:
+    if e > CAL_LEV[CAL_LEVELS - 1]:
+        e = CAL_LEV[CAL_LEVELS - 1]
+    z = e * thr
+    return -(1.0 - n * CAL_ALPHA) * 0.5 * (z * z - thr * thr)
+
+
 def calc_score(lt: float) -> float:
     if not (lt < 0.0):
         return 0.0
@@ -577,6 +589,8 @@ def change(val: float, ts: int, f: list, g: list, h: float, warm: int, floor: fl
         f[F_DPREV] = 0.0
         f[F_CUP] = 0.0
         f[F_CDOWN] = 0.0
+        f[F_RSM] = 0.0
+        f[F_RSV] = 0.0
         return 0.0
     x = 0.0
     d = (val - f[F_LEVEL]) - f[F_RMEAN]
@@ -597,6 +611,7 @@ def change(val: float, ts: int, f: list, g: list, h: float, warm: int, floor: fl
             d = c
         elif d < -c:
             d = -c
+        f[F_RSM] = f[F_RSM] + SMEAN_ALPHA * (d - f[F_RSM])
         if n >= warm and h < INF:
             u = d / sd
             f[F_CUP] = f[F_CUP] + u - ALLOWANCE
@@ -606,18 +621,24 @@ def change(val: float, ts: int, f: list, g: list, h: float, warm: int, floor: fl
             if not (f[F_CDOWN] > 0.0):
                 f[F_CDOWN] = 0.0
             x = (f[F_CUP] if f[F_CUP] > f[F_CDOWN] else f[F_CDOWN]) / h
-            if x > 1.0:
+            if x > 1.0 and f[F_RSM] * f[F_RSM] <= SMEAN_SD2 * f[F_RSV]:
+                x = 1.0  # the short mean is within the key's usual range: wander, not a change
+            elif x > 1.0:
                 f[F_LEVEL] = val
                 f[F_RMEAN] = 0.0
                 f[F_DPREV] = 0.0
                 f[F_CUP] = 0.0
                 f[F_CDOWN] = 0.0
+                f[F_RSM] = 0.0
                 return x
     a = RVAR_ALPHA if n >= RVAR_N else 1.0 / n
     f[F_RVAR] = f[F_RVAR] + a * (d * d - f[F_RVAR])
     if f[F_CUP] == 0.0 and f[F_CDOWN] == 0.0:  # learnt only while no change builds up
         a = RCOV_ALPHA if n >= RCOV_N else 1.0 / n
         f[F_RCOV] = f[F_RCOV] + a * (d * f[F_DPREV] - f[F_RCOV])
+    if 2.0 * f[F_CUP] < h and 2.0 * f[F_CDOWN] < h:  # learnt only while no change is near reporting
+        a = SMEAN_VAR_ALPHA if n >= SMEAN_N else 1.0 / n
+        f[F_RSV] = f[F_RSV] + a * (f[F_RSM] * f[F_RSM] - f[F_RSV])
     f[F_DPREV] = d
     if ts > g[I_LAST_TS]:
         a = -math.expm1(-(ts - g[I_LAST_TS]) / LEVEL_TAU_MS)
@@ -807,6 +828,8 @@ def detect(
     if not dom & flags:
         dom = flags & ANOMALY_FLAGS & -(flags & ANOMALY_FLAGS)
     lt = tail_log(e, f, F_CAL0)
+    if e > 1.0 and g[I_EWM_N] < CAL_N and (dom == FLAG_ZSCORE or dom == FLAG_ROBUST):
+        lt = lt + young_tail(e, p[P_ZTHR] if dom == FLAG_ZSCORE else p[P_RTHR], g[I_EWM_N])
     if val == val:
         learn_tail(e, f, F_CAL0, g[I_EWM_N])
     return z, calc_score(lt), flags, dom

@@ -7,6 +7,7 @@ results as Arrow tables, so Store's SQL runs unchanged on either.
 from __future__ import annotations
 
 import os
+import queue
 import re
 from urllib.parse import parse_qsl, urlencode, urlparse
 
@@ -53,6 +54,10 @@ class StorageError(RuntimeError):
         self.transient = self.code in TRANSIENT_CODES if transient is None else transient
 
 
+# Embedded: connections for reads, beside the one for writes (see Backend). Queries that come at once beyond
+# this many wait for a free one; the Query service runs at most the default thread pool's workers at once.
+READ_CONNECTIONS = 4
+
 # Settings for a cluster: rows of a device live on one shard (Distributed by device_id), so joins and IN
 # subqueries over distributed tables can run shard-locally; inserts reach the shards before they return,
 # so an acknowledged write is stored and its deduplication token applies there.
@@ -73,11 +78,12 @@ class Backend:
     - the embedded engine, `chdb://DATA_DIR` (chDB registers itself as a clickhouse-connect transport;
       one data folder per process, shared by every client of the process).
 
-    Embedded, reads run on a chDB connection of their own. Statements on one connection run one at a time
+    Embedded, reads run on chDB connections of their own. Statements on one connection run one at a time
     (its lock), but the engine runs statements of different connections side by side, so a query no longer
     waits for the insert in progress (one of 50,000 readings holds its connection ~120-185 ms, a chunk of
-    350,000 up to 0.7 s): it is answered from the parts committed before it began. Reads share their one
-    connection, in turn; writes (inserts, DDL, INSERT ... SELECT) share the other.
+    350,000 up to 0.7 s): it is answered from the parts committed before it began. Reads take any free one
+    of READ_CONNECTIONS (a slow Aggregate does not hold up a GetDevice); writes (inserts, DDL,
+    INSERT ... SELECT) share the write connection, in turn.
     """
 
     def __init__(self, dsn: str, database: str = "iotstream", cluster: str | None = None):
@@ -90,8 +96,11 @@ class Backend:
         self.embedded = dsn.startswith("chdb://")
         settings = CLUSTER_SETTINGS if cluster else None
         self._client = self._call(clickhouse_connect.get_client, dsn=dsn, settings=settings)
-        # A server answers concurrent requests on one client (a pool of HTTP connections).
-        self._reads = self._call(clickhouse_connect.get_client, dsn=dsn) if self.embedded else self._client
+        # Embedded: the free read connections. A server answers concurrent requests on one client (a pool of
+        # HTTP connections).
+        self._reads: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(READ_CONNECTIONS if self.embedded else 0):
+            self._reads.put(self._call(clickhouse_connect.get_client, dsn=dsn))
         on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
         self.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
 
@@ -99,7 +108,12 @@ class Backend:
         self._call(self._client.command, sql, parameters=_bindable(params))
 
     def query(self, sql: str, params: dict | None = None) -> pa.Table:
-        return self._call(self._reads.query_arrow, sql, parameters=_bindable(params))
+        client = self._reads.get() if self.embedded else self._client
+        try:
+            return self._call(client.query_arrow, sql, parameters=_bindable(params))
+        finally:
+            if self.embedded:
+                self._reads.put(client)
 
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
         if token is not None and not _TOKEN.fullmatch(
@@ -113,8 +127,8 @@ class Backend:
         self._call(self._client.insert_arrow, name, data, database=database or None, settings=settings)
 
     def close(self) -> None:
-        if self._reads is not self._client:
-            self._reads.close()
+        while not self._reads.empty():
+            self._reads.get().close()
         self._client.close()
 
     def _call(self, fn, *args, **kwargs):

@@ -231,7 +231,8 @@ def test_appends_and_the_processors_writes_never_meet_inside_sqlite(tmp_path, mo
         return db
 
     monkeypatch.setattr(local, "_connect", no_busy_wait)
-    log = local.LocalLog(str(tmp_path / "log.sqlite"), unavailable_after_s=0)  # a failed commit fails its group
+    # unavailable_after_s=0: a commit that meets a lock fails its group at once
+    log = local.LocalLog(str(tmp_path / "log.sqlite"), unavailable_after_s=0)
     stop, failures, writes = threading.Event(), [], [0]
 
     def processor():

@@ -69,9 +69,7 @@ def test_parameters_never_cross_between_the_connections(store):
     writes = store.backend._client  # the write connection, asked directly beside the read one
     threads = [
         threading.Thread(target=ask, args=("read", store.backend.query)),
-        threading.Thread(
-            target=ask, args=("write", lambda sql, p: writes.query_arrow(sql, parameters=p))
-        ),
+        threading.Thread(target=ask, args=("write", lambda sql, p: writes.query_arrow(sql, parameters=p))),
         threading.Thread(target=store.insert_readings, args=(chunk(200_000, "beside"), "beside-1")),
     ]
     for t in threads:

@@ -254,8 +254,9 @@ class QueryLoad:
 
 def rate_between(samples: list[tuple[float, int, int]], t0: float, t1: float) -> tuple[float | None, int]:
     """Readings/s stored between the first and last samples taken in [t0, t1]: their counts' growth over the
-    time between the stores each counted last (interpolation-free)."""
-    inside = [s for s in samples if t0 <= s[0] <= t1]
+    time between the stores each counted last (interpolation-free); samples from before the first store
+    (no `last_stored_ms` yet) do not count."""
+    inside = [s for s in samples if t0 <= s[0] <= t1 and s[2] > 0]
     if len(inside) < 2 or inside[-1][2] <= inside[0][2]:
         return None, 0
     (_, a_n, a_ms), (_, b_n, b_ms) = inside[0], inside[-1]

@@ -8,7 +8,9 @@ bench/loadgen.py in another (devices on long-lived Ingest/Stream calls, batches 
 closed loop, or open loop at --rate). Meanwhile this process:
 
 - samples the readings stored (Query/GetStats every second); `readings_per_s` is the growth of that count
-  over the measured interval, i.e. counted where rows became queryable, not where they were acked;
+  over the measured interval, i.e. counted where rows became queryable, not where they were acked, divided
+  by the time between the stores the two samples saw last (GetStats' `last_stored_ms`; its stored figures
+  may be up to 1 s old under load, and each sample's count and time come from one statement);
 - sends a marker reading every --marker-every seconds (Ingest/Send, its own device, a unique time) and
   polls Query/GetHistory for it every --poll-ms; `queryable_p50_ms`/`queryable_p99_ms` are send-to-visible;
 - measures CPU seconds per component: the server process (and its threads grouped by OS thread name, e.g.
@@ -95,7 +97,7 @@ class Probe:
             give_up_s,
         )
         self.queries = queries  # QueryLoad or None
-        self.samples: list[tuple[float, int]] = []  # (perf_counter, readings stored)
+        self.samples: list[tuple[float, int, int]] = []  # (perf_counter, readings stored, last_stored_ms)
         self.markers: list[dict] = []
         self.waiting: dict[int, dict] = {}  # seq -> marker record, acked and not yet visible
         self.poll_errors = 0
@@ -138,7 +140,7 @@ class Probe:
         while True:
             try:
                 stats = await self.query.GetStats(qpb.GetStatsRequest(), timeout=10)
-                self.samples.append((time.perf_counter(), stats.readings))
+                self.samples.append((time.perf_counter(), stats.readings, stats.last_stored_ms))
             except Exception:
                 self.poll_errors += 1
             await asyncio.sleep(1.0)
@@ -250,13 +252,15 @@ class QueryLoad:
         return out
 
 
-def rate_between(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float | None, int]:
-    """Readings/s stored between the samples nearest to t0 and t1 (interpolation-free: sample times)."""
-    inside = [s for s in samples if t0 <= s[0] <= t1]
-    if len(inside) < 2:
+def rate_between(samples: list[tuple[float, int, int]], t0: float, t1: float) -> tuple[float | None, int]:
+    """Readings/s stored between the first and last samples taken in [t0, t1]: their counts' growth over the
+    time between the stores each counted last (interpolation-free); samples from before the first store
+    (no `last_stored_ms` yet) do not count."""
+    inside = [s for s in samples if t0 <= s[0] <= t1 and s[2] > 0]
+    if len(inside) < 2 or inside[-1][2] <= inside[0][2]:
         return None, 0
-    (a_t, a_n), (b_t, b_n) = inside[0], inside[-1]
-    return (b_n - a_n) / (b_t - a_t), b_n - a_n
+    (_, a_n, a_ms), (_, b_n, b_ms) = inside[0], inside[-1]
+    return (b_n - a_n) / ((b_ms - a_ms) / 1000), b_n - a_n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,11 @@ transaction and commits (SQLite fsyncs the WAL before COMMIT returns), then reso
 only then does ingest send their Acks. Under load the batches that arrive during one fsync share the next;
 an idle single batch is committed at once, never held back for company.
 
+The processor's writes (intents, snapshots, dead letters) and the appends take turns on one lock of this
+process (`_writing`) rather than meeting in SQLite's: SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20 ...
+ms between tries, so an append that found the processor's intent being fsynced waited 10-70 ms more than
+the fsync itself (measured under `bench.e2e --rate 143000`: 45 of 3,033 group commits; docs/benchmarks.md).
+
 Bounded: the rows not yet truncated plus those waiting for the writer may hold at most `max_bytes` of
 payload. At the cap, or while the disk is full, `put` waits (so ingest stops reading its streams and gRPC
 flow control slows the device) and after `unavailable_after_s` raises QueueUnavailable; nothing acked is
@@ -104,6 +109,7 @@ class LocalLog:
         self.path, self.max_bytes, self.unavailable_after_s = path, max_bytes, unavailable_after_s
         self.on_commit = on_commit  # test hook: called with the last durable offset after each commit
         self.on_death = on_death  # the writer thread died (a bug): the node must say so
+        self._writing = threading.Lock()  # one SQLite writer at a time, handed over without busy sleeps
         self._w = _connect(path)
         self._w.executescript("""
             CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY AUTOINCREMENT, readings INTEGER NOT
@@ -196,19 +202,10 @@ class LocalLog:
         delay = 0.05
         while True:
             try:
-                self._w.execute("BEGIN IMMEDIATE")
-                for item in group:
-                    item.offset = int(
-                        self._w.execute(
-                            "INSERT INTO log (readings, payload) VALUES (?, ?)", (item.readings, item.payload)
-                        ).lastrowid
-                        or 0
-                    )
-                self._w.execute("COMMIT")
+                with self._writing:
+                    self._append(group)
                 break
             except sqlite3.OperationalError as exc:
-                if self._w.in_transaction:
-                    self._w.execute("ROLLBACK")
                 if time.monotonic() > give_up:
                     log.error(
                         "local log: %d batches not written (%s); the devices get UNAVAILABLE", len(group), exc
@@ -229,6 +226,22 @@ class LocalLog:
         self._settle(group, None)
         with self._cv:
             self._cv.notify_all()  # wakes a processor waiting in `read`
+
+    def _append(self, group: list[_Append]) -> None:
+        try:
+            self._w.execute("BEGIN IMMEDIATE")
+            for item in group:
+                item.offset = int(
+                    self._w.execute(
+                        "INSERT INTO log (readings, payload) VALUES (?, ?)", (item.readings, item.payload)
+                    ).lastrowid
+                    or 0
+                )
+            self._w.execute("COMMIT")
+        except sqlite3.OperationalError:
+            if self._w.in_transaction:
+                self._w.execute("ROLLBACK")
+            raise
 
     def _settle(self, group: list[_Append], exc: Exception | None) -> None:
         def resolve():
@@ -328,29 +341,32 @@ class LocalLog:
         ]
         prefix = f"{partition}/snapshot"
         db = self._r
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            (freed,) = db.execute(
-                "SELECT COALESCE(SUM(length(payload)), 0) FROM log WHERE offset < ?", (next_offset,)
-            ).fetchone()
-            db.execute("DELETE FROM state WHERE key LIKE ?", (prefix + "/%",))
-            db.executemany(
-                "INSERT INTO state VALUES (?, ?)", [(f"{prefix}/{i:06d}", c) for i, c in enumerate(chunks)]
-            )
-            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (prefix, str(next_offset).encode()))
-            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (f"{partition}/intents", b"[]"))
-            db.execute("DELETE FROM log WHERE offset < ?", (next_offset,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self._writing:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (freed,) = db.execute(
+                    "SELECT COALESCE(SUM(length(payload)), 0) FROM log WHERE offset < ?", (next_offset,)
+                ).fetchone()
+                db.execute("DELETE FROM state WHERE key LIKE ?", (prefix + "/%",))
+                db.executemany(
+                    "INSERT INTO state VALUES (?, ?)",
+                    [(f"{prefix}/{i:06d}", c) for i, c in enumerate(chunks)],
+                )
+                db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (prefix, str(next_offset).encode()))
+                db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (f"{partition}/intents", b"[]"))
+                db.execute("DELETE FROM log WHERE offset < ?", (next_offset,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         with self._cv:
             self.bytes -= freed
         self._wake_putters()
 
     def save_intents(self, partition: int, intents: bytes) -> None:
-        self._r.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (f"{partition}/intents", intents))
+        with self._writing:
+            self._r.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (f"{partition}/intents", intents))
 
     def load_state(self, partition: int) -> tuple[bytes | None, int, bytes | None]:
         """(snapshot bytes or None, the offset it covers or -1, the intents as saved or None)."""
@@ -364,7 +380,8 @@ class LocalLog:
         return b"".join(rows[k] for k in sorted(rows)), int(offset), intents
 
     def dead_letter(self, offset: int, reason: str, payload: bytes) -> None:
-        self._r.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?)", (offset, reason, payload))
+        with self._writing:
+            self._r.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?)", (offset, reason, payload))
 
 
 def open_log(data_dir: str, database: str, **kw) -> LocalLog:

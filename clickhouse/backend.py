@@ -7,9 +7,8 @@ results as Arrow tables, so Store's SQL runs unchanged on either.
 from __future__ import annotations
 
 import os
+import queue
 import re
-import threading
-from contextlib import contextmanager, nullcontext
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 import pyarrow as pa
@@ -55,6 +54,10 @@ class StorageError(RuntimeError):
         self.transient = self.code in TRANSIENT_CODES if transient is None else transient
 
 
+# Embedded: connections for reads, beside the one for writes (see Backend). Queries that come at once beyond
+# this many wait for a free one; the Query service runs at most the default thread pool's workers at once.
+READ_CONNECTIONS = 4
+
 # Settings for a cluster: rows of a device live on one shard (Distributed by device_id), so joins and IN
 # subqueries over distributed tables can run shard-locally; inserts reach the shards before they return,
 # so an acknowledged write is stored and its deduplication token applies there.
@@ -62,47 +65,9 @@ CLUSTER_SETTINGS = {"distributed_product_mode": "local", "distributed_foreground
 
 
 # Every insert: the materialized views fed by the table (device_metrics and the three rollups) run in
-# parallel threads rather than one after another. An insert into readings then holds the embedded engine,
-# which every query waits for, about half as long for the same CPU (measured: 50,000 readings, median
-# 254-373 -> 121-185 ms; see docs/benchmarks.md).
+# parallel threads rather than one after another, so an insert into readings takes about half as long for
+# the same CPU (measured: 50,000 readings, median 254-373 -> 121-185 ms; see docs/benchmarks.md).
 INSERT_SETTINGS = {"parallel_view_processing": 1}
-
-
-class ReadsFirst:
-    """Order of statements on the embedded engine, which runs one statement at a time (one lock per chDB
-    connection, shared by every client of the process): a write (an insert, or a command: DDL, INSERT ...
-    SELECT) waits until the reads that came before it have run. A plain lock lets the thread that just
-    released it take it again first, and the processor writes readings, anomalies and episodes back to
-    back, so a query could wait for several writes; now it waits for at most the statement in progress
-    and those queued before it. Reads that come after a write wait for it, so a stream of queries cannot
-    stall ingestion."""
-
-    def __init__(self):
-        self._next = 0  # ticket of the next read
-        self._pending: set[int] = set()  # tickets of reads not finished yet
-        self._changed = threading.Condition()
-
-    @contextmanager
-    def read(self):
-        with self._changed:
-            ticket = self._next
-            self._next += 1
-            self._pending.add(ticket)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._pending.discard(ticket)
-                self._changed.notify_all()
-
-    def before_write(self) -> None:
-        with self._changed:
-            ahead = self._next
-            self._changed.wait_for(lambda: not self._pending or min(self._pending) >= ahead)
-
-
-_GATES: dict[str, ReadsFirst] = {}  # chDB data folder -> its gate (one engine per folder and process)
-_GATES_LOCK = threading.Lock()
 
 
 class Backend:
@@ -112,6 +77,13 @@ class Backend:
       for which Store.migrate creates the Replicated/Distributed schema (clickhouse.cluster);
     - the embedded engine, `chdb://DATA_DIR` (chDB registers itself as a clickhouse-connect transport;
       one data folder per process, shared by every client of the process).
+
+    Embedded, reads run on chDB connections of their own. Statements on one connection run one at a time
+    (its lock), but the engine runs statements of different connections side by side, so a query no longer
+    waits for the insert in progress (one of 50,000 readings holds its connection ~120-185 ms, a chunk of
+    350,000 up to 0.7 s): it is answered from the parts committed before it began. Reads take any free one
+    of READ_CONNECTIONS (a slow Aggregate does not hold up a GetDevice); writes (inserts, DDL,
+    INSERT ... SELECT) share the write connection, in turn.
     """
 
     def __init__(self, dsn: str, database: str = "iotstream", cluster: str | None = None):
@@ -123,22 +95,25 @@ class Backend:
         self.cluster = cluster
         self.embedded = dsn.startswith("chdb://")
         settings = CLUSTER_SETTINGS if cluster else None
-        self.gate: ReadsFirst | None = None  # embedded only: a server runs statements concurrently
-        if self.embedded:
-            with _GATES_LOCK:
-                self.gate = _GATES.setdefault(dsn, ReadsFirst())
         self._client = self._call(clickhouse_connect.get_client, dsn=dsn, settings=settings)
+        # Embedded: the free read connections. A server answers concurrent requests on one client (a pool of
+        # HTTP connections).
+        self._reads: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(READ_CONNECTIONS if self.embedded else 0):
+            self._reads.put(self._call(clickhouse_connect.get_client, dsn=dsn))
         on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
         self.command(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
 
     def command(self, sql: str, params: dict | None = None) -> None:
-        if self.gate:  # DDL and INSERT ... SELECT (episodes): writes, after the reads queued before them
-            self.gate.before_write()
         self._call(self._client.command, sql, parameters=_bindable(params))
 
     def query(self, sql: str, params: dict | None = None) -> pa.Table:
-        with self.gate.read() if self.gate else nullcontext():
-            return self._call(self._client.query_arrow, sql, parameters=_bindable(params))
+        client = self._reads.get() if self.embedded else self._client
+        try:
+            return self._call(client.query_arrow, sql, parameters=_bindable(params))
+        finally:
+            if self.embedded:
+                self._reads.put(client)
 
     def insert(self, table: str, data: pa.Table, token: str | None = None) -> None:
         if token is not None and not _TOKEN.fullmatch(
@@ -149,11 +124,11 @@ class Backend:
         if token:
             settings["insert_deduplication_token"] = token
         database, _, name = table.rpartition(".")
-        if self.gate:
-            self.gate.before_write()
         self._call(self._client.insert_arrow, name, data, database=database or None, settings=settings)
 
     def close(self) -> None:
+        while not self._reads.empty():
+            self._reads.get().close()
         self._client.close()
 
     def _call(self, fn, *args, **kwargs):
@@ -162,20 +137,21 @@ class Backend:
         try:
             return fn(*args, **kwargs)
         except OperationalError as exc:  # the server could not be reached or answered garbage
-            self._flush()
+            self._flush(fn)
             raise StorageError(
                 str(exc), transient=True if getattr(exc, "code", None) is None else None
             ) from exc
         except (Error, RuntimeError) as exc:  # the chDB transport lets the engine's RuntimeError through
-            self._flush()
+            self._flush(fn)
             raise StorageError(str(exc)) from exc
 
-    def _flush(self) -> None:
+    def _flush(self, failed) -> None:
         """chDB: a query that fails mid-output (a read or time limit) leaves output behind that the next
-        query on the client would read as its own; a throw-away query takes it."""
-        if self.embedded:
+        query on the client would read as its own; a throw-away query on that client takes it."""
+        client = getattr(failed, "__self__", None)  # the client whose method failed (not get_client)
+        if self.embedded and client is not None:
             try:
-                self._client.command("SELECT 1")
+                client.command("SELECT 1")
             except Exception:  # noqa: BLE001 - what it returns or raises is the leftover, not news
                 pass
 

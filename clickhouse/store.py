@@ -25,6 +25,7 @@ class Store(Schema, Reads, Episodes):
     def _insert(self, table: str, data: pa.Table, token: str | None) -> None:
         started = time.perf_counter()
         self.backend.insert(f"{self.db}.{table}", data, token)
+        self.written_at = time.monotonic()
         if self.on_insert is not None:
             self.on_insert(table, time.perf_counter() - started, data)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import string
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,6 +75,7 @@ class Tables:
         # Episode rows are versioned by write time; one writer at a time in this process keeps versions in
         # commit order, which WatchAnomalies relies on.
         self._episode_lock = threading.Lock()
+        self.written_at = -math.inf  # monotonic end of this process's last write (GetStats' shared figures)
 
     def _sql(self, text: str) -> str:
         # Table names are qualified with the database ($db): sessions of one chDB engine share `USE`.
@@ -87,3 +90,4 @@ class Tables:
 
     def _command(self, sql: str, params: dict | None = None) -> None:
         self.backend.command(self._sql(sql), params)
+        self.written_at = time.monotonic()

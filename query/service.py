@@ -13,7 +13,10 @@ Guardrails (QueryLimits; each refusal counted in GetStats' `rejected` map under 
   idle stream costs no query: it wakes when this process writes an episode (EpisodeSignal; at most once per
   WATCH_MIN_LOOK_S), when the next episode it saw open closes, or, where another process writes the
   episodes (a query node apart from its processors, or a shared ClickHouse server), every `watch_poll_s`;
-* with auth on, a WatchAnomalies stream whose token is revoked ends UNAUTHENTICATED [REVOKED_CALLS].
+* with auth on, a WatchAnomalies stream whose token is revoked ends UNAUTHENTICATED [REVOKED_CALLS];
+* GetStats' stored figures are computed once for all callers: at most `stats_max_age_s` old (1 s) while
+  acked readings wait to be stored, and fresh after every write of this process once none wait (the live
+  ingest figures are read per call).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from iotstream.clickhouse.store import ReadCap
 from iotstream.v1 import query_pb2 as pb
 from iotstream.v1 import query_pb2_grpc as pb_grpc
 
+from .shared import Shared
 from .wakeup import EpisodeSignal
 
 DEFAULT_SILENCE_MS = 5 * 60_000
@@ -55,6 +59,9 @@ class QueryLimits:
     max_rows_read: int = 200_000_000  # rows one Aggregate or GetHistory query may read
     max_watches: int = 100  # WatchAnomalies streams open at once on this node
     watch_poll_s: float = 1.0  # how often a stream looks for episodes written by another process
+    # GetStats' stored figures (counts, devices, table sizes) are shared by its callers and at most this old
+    # (query.shared.Shared); 0: one statement per call.
+    stats_max_age_s: float = 1.0
 
 
 class InvalidArgument(ValueError):
@@ -260,6 +267,9 @@ class QueryService(pb_grpc.QueryServicer):
         self.episodes_written = episodes_written
         self.refused: collections.Counter[str] = collections.Counter()
         self.watches = 0
+        self.stored_stats = Shared(
+            lambda: asyncio.to_thread(self._stored_stats), self.limits.stats_max_age_s, self._stats_valid
+        )
 
     def remaining_s(self, context) -> float:
         deadline = _DEADLINE.get()
@@ -548,8 +558,11 @@ class QueryService(pb_grpc.QueryServicer):
 
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.Stats:
         async def build():
-            now = now_ms()
-            stats = pb.Stats(**await self._run(context, self.store.stats, now - self.silence_ms, now))
+            try:
+                stored = await asyncio.wait_for(self.stored_stats.get(), self.remaining_s(context))
+            except TimeoutError:
+                raise self._deadline_passed(context) from None
+            stats = pb.Stats(**stored)
             if self.stats_source is not None:  # this node's ingest and processor, if it runs them
                 live = self.stats_source()
                 stats.readings_per_s = live.get("readings_per_s", 0.0)
@@ -562,6 +575,16 @@ class QueryService(pb_grpc.QueryServicer):
             return stats
 
         return await self._call(context, build)
+
+    def _stats_valid(self, began: float) -> bool:
+        """Figures are shared while acked readings wait to be stored (they move anyway) or while this process
+        has written nothing since they were computed; at rest, a write makes the next call compute anew."""
+        waiting = self.stats_source is not None and self.stats_source().get("queue_readings", 0) > 0
+        return waiting or began >= self.store.written_at
+
+    def _stored_stats(self) -> dict:
+        now = now_ms()
+        return self.store.stats(now - self.silence_ms, now)
 
     def _status(self, last_stored_ms: int) -> int:
         return pb.ONLINE if last_stored_ms >= now_ms() - self.silence_ms else pb.OFFLINE

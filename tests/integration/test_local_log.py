@@ -4,6 +4,7 @@ pushes back and then answers UNAVAILABLE, and storage faults are retried or repo
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from iotstream.bus import local
 from iotstream.clickhouse import StorageError
 from iotstream.client.simulate import batches, device_signal
 from iotstream.node import Config
@@ -215,3 +217,45 @@ def test_stop_ends_a_storage_retry_and_the_next_start_stores_the_batch(chdb_dir)
         assert stored(again) == (100, 100)
     finally:
         again.stop()
+
+
+def test_appends_and_the_processors_writes_never_meet_inside_sqlite(tmp_path, monkeypatch):
+    """With SQLite's busy wait off, an append that met a processor write inside SQLite would fail at once
+    ("database is locked"); they take turns on the log's own lock instead, so no append and no intent or
+    snapshot fails (and under load none sleeps in SQLite's busy handler)."""
+    connect = local._connect
+
+    def no_busy_wait(path):
+        db = connect(path)
+        db.execute("PRAGMA busy_timeout = 0")
+        return db
+
+    monkeypatch.setattr(local, "_connect", no_busy_wait)
+    # unavailable_after_s=0: a commit that meets a lock fails its group at once
+    log = local.LocalLog(str(tmp_path / "log.sqlite"), unavailable_after_s=0)
+    stop, failures, writes = threading.Event(), [], [0]
+
+    def processor():
+        while not stop.is_set():
+            writes[0] += 1
+            try:
+                log.save_intents(0, json.dumps([[writes[0], writes[0]]]).encode())
+                if writes[0] % 10 == 0:
+                    log.save_snapshot(0, log.durable_offset // 2 + 1, b"s" * 100_000)
+            except sqlite3.OperationalError as exc:
+                failures.append(exc)
+
+    async def appends():
+        for _ in range(20):
+            done = [await log.put(b"p" * 2000, 1) for _ in range(8)]
+            await asyncio.gather(*done)  # raises QueueUnavailable if a commit failed
+
+    thread = threading.Thread(target=processor)
+    thread.start()
+    try:
+        asyncio.run(appends())
+    finally:
+        stop.set()
+        thread.join()
+        log.close()
+    assert failures == [] and writes[0] > 10

@@ -6,7 +6,7 @@ import time
 
 import pyarrow as pa
 
-from iotstream.query.service import QueryService
+from iotstream.query.service import QueryLimits, QueryService
 from iotstream.v1 import ingest_pb2 as ipb
 from iotstream.v1 import query_pb2 as qpb
 
@@ -85,3 +85,65 @@ def test_live_figures_come_from_the_stats_source(server):
         )
     )  # a source that knows less (a query-only node): zeros, no error
     assert (bare.readings_per_s, bare.queue_lag_ms, bare.consumer_lag, dict(bare.rejected)) == (1.0, 0, 0, {})
+
+
+def one_reading(store, device: str, token: str) -> None:
+    store.insert_readings(
+        pa.table(
+            {
+                "device_id": [device],
+                "metric": ["temp"],
+                "time": pa.array([now_ms()], pa.timestamp("ms", tz="UTC")),
+                "value": [1.0],
+            }
+        ),
+        token=token,
+    )
+
+
+class Counted:
+    """The store, counting GetStats' statements."""
+
+    def __init__(self, store):
+        self.store, self.statements = store, 0
+
+    def stats(self, *args):
+        self.statements += 1
+        return self.store.stats(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_shared_stats_are_never_older_than_their_bound(server):
+    """While readings wait to be stored, callers share the figures, and each answer counts every reading
+    stored more than `stats_max_age_s` before the call (the oracle: when each insert returned)."""
+    max_age = 0.4
+    store = Counted(server.server.store)
+    service = QueryService(store, lambda: {"queue_readings": 1}, limits=QueryLimits(stats_max_age_s=max_age))
+    base = asyncio.run(service.GetStats(qpb.GetStatsRequest(), Context())).readings
+    stored_at: list[float] = []  # monotonic time each insert returned
+    answers: list[tuple[float, int]] = []  # (monotonic time of the call, readings in its answer)
+
+    async def calls():
+        for i in range(40):
+            one_reading(store.store, "shared", f"shared-{i}")
+            stored_at.append(time.monotonic())
+            for _ in range(3):
+                called = time.monotonic()
+                answers.append((called, (await service.GetStats(qpb.GetStatsRequest(), Context())).readings))
+            await asyncio.sleep(0.02)  # paces the load (not synchronisation): ~2 s of calls, 5 bounds
+
+    asyncio.run(calls())
+    for called, readings in answers:
+        surely = sum(1 for t in stored_at if t < called - max_age)
+        assert readings - base >= surely, (called, readings, surely)
+    assert store.statements < len(answers) / 2  # shared: far fewer statements than calls
+    assert any(readings - base < sum(1 for t in stored_at if t < called) for called, readings in answers)
+
+
+def test_stats_at_rest_count_every_write_at_once(server):
+    service = QueryService(server.server.store, lambda: {"queue_readings": 0}, limits=QueryLimits())
+    first = asyncio.run(service.GetStats(qpb.GetStatsRequest(), Context())).readings
+    one_reading(server.server.store, "rest", "rest-1")
+    assert asyncio.run(service.GetStats(qpb.GetStatsRequest(), Context())).readings == first + 1

@@ -1,4 +1,4 @@
-"""Kernel micro-benchmark: rolling statistics + all detectors, Cython vs pure-Python twin vs numpy.
+"""Kernel micro-benchmark: rolling statistics + all detectors, compiled vs uncompiled (one source) vs numpy.
 
     python -m iotstream.bench.kernels --json          # one JSON object on stdout
     python -m iotstream.bench.kernels                 # the same figures as a table
@@ -7,13 +7,12 @@ Every figure is updates (readings) per CPU second of the measuring thread (``tim
 machine is shared, and wall-clock figures would measure the neighbours; ``wall`` gives those too),
 single-threaded, with every detector on (z, robust z, static limits, rate of change, stuck by count and
 time, change at onset) and a time window, count window 100, in steady state: the windows and the change
-detector are warm before timing. ``numpy`` is the vectorised way one would write the
-same statistics without a kernel: readings are taken in rounds of at most one per key, and each round
-gathers the keys' windows and reduces them with nanmean/nanvar/nanmedian/nanmin/nanmax, a masked time-
-window mean and variance, and (as a stand-in of similar cost for the change detector) the relative
-entropy of the window's bin counts against a decayed histogram. The twin and numpy are measured for a fixed
-time budget and extrapolated. Nothing here asserts
-a speed.
+detector are warm before timing. ``python`` is ``ext/rolling.py`` run uncompiled. ``numpy`` is the
+vectorised way one would write the same statistics without a kernel: readings are taken in rounds of at
+most one per key, and each round gathers the keys' windows and reduces them with nanmean/nanvar/nanmedian/
+nanmin/nanmax, a masked time-window mean and variance, and (as a stand-in of similar cost for the change
+detector) the relative entropy of the window's bin counts against a decayed histogram. The uncompiled
+source and numpy are measured for a fixed time budget and extrapolated. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -27,12 +26,10 @@ import time
 
 import numpy as np
 
-from iotstream.ext import rolling_py
+from iotstream.ext import load_pure, rolling
 
-try:
-    from iotstream.ext import _rolling
-except ImportError:
-    _rolling = None
+compiled = rolling if rolling.COMPILED else None
+pure = load_pure()
 
 WINDOW = 100
 DETECTORS = {
@@ -156,13 +153,13 @@ def run(quick: bool) -> dict:
     by_keys, wall = {}, {}
     for keys in (1_000, 100_000):
         row = {}
-        if _rolling is not None:
+        if compiled is not None:
             n = 2_000_000 if quick else 10_000_000
-            row["cython"] = bench_kernel(_rolling, keys, n, 1 << 16, budget, warm=True)
+            row["cython"] = bench_kernel(compiled, keys, n, 1 << 16, budget, warm=True)
         else:
             row["cython"] = (None, None)
-        # the twin is ~100x slower: warm windows only where that stays within seconds
-        row["python"] = bench_kernel(rolling_py, keys, 200_000, 4096, budget / 2, warm=keys <= 1_000)
+        # uncompiled it is ~100x slower: warm windows only where that stays within seconds
+        row["python"] = bench_kernel(pure, keys, 200_000, 4096, budget / 2, warm=keys <= 1_000)
         row["numpy"] = bench_numpy(keys, budget)
         by_keys[str(keys)] = {f"{k}_updates_per_s": (round(v[0]) if v[0] else None) for k, v in row.items()}
         wall[str(keys)] = {f"{k}_updates_per_s": (round(v[1]) if v[1] else None) for k, v in row.items()}

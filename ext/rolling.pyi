@@ -1,8 +1,9 @@
-"""Type stub for the compiled kernels (``_rolling.pyx``); ``rolling_py`` has the same signatures."""
+"""Types of ``rolling.py``'s public face (the source is typed for Cython, not for mypy)."""
 
 import numpy as np
 import numpy.typing as npt
 
+COMPILED: bool
 FLAG_ZSCORE: int
 
 class RollingStats:

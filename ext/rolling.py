@@ -108,81 +108,54 @@ __all__ = ["COMPILED", "FLAG_ZSCORE", "RollingStats"]
 COMPILED = cython.compiled
 
 # ----------------------------------------------------------------------
-# State layout: the columns are the field lists of _common, each index is found there by name.
+# State layout and integer constants. The columns are _common's field lists, each index found there by
+# name; compiled, the names are the C enum of iotstream.ext.rolling.pxd (folded into addresses by the C
+# compiler) and must equal these values.
 
-NF = cython.declare(cython.Py_ssize_t, len(FLOAT_FIELDS))
-NI = cython.declare(cython.Py_ssize_t, len(INT_FIELDS))
-NP = cython.declare(cython.Py_ssize_t, len(PARAM_FIELDS))
-F_SHIFT = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("shift"))
-F_PREV = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("prev"))  # last real value added
-F_RPREV = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("rprev"))  # last in-order one (rate)
-F_EWM_MEAN = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("ewm_mean"))
-F_EWM_VAR = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("ewm_var"))
-F_TSHIFT = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("tshift"))
-F_RES = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("res"))  # learned resolution (0 = none yet)
-F_LEVEL = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("level"))  # predictor of the next reading
-F_RMEAN = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("rmean"))  # EW mean, variance and lag-1
-F_RVAR = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("rvar"))  # covariance of the residuals
-F_RCOV = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("rcov"))
-F_DPREV = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("dprev"))  # the previous residual
-F_CUP = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("cup"))  # the two one-sided CUSUMs
-F_CDOWN = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("cdown"))
-F_CAL0 = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("cal0"))  # CAL_LEVELS shares from here
-F_SM = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("sm"))  # time-of-day residual, smoothed
-F_SV = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("sv"))  # ... its variance around F_SMEAN
-F_SARM = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("sarm"))  # armed (1) or fired (0)
-F_SMEAN = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("smean"))  # ... its slow mean
-F_PROF0 = cython.declare(cython.Py_ssize_t, FLOAT_FIELDS.index("prof0"))  # SEASON_BUCKETS values from here
-I_POS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("pos"))  # next ring position to write
-I_NFILL = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("nfill"))  # ring positions in use
-I_NOBS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("nobs"))  # real values in the window
-I_NSAME = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("nsame"))  # run of identical values
-I_LAST_TS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("last_ts"))  # newest timestamp seen
-I_PREV_TS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("prev_ts"))  # timestamp of F_RPREV
-I_RUN_TS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("run_ts"))  # start of the identical run
-I_EWM_N = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("ewm_n"))  # real values seen
-I_TNOBS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("tnobs"))
-I_TN = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("tn"))  # newest ring positions in the time window
-I_CN = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("cn"))  # readings the change detector has seen
-I_NUP = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("nup"))  # steps up and down (the counter test)
-I_NDOWN = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("ndown"))
-I_FIRST_TS = cython.declare(cython.Py_ssize_t, INT_FIELDS.index("first_ts"))  # first real reading
-P_ZTHR = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("z_threshold"))
-P_RTHR = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("robust_threshold"))
-P_LO = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("lo"))
-P_HI = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("hi"))
-P_MAX_RATE = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("max_rate"))
-P_STUCK_N = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("stuck_count"))
-P_STUCK_MS = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("stuck_ms"))
-P_SILENCE_MS = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("silence_ms"))
-P_STHR = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("shift_threshold"))
-P_TWIN = cython.declare(cython.Py_ssize_t, PARAM_FIELDS.index("time_window_ms"))
+_F, _I, _P = ({k: j for j, k in enumerate(x)} for x in (FLOAT_FIELDS, INT_FIELDS, PARAM_FIELDS))
 # A Welford block (the count window's from F_SHIFT / I_NOBS, the time window's from F_TSHIFT / I_TNOBS):
 # K, the values are stored relative to it (1e12 + tiny noise stays exact); mean of (x - K) and its Kahan
 # compensation; sum of squared differences from the mean and its compensation; sum of |updates| to it
 # since the last recompute (the scale of its rounding error); last real value. Counters: values, run.
 BLOCK = ["shift", "mean", "cmean", "ssqdm", "cssq", "sabs", "prev"]
+_LAYOUT = (
+    len(FLOAT_FIELDS), len(INT_FIELDS), len(PARAM_FIELDS), _F["shift"], _F["prev"], _F["rprev"],
+    _F["ewm_mean"], _F["ewm_var"], _F["tshift"], _F["res"], _F["level"], _F["rmean"], _F["rvar"], _F["rcov"],
+    _F["dprev"], _F["cup"], _F["cdown"], _F["cal0"], _F["sm"], _F["sv"], _F["sarm"], _F["smean"], _F["prof0"],
+    _I["pos"], _I["nfill"], _I["nobs"], _I["nsame"], _I["last_ts"], _I["prev_ts"], _I["run_ts"], _I["ewm_n"],
+    _I["tnobs"], _I["tn"], _I["cn"], _I["nup"], _I["ndown"], _I["first_ts"], _P["z_threshold"],
+    _P["robust_threshold"], _P["lo"], _P["hi"], _P["max_rate"], _P["stuck_count"], _P["stuck_ms"],
+    _P["silence_ms"], _P["shift_threshold"], _P["time_window_ms"], BLOCK.index("mean"), BLOCK.index("cmean"),
+    BLOCK.index("ssqdm"), BLOCK.index("cssq"), BLOCK.index("sabs"), BLOCK.index("prev"), 1, FLAG_ZSCORE,
+    FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT, FLAG_LATE, ANOMALY_FLAGS, 16, 8,
+    int(1.0 / RVAR_ALPHA), int(1.0 / RCOV_ALPHA), COUNTER_UPS, COUNTER_RATIO, CAL_LEVELS, CAL_N, CAL_PRIOR,
+    SEASON_BUCKETS, DAY_MS, SEASON_MIN_MS,
+)
+if not cython.compiled:
+    (
+        NF, NI, NP, F_SHIFT, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR, F_TSHIFT, F_RES, F_LEVEL, F_RMEAN,
+        F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, I_POS, I_NFILL,
+        I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN,
+        I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
+        P_TWIN, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG, RATE_FLAG,
+        STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N, CTR_UPS,
+        CTR_RATIO, NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
+    ) = _LAYOUT
+if (
+    NF, NI, NP, F_SHIFT, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR, F_TSHIFT, F_RES, F_LEVEL, F_RMEAN, F_RVAR,
+    F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, I_POS, I_NFILL, I_NOBS,
+    I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN, I_FIRST_TS, P_ZTHR,
+    P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN, V_MEAN, V_CMEAN,
+    V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG,
+    SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N, CTR_UPS, CTR_RATIO, NCAL, CAL_NN, CAL_P,
+    NBUCKET, DAY, SEASON_MIN,
+) != _LAYOUT:
+    raise ImportError("iotstream.ext.rolling was compiled with other constants than _common's")
 _BLOCKS = [FLOAT_FIELDS[F_SHIFT : F_SHIFT + 7], FLOAT_FIELDS[F_TSHIFT : F_TSHIFT + 7]]
 _COUNTERS = [INT_FIELDS[I_NOBS : I_NOBS + 2], INT_FIELDS[I_TNOBS : I_TNOBS + 2]]
 if _BLOCKS != [BLOCK, ["t" + k for k in BLOCK]] or _COUNTERS != [["nobs", "nsame"], ["tnobs", "tnsame"]]:
     raise ImportError("iotstream.ext.rolling: the two Welford blocks of _common's fields differ in layout")
-V_MEAN = cython.declare(cython.Py_ssize_t, 1)
-V_CMEAN = cython.declare(cython.Py_ssize_t, 2)
-V_SSQDM = cython.declare(cython.Py_ssize_t, 3)
-V_CSSQ = cython.declare(cython.Py_ssize_t, 4)
-V_SABS = cython.declare(cython.Py_ssize_t, 5)
-V_PREV = cython.declare(cython.Py_ssize_t, 6)
-C_NSAME = cython.declare(cython.Py_ssize_t, 1)
-
 C_NEVER = cython.declare(cython.longlong, NEVER)
-Z_FLAG = cython.declare(cython.int, FLAG_ZSCORE)
-THRESHOLD_FLAG = cython.declare(cython.int, FLAG_THRESHOLD)
-RATE_FLAG = cython.declare(cython.int, FLAG_RATE)
-STUCK_FLAG = cython.declare(cython.int, FLAG_STUCK)
-ROBUST_FLAG = cython.declare(cython.int, FLAG_ROBUST)
-SHIFT_FLAG = cython.declare(cython.int, FLAG_SHIFT)
-LATE_FLAG = cython.declare(cython.int, FLAG_LATE)
-ANOMALY = cython.declare(cython.int, ANOMALY_FLAGS)
 
 # Recompute the window from the ring buffer when the accumulated rounding error of ssqdm may exceed
 # ~RECOMPUTE_RATIO * eps relative (pandas' InvCondTol idea), or when the mean drifted more than
@@ -197,27 +170,17 @@ DBL_MAX = cython.declare(cython.double, 1.7976931348623157e308)
 # Consistency constants of the robust scale for normal data: sigma = 1.4826 MAD = 1.2533 mean|x - median|.
 MAD_SCALE = cython.declare(cython.double, 1.4826)
 MEANAD_SCALE = cython.declare(cython.double, 1.2533)
-PF_FAR = cython.declare(cython.Py_ssize_t, 16)  # prefetch distances of update's loop, in readings
-PF_NEAR = cython.declare(cython.Py_ssize_t, 8)
-# the constants of _common as C doubles and integers (the very same values in both uses)
 LEVEL_TAU = cython.declare(cython.double, LEVEL_TAU_MS)
 LEVEL_AMAX = cython.declare(cython.double, LEVEL_ALPHA_MAX)
 RVAR_A = cython.declare(cython.double, RVAR_ALPHA)
-RVAR_N = cython.declare(cython.longlong, int(1.0 / RVAR_ALPHA))
 RMEAN_TAU = cython.declare(cython.double, RMEAN_TAU_MS)
 CLIP = cython.declare(cython.double, CLIP_SD)
 ALLOW = cython.declare(cython.double, ALLOWANCE)
 SD_SHARE = cython.declare(cython.double, WINDOW_SD_SHARE)
 RHO_MAX_C = cython.declare(cython.double, RHO_MAX)
 RCOV_A = cython.declare(cython.double, RCOV_ALPHA)
-RCOV_N = cython.declare(cython.longlong, int(1.0 / RCOV_ALPHA))
-CTR_UPS = cython.declare(cython.longlong, COUNTER_UPS)
-CTR_RATIO = cython.declare(cython.longlong, COUNTER_RATIO)
-NCAL = cython.declare(cython.Py_ssize_t, CAL_LEVELS)
 CAL_GAM = cython.declare(cython.double, CAL_GAMMA)
 CAL_L0 = cython.declare(cython.double, CAL_LEVEL0)
-CAL_NN = cython.declare(cython.longlong, CAL_N)
-CAL_P = cython.declare(cython.longlong, CAL_PRIOR)
 CAL_QMIN_C = cython.declare(cython.double, CAL_QMIN)
 CAL_ALPHA = cython.declare(cython.double, 1.0 / CAL_N)
 TIE = cython.declare(cython.double, TIE_WEIGHT)
@@ -225,13 +188,10 @@ LN2 = cython.declare(cython.double, math.log(2.0))
 CAL_EMAX = cython.declare(cython.double, 1.7976931348623157e308 * CAL_LEVEL0)
 LOG_QMIN = cython.declare(cython.double, math.log(CAL_QMIN))
 SCORE_SCALE = cython.declare(cython.double, -1.0 / (math.log(10.0) * SCORE_DECADES))
-NBUCKET = cython.declare(cython.Py_ssize_t, SEASON_BUCKETS)
-DAY = cython.declare(cython.longlong, DAY_MS)
 INV_DAY = cython.declare(cython.double, 1.0 / DAY_MS)
 INV_SMOOTH = cython.declare(cython.double, 1.0 / SMOOTH_TAU_MS)
 INV_PROFILE = cython.declare(cython.double, 1.0 / PROFILE_TAU_MS)
 INV_SVAR = cython.declare(cython.double, 1.0 / SVAR_TAU_MS)
-SEASON_MIN = cython.declare(cython.longlong, SEASON_MIN_MS)
 SVAR_TAU = cython.declare(cython.double, SVAR_TAU_MS)
 SEASON_AMAX = cython.declare(cython.double, SEASON_ALPHA_MAX)
 DEPARTED = cython.declare(cython.double, SEASON_DEPARTED_SHARE)
@@ -717,7 +677,13 @@ def add_ewm(val: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, g:
 # and as CAL_GAMMA, so it never reaches 0 for finite evidence. Everything stays in log space:
 # score = u / (1 + u), u = -log10(tail) / SCORE_DECADES, so 0.5 means "once in 10**4 readings of this
 # key", and the score never saturates. Between levels a tiny term in e breaks ties of equal shares.
-# The levels are powers of two times CAL_LEVEL0, so doubling one and dividing by one are exact.
+
+if not cython.compiled:  # compiled, C arrays declared in the .pxd
+    CAL_LEV = [0.0] * CAL_LEVELS
+    CAL_INV = [0.0] * CAL_LEVELS
+for _k in range(CAL_LEVELS):  # the levels, and 1 / (level - the level below it) (0 below the first)
+    CAL_LEV[_k] = CAL_LEVEL0 * 2.0**_k
+    CAL_INV[_k] = 1.0 / (CAL_LEVEL0 * 2.0 ** (_k - 1) if _k else CAL_LEVEL0)
 
 
 @cython.cfunc
@@ -730,7 +696,6 @@ def tail_log(e: cython.double, q: cython.double[::1], qo: cython.Py_ssize_t) -> 
     qp: cython.double = 1.0
     qpp: cython.double = 1.0
     lev: cython.double = 0.0
-    nxt: cython.double = CAL_L0
     gam: cython.double = CAL_GAM
     lp: cython.double
     k: cython.Py_ssize_t
@@ -739,13 +704,12 @@ def tail_log(e: cython.double, q: cython.double[::1], qo: cython.Py_ssize_t) -> 
     for k in range(NCAL):
         if q[qo + k] < CAL_QMIN_C:
             break
-        if e <= nxt:  # between two levels (or 0 and the first): log of the share linear in e
+        if e <= CAL_LEV[k]:  # between two levels (or 0 and the first): log of the share linear in e
             lp = log(qp) if k > 0 else 0.0
-            return lp + (log(q[qo + k]) - lp) * ((e - lev) * (1.0 / (nxt - lev))) - TIE * e
+            return lp + (log(q[qo + k]) - lp) * ((e - lev) * CAL_INV[k]) - TIE * e
         qpp = qp
         qp = q[qo + k]
-        lev = nxt
-        nxt = nxt * 2.0
+        lev = CAL_LEV[k]
     if lev == 0.0:  # not even the first level is reliable: anchor the tail at CAL_QMIN there
         lev = CAL_L0
         if e <= lev:
@@ -773,11 +737,9 @@ def learn_tail(e: cython.double, q: cython.double[::1], qo: cython.Py_ssize_t,
                n: cython.longlong) -> cython.void:
     """Move each level's share towards whether ``e`` exceeded it (``n``: real readings of the key)."""
     a: cython.double = 1.0 / (n + CAL_P) if n + CAL_P < CAL_NN else CAL_ALPHA
-    lev: cython.double = CAL_L0
     k: cython.Py_ssize_t
     for k in range(NCAL):  # no branch: the compiler can do the eight at once
-        q[qo + k] = q[qo + k] + a * (cython.cast(cython.double, e > lev) - q[qo + k])
-        lev = lev * 2.0
+        q[qo + k] = q[qo + k] + a * ((1.0 if e > CAL_LEV[k] else 0.0) - q[qo + k])
 
 
 @cython.cfunc

@@ -99,6 +99,7 @@ if cython.compiled:
     from cython.cimports.libc.math import NAN, expm1, fabs, floor, log, sqrt
     from cython.cimports.libc.string import memmove
 else:
+    from bisect import bisect_left, bisect_right
     from math import expm1, fabs, floor, log, sqrt
     from math import inf as INF  # noqa: N812 (the names of the C macros)
     from math import nan as NAN  # noqa: N812
@@ -470,6 +471,8 @@ def bisect(s: cython.double[::1], so: cython.Py_ssize_t, n: cython.Py_ssize_t, x
     a conditional move."""
     base: cython.Py_ssize_t = so
     half: cython.Py_ssize_t
+    if not cython.compiled:  # the same index from the standard library's C loop: the reference stays fast
+        return (bisect_right if right else bisect_left)(s, x, so, so + n) - so
     if n == 0:
         return 0
     if right:
@@ -943,7 +946,7 @@ def seasonal(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo:
     pos = (pos - floor(pos)) * NBUCKET - 0.5
     if pos < 0.0:
         pos += NBUCKET
-    b0 = cython.cast(cython.Py_ssize_t, pos)
+    b0 = int(pos)
     w = pos - b0
     if b0 >= NBUCKET:  # just below midnight's half-hour, pos rounds up to a whole day
         b0 = b0 - NBUCKET
@@ -962,7 +965,7 @@ def seasonal(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo:
             sd = f[fo + F_RES]
         if sd > 0.0:
             x = fabs(d) / (sd * SEASON_ZC)
-    a = dt * INV_PROFILE if age >= DAY else cython.cast(cython.double, dt * NBUCKET) / age
+    a = dt * INV_PROFILE if age >= DAY else float(dt * NBUCKET) / age  # float(): C's / on integers truncates
     if x >= 0.5:
         a = a * DEPARTED
     if a > SEASON_AMAX:
@@ -970,7 +973,7 @@ def seasonal(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo:
     f[b0] = f[b0] + a * (1.0 - w) * r
     f[b1] = f[b1] + a * w * r
     if x < 0.5 and age > DAY:
-        a = dt * INV_SVAR if age - DAY >= SVAR_TAU else cython.cast(cython.double, dt) / (age - DAY)
+        a = dt * INV_SVAR if age - DAY >= SVAR_TAU else float(dt) / (age - DAY)
         if a > SEASON_AMAX:
             a = SEASON_AMAX
         f[fo + F_SMEAN] = f[fo + F_SMEAN] + a * d
@@ -1032,7 +1035,7 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
         else:
             tr[bo + pos] = C_NEVER
         g[go + I_TN] += 1
-        horizon = cython.cast(cython.longlong, (ts if ts > g[go + I_LAST_TS] else g[go + I_LAST_TS]) - twin)
+        horizon = int((ts if ts > g[go + I_LAST_TS] else g[go + I_LAST_TS]) - twin)
         while g[go + I_TN] > 0:
             j = g[go + I_POS] - g[go + I_TN]
             if j < 0:
@@ -1065,9 +1068,9 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
 @cython.exceptval(check=False)
 def rate_of_change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cython.Py_ssize_t,
                    g: cython.longlong[::1], go: cython.Py_ssize_t, on: cython.bint) -> cython.double:
-    """Change per second from the last in-order real reading (0 when off, when there is none or no time
+    """Change per second from the last in-order real reading (NaN when off, when there is none or no time
     passed), then remember this one. Only for in-order real readings."""
-    rate: cython.double = 0.0
+    rate: cython.double = NAN
     if on and g[go + I_PREV_TS] != C_NEVER and ts > g[go + I_PREV_TS]:
         rate = (val - f[fo + F_RPREV]) * 1000.0 / (ts - g[go + I_PREV_TS])
     f[fo + F_RPREV] = val
@@ -1135,7 +1138,7 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
     flags: cython.int = 0
     dom: cython.int = 0
     z: cython.double = NAN
-    rz: cython.double
+    rz: cython.double  # robust z, then rate of change
     e: cython.double = 0.0
     x: cython.double
     counter: cython.bint = is_counter(g, go)
@@ -1160,12 +1163,14 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
         # late: scored and kept in the count window, but no rate is measured from or to it
         flags |= LATE_FLAG
     elif real:
-        x = rate_of_change(val, ts, f, fo, g, go, p[po + P_MAX_RATE] < INF)
-        if fabs(x) / p[po + P_MAX_RATE] > e:
-            e = fabs(x) / p[po + P_MAX_RATE]
-            dom = RATE_FLAG
-        if fabs(x) > p[po + P_MAX_RATE]:
-            flags |= RATE_FLAG
+        rz = rate_of_change(val, ts, f, fo, g, go, p[po + P_MAX_RATE] < INF)
+        if rz == rz:
+            x = fabs(rz) / p[po + P_MAX_RATE]
+            if x > e:
+                e = x
+                dom = RATE_FLAG
+            if fabs(rz) > p[po + P_MAX_RATE]:
+                flags |= RATE_FLAG
     if real:
         x = limit_excess(val, p[po + P_LO], p[po + P_HI])
         if x > 0.0:
@@ -1219,16 +1224,19 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
 # Python face
 
 
-def _flat(typecode: str, a: np.ndarray) -> array:
-    """The rows of ``a`` one after the other, as the kernel's state array."""
+def _flat(typecode: str, a: np.ndarray):
+    """The rows of ``a`` one after the other, as the kernel's state: a buffer for the compiled kernel, a
+    list (the fastest element access in Python) for the uncompiled one."""
+    if not cython.compiled:
+        return np.ravel(a).tolist()
     out = array(typecode)
     out.frombytes(np.ascontiguousarray(a).tobytes())
     return out
 
 
-def _rows(a: array, width: int) -> np.ndarray:
+def _rows(a, dtype: type, width: int) -> np.ndarray:
     """A copy of a state array as rows of ``width`` (for snapshots and the accessors over all slots)."""
-    return np.frombuffer(a, dtype=np.float64 if a.typecode == "d" else np.int64).reshape(-1, width).copy()
+    return np.array(a, dtype=dtype).reshape(-1, width)
 
 
 class RollingStats:
@@ -1401,8 +1409,8 @@ class RollingStats:
 
     def silent(self, now_ms) -> np.ndarray:
         """Slots heard from before whose ``silence_ms`` (> 0) has passed by ``now_ms`` (timer-driven)."""
-        last, silence = _rows(self._gs, NI)[:, I_LAST_TS], _rows(self._ps, NP)[:, P_SILENCE_MS]
-        return silent_slots(last, silence, int(now_ms))
+        last = _rows(self._gs, np.int64, NI)[:, I_LAST_TS]
+        return silent_slots(last, _rows(self._ps, np.float64, NP)[:, P_SILENCE_MS], int(now_ms))
 
     def _slot(self, slot) -> int:
         """The slot's index, -1 when it was never allocated."""
@@ -1465,7 +1473,7 @@ class RollingStats:
         """The real values of the slot's window, sorted."""
         s = self._slot(slot)
         so = s * self.window
-        return [] if s < 0 else self._ss[so : so + self._gs[s * NI + I_NOBS]].tolist()
+        return [] if s < 0 else list(self._ss[so : so + self._gs[s * NI + I_NOBS]])
 
     def kind(self, slot) -> str:
         """The slot's kind as the detectors see it (``_common.classify``)."""
@@ -1511,9 +1519,10 @@ class RollingStats:
         return _snapshot.dump(
             "RollingStats", params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
-            state_arrays(_rows(self._tr, w).reshape(self._n, -1) if self._tr else new_tsring(self._n, 0),
-                         fstate=_rows(self._fs, NF), istate=_rows(self._gs, NI), pstate=_rows(self._ps, NP),
-                         buf=_rows(self._bs, w), sorted=_rows(self._ss, w)))
+            state_arrays(_rows(self._tr, np.int64, w) if self._tr else new_tsring(self._n, 0),
+                         fstate=_rows(self._fs, np.float64, NF), istate=_rows(self._gs, np.int64, NI),
+                         pstate=_rows(self._ps, np.float64, NP), buf=_rows(self._bs, np.float64, w),
+                         sorted=_rows(self._ss, np.float64, w)))
 
     @classmethod
     def from_bytes(cls, data) -> "RollingStats":

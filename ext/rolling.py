@@ -1,6 +1,6 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 # cython: language_level=3
-# distutils: extra_compile_args = -O3 -ffp-contract=off
+# distutils: extra_compile_args = -O3 -ffp-contract=off -fno-math-errno
 """Rolling statistics and anomaly detectors over many keys at once, in one source for two uses.
 
 ``setup.py`` compiles this file with Cython (pure-Python mode: the ``cython`` decorators and annotations
@@ -818,8 +818,10 @@ def change_floor(f: cython.double[::1], fo: cython.Py_ssize_t, g: cython.longlon
     that wanders smoothly with little noise is judged against its wandering, not its noise)."""
     v: cython.double = calc_var(f, fo + F_SHIFT, g, go + I_NOBS)
     lo: cython.double = f[fo + F_RES]
-    if v == v and SD_SHARE * sqrt(v) > lo:
-        lo = SD_SHARE * sqrt(v)
+    if v == v:
+        v = SD_SHARE * sqrt(v)
+        if v > lo:
+            lo = v
     return lo
 
 

@@ -509,6 +509,7 @@ def _which(env: dict) -> str:
 
 
 def test_pure_python_switch():
+    assert not pure.COMPILED  # the reference is the source itself, never the extension
     assert _which({"IOTSTREAM_PURE_PYTHON": "1"}).startswith("python|")
     if compiled is not None:
         assert _which({"IOTSTREAM_PURE_PYTHON": "0"}).startswith("cython|")

@@ -221,65 +221,44 @@ def reset_var(v: cython.double[::1], o: cython.Py_ssize_t) -> cython.void:
 @cython.inline
 @cython.nogil
 @cython.exceptval(check=False)
-def kahan_step(d: cython.double, y: cython.double, v: cython.double[::1], o: cython.Py_ssize_t,
-               inc: cython.double, sign: cython.double) -> cython.void:
-    """Move the compensated mean by ``inc`` and the compensated ssqdm by ``sign * d * (y - new mean)``."""
-    t: cython.double = inc - v[o + V_CMEAN]
-    s: cython.double = v[o + V_MEAN] + t
+def slide_var(val: cython.double, v: cython.double[::1], o: cython.Py_ssize_t, c: cython.longlong[::1],
+              k: cython.Py_ssize_t, add: cython.bint) -> cython.void:
+    """Add a value to the var calc (``add``) or remove one; NaN occupies a ring position elsewhere but is
+    skipped here."""
+    y: cython.double
+    d: cython.double
+    t: cython.double
+    s: cython.double
     q: cython.double
+    if val != val:
+        return
+    if add:
+        if c[k] == 0:
+            reset_var(v, o)
+            v[o] = val
+        c[k] += 1
+        if val == v[o + V_PREV]:
+            c[k + C_NSAME] += 1
+        else:
+            c[k + C_NSAME] = 1
+        v[o + V_PREV] = val
+    else:
+        c[k] -= 1
+        if c[k] == 0:
+            reset_var(v, o)
+            return
+    y = val - v[o]
+    d = y - (v[o + V_MEAN] - v[o + V_CMEAN])
+    t = (d if add else -d) / c[k] - v[o + V_CMEAN]  # Kahan-compensated mean += +-d / n
+    s = v[o + V_MEAN] + t
     v[o + V_CMEAN] = (s - v[o + V_MEAN]) - t
     v[o + V_MEAN] = s
-    q = sign * d * (y - (v[o + V_MEAN] - v[o + V_CMEAN]))
+    q = (d if add else -d) * (y - (v[o + V_MEAN] - v[o + V_CMEAN]))  # ... and ssqdm += q
     t = q - v[o + V_CSSQ]
     s = v[o + V_SSQDM] + t
     v[o + V_CSSQ] = (s - v[o + V_SSQDM]) - t
     v[o + V_SSQDM] = s
     v[o + V_SABS] += fabs(q)
-
-
-@cython.cfunc
-@cython.inline
-@cython.nogil
-@cython.exceptval(check=False)
-def add_var(val: cython.double, v: cython.double[::1], o: cython.Py_ssize_t, c: cython.longlong[::1],
-            k: cython.Py_ssize_t) -> cython.void:
-    """Add a value to the var calc; NaN occupies a ring position elsewhere but is skipped here."""
-    y: cython.double
-    d: cython.double
-    if val != val:
-        return
-    if c[k] == 0:
-        reset_var(v, o)
-        v[o] = val
-    c[k] += 1
-    if val == v[o + V_PREV]:
-        c[k + C_NSAME] += 1
-    else:
-        c[k + C_NSAME] = 1
-    v[o + V_PREV] = val
-    y = val - v[o]
-    d = y - (v[o + V_MEAN] - v[o + V_CMEAN])
-    kahan_step(d, y, v, o, d / c[k], 1.0)
-
-
-@cython.cfunc
-@cython.inline
-@cython.nogil
-@cython.exceptval(check=False)
-def remove_var(val: cython.double, v: cython.double[::1], o: cython.Py_ssize_t, c: cython.longlong[::1],
-               k: cython.Py_ssize_t) -> cython.void:
-    """Remove a value from the var calc."""
-    y: cython.double
-    d: cython.double
-    if val != val:
-        return
-    c[k] -= 1
-    if c[k] == 0:
-        reset_var(v, o)
-        return
-    y = val - v[o]
-    d = y - (v[o + V_MEAN] - v[o + V_CMEAN])
-    kahan_step(d, y, v, o, -d / c[k], -1.0)
 
 
 @cython.cfunc
@@ -1005,7 +984,7 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
         old = b[bo + pos]
         if g[go + I_TN] == window:
             if tr[bo + pos] != C_NEVER:
-                remove_var(old, f, fo + F_TSHIFT, g, go + I_TNOBS)
+                slide_var(old, f, fo + F_TSHIFT, g, go + I_TNOBS, False)
             g[go + I_TN] -= 1
         if old == old:
             if val == val:
@@ -1013,7 +992,7 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
                 inserted = True
             else:
                 remove_sorted(old, srt, bo, g[go + I_NOBS])
-        remove_var(old, f, fo + F_SHIFT, g, go + I_NOBS)
+        slide_var(old, f, fo + F_SHIFT, g, go + I_NOBS, False)
     else:
         g[go + I_NFILL] += 1
     b[bo + pos] = val
@@ -1022,7 +1001,7 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
         g[go + I_POS] = 0
     if val == val and not inserted:
         insert_sorted(val, srt, bo, g[go + I_NOBS])
-    add_var(val, f, fo + F_SHIFT, g, go + I_NOBS)
+    slide_var(val, f, fo + F_SHIFT, g, go + I_NOBS, True)
     if unstable_var(f, fo + F_SHIFT, g, go + I_NOBS):
         recompute_var(f, fo + F_SHIFT, g, go + I_NOBS, b, tr, bo, 0, window, window, False)
     add_ewm(val, f, fo, g, go, alpha, oma)
@@ -1033,7 +1012,7 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
         # the time window: in-order real readings only (a late one is a hole), expired from the oldest end
         if val == val and ts >= g[go + I_LAST_TS]:
             tr[bo + pos] = ts
-            add_var(val, f, fo + F_TSHIFT, g, go + I_TNOBS)
+            slide_var(val, f, fo + F_TSHIFT, g, go + I_TNOBS, True)
         else:
             tr[bo + pos] = C_NEVER
         g[go + I_TN] += 1
@@ -1045,7 +1024,7 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
             if tr[bo + j] != C_NEVER and tr[bo + j] > horizon:
                 break
             if tr[bo + j] != C_NEVER:
-                remove_var(b[bo + j], f, fo + F_TSHIFT, g, go + I_TNOBS)
+                slide_var(b[bo + j], f, fo + F_TSHIFT, g, go + I_TNOBS, False)
             g[go + I_TN] -= 1
         if unstable_var(f, fo + F_TSHIFT, g, go + I_TNOBS):
             j = g[go + I_POS] - g[go + I_TN]

@@ -5,7 +5,8 @@
 
 ``setup.py`` compiles this file with Cython (pure-Python mode: the ``cython`` decorators and annotations
 type it, ``iotstream.ext.rolling.pxd`` adds the prefetch intrinsic); the batch loop then runs without the
-GIL over typed memoryviews. Loaded as plain Python (``iotstream.ext.load_pure()``) the same lines are the
+GIL over typed memoryviews (locals that only ever hold doubles are typed by Cython's inference, the
+integers are declared). Loaded as plain Python (``iotstream.ext.load_pure()``) the same lines are the
 reference the parity tests compare the compiled module with, and the fallback when the extension is not
 built. Python floats are IEEE doubles and ``math.sqrt`` / ``math.log`` are the C library's, so both give
 bit-identical results and snapshots; ``-ffp-contract=off`` keeps the C compiler from fusing multiply-adds.
@@ -225,11 +226,7 @@ def slide_var(val: cython.double, v: cython.double[::1], o: cython.Py_ssize_t, c
               k: cython.Py_ssize_t, add: cython.bint) -> cython.void:
     """Add a value to the var calc (``add``) or remove one; NaN occupies a ring position elsewhere but is
     skipped here."""
-    y: cython.double
-    d: cython.double
-    t: cython.double
     s: cython.double
-    q: cython.double
     if val != val:
         return
     if add:
@@ -275,14 +272,10 @@ def recompute_var(v: cython.double[::1], o: cython.Py_ssize_t, c: cython.longlon
     j: cython.Py_ssize_t
     i: cython.Py_ssize_t
     n: cython.Py_ssize_t = 0
-    x: cython.double
     k0: cython.double = v[o + V_PREV]
     s1: cython.double = 0.0
     s2: cython.double = 0.0
     s3: cython.double = 0.0
-    kk: cython.double
-    m: cython.double
-    d: cython.double
     for i in range(start, start + count):
         j = i - window if i >= window else i
         x = b[bo + j]
@@ -367,12 +360,10 @@ def scaled_z(dev: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, n
              b: cython.double[::1], bo: cython.Py_ssize_t, window: cython.Py_ssize_t) -> cython.double:
     """z from the ring buffer with deviations divided by their maximum (no under- or overflow)."""
     j: cython.Py_ssize_t
-    x: cython.double
     kk: cython.double = f[fo + F_SHIFT]
     m: cython.double = f[fo + F_SHIFT + V_MEAN] - f[fo + F_SHIFT + V_CMEAN]
     s: cython.double = 0.0
     acc: cython.double = 0.0
-    d: cython.double
     for j in range(window):
         x = b[bo + j]
         if x == x:
@@ -406,11 +397,7 @@ def calc_z(val: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, g: 
     A constant window gives 0 for the same value and (val - c) / resolution for any other, +-inf while
     the slot has never moved (no resolution learned: a stuck signal that moves).
     """
-    c: cython.double
-    dev: cython.double
-    ssq: cython.double
     z: cython.double
-    zf: cython.double
     res: cython.double = f[fo + F_RES]
     nobs: cython.longlong = g[go + I_NOBS]
     if nobs < minp or val != val:
@@ -596,10 +583,7 @@ def calc_rz(val: cython.double, s: cython.double[::1], so: cython.Py_ssize_t, n:
     absolute deviation from the median; either is floored at the resolution ``res``; a constant window
     of a slot that never moved gives 0 or +-inf like the plain z.
     """
-    med: cython.double
-    mad: cython.double
     acc: cython.double = 0.0
-    dev: cython.double
     j: cython.Py_ssize_t
     if n < minp or val != val:
         return NAN
@@ -631,8 +615,6 @@ def calc_rz(val: cython.double, s: cython.double[::1], so: cython.Py_ssize_t, n:
 @cython.exceptval(check=False)
 def add_ewm(val: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, g: cython.longlong[::1],
             go: cython.Py_ssize_t, alpha: cython.double, oma: cython.double) -> cython.void:
-    diff: cython.double
-    incr: cython.double
     if val != val:
         return
     if g[go + I_EWM_N] == 0:
@@ -679,7 +661,6 @@ def tail_log(e: cython.double, q: cython.double[::1], qo: cython.Py_ssize_t) -> 
     qpp: cython.double = 1.0
     lev: cython.double = 0.0
     gam: cython.double = CAL_GAM
-    lp: cython.double
     k: cython.Py_ssize_t
     if not (e > 0.0):
         return 0.0
@@ -730,7 +711,6 @@ def learn_tail(e: cython.double, q: cython.double[::1], qo: cython.Py_ssize_t,
 @cython.exceptval(check=False)
 def calc_score(lt: cython.double) -> cython.double:
     """u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0 for nothing unusual, below 1 for any tail."""
-    u: cython.double
     if not (lt < 0.0):
         return 0.0
     u = lt * SCORE_SCALE
@@ -812,12 +792,7 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
            g: cython.longlong[::1], go: cython.Py_ssize_t, h: cython.double, warm: cython.Py_ssize_t,
            sd_min: cython.double) -> cython.double:
     """Feed one real reading; returns the CUSUM evidence (largest sum / h, > 1 when it fires)."""
-    d: cython.double
-    sd: cython.double
-    c: cython.double
     u: cython.double
-    a: cython.double
-    rho: cython.double
     x: cython.double = 0.0
     n: cython.longlong = g[go + I_CN]
     g[go + I_CN] = n + 1
@@ -909,12 +884,7 @@ def seasonal(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo:
     b0: cython.Py_ssize_t
     b1: cython.Py_ssize_t
     k: cython.Py_ssize_t
-    pos: cython.double
-    w: cython.double
-    r: cython.double
     a: cython.double
-    d: cython.double
-    sd: cython.double
     x: cython.double = 0.0
     if g[go + I_FIRST_TS] == C_NEVER:
         g[go + I_FIRST_TS] = ts
@@ -975,7 +945,6 @@ def step(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: cyt
          tr: cython.longlong[::1], bo: cython.Py_ssize_t, twin: cython.double, window: cython.Py_ssize_t,
          alpha: cython.double, oma: cython.double) -> cython.void:
     """Slide the slot's count window (and time window) by one reading and update the running state."""
-    old: cython.double
     pos: cython.Py_ssize_t = g[go + I_POS]
     j: cython.Py_ssize_t
     horizon: cython.longlong
@@ -1066,9 +1035,6 @@ def rate_of_change(val: cython.double, ts: cython.longlong, f: cython.double[::1
 def limit_excess(val: cython.double, lo: cython.double, hi: cython.double) -> cython.double:
     """Evidence of a value outside the static [lo, hi]: 1 + excess / span (span |bound| for a one-sided
     limit, 1 for lo == hi); 0 inside."""
-    ex: cython.double
-    bound: cython.double
-    span: cython.double
     if not (val < lo or val > hi):
         return 0.0
     if val > hi:
@@ -1121,7 +1087,6 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
     z: cython.double = NAN
     rz: cython.double  # robust z, then rate of change
     e: cython.double = 0.0
-    x: cython.double
     counter: cython.bint = is_counter(g, go)
     real: cython.bint = val == val
     if not counter:

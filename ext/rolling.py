@@ -4,20 +4,21 @@
 """Rolling statistics and anomaly detectors over many keys at once, in one source for two uses.
 
 ``setup.py`` compiles this file with Cython (pure-Python mode: the ``cython`` decorators and annotations
-type it, ``iotstream.ext.rolling.pxd`` adds the prefetch intrinsic); the batch loop then runs without the
-GIL over typed memoryviews (locals that only ever hold doubles are typed by Cython's inference, the
-integers are declared). Loaded as plain Python (``iotstream.ext.load_pure()``) the same lines are the
-reference the parity tests compare the compiled module with, and the fallback when the extension is not
-built. Python floats are IEEE doubles and ``math.sqrt`` / ``math.log`` are the C library's, so both give
-bit-identical results and snapshots; ``-ffp-contract=off`` keeps the C compiler from fusing multiply-adds.
+type it; ``iotstream.ext.rolling.pxd`` adds the prefetch intrinsic, the integer constants as a C enum and
+two small C tables); the batch loop then runs without the GIL over typed memoryviews (locals that only
+ever hold doubles are typed by Cython's inference, the integers are declared). Loaded as plain Python
+(``iotstream.ext.load_pure()``) the same lines are the reference the parity tests compare the compiled
+module with, and the fallback when the extension is not built. Python floats are IEEE doubles and
+``math.sqrt`` / ``math.log`` are the C library's, so both give bit-identical results and snapshots;
+``-ffp-contract=off`` keeps the C compiler from fusing multiply-adds.
 
 Every reading of a batch is ``(slot, ts_ms, value)``. Per slot the kernel keeps a count window of the last
 ``window`` readings (a ring buffer plus the same values kept sorted), its Welford mean/variance, a time
 window over the same ring with its own Welford state, an EWMA and EW variance, and the state of the
-detectors. The state is a few flat arrays (``array.array``: fast element access in Python, a buffer for
-the memoryviews once compiled); a slot's row starts at ``slot * NF`` (floats), ``slot * NI`` (counters),
-``slot * NP`` (settings) and ``slot * window`` (ring, sorted window, timestamp ring), and every helper
-takes an array and the offset of the row or block it works on.
+detectors. The state is a few flat arrays (numpy arrays compiled, lists in Python); a slot's row starts
+at ``slot * NF`` (floats), ``slot * NI`` (counters), ``slot * NP`` (settings) and ``slot * window`` (ring,
+sorted window, timestamp ring), and every helper takes an array and the offset of the row or block it
+works on.
 
 Min and max come from the sorted window rather than from two monotonic deques: the sorted window is
 needed anyway for the median and MAD of the robust z-score, and it gives min/max at no extra memory.
@@ -29,7 +30,6 @@ and expiry pops from the oldest end (pandas' variable windows assume sorted time
 """
 
 import math
-from array import array
 
 import cython
 import numpy as np
@@ -1170,14 +1170,11 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
 # Python face
 
 
-def _flat(typecode: str, a: np.ndarray):
-    """The rows of ``a`` one after the other, as the kernel's state: a buffer for the compiled kernel, a
-    list (the fastest element access in Python) for the uncompiled one."""
-    if not cython.compiled:
-        return np.ravel(a).tolist()
-    out = array(typecode)
-    out.frombytes(np.ascontiguousarray(a).tobytes())
-    return out
+def _flat(a: np.ndarray):
+    """The rows of ``a`` one after the other, as the kernel's state: a contiguous numpy array for the
+    compiled kernel (large ones get huge pages), a list (the fastest element access in Python) for the
+    uncompiled one."""
+    return np.ascontiguousarray(a).reshape(-1) if cython.compiled else np.ravel(a).tolist()
 
 
 def _rows(a, dtype: type, width: int) -> np.ndarray:
@@ -1242,12 +1239,16 @@ class RollingStats:
 
     def _set_state(self, fs, gs, ps, buf, srt, tsr) -> None:
         self._n = fs.shape[0]
-        self._fs = _flat("d", fs)
-        self._gs = _flat("q", gs)
-        self._ps = _flat("d", ps)
-        self._bs = _flat("d", buf)
-        self._ss = _flat("d", srt)
-        self._tr = _flat("q", tsr)
+        state = map(_flat, (fs, gs, ps, buf, srt, tsr))
+        self._fs, self._gs, self._ps, self._bs, self._ss, self._tr = state
+
+    def _state(self) -> tuple[np.ndarray, ...]:
+        """Copies of the state as 2-D arrays (float, int, settings, ring, sorted, timestamp ring)."""
+        w = self.window
+        f8, i8 = np.float64, np.int64
+        tsr = _rows(self._tr, i8, w) if len(self._tr) else new_tsring(self._n, 0)
+        return (_rows(self._fs, f8, NF), _rows(self._gs, i8, NI), _rows(self._ps, f8, NP), _rows(self._bs, f8, w),
+                _rows(self._ss, f8, w), tsr)
 
     @property
     def nslots(self) -> int:
@@ -1255,14 +1256,11 @@ class RollingStats:
 
     def _grow(self, need: int) -> None:
         extra = grown_size(self._n, need) - self._n
-        self._fs.extend(_flat("d", new_fstate(extra)))
-        self._gs.extend(_flat("q", new_istate(extra)))
-        self._ps.extend(_flat("d", new_pstate(extra, self.defaults)))
-        self._bs.extend(_flat("d", np.full((extra, self.window), np.nan)))
-        self._ss.extend(_flat("d", new_sorted(extra, self.window)))
-        if self._tr:
-            self._tr.extend(_flat("q", new_tsring(extra, self.window)))
-        self._n += extra
+        w = self.window
+        tw = w if len(self._tr) else 0
+        more = (new_fstate(extra), new_istate(extra), new_pstate(extra, self.defaults),
+                np.full((extra, w), np.nan), new_sorted(extra, w), new_tsring(extra, tw))
+        self._set_state(*(np.concatenate([a, b]) for a, b in zip(self._state(), more, strict=True)))
 
     def update(self, slots, ts_ms, values, dominant=False):
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``, and
@@ -1275,9 +1273,9 @@ class RollingStats:
         score_out = np.empty(n, dtype=np.float64)
         flags_out = np.empty(n, dtype=np.uint8)
         dom_out = np.empty(n, dtype=np.uint8)
-        s_v: cython.longlong[::1] = _flat("q", sl)
-        t_v: cython.longlong[::1] = _flat("q", ts)
-        x_v: cython.double[::1] = _flat("d", vals)
+        s_v: cython.const[cython.longlong][::1] = _flat(sl)
+        t_v: cython.const[cython.longlong][::1] = _flat(ts)
+        x_v: cython.const[cython.double][::1] = _flat(vals)
         z_v: cython.double[::1] = z_out
         sc_v: cython.double[::1] = score_out
         fl_v: cython.uchar[::1] = flags_out
@@ -1343,15 +1341,15 @@ class RollingStats:
                 j = PARAM_FIELDS.index(k)
                 for s in sl.tolist():
                     self._ps[s * NP + j] = v
-        if detectors.get("time_window_ms", 0) and not self._tr:
-            self._tr = _flat("q", new_tsring(self._n, self.window))
+        if detectors.get("time_window_ms", 0) and not len(self._tr):
+            self._tr = _flat(new_tsring(self._n, self.window))
 
     def settings(self, slot) -> dict:
         """The detector settings of one slot."""
         s = check_slot(slot)
         if s >= self._n:
             return dict(self.defaults)
-        return dict(zip(PARAM_FIELDS, self._ps[s * NP : (s + 1) * NP], strict=True))
+        return {k: float(v) for k, v in zip(PARAM_FIELDS, self._ps[s * NP : (s + 1) * NP], strict=True)}
 
     def silent(self, now_ms) -> np.ndarray:
         """Slots heard from before whose ``silence_ms`` (> 0) has passed by ``now_ms`` (timer-driven)."""
@@ -1419,7 +1417,7 @@ class RollingStats:
         """The real values of the slot's window, sorted."""
         s = self._slot(slot)
         so = s * self.window
-        return [] if s < 0 else list(self._ss[so : so + self._gs[s * NI + I_NOBS]])
+        return [] if s < 0 else [float(v) for v in self._ss[so : so + self._gs[s * NI + I_NOBS]]]
 
     def kind(self, slot) -> str:
         """The slot's kind as the detectors see it (``_common.classify``)."""
@@ -1461,14 +1459,11 @@ class RollingStats:
 
     def to_bytes(self) -> bytes:
         """Snapshot of the whole state (versioned; loads in either build, compiled or not)."""
-        w = self.window
+        fs, gs, ps, buf, srt, tsr = self._state()
         return _snapshot.dump(
             "RollingStats", params_of(self),
             {"fstate": FLOAT_FIELDS, "istate": INT_FIELDS, "pstate": PARAM_FIELDS},
-            state_arrays(_rows(self._tr, np.int64, w) if self._tr else new_tsring(self._n, 0),
-                         fstate=_rows(self._fs, np.float64, NF), istate=_rows(self._gs, np.int64, NI),
-                         pstate=_rows(self._ps, np.float64, NP), buf=_rows(self._bs, np.float64, w),
-                         sorted=_rows(self._ss, np.float64, w)))
+            state_arrays(tsr, fstate=fs, istate=gs, pstate=ps, buf=buf, sorted=srt))
 
     @classmethod
     def from_bytes(cls, data) -> "RollingStats":

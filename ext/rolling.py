@@ -1247,8 +1247,8 @@ class RollingStats:
         w = self.window
         f8, i8 = np.float64, np.int64
         tsr = _rows(self._tr, i8, w) if len(self._tr) else new_tsring(self._n, 0)
-        return (_rows(self._fs, f8, NF), _rows(self._gs, i8, NI), _rows(self._ps, f8, NP), _rows(self._bs, f8, w),
-                _rows(self._ss, f8, w), tsr)
+        fs, gs, ps = _rows(self._fs, f8, NF), _rows(self._gs, i8, NI), _rows(self._ps, f8, NP)
+        return fs, gs, ps, _rows(self._bs, f8, w), _rows(self._ss, f8, w), tsr
 
     @property
     def nslots(self) -> int:

@@ -30,7 +30,8 @@ ANOMALY_FLAGS = FLAG_ZSCORE | FLAG_THRESHOLD | FLAG_RATE | FLAG_STUCK | FLAG_ROB
 NEVER = -(2**63)  # timestamp sentinel: no reading yet
 
 # Per-slot state columns. rolling.py finds its column indices here by name (compiled, a C enum in
-# iotstream.ext.rolling.pxd that must agree); snapshots name the columns, so a layout change still loads old snapshots.
+# iotstream.ext.rolling.pxd that must agree); snapshots name the columns, so a layout change still loads
+# old snapshots.
 # shift..prev and tshift..tprev are two Welford blocks of the same layout (count window, time window),
 # and so are nobs/nsame and tnobs/tnsame.
 FLOAT_FIELDS = [
@@ -65,6 +66,8 @@ FLOAT_FIELDS = [
     "sarm",
     "smean",
     *(f"prof{k}" for k in range(12)),
+    "rsm",
+    "rsv",
 ]
 INT_FIELDS = [
     "pos",
@@ -115,6 +118,8 @@ FLOAT_DEFAULTS = {
     "sarm": 1.0,
     "smean": 0.0,
     **{f"prof{k}": 0.0 for k in range(12)},
+    "rsm": 0.0,
+    "rsv": 0.0,
 }
 INT_DEFAULTS = {
     "pos": 0,
@@ -168,6 +173,14 @@ RCOV_ALPHA = 0.01  # weight of a residual pair in their lag-1 covariance, learnt
 # CUSUMs are 0, so a change's own run of same-signed residuals is not taken for
 # the sensor's autocorrelation
 SHIFT_THRESHOLD = 10.0  # default CUSUM decision interval (residual sd)
+# A CUSUM over threshold fires only when the residuals' short mean is also unusual for the key: a sensor that
+# wanders (long memory, heavy tails) piles up CUSUM evidence the lag-1 correction misses, but its short
+# mean stays within its usual range; a real shift or drift takes it far outside.
+SMEAN_ALPHA = 0.05  # weight of a residual in their short EW mean (about the last 20 readings)
+SMEAN_VAR_ALPHA = 0.001  # ... whose mean square is learnt slowly (about 1,000 readings, from the first
+# reading as a running mean), only while both CUSUMs are below half the threshold, so a change does
+# not inflate it before it is reported
+SMEAN_SD = 4.0  # the short mean must exceed this many of its learnt sd for the CUSUM to fire
 # ----------------------------------------------------------------------
 # Calibrated score (see rolling.py "Calibrated score"): per key, the share of its readings whose evidence
 # (largest detector evidence over its threshold) exceeded each of CAL_LEVELS levels CAL_LEVEL0 * 2**k.
@@ -182,6 +195,10 @@ CAL_QMIN = 1e-3  # a share below this rests on too few readings: the tail is ext
 CAL_GAMMA = 2.0
 SCORE_DECADES = 4.0  # score = u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0.5 = once in 10**4 readings
 TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares still rank larger evidence higher
+# A young key's shares cannot tell how rare a z-score far beyond its threshold is (its prior makes it look
+# common): beyond the threshold thr, the tail of z and robust z evidence also falls by the Gaussian factor
+# exp(-(z**2 - thr**2) / 2) (z = evidence * thr, at most CAL_LEVEL0 * 2**(CAL_LEVELS - 1) * thr) raised to
+# 1 - n / CAL_N for a key of n readings, so the factor fades out as the key's own shares take over.
 
 # ----------------------------------------------------------------------
 # Time of day (see rolling.py "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.

@@ -10,7 +10,7 @@ cdef extern from *:
 # into addresses; rolling.py takes the same values from _common by name and refuses to import when
 # the two disagree.
 cdef enum:
-    NF = 49
+    NF = 51
     NI = 15
     NP = 10
     F_SHIFT = 0
@@ -33,6 +33,8 @@ cdef enum:
     F_SARM = 35           # armed (1) or fired (0)
     F_SMEAN = 36          # ... its slow mean
     F_PROF0 = 37          # SEASON_BUCKETS values from here
+    F_RSM = 49            # the change detector's residuals: short EW mean, and its learnt mean square
+    F_RSV = 50
     I_POS = 0             # next ring position to write
     I_NFILL = 1           # ring positions in use
     I_NOBS = 2            # real values in the window
@@ -76,6 +78,7 @@ cdef enum:
     PF_NEAR = 8           # the constants of _common as C doubles and integers (the very same values in both uses)
     RVAR_N = 100
     RCOV_N = 100
+    SMEAN_N = 1000
     CTR_UPS = 100
     CTR_RATIO = 100
     NCAL = 8

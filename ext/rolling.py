@@ -72,6 +72,9 @@ from ._common import (
     SEASON_DEPARTED_SHARE,
     SEASON_MIN_MS,
     SEASON_Z,
+    SMEAN_ALPHA,
+    SMEAN_SD,
+    SMEAN_VAR_ALPHA,
     SMOOTH_TAU_MS,
     SVAR_TAU_MS,
     TIE_WEIGHT,
@@ -124,33 +127,33 @@ _LAYOUT = (
     len(FLOAT_FIELDS), len(INT_FIELDS), len(PARAM_FIELDS), _F["shift"], _F["prev"], _F["rprev"],
     _F["ewm_mean"], _F["ewm_var"], _F["tshift"], _F["res"], _F["level"], _F["rmean"], _F["rvar"], _F["rcov"],
     _F["dprev"], _F["cup"], _F["cdown"], _F["cal0"], _F["sm"], _F["sv"], _F["sarm"], _F["smean"], _F["prof0"],
-    _I["pos"], _I["nfill"], _I["nobs"], _I["nsame"], _I["last_ts"], _I["prev_ts"], _I["run_ts"], _I["ewm_n"],
-    _I["tnobs"], _I["tn"], _I["cn"], _I["nup"], _I["ndown"], _I["first_ts"], _P["z_threshold"],
-    _P["robust_threshold"], _P["lo"], _P["hi"], _P["max_rate"], _P["stuck_count"], _P["stuck_ms"],
-    _P["silence_ms"], _P["shift_threshold"], _P["time_window_ms"], BLOCK.index("mean"), BLOCK.index("cmean"),
-    BLOCK.index("ssqdm"), BLOCK.index("cssq"), BLOCK.index("sabs"), BLOCK.index("prev"), 1, FLAG_ZSCORE,
-    FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT, FLAG_LATE, ANOMALY_FLAGS, 16, 8,
-    int(1.0 / RVAR_ALPHA), int(1.0 / RCOV_ALPHA), COUNTER_UPS, COUNTER_RATIO, CAL_LEVELS, CAL_N, CAL_PRIOR,
-    SEASON_BUCKETS, DAY_MS, SEASON_MIN_MS,
+    _F["rsm"], _F["rsv"], _I["pos"], _I["nfill"], _I["nobs"], _I["nsame"], _I["last_ts"], _I["prev_ts"],
+    _I["run_ts"], _I["ewm_n"], _I["tnobs"], _I["tn"], _I["cn"], _I["nup"], _I["ndown"], _I["first_ts"],
+    _P["z_threshold"], _P["robust_threshold"], _P["lo"], _P["hi"], _P["max_rate"], _P["stuck_count"],
+    _P["stuck_ms"], _P["silence_ms"], _P["shift_threshold"], _P["time_window_ms"], BLOCK.index("mean"),
+    BLOCK.index("cmean"), BLOCK.index("ssqdm"), BLOCK.index("cssq"), BLOCK.index("sabs"), BLOCK.index("prev"),
+    1, FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT, FLAG_LATE, ANOMALY_FLAGS,
+    16, 8, int(1.0 / RVAR_ALPHA), int(1.0 / RCOV_ALPHA), int(1.0 / SMEAN_VAR_ALPHA), COUNTER_UPS,
+    COUNTER_RATIO, CAL_LEVELS, CAL_N, CAL_PRIOR, SEASON_BUCKETS, DAY_MS, SEASON_MIN_MS,
 )
 if not cython.compiled:
     (
         NF, NI, NP, F_SHIFT, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR, F_TSHIFT, F_RES, F_LEVEL, F_RMEAN,
-        F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, I_POS, I_NFILL,
-        I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN,
-        I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR,
-        P_TWIN, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG, RATE_FLAG,
-        STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N, CTR_UPS,
-        CTR_RATIO, NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
+        F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, F_RSM, F_RSV,
+        I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP,
+        I_NDOWN, I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS,
+        P_STHR, P_TWIN, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG,
+        RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N,
+        SMEAN_N, CTR_UPS, CTR_RATIO, NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
     ) = _LAYOUT
 if (
     NF, NI, NP, F_SHIFT, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR, F_TSHIFT, F_RES, F_LEVEL, F_RMEAN, F_RVAR,
-    F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, I_POS, I_NFILL, I_NOBS,
-    I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN, I_FIRST_TS, P_ZTHR,
-    P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN, V_MEAN, V_CMEAN,
-    V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG,
-    SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N, CTR_UPS, CTR_RATIO, NCAL, CAL_NN, CAL_P,
-    NBUCKET, DAY, SEASON_MIN,
+    F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, F_RSM, F_RSV, I_POS,
+    I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN,
+    I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN,
+    V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG,
+    ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N, SMEAN_N, CTR_UPS, CTR_RATIO,
+    NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
 ) != _LAYOUT:
     raise ImportError("iotstream.ext.rolling was compiled with other constants than _common's")
 _BLOCKS = [FLOAT_FIELDS[F_SHIFT : F_SHIFT + 7], FLOAT_FIELDS[F_TSHIFT : F_TSHIFT + 7]]
@@ -181,6 +184,9 @@ ALLOW = cython.declare(cython.double, ALLOWANCE)
 SD_SHARE = cython.declare(cython.double, WINDOW_SD_SHARE)
 RHO_MAX_C = cython.declare(cython.double, RHO_MAX)
 RCOV_A = cython.declare(cython.double, RCOV_ALPHA)
+SMEAN_A = cython.declare(cython.double, SMEAN_ALPHA)
+SMEAN_VAR_A = cython.declare(cython.double, SMEAN_VAR_ALPHA)
+SMEAN_SD2 = cython.declare(cython.double, SMEAN_SD * SMEAN_SD)
 CAL_GAM = cython.declare(cython.double, CAL_GAMMA)
 CAL_L0 = cython.declare(cython.double, CAL_LEVEL0)
 CAL_QMIN_C = cython.declare(cython.double, CAL_QMIN)
@@ -709,6 +715,18 @@ def learn_tail(e: cython.double, q: cython.double[::1], qo: cython.Py_ssize_t,
 @cython.inline
 @cython.nogil
 @cython.exceptval(check=False)
+def young_tail(e: cython.double, thr: cython.double, n: cython.longlong) -> cython.double:
+    """Log of a young key's Gaussian factor for z-score evidence ``e`` beyond threshold ``thr`` (_common)."""
+    if e > CAL_LEV[NCAL - 1]:
+        e = CAL_LEV[NCAL - 1]
+    z = e * thr
+    return -(1.0 - n * CAL_ALPHA) * 0.5 * (z * z - thr * thr)
+
+
+@cython.cfunc
+@cython.inline
+@cython.nogil
+@cython.exceptval(check=False)
 def calc_score(lt: cython.double) -> cython.double:
     """u / (1 + u), u = -log10(tail) / SCORE_DECADES: 0 for nothing unusual, below 1 for any tail."""
     if not (lt < 0.0):
@@ -804,6 +822,8 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
         f[fo + F_DPREV] = 0.0
         f[fo + F_CUP] = 0.0
         f[fo + F_CDOWN] = 0.0
+        f[fo + F_RSM] = 0.0
+        f[fo + F_RSV] = 0.0
         return 0.0
     d = (val - f[fo + F_LEVEL]) - f[fo + F_RMEAN]
     sd = sqrt(f[fo + F_RVAR])
@@ -823,6 +843,7 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
             d = c
         elif d < -c:
             d = -c
+        f[fo + F_RSM] = f[fo + F_RSM] + SMEAN_A * (d - f[fo + F_RSM])
         if n >= warm and h < INF:
             u = d / sd
             f[fo + F_CUP] = f[fo + F_CUP] + u - ALLOW
@@ -832,18 +853,24 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
             if not (f[fo + F_CDOWN] > 0.0):
                 f[fo + F_CDOWN] = 0.0
             x = (f[fo + F_CUP] if f[fo + F_CUP] > f[fo + F_CDOWN] else f[fo + F_CDOWN]) / h
-            if x > 1.0:  # fired: re-armed at the new level
+            if x > 1.0 and f[fo + F_RSM] * f[fo + F_RSM] <= SMEAN_SD2 * f[fo + F_RSV]:
+                x = 1.0  # the short mean is within the key's usual range: wander, not a change
+            elif x > 1.0:  # fired: re-armed at the new level
                 f[fo + F_LEVEL] = val
                 f[fo + F_RMEAN] = 0.0
                 f[fo + F_DPREV] = 0.0
                 f[fo + F_CUP] = 0.0
                 f[fo + F_CDOWN] = 0.0
+                f[fo + F_RSM] = 0.0
                 return x
     a = RVAR_A if n >= RVAR_N else 1.0 / n
     f[fo + F_RVAR] = f[fo + F_RVAR] + a * (d * d - f[fo + F_RVAR])
     if f[fo + F_CUP] == 0.0 and f[fo + F_CDOWN] == 0.0:  # learnt only while no change builds up
         a = RCOV_A if n >= RCOV_N else 1.0 / n
         f[fo + F_RCOV] = f[fo + F_RCOV] + a * (d * f[fo + F_DPREV] - f[fo + F_RCOV])
+    if 2.0 * f[fo + F_CUP] < h and 2.0 * f[fo + F_CDOWN] < h:  # learnt only while no change is near reporting
+        a = SMEAN_VAR_A if n >= SMEAN_N else 1.0 / n
+        f[fo + F_RSV] = f[fo + F_RSV] + a * (f[fo + F_RSM] * f[fo + F_RSM] - f[fo + F_RSV])
     f[fo + F_DPREV] = d
     if ts > g[go + I_LAST_TS]:  # level and residual mean move with time; a late or same-time one does not
         a = -expm1(-(ts - g[go + I_LAST_TS]) / LEVEL_TAU)
@@ -1159,6 +1186,8 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
     if not (dom & flags):
         dom = flags & ANOMALY & -(flags & ANOMALY)  # lowest flag that fired (ties at the threshold)
     x = tail_log(e, f, fo + F_CAL0)  # scored against the key's past, then learnt
+    if e > 1.0 and g[go + I_EWM_N] < CAL_NN and (dom == Z_FLAG or dom == ROBUST_FLAG):
+        x = x + young_tail(e, p[po + P_ZTHR] if dom == Z_FLAG else p[po + P_RTHR], g[go + I_EWM_N])
     if real:
         learn_tail(e, f, fo + F_CAL0, g[go + I_EWM_N])
     z_out[i] = z
@@ -1305,6 +1334,7 @@ class RollingStats:
                         s = s_v[i + PF_FAR]
                         for j in range(0, NF, 8):
                             prefetch(cython.address(fs[s * NF + j]))  # noqa: F821 (declared in the .pxd)
+                        prefetch(cython.address(fs[s * NF + NF - 1]))  # noqa: F821
                         for j in range(0, NI, 8):
                             prefetch(cython.address(gs[s * NI + j]))  # noqa: F821
                         for j in range(0, NP, 8):

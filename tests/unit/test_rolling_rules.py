@@ -140,7 +140,9 @@ def test_one_incident_one_episode():
     kinds = [e.kind for e in opened]
     assert 1 <= len(opened) <= 6 and set(kinds) <= {"zscore", "robust", "shift"}
     assert all(kinds.count(k) <= 2 for k in kinds) and kinds.count("shift") == 2
-    assert all(300_000 <= e.start_ms <= 355_000 for e in opened)  # the change within 3 readings of each edge
+    # z and robust z within 3 readings of each edge; the change detector within 10, once the residuals' short
+    # mean has left its usual range (widened for a while by the offset of re-arming at one noisy reading)
+    assert all(300_000 <= e.start_ms <= 360_000 for e in opened)
     edges = sorted((e.episode.start_ms, e.episode.kind) for e in single if e.action == "opened")
     assert edges == [(300_000, "zscore"), (350_000, "zscore")]
     assert one.from_bytes(one.to_bytes()).by_key

@@ -73,8 +73,34 @@ def test_rarer_evidence_scores_higher_and_never_reaches_one(shares):
 
 def test_twins_agree_on_the_calibrated_score():
     x = normal_keys(3000)
+    for v in x.values():  # young keys with spikes: the young-key factor on z and robust z evidence
+        v[500::400] += 15.0
     slots = np.repeat(np.arange(len(x), dtype=np.int64), 3000)
     values = np.concatenate(list(x.values()))
     ts = np.tile(np.arange(3000, dtype=np.int64) * 1000, len(x))
     out = [impl(capacity=4).update(slots, ts, values) for impl in (RollingStats, pure.RollingStats)]
     assert np.array_equal(out[0][1], out[1][1])
+
+
+def spiked(n_hist: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n_hist`` Gaussian readings (sd 1), then one 12 sd spike (robust z about 12: over 8, evidence 1.5)."""
+    x = np.random.default_rng(seed).normal(20.0, 1.0, n_hist + 1)
+    x[-1] = 32.0
+    return x, np.arange(n_hist + 1, dtype=np.int64) * 1000
+
+
+@pytest.mark.parametrize("impl", [RollingStats, pure.RollingStats])
+def test_young_keys_obvious_spike_scores_high(impl, monkeypatch):
+    """A young key's shares are mostly its prior, which takes a 12 sd spike for once in ~100 readings
+    (score ~0.4); beyond the threshold the Gaussian factor, fading with the key's age, makes it HIGH. A key
+    older than CAL_N readings is scored by its own shares alone, as before."""
+    young = []
+    for n_hist in (200, 1000, 3000):
+        x, ts = spiked(n_hist)
+        young.append(float(impl().update(np.zeros(len(x), np.int64), ts, x)[1][-1]))
+    assert min(young) >= 0.7 and young == sorted(young, reverse=True), young  # fades with age
+    x, ts = spiked(_common.CAL_N + 500)
+    mature = float(impl().update(np.zeros(len(x), np.int64), ts, x)[1][-1])
+    monkeypatch.setattr(pure, "young_tail", lambda e, thr, n: 0.0)
+    without = float(pure.RollingStats().update(np.zeros(len(x), np.int64), ts, x)[1][-1])
+    assert mature == without < 0.7, (mature, without)

@@ -184,6 +184,30 @@ def test_slow_drift(impl):
     assert len(shift) <= 6 and not (flags[3700:] & FLAG_SHIFT).any()  # events, not a state
 
 
+def wander(n, seed):
+    """A sensor that wanders: AR(1) components at 10, 100 and 1,000 readings and heavy-tailed noise."""
+    rng = np.random.default_rng(seed)
+    x = 20 + 0.5 * rng.standard_t(3, n)
+    for rho, sd in ((0.9, 0.5), (0.99, 0.3), (0.999, 0.1)):
+        e = sd * rng.standard_normal(n)
+        a = np.zeros(n)
+        for i in range(1, n):
+            a[i] = rho * a[i - 1] + e[i]
+        x += a
+    return x
+
+
+def test_wandering_sensor_is_mostly_not_a_change(monkeypatch):
+    """The lag-1 correction underestimates long-memory wander, so the CUSUM alone fires hundreds of times;
+    requiring the residuals' short mean to leave its usual range (SMEAN_SD of its learnt sd) removes most."""
+    xs = [wander(20_000, seed) for seed in range(3)]
+    counts = []
+    for sd2 in (pure.SMEAN_SD2, 0.0):  # 0: the short-mean condition always holds (the CUSUM alone)
+        monkeypatch.setattr(pure, "SMEAN_SD2", sd2)
+        counts.append(sum(int((feed(pure.RollingStats(), x)[2] & FLAG_SHIFT).sum()) for x in xs))
+    assert counts[1] > 1000 and counts[0] < counts[1] / 5, counts
+
+
 def test_spikes_and_noise_burst(impl):
     """Single spikes are clipped (the z-scores' business, as are bursts of noise): no change reported."""
     x = noise(5000, seed=4)

@@ -1195,6 +1195,51 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
     return flags | dom << 8
 
 
+@cython.cfunc
+@cython.nogil
+@cython.exceptval(check=False)
+def run_batch(s_v: cython.const[cython.longlong][::1], t_v: cython.const[cython.longlong][::1],
+              x_v: cython.const[cython.double][::1], fs: cython.double[::1], gs: cython.longlong[::1],
+              ps: cython.double[::1], bs: cython.double[::1], ss: cython.double[::1],
+              tr: cython.longlong[::1],
+              has_t: cython.bint, window: cython.Py_ssize_t, minp: cython.Py_ssize_t, alpha: cython.double,
+              oma: cython.double, z_v: cython.double[::1], sc_v: cython.double[::1], fl_v: cython.uchar[::1],
+              dm_v: cython.uchar[::1]) -> cython.void:
+    """The batch loop of ``RollingStats.update`` (a small function of its own, so the compiler inlines the
+    detectors into it)."""
+    n: cython.Py_ssize_t = len(x_v)
+    i: cython.Py_ssize_t
+    j: cython.Py_ssize_t
+    s: cython.Py_ssize_t
+    r: cython.int
+    for i in range(n):
+        if cython.compiled:
+            # Many keys do not fit in cache: fetch the state of the reading PF_FAR ahead, then, once its
+            # ring position is known, the ring slot and sorted window of the one PF_NEAR ahead, so the
+            # loads overlap with this reading's work.
+            if i + PF_FAR < n:
+                s = s_v[i + PF_FAR]
+                for j in range(0, NF, 8):
+                    prefetch(cython.address(fs[s * NF + j]))  # noqa: F821 (declared in the .pxd)
+                prefetch(cython.address(fs[s * NF + NF - 1]))  # noqa: F821
+                for j in range(0, NI, 8):
+                    prefetch(cython.address(gs[s * NI + j]))  # noqa: F821
+                for j in range(0, NP, 8):
+                    prefetch(cython.address(ps[s * NP + j]))  # noqa: F821
+            if i + PF_NEAR < n:
+                s = s_v[i + PF_NEAR]
+                prefetch(cython.address(bs[s * window + gs[s * NI + I_POS]]))  # noqa: F821
+                for j in range(0, window, 8):
+                    prefetch(cython.address(ss[s * window + j]))  # noqa: F821
+                if has_t:
+                    prefetch(cython.address(tr[s * window + gs[s * NI + I_POS]]))  # noqa: F821
+        s = s_v[i]
+        r = detect(x_v[i], t_v[i], fs, s * NF, gs, s * NI, bs, ss, tr, s * window, ps, s * NP, window, minp,
+                   alpha, oma, z_v, sc_v, i)
+        fl_v[i] = r & 255
+        dm_v[i] = r >> 8
+
+
 # ----------------------------------------------------------------------
 # Python face
 
@@ -1320,37 +1365,9 @@ class RollingStats:
         minp: cython.Py_ssize_t = self.min_count
         alpha: cython.double = self.ewm_alpha
         oma: cython.double = self._oma
-        i: cython.Py_ssize_t
-        j: cython.Py_ssize_t
-        s: cython.Py_ssize_t
-        r: cython.int
         with cython.nogil:
-            for i in range(n):
-                if cython.compiled:
-                    # Many keys do not fit in cache: fetch the state of the reading PF_FAR ahead, then,
-                    # once its ring position is known, the ring slot and sorted window of the one PF_NEAR
-                    # ahead, so the loads overlap with this reading's work.
-                    if i + PF_FAR < n:
-                        s = s_v[i + PF_FAR]
-                        for j in range(0, NF, 8):
-                            prefetch(cython.address(fs[s * NF + j]))  # noqa: F821 (declared in the .pxd)
-                        prefetch(cython.address(fs[s * NF + NF - 1]))  # noqa: F821
-                        for j in range(0, NI, 8):
-                            prefetch(cython.address(gs[s * NI + j]))  # noqa: F821
-                        for j in range(0, NP, 8):
-                            prefetch(cython.address(ps[s * NP + j]))  # noqa: F821
-                    if i + PF_NEAR < n:
-                        s = s_v[i + PF_NEAR]
-                        prefetch(cython.address(bs[s * window + gs[s * NI + I_POS]]))  # noqa: F821
-                        for j in range(0, window, 8):
-                            prefetch(cython.address(ss[s * window + j]))  # noqa: F821
-                        if has_t:
-                            prefetch(cython.address(tr[s * window + gs[s * NI + I_POS]]))  # noqa: F821
-                s = s_v[i]
-                r = detect(x_v[i], t_v[i], fs, s * NF, gs, s * NI, bs, ss, tr, s * window, ps, s * NP, window,
-                           minp, alpha, oma, z_v, sc_v, i)
-                fl_v[i] = r & 255
-                dm_v[i] = r >> 8
+            run_batch(s_v, t_v, x_v, fs, gs, ps, bs, ss, tr, has_t, window, minp, alpha, oma, z_v, sc_v, fl_v,
+                      dm_v)
         if dominant:
             return z_out, score_out, flags_out, dom_out
         return z_out, score_out, flags_out

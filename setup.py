@@ -37,7 +37,8 @@ def generate_stubs() -> None:
 generate_stubs()
 
 extensions = [
-    Extension("iotstream.ext._rolling", ["ext/_rolling.pyx"], extra_compile_args=["-O3"]),
+    # one source, also run uncompiled as the reference (Cython pure-Python mode; see ext/rolling.py)
+    Extension("iotstream.ext.rolling", ["ext/rolling.py"], extra_compile_args=["-O3"]),
 ]
 
 # Every top-level folder is one room of the `iotstream` package; the package root is proto/iotstream, so no
@@ -72,10 +73,13 @@ setup(
         "iotstream": ["py.typed"],
         "iotstream.v1": ["*.proto", "*.pyi"],
         "iotstream.clickhouse": ["schema/*.sql"],
-        "iotstream.ext": ["*.pyi"],
+        "iotstream.ext": ["*.pyi", "*.pxd"],
         "iotstream.bench": ["setup", "kafka-local"],
         "iotstream.bench.ghz": ["*.json"],
         "iotstream.console": ["static/*", "static/uplot/*"],
     },
-    ext_modules=cythonize(extensions, language_level=3, compiler_directives={"embedsignature": True}),
+    # include_path: Cython finds ext/iotstream.ext.rolling.pxd (augmenting ext/rolling.py) by its dotted name
+    ext_modules=cythonize(
+        extensions, language_level=3, include_path=["ext"], compiler_directives={"embedsignature": True}
+    ),
 )

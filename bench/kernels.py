@@ -1,4 +1,4 @@
-"""Kernel micro-benchmark: rolling statistics + all detectors, Cython vs pure-Python twin vs numpy.
+"""Kernel micro-benchmark: rolling statistics + all detectors, compiled vs uncompiled (one source) vs numpy.
 
     python -m iotstream.bench.kernels --json          # one JSON object on stdout
     python -m iotstream.bench.kernels                 # the same figures as a table
@@ -7,32 +7,32 @@ Every figure is updates (readings) per CPU second of the measuring thread (``tim
 machine is shared, and wall-clock figures would measure the neighbours; ``wall`` gives those too),
 single-threaded, with every detector on (z, robust z, static limits, rate of change, stuck by count and
 time, change at onset) and a time window, count window 100, in steady state: the windows and the change
-detector are warm before timing. ``numpy`` is the vectorised way one would write the
-same statistics without a kernel: readings are taken in rounds of at most one per key, and each round
-gathers the keys' windows and reduces them with nanmean/nanvar/nanmedian/nanmin/nanmax, a masked time-
-window mean and variance, and (as a stand-in of similar cost for the change detector) the relative
-entropy of the window's bin counts against a decayed histogram. The twin and numpy are measured for a fixed
-time budget and extrapolated. Nothing here asserts
-a speed.
+detector are warm before timing. ``python`` is ``ext/rolling.py`` run uncompiled. ``numpy`` is the
+vectorised way one would write the same statistics without a kernel: readings are taken in rounds of at
+most one per key, and each round gathers the keys' windows and reduces them with nanmean/nanvar/nanmedian/
+nanmin/nanmax, a masked time-window mean and variance, and (as a stand-in of similar cost for the change
+detector) the relative entropy of the window's bin counts against a decayed histogram. The uncompiled
+source and numpy are measured for a fixed time budget and extrapolated. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from iotstream.ext import rolling_py
+from iotstream.ext import load_pure, rolling
 
-try:
-    from iotstream.ext import _rolling
-except ImportError:
-    _rolling = None
+compiled = rolling if rolling.COMPILED else None
+pure = load_pure()
 
 WINDOW = 100
 DETECTORS = {
@@ -66,13 +66,18 @@ def new_stats(module, keys: int):
     )
 
 
-def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: bool) -> tuple[float, float]:
-    """(updates per CPU second, updates per wall second)."""
+def warm_stats(module, keys: int, warm: bool):
     stats = new_stats(module, keys)
     if warm:  # 2.5 windows per key: full windows, removals, recomputes, a warm shift reference
         ws, wt, wv = signals(keys, keys * WINDOW * 5 // 2, seed=1)
         for a in range(0, len(wv), 1 << 16):
             stats.update(ws[a : a + (1 << 16)], wt[a : a + (1 << 16)] - 10**9, wv[a : a + (1 << 16)])
+    return stats
+
+
+def bench_kernel(module, keys: int, n: int, batch: int, budget_s: float, warm: bool) -> tuple[float, float]:
+    """(updates per CPU second, updates per wall second)."""
+    stats = warm_stats(module, keys, warm)
     slots, ts, values = signals(keys, n, seed=2)
     done = 0
     c0, t0 = time.thread_time(), time.perf_counter()
@@ -151,18 +156,52 @@ def bench_numpy(keys: int, budget_s: float) -> tuple[float, float]:
     return done / (time.thread_time() - c0), done / (time.perf_counter() - t0)
 
 
+def load_extension(path: str):
+    """A compiled kernel built elsewhere (e.g. main's, in a worktree of its own), to time beside this one."""
+    name = "iotstream.ext." + Path(path).name.split(".")[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def ab(other_path: str, keys: int, rounds: int) -> dict:
+    """Both kernels in this one process, warm, alternating rounds of 1 M readings (the order flips each
+    round): the neighbours' load and the memory's state hit both alike. Updates per CPU second."""
+    kernels = {"this": compiled, "other": load_extension(other_path)}
+    stats = {k: warm_stats(m, keys, True) for k, m in kernels.items()}
+    slots, ts, values = signals(keys, 1 << 20, seed=2)
+    runs: dict[str, list[float]] = {k: [] for k in kernels}
+    for r in range(rounds):
+        for k in list(kernels) if r % 2 == 0 else list(kernels)[::-1]:
+            c0 = time.thread_time()
+            for a in range(0, len(values), 1 << 16):  # each round later in time than the one before
+                stats[k].update(
+                    slots[a : a + (1 << 16)], ts[a : a + (1 << 16)] + r * 10**7, values[a : a + (1 << 16)]
+                )
+            runs[k].append(round(len(values) / (time.thread_time() - c0)))
+    return {
+        "keys": keys,
+        "other": other_path,
+        "runs": runs,
+        "median": {k: sorted(v)[len(v) // 2] for k, v in runs.items()},
+    }
+
+
 def run(quick: bool) -> dict:
     budget = 1.0 if quick else 3.0
     by_keys, wall = {}, {}
     for keys in (1_000, 100_000):
         row = {}
-        if _rolling is not None:
+        if compiled is not None:
             n = 2_000_000 if quick else 10_000_000
-            row["cython"] = bench_kernel(_rolling, keys, n, 1 << 16, budget, warm=True)
+            row["cython"] = bench_kernel(compiled, keys, n, 1 << 16, budget, warm=True)
         else:
             row["cython"] = (None, None)
-        # the twin is ~100x slower: warm windows only where that stays within seconds
-        row["python"] = bench_kernel(rolling_py, keys, 200_000, 4096, budget / 2, warm=keys <= 1_000)
+        # uncompiled it is ~100x slower: warm windows only where that stays within seconds
+        row["python"] = bench_kernel(pure, keys, 200_000, 4096, budget / 2, warm=keys <= 1_000)
         row["numpy"] = bench_numpy(keys, budget)
         by_keys[str(keys)] = {f"{k}_updates_per_s": (round(v[0]) if v[0] else None) for k, v in row.items()}
         wall[str(keys)] = {f"{k}_updates_per_s": (round(v[1]) if v[1] else None) for k, v in row.items()}
@@ -197,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="shorter runs (about 10 s in all)")
+    ap.add_argument(
+        "--against", metavar="SO", help="time this compiled kernel beside another build's in one process"
+    )
+    ap.add_argument("--keys", type=int, default=1_000, help="keys for --against (default 1000)")
+    ap.add_argument("--rounds", type=int, default=8, help="alternating rounds for --against (default 8)")
     args = ap.parse_args(argv)
+    if args.against:
+        print(json.dumps(ab(args.against, args.keys, args.rounds)))
+        return 0
     res = run(args.quick)
     if args.json:
         print(json.dumps(res))

@@ -1,4 +1,5 @@
-"""What both twins share: flag bits, the state layout, and argument checks (all outside the hot loop)."""
+"""What the kernel (``rolling.py``) builds on: flag bits, the state layout, and argument checks (all outside
+the hot loop)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ ANOMALY_FLAGS = FLAG_ZSCORE | FLAG_THRESHOLD | FLAG_RATE | FLAG_STUCK | FLAG_ROB
 
 NEVER = -(2**63)  # timestamp sentinel: no reading yet
 
-# Per-slot state columns. The Cython module mirrors this order in a cdef enum and refuses to import
-# when the two disagree; snapshots name the columns, so a layout change still loads old snapshots.
+# Per-slot state columns. rolling.py finds its column indices here by name (compiled, a C enum in
+# iotstream.ext.rolling.pxd that must agree); snapshots name the columns, so a layout change still loads
+# old snapshots.
 # shift..prev and tshift..tprev are two Welford blocks of the same layout (count window, time window),
 # and so are nobs/nsame and tnobs/tnsame.
 FLOAT_FIELDS = [
@@ -154,7 +156,7 @@ PARAM_FIELDS = [
 ]
 
 # ----------------------------------------------------------------------
-# Change detection (see _rolling.pyx "Change at onset"; both twins take these very doubles)
+# Change detection (see rolling.py "Change at onset"; compiled or not it takes these very doubles)
 
 LEVEL_TAU_MS = 200_000.0  # time constant of the level the residuals are taken from: a drift faster than
 # ~2 sd per 200 s stands out, a daily cycle lags it by a fifth of an sd or less
@@ -180,7 +182,7 @@ SMEAN_VAR_ALPHA = 0.001  # ... whose mean square is learnt slowly (about 1,000 r
 # not inflate it before it is reported
 SMEAN_SD = 4.0  # the short mean must exceed this many of its learnt sd for the CUSUM to fire
 # ----------------------------------------------------------------------
-# Calibrated score (see _rolling.pyx "Calibrated score"): per key, the share of its readings whose evidence
+# Calibrated score (see rolling.py "Calibrated score"): per key, the share of its readings whose evidence
 # (largest detector evidence over its threshold) exceeded each of CAL_LEVELS levels CAL_LEVEL0 * 2**k.
 
 CAL_LEVELS = 8  # levels 1/16, 1/8, ..., 8 times a threshold: the state columns cal0..cal7
@@ -199,7 +201,7 @@ TIE_WEIGHT = 1e-3  # the log-tail falls by TIE_WEIGHT * e too: equal shares stil
 # 1 - n / CAL_N for a key of n readings, so the factor fades out as the key's own shares take over.
 
 # ----------------------------------------------------------------------
-# Time of day (see _rolling.pyx "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.
+# Time of day (see rolling.py "Time of day"): per key a profile of SEASON_BUCKETS values over the UTC day.
 
 DAY_MS = 86_400_000
 SEASON_BUCKETS = 12  # one per 2 hours, linearly interpolated between their centres: columns prof0..prof11

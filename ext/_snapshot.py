@@ -1,4 +1,5 @@
-"""Versioned byte format shared by both twins, so a snapshot taken by one loads in the other.
+"""Versioned byte format of the kernel's state, the same compiled or not, so a snapshot taken by one loads in
+the other.
 
 Layout::
 

@@ -20,19 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from iotstream.ext import FLAG_ZSCORE, rolling_py
+from iotstream.ext import FLAG_ZSCORE, load_pure, rolling
 
-try:
-    from iotstream.ext import _rolling
-except ImportError:  # extension not built: the parity tests skip, the twin is still tested
-    _rolling = None
-
-needs_cython = pytest.mark.skipif(_rolling is None, reason="iotstream.ext._rolling is not built")
+pure = load_pure()  # ext/rolling.py run uncompiled: the reference
+compiled = rolling if rolling.COMPILED else None
+needs_cython = pytest.mark.skipif(compiled is None, reason="iotstream.ext.rolling is not compiled")
 IMPLS = [pytest.param("cython", marks=needs_cython), "python"]
 
 
 def impl_module(name: str):
-    return _rolling if name == "cython" else rolling_py
+    return compiled if name == "cython" else pure
 
 
 @pytest.fixture(params=IMPLS)
@@ -348,7 +345,7 @@ def test_property_twin_vs_oracle(stream, window, minp, zthr):
     minp = min(minp, window)
     slots = np.array([s for s, _ in stream], dtype=np.int64)
     values = np.array([v for _, v in stream], dtype=np.float64)
-    stats = rolling_py.RollingStats(window=window, min_count=minp, z_threshold=zthr, capacity=1)
+    stats = pure.RollingStats(window=window, min_count=minp, z_threshold=zthr, capacity=1)
     z, score, flags = stats.update(slots, np.zeros_like(slots), values)
     zref = np.array(exact_oracle(slots, values, window, max(minp, 2)))
     assert np.array_equal(np.isnan(z), np.isnan(zref))
@@ -373,17 +370,17 @@ def test_property_parity_and_snapshot(stream, window, minp, split, span):
     slots = np.array([s for s, _ in stream], dtype=np.int64)
     values = np.array([v for _, v in stream], dtype=np.float64)
     ts = np.arange(len(values), dtype=np.int64)
-    c = _rolling.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
-    p = rolling_py.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
+    c = compiled.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
+    p = pure.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
     oc = c.update(slots, ts, values)
     op = p.update(slots, ts, values)
     for a, b in zip(oc, op, strict=True):
         np.testing.assert_array_equal(a, b)
     assert c.to_bytes() == p.to_bytes()
     # split, snapshot through the other twin, continue: same as uninterrupted
-    c2 = _rolling.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
+    c2 = compiled.RollingStats(window=window, min_count=minp, capacity=2, time_window_ms=span)
     first = c2.update(slots[:split], ts[:split], values[:split])
-    p2 = rolling_py.RollingStats.from_bytes(c2.to_bytes())
+    p2 = pure.RollingStats.from_bytes(c2.to_bytes())
     second = p2.update(slots[split:], ts[split:], values[split:])
     for a, b1, b2 in zip(oc, first, second, strict=True):
         np.testing.assert_array_equal(a, np.concatenate([b1, b2]))
@@ -398,8 +395,8 @@ def test_property_parity_and_snapshot(stream, window, minp, split, span):
 @pytest.mark.parametrize("kind", STREAMS)
 def test_parity_long_streams(kind):
     slots, ts, values = make_stream(kind, seed=100 + STREAMS.index(kind), n=30_000, keys=40)
-    c = _rolling.RollingStats(window=50, min_count=10, capacity=4)
-    p = rolling_py.RollingStats(window=50, min_count=10, capacity=4)
+    c = compiled.RollingStats(window=50, min_count=10, capacity=4)
+    p = pure.RollingStats(window=50, min_count=10, capacity=4)
     oc = run_chunked(c, slots, ts, values, 4096)
     op = run_chunked(p, slots, ts, values, 1000)
     for a, b in zip(oc, op, strict=True):
@@ -512,21 +509,22 @@ def _which(env: dict) -> str:
 
 
 def test_pure_python_switch():
+    assert not pure.COMPILED  # the reference is the source itself, never the extension
     assert _which({"IOTSTREAM_PURE_PYTHON": "1"}).startswith("python|")
-    if _rolling is not None:
+    if compiled is not None:
         assert _which({"IOTSTREAM_PURE_PYTHON": "0"}).startswith("cython|")
 
 
 def test_fallback_logs_warning(monkeypatch, caplog):
     import iotstream.ext as ext
 
-    monkeypatch.setitem(sys.modules, "iotstream.ext._rolling", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "iotstream.ext.rolling", None)  # makes the import fail
     monkeypatch.delenv("IOTSTREAM_PURE_PYTHON", raising=False)
     try:
         with caplog.at_level("WARNING", logger="iotstream.ext"):
             importlib.reload(ext)
-        assert ext.IMPLEMENTATION == "python" and ext.RollingStats is rolling_py.RollingStats
-        assert "pure-Python twin" in caplog.text
+        assert ext.IMPLEMENTATION == "python" and ext.RollingStats is pure.RollingStats
+        assert "pure-Python source" in caplog.text
     finally:
         monkeypatch.undo()
         importlib.reload(ext)

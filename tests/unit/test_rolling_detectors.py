@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from iotstream.ext import _common, _snapshot, rolling_py
+from iotstream.ext import _common, _snapshot, load_pure, rolling
 from iotstream.ext._common import (
     FLAG_LATE,
     FLAG_RATE,
@@ -18,18 +18,15 @@ from iotstream.ext._common import (
     FLAG_ZSCORE,
 )
 
-try:
-    from iotstream.ext import _rolling
-except ImportError:
-    _rolling = None
-
-needs_cython = pytest.mark.skipif(_rolling is None, reason="iotstream.ext._rolling is not built")
+pure = load_pure()  # ext/rolling.py run uncompiled: the reference
+compiled = rolling if rolling.COMPILED else None
+needs_cython = pytest.mark.skipif(compiled is None, reason="iotstream.ext.rolling is not compiled")
 IMPLS = [pytest.param("cython", marks=needs_cython), "python"]
 
 
 @pytest.fixture(params=IMPLS)
 def impl(request):
-    return _rolling if request.param == "cython" else rolling_py
+    return compiled if request.param == "cython" else pure
 
 
 def feed(stats, values, ts=None, slot=0):
@@ -233,12 +230,12 @@ def full_detectors(impl):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_parity_all_detectors(seed):
     slots, ts, values = stream(seed)
-    c, p = full_detectors(_rolling), full_detectors(rolling_py)
+    c, p = full_detectors(compiled), full_detectors(pure)
     split = len(values) // 3
     oc = [c.update(slots[:split], ts[:split], values[:split])]
     op = [p.update(slots[:split], ts[:split], values[:split])]
-    c2 = _rolling.RollingStats.from_bytes(p.to_bytes())  # cross-restore midway
-    p2 = rolling_py.RollingStats.from_bytes(c.to_bytes())
+    c2 = compiled.RollingStats.from_bytes(p.to_bytes())  # cross-restore midway
+    p2 = pure.RollingStats.from_bytes(c.to_bytes())
     oc.append(c2.update(slots[split:], ts[split:], values[split:]))
     op.append(p2.update(slots[split:], ts[split:], values[split:]))
     for i in range(3):

@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from iotstream.ext import RollingStats, _common, rolling_py
+from iotstream.ext import RollingStats, _common, load_pure
 from iotstream.ext._common import CAL_LEVELS, FLOAT_DEFAULTS, SCORE_DECADES, score_for_tail
 
 N, WARM = 60_000, 20_000  # readings per key, and those left out while its shares are learnt
+
+pure = load_pure()  # ext/rolling.py run uncompiled: the reference
 
 
 def normal_keys(n: int) -> dict[str, np.ndarray]:
@@ -47,12 +49,12 @@ def test_score_is_the_tail_in_decades():
     """score = u / (1 + u), u = -log10(tail) / SCORE_DECADES; at a level the tail is that level's share
     (less the tie-breaking term); 0.5 is a tail of 10**-4."""
     q = [FLOAT_DEFAULTS[f"cal{k}"] for k in range(CAL_LEVELS)]  # a new key: shares 1/2, 1/4, ...
-    lt = rolling_py.tail_log(1.0, q, 0)  # the level 1 is the fifth: share 1/32
+    lt = pure.tail_log(1.0, q, 0)  # the level 1 is the fifth: share 1/32
     assert lt == pytest.approx(math.log(1 / 32) - _common.TIE_WEIGHT, rel=1e-12)
     u = -lt / math.log(10) / SCORE_DECADES
-    assert rolling_py.calc_score(lt) == pytest.approx(u / (1 + u), rel=1e-12)
-    assert score_for_tail(1e-4) == pytest.approx(0.5) == rolling_py.calc_score(math.log(1e-4))
-    assert rolling_py.calc_score(0.0) == 0.0
+    assert pure.calc_score(lt) == pytest.approx(u / (1 + u), rel=1e-12)
+    assert score_for_tail(1e-4) == pytest.approx(0.5) == pure.calc_score(math.log(1e-4))
+    assert pure.calc_score(0.0) == 0.0
 
 
 @pytest.mark.parametrize("shares", ["new", "flat", "learnt"])
@@ -65,7 +67,7 @@ def test_rarer_evidence_scores_higher_and_never_reaches_one(shares):
         "learnt": [0.3, 0.1, 0.01, 0.002, 0.0, 0.0, 0.0, 0.0],
     }[shares]
     e = np.concatenate([[0.0], np.geomspace(1e-3, 1e300, 400), [math.inf]])
-    s = np.array([rolling_py.calc_score(rolling_py.tail_log(float(v), q, 0)) for v in e])
+    s = np.array([pure.calc_score(pure.tail_log(float(v), q, 0)) for v in e])
     assert s[0] == 0.0 and np.all(np.diff(s) > 0) and s[-1] < 1.0
 
 
@@ -76,7 +78,7 @@ def test_twins_agree_on_the_calibrated_score():
     slots = np.repeat(np.arange(len(x), dtype=np.int64), 3000)
     values = np.concatenate(list(x.values()))
     ts = np.tile(np.arange(3000, dtype=np.int64) * 1000, len(x))
-    out = [impl(capacity=4).update(slots, ts, values) for impl in (RollingStats, rolling_py.RollingStats)]
+    out = [impl(capacity=4).update(slots, ts, values) for impl in (RollingStats, pure.RollingStats)]
     assert np.array_equal(out[0][1], out[1][1])
 
 
@@ -87,7 +89,7 @@ def spiked(n_hist: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return x, np.arange(n_hist + 1, dtype=np.int64) * 1000
 
 
-@pytest.mark.parametrize("impl", [RollingStats, rolling_py.RollingStats])
+@pytest.mark.parametrize("impl", [RollingStats, pure.RollingStats])
 def test_young_keys_obvious_spike_scores_high(impl, monkeypatch):
     """A young key's shares are mostly its prior, which takes a 12 sd spike for once in ~100 readings
     (score ~0.4); beyond the threshold the Gaussian factor, fading with the key's age, makes it HIGH. A key
@@ -99,6 +101,6 @@ def test_young_keys_obvious_spike_scores_high(impl, monkeypatch):
     assert min(young) >= 0.7 and young == sorted(young, reverse=True), young  # fades with age
     x, ts = spiked(_common.CAL_N + 500)
     mature = float(impl().update(np.zeros(len(x), np.int64), ts, x)[1][-1])
-    monkeypatch.setattr(rolling_py, "young_tail", lambda e, thr, n: 0.0)
-    without = float(rolling_py.RollingStats().update(np.zeros(len(x), np.int64), ts, x)[1][-1])
+    monkeypatch.setattr(pure, "young_tail", lambda e, thr, n: 0.0)
+    without = float(pure.RollingStats().update(np.zeros(len(x), np.int64), ts, x)[1][-1])
     assert mature == without < 0.7, (mature, without)

@@ -10,21 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotstream.ext import _common, _snapshot, rolling_py
+from iotstream.ext import _common, _snapshot, load_pure, rolling
 from iotstream.ext._common import FLAG_LATE, FLAG_SHIFT, FLAG_ZSCORE
 
-try:
-    from iotstream.ext import _rolling
-except ImportError:
-    _rolling = None
-
-needs_cython = pytest.mark.skipif(_rolling is None, reason="iotstream.ext._rolling is not built")
+pure = load_pure()  # ext/rolling.py run uncompiled: the reference
+compiled = rolling if rolling.COMPILED else None
+needs_cython = pytest.mark.skipif(compiled is None, reason="iotstream.ext.rolling is not compiled")
 IMPLS = [pytest.param("cython", marks=needs_cython), "python"]
 
 
 @pytest.fixture(params=IMPLS)
 def impl(request):
-    return _rolling if request.param == "cython" else rolling_py
+    return compiled if request.param == "cython" else pure
 
 
 def feed(stats, values, ts=None, slot=0):
@@ -134,7 +131,7 @@ def test_property_time_window(stream, window, span):
     slots = np.array([s for s, _, _ in stream], dtype=np.int64)
     ts = np.cumsum([d for _, d, _ in stream]).astype(np.int64)
     values = np.array([v for _, _, v in stream], dtype=np.float64)
-    stats = rolling_py.RollingStats(window=window, min_count=2, capacity=1, time_window_ms=span)
+    stats = pure.RollingStats(window=window, min_count=2, capacity=1, time_window_ms=span)
     stats.update(slots, ts, values)
     for key, want in time_oracle(slots, ts, values, window, span).items():
         assert stats.tcount(key) == len(want)
@@ -205,9 +202,9 @@ def test_wandering_sensor_is_mostly_not_a_change(monkeypatch):
     requiring the residuals' short mean to leave its usual range (SMEAN_SD of its learnt sd) removes most."""
     xs = [wander(20_000, seed) for seed in range(3)]
     counts = []
-    for sd2 in (rolling_py.SMEAN_SD2, 0.0):  # 0: the short-mean condition always holds (the CUSUM alone)
-        monkeypatch.setattr(rolling_py, "SMEAN_SD2", sd2)
-        counts.append(sum(int((feed(rolling_py.RollingStats(), x)[2] & FLAG_SHIFT).sum()) for x in xs))
+    for sd2 in (pure.SMEAN_SD2, 0.0):  # 0: the short-mean condition always holds (the CUSUM alone)
+        monkeypatch.setattr(pure, "SMEAN_SD2", sd2)
+        counts.append(sum(int((feed(pure.RollingStats(), x)[2] & FLAG_SHIFT).sum()) for x in xs))
     assert counts[1] > 1000 and counts[0] < counts[1] / 5, counts
 
 
@@ -291,12 +288,12 @@ def shifty(seed, n=12_000, keys=6):
 def test_parity_time_and_shift(seed):
     slots, ts, values = shifty(seed)
     kw = {"window": 30, "min_count": 5, "capacity": 2, "time_window_ms": 20_000, "stuck_count": 6}
-    c, p = _rolling.RollingStats(**kw), rolling_py.RollingStats(**kw)
+    c, p = compiled.RollingStats(**kw), pure.RollingStats(**kw)
     split = len(values) // 2
     a = [c.update(slots[:split], ts[:split], values[:split], dominant=True)]
     b = [p.update(slots[:split], ts[:split], values[:split], dominant=True)]
-    c2 = _rolling.RollingStats.from_bytes(p.to_bytes())
-    p2 = rolling_py.RollingStats.from_bytes(c.to_bytes())
+    c2 = compiled.RollingStats.from_bytes(p.to_bytes())
+    p2 = pure.RollingStats.from_bytes(c.to_bytes())
     a.append(c2.update(slots[split:], ts[split:], values[split:], dominant=True))
     b.append(p2.update(slots[split:], ts[split:], values[split:], dominant=True))
     for i in range(4):

@@ -1,9 +1,28 @@
-"""Type stub for the compiled kernels (``_rolling.pyx``); ``rolling_py`` has the same signatures."""
+"""Types of ``rolling.py``'s public face (the source is typed for Cython, not for mypy)."""
+
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
 
+COMPILED: bool
 FLAG_ZSCORE: int
+
+class Detectors(TypedDict, total=False):
+    """Per-slot detector settings besides z_threshold (``_common.check_detectors``)."""
+
+    robust_threshold: float
+    lo: float
+    hi: float
+    max_rate: float
+    stuck_count: int
+    stuck_ms: int
+    silence_ms: int
+    shift_threshold: float
+    time_window_ms: int
+
+class Settings(Detectors, total=False):
+    z_threshold: float
 
 class RollingStats:
     window: int  # int64_t, readonly
@@ -19,15 +38,7 @@ class RollingStats:
         capacity: int = ...,
         *,
         ewm_alpha: float = ...,
-        robust_threshold: float = ...,
-        lo: float = ...,
-        hi: float = ...,
-        max_rate: float = ...,
-        stuck_count: int = ...,
-        stuck_ms: int = ...,
-        silence_ms: int = ...,
-        shift_threshold: float = ...,
-        time_window_ms: int = ...,
+        **detectors: Unpack[Detectors],
     ) -> None: ...
     @property
     def nslots(self) -> int: ...
@@ -42,17 +53,7 @@ class RollingStats:
     def configure(
         self,
         slots: npt.ArrayLike,  # int64
-        *,
-        z_threshold: float = ...,
-        robust_threshold: float = ...,
-        lo: float = ...,
-        hi: float = ...,
-        max_rate: float = ...,
-        stuck_count: int = ...,
-        stuck_ms: int = ...,
-        silence_ms: int = ...,
-        shift_threshold: float = ...,
-        time_window_ms: int = ...,
+        **settings: Unpack[Settings],
     ) -> None: ...
     def settings(self, slot: int) -> dict[str, float]: ...
     def silent(self, now_ms: int) -> npt.NDArray[np.int64]: ...

@@ -284,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     server = ServerProcess(kafka=args.kafka, cpus=args.server_cpus).start()
-    broker = broker_pid(args.kafka)
     lg = None
     try:
+        broker = broker_pid(args.kafka)
         cmd = [
             *taskset(args.loadgen_cpus),
             PYTHON,

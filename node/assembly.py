@@ -167,6 +167,7 @@ class Node:
         self.counters = Counters()
         self.processor_loop: ChunkLoop | None = None
         self._tasks: list = []
+        self._lag_watcher: threading.Thread | None = None
         self.ingest: IngestService | None = None
         self.auth: authn.Authenticator | None = None
         self.metrics = Metrics()
@@ -236,7 +237,7 @@ class Node:
             thread.start()
             self._tasks.append(thread)
         if cfg.kafka is not None and self.processor_loop is not None:
-            self._tasks.append(watch_lag(cfg.kafka, self.metrics.set_lag, self._lag_stop))
+            self._lag_watcher = watch_lag(cfg.kafka, self.metrics.set_lag, self._lag_stop)
         if INGEST in roles:
             self.metrics.watch_ingest(
                 self.counters, lambda: self.queue.depth if self.queue is not None else 0
@@ -500,6 +501,11 @@ class Node:
             if left:
                 log.warning("%d batches not delivered to Kafka at shutdown (never acked)", left)
         self._lag_stop.set()
+        if self._lag_watcher is not None:
+            # Only an observer, and a daemon: its consumer's close can hang for as long as the broker is
+            # away, so it gets a bounded wait and never holds the stop (or the process's exit) up.
+            await asyncio.to_thread(self._lag_watcher.join, self.config.probe_timeout_s)
+            self._lag_watcher = None
         if self.processor_loop is not None:
             self.processor_loop.finishing.set()  # over the local log: store what it holds first
             if not isinstance(self.queue, LocalLog):

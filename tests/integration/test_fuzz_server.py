@@ -51,6 +51,7 @@ def test_fuzz_ingest(target):
         f.absurd(100)
         f.neighbour()
         f.check_alive()
+        target.settle()  # an Ack means durable in the log; reads run beside the inserts, so wait for them
         stored = fuzz.neighbour_stored(target.target, "fuzz-neighbour")
     finally:
         f.close()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INGEST, PROCESS, QUERY = "ingest", "process", "query"
+# Over Kafka a stop ends within shutdown_grace_s + STOP_ALLOWANCE_S, broker or not: waits on the broker
+# give up FLUSH_ALLOWANCE_S after the grace; the rest is for closing clients and the store
+# (docs/operations.md).
+STOP_ALLOWANCE_S = 5.0
+FLUSH_ALLOWANCE_S = 2.0
 ALL_ROLES = frozenset({INGEST, PROCESS, QUERY})
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["Query"].full_name
@@ -480,7 +486,21 @@ class Node:
         UNAVAILABLE); the gRPC server waits up to `shutdown_grace_s` for those calls; then the local log
         takes its last appends and the processor stores what it holds (for up to `shutdown_grace_s` more;
         the rest waits in the log for the next start), or the Kafka producer is flushed; the processor
-        snapshots, and the store closes."""
+        snapshots, and the store closes.
+
+        Over Kafka the processor stops at once, beside the drain, and the whole stop ends within
+        `shutdown_grace_s` + STOP_ALLOWANCE_S even with the broker gone. What could not be delivered in
+        time is logged, and the node counts as failed (the CLI exits non-zero); nothing acked is lost."""
+        cfg = self.config
+        started = time.monotonic()
+        flush_by = started + cfg.shutdown_grace_s + FLUSH_ALLOWANCE_S
+        stop_by = started + cfg.shutdown_grace_s + STOP_ALLOWANCE_S
+        over_kafka = cfg.kafka is not None
+        if over_kafka and self.processor_loop is not None:
+            source = self.processor_loop.source
+            if isinstance(source, KafkaSource):
+                source.stop_by(flush_by)
+            self.processor_loop.stopping.set()  # the group carries on; the state is flushed meanwhile
         if self.console is not None:
             await asyncio.to_thread(self.console.stop)
             self.console = None
@@ -492,26 +512,35 @@ class Node:
             await self.health.enter_graceful_shutdown()
             if self.ingest is not None:
                 self.ingest.drain()
-            await self.server.stop(self.config.shutdown_grace_s)
+            await self.server.stop(cfg.shutdown_grace_s)
             self.server = None
         if isinstance(self.queue, LocalLog):
             await asyncio.to_thread(self.queue.close)
         elif isinstance(self.queue, KafkaQueue):
-            left = await asyncio.to_thread(self.queue.close)
+            left = await asyncio.to_thread(self.queue.close, max(0.0, flush_by - time.monotonic()))
             if left:
-                log.warning("%d batches not delivered to Kafka at shutdown (never acked)", left)
+                self._stop_failed(
+                    f"{left} batches not delivered to Kafka at shutdown (never acked: their devices resend)"
+                )
         self._lag_stop.set()
         if self._lag_watcher is not None:
             # Only an observer, and a daemon: its consumer's close can hang for as long as the broker is
             # away, so it gets a bounded wait and never holds the stop (or the process's exit) up.
-            await asyncio.to_thread(self._lag_watcher.join, self.config.probe_timeout_s)
+            wait = min(cfg.probe_timeout_s, max(0.0, stop_by - time.monotonic()))
+            await asyncio.to_thread(self._lag_watcher.join, wait)
             self._lag_watcher = None
         if self.processor_loop is not None:
             self.processor_loop.finishing.set()  # over the local log: store what it holds first
-            if not isinstance(self.queue, LocalLog):
-                self.processor_loop.stopping.set()  # over Kafka: now; the group carries on
         for task in self._tasks:
-            await asyncio.to_thread(task.join, self.config.shutdown_grace_s)
+            if over_kafka:
+                await asyncio.to_thread(task.join, max(0.0, stop_by - time.monotonic()))
+                if task.is_alive():  # a daemon thread: it does not hold the process's exit
+                    self._stop_failed(
+                        f"the processor did not stop within {stop_by - started:.0f} s (broker away?): its "
+                        "last state is not saved; the next owner resumes from the last snapshot"
+                    )
+                continue
+            await asyncio.to_thread(task.join, cfg.shutdown_grace_s)
             if self.processor_loop is not None:
                 self.processor_loop.stopping.set()
             await asyncio.to_thread(task.join)
@@ -527,6 +556,13 @@ class Node:
             self._config_backend = None
         await asyncio.to_thread(self.metrics.close)
         self._kafka_admin = None
+        log.info("stopped in %.1f s", time.monotonic() - started)
+
+    def _stop_failed(self, why: str) -> None:
+        """Something the node held is not durable at the end of a stop: say what, and exit non-zero."""
+        log.error("shutdown: %s", why)
+        self.failure = f"{self.failure}; {why}" if self.failure else why
+        self.failed.set()
 
 
 def server_options(cfg: Config) -> list[tuple[str, int]]:

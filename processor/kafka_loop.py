@@ -9,12 +9,16 @@ whole, so restore is always exact, and no message comes near the broker's messag
 of keys.
 
 Dead letters and the anomalies topic are at-least-once: a replay may publish a record again.
+
+Every wait on the broker has a bound (FLUSH_S, SIDE_FLUSH_S, READ_S), and a stop brings them all forward to
+its deadline (KafkaSource.stop_by): with the broker gone, a stop ends on time and says what was not delivered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 import time
 from typing import TYPE_CHECKING
@@ -29,13 +33,53 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _MANIFEST = struct.Struct("<qI")  # offset covered (= generation), chunk count
 _LEGACY = struct.Struct("<q")
+FLUSH_S = 60.0  # while running, a state write waits this long for the broker (a restart is ridden out)
+SIDE_FLUSH_S = 30.0  # dead letters and anomalies at close
+READ_S = 60.0  # reading the state topic on assignment
+SLICE_S = 0.2  # waits are cut in slices of this: a stop's deadline is seen while one is under way
+
+
+class Budget:
+    """When a wait on the broker gives up: its own bound after it starts, or the stop's deadline once a stop
+    has set one (stop_at, a time.monotonic() value), whichever comes first."""
+
+    def __init__(self) -> None:
+        self.stop_at: float | None = None
+
+    def give_up_at(self, started: float, wait_s: float) -> float:
+        return min(started + wait_s, math.inf if self.stop_at is None else self.stop_at)
+
+    def left(self, give_up_at: float) -> float:
+        return max(0.0, give_up_at - time.monotonic())
+
+    def flush(self, producer, wait_s: float) -> int:
+        """Deliver what the producer holds, within the budget; returns how many records are left."""
+        started = time.monotonic()
+        while True:
+            left = self.left(self.give_up_at(started, wait_s))
+            pending = producer.flush(min(SLICE_S, left))
+            if not pending or not left:
+                return pending
+
+    def produce(self, producer, topic: str, value, key, **kw) -> None:
+        """Produce; a full local queue waits for deliveries (a big snapshot fills it), within the budget."""
+        started = time.monotonic()
+        while True:
+            try:
+                producer.produce(topic, value, key, **kw)
+                return
+            except BufferError:
+                if not self.left(self.give_up_at(started, FLUSH_S)):
+                    raise KafkaException(f"{topic}: producer queue full, the broker takes nothing") from None
+                producer.poll(0.1)
 
 
 class StateLog:
     """Per partition: the latest snapshot (offset + state bytes, chunked) and the intents written since."""
 
-    def __init__(self, cfg: KafkaConfig):
+    def __init__(self, cfg: KafkaConfig, budget: Budget | None = None):
         self.cfg = cfg
+        self.budget = budget or Budget()
         self.producer = cfg.producer(enable_idempotence=True, acks="all", compression_type="zstd")
         self.generations: dict[int, tuple[int, int]] = {}  # partition -> (generation, chunks) last written
 
@@ -60,33 +104,34 @@ class StateLog:
         self._produce(json.dumps(ranges).encode(), self.key(partition, "intents"))
 
     def _produce(self, value: bytes | None, key: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.cfg.state_topic, value, key)
-                return
-            except BufferError:  # a big snapshot fills the local queue: wait for deliveries
-                self.producer.poll(0.1)
+        self.budget.produce(self.producer, self.cfg.state_topic, value, key)
 
     def flush(self) -> None:
-        if self.producer.flush(60):
-            raise KafkaException(f"state topic {self.cfg.state_topic}: records not delivered within 60 s")
+        left = self.budget.flush(self.producer, FLUSH_S)
+        if left:
+            raise KafkaException(
+                f"state topic {self.cfg.state_topic}: {left} snapshot/intent records not delivered (broker "
+                "away?); nothing acked is lost: offsets are not committed past what is stored, and the next "
+                "owner resumes from the last snapshot that was"
+            )
 
     def load(self) -> dict[bytes, bytes]:
         """The latest value of every key in the state topic (tombstoned keys left out)."""
         reader = self.cfg.consumer(group_id=self.cfg.group_id + "-state-reader", enable_auto_commit=False)
         try:
-            low, high = watermarks(reader, TopicPartition(self.cfg.state_topic, 0))
+            started = time.monotonic()
+            low, high = watermarks(reader, TopicPartition(self.cfg.state_topic, 0), self.budget, started)
             latest: dict[bytes, bytes] = {}
             if high <= low:
                 return latest
             reader.assign([TopicPartition(self.cfg.state_topic, 0, low)])
-            position, give_up = low, time.monotonic() + 60
+            position = low
             while position < high:
-                if time.monotonic() > give_up:
+                if not self.budget.left(self.budget.give_up_at(started, READ_S)):
                     raise KafkaException(
                         f"state topic {self.cfg.state_topic}: read stalled at {position}/{high}"
                     )
-                for msg in reader.consume(1000, timeout=1.0):
+                for msg in reader.consume(1000, timeout=SLICE_S):
                     if msg.error():
                         raise KafkaException(msg.error())
                     key, value, offset = msg.key(), msg.value(), msg.offset()
@@ -115,18 +160,20 @@ class StateLog:
         return data, offset, intents
 
 
-def watermarks(consumer, tp: TopicPartition, give_up_s: float = 60.0) -> tuple[int, int]:
-    """(low, high) offsets; retries while the partition has no leader yet (a topic just created)."""
-    deadline = time.monotonic() + give_up_s
+def watermarks(consumer, tp: TopicPartition, budget: Budget, started: float) -> tuple[int, int]:
+    """(low, high) offsets; retries while the partition has no leader yet (a topic just created), within
+    READ_S of `started` or the stop's deadline."""
     while True:
+        left = budget.left(budget.give_up_at(started, READ_S))
         try:
-            return consumer.get_watermark_offsets(tp, timeout=10)
+            return consumer.get_watermark_offsets(tp, timeout=max(min(10.0, left), 0.001))
         except KafkaException as exc:
             err = exc.args[0]
-            if time.monotonic() > deadline or not (err.retriable() or err.code() in _NO_LEADER_YET):
+            left = budget.left(budget.give_up_at(started, READ_S))
+            if not left or not (err.retriable() or err.code() in _NO_LEADER_YET):
                 raise
             log.info("%s[%d] not ready (%s); retrying", tp.topic, tp.partition, err)
-            time.sleep(0.5)
+            time.sleep(min(0.5, left))
 
 
 _NO_LEADER_YET = (
@@ -144,7 +191,8 @@ class KafkaSource:
     def __init__(self, cfg: KafkaConfig, session_timeout_ms: int = 10_000):
         self.cfg = cfg
         self.topic = cfg.topic
-        self.state_log = StateLog(cfg)
+        self.budget = Budget()
+        self.state_log = StateLog(cfg, self.budget)
         self.side = cfg.producer(enable_idempotence=True, acks="all", linger_ms=20)
         self.consumer = cfg.consumer(
             **{
@@ -193,10 +241,13 @@ class KafkaSource:
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer, partitions) -> None:
+        # Stopping (the consumer's close): the loop has saved its state already, or failed to and said so.
+        stopping = self.budget.stop_at is not None
         for tp in partitions:
-            self.loop.release(tp.partition, save=True)
+            self.loop.release(tp.partition, save=not stopping)
             self._forget(tp.partition)
-        self.state_log.flush()  # the next owner must find the snapshot
+        if not stopping:
+            self.state_log.flush()  # the next owner must find the snapshot
         consumer.incremental_unassign(partitions)
 
     def _on_lost(self, consumer, partitions) -> None:
@@ -274,15 +325,19 @@ class KafkaSource:
 
     def _side_produce(self, topic: str, value: bytes, key: bytes, headers=None) -> None:
         """Produce to a side topic; a full local queue waits for deliveries rather than failing the chunk."""
-        while True:
-            try:
-                self.side.produce(topic, value, key, headers=headers)
-                return
-            except BufferError:
-                self.side.poll(0.1)
+        self.budget.produce(self.side, topic, value, key, headers=headers)
+
+    def stop_by(self, deadline: float) -> None:
+        """From any thread: every wait on the broker gives up by `deadline` (time.monotonic())."""
+        self.budget.stop_at = deadline
 
     def close(self) -> None:
         try:
-            self.side.flush(30)
+            left = self.budget.flush(self.side, SIDE_FLUSH_S)
+            if left:
+                raise KafkaException(
+                    f"{left} dead-letter/anomaly records not delivered to {self.cfg.deadletter_topic} / "
+                    f"{self.cfg.anomalies_topic} (broker away?); the readings and anomalies are stored"
+                )
         finally:
             self.consumer.close()  # leaves the group: the others take over now, not after a session timeout

@@ -201,3 +201,49 @@ def test_sigterm_during_busy_ingest_loses_nothing_acked(tmp_path, queue, request
         assert sum(len(a) for a in acked.values()) >= 300
     finally:
         assert again.stop() == 0
+
+
+def test_sigterm_with_the_broker_gone_ends_within_the_bound_and_says_what_is_lost(
+    tmp_path, private_kafka_broker
+):
+    """`serve --kafka` whose broker has died: the stop gives up on the broker at its deadline instead of
+    waiting out 60 s flushes, exits non-zero, and the log names what was not delivered."""
+    from iotstream.node import Config
+    from iotstream.node.assembly import STOP_ALLOWANCE_S
+
+    bound = Config().shutdown_grace_s + STOP_ALLOWANCE_S
+    extra = ("--kafka", private_kafka_broker.bootstrap, "--namespace", f"gone-{uuid.uuid4().hex[:8]}")
+    serve = Serve(tmp_path, *extra, "--partitions", "1")
+    try:
+        now_ms = time.time_ns() // 1_000_000
+        with grpc.insecure_channel(serve.target) as ch:
+            sent = pb.ReadingBatch(
+                device_id="gone-01",
+                seq=1,
+                base_time_ms=now_ms,
+                time_offset_ms=[0, 1],
+                metric_names=["m"],
+                metric_index=[0, 0],
+                values=[1.0, 2.0],
+            )
+            assert ingest_pb2_grpc.IngestStub(ch).Send(sent, timeout=30).accepted == 2
+            query = query_pb2_grpc.QueryStub(ch)
+            deadline = time.monotonic() + 60
+            # The processor holds the partition's state now: its stop has a snapshot to write.
+            while query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < 2:
+                assert time.monotonic() < deadline, "the batch was not stored"
+                time.sleep(0.05)  # polling a condition
+        private_kafka_broker.kill()
+        started = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        code = serve.proc.wait(bound + 60)  # a generous wait, so that a miss is measured, not a hang
+        took = time.monotonic() - started
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+    records = [json.loads(line) for line in serve.lines if line.startswith("{")]
+    assert code == 1, serve.lines[-20:]
+    assert took < bound, f"stop took {took:.1f} s, bound {bound:.0f} s"
+    errors = [r["msg"] for r in records if r["level"] == "ERROR"]
+    assert any("snapshot/intent records not delivered" in m and "nothing acked is lost" in m for m in errors)
+    assert any(m.startswith("iotstream serve: failed:") for m in (r["msg"] for r in records))

@@ -55,7 +55,7 @@ def poll(check, timeout: float = 20.0, every: float = 0.05, what: str = "conditi
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s (last: {value!r})")
-        time.sleep(every)
+        time.sleep(every)  # polling a condition
 
 
 def database() -> str:

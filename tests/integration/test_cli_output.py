@@ -101,7 +101,7 @@ def fed(server):
     deadline = time.monotonic() + 60
     while server.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
         assert time.monotonic() < deadline, "readings did not reach the store"
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling a condition
     return server, data
 
 

@@ -41,7 +41,7 @@ def fed(chdb_dir):
         deadline = time.monotonic() + 60
         while srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
             assert time.monotonic() < deadline, "readings did not reach the store"
-            time.sleep(0.05)
+            time.sleep(0.05)  # polling a condition
         srv.http = f"http://127.0.0.1:{srv.server.console.port}"
         yield srv, data
     finally:
@@ -248,7 +248,7 @@ def test_live_feeds_are_capped(fed):
     deadline = time.monotonic() + 10  # feeds of earlier tests, closed by their clients, free their slots
     while srv.server.console.feeds:
         assert time.monotonic() < deadline, f"{len(srv.server.console.feeds)} feeds still open"
-        time.sleep(0.1)
+        time.sleep(0.1)  # polling a condition
     try:
         for _ in range(MAX_STREAMS):
             streams.append(urllib.request.urlopen(srv.http + "/api/events", timeout=30))
@@ -264,7 +264,7 @@ def test_live_feeds_are_capped(fed):
                 break
             except urllib.error.HTTPError as exc:
                 assert exc.code == 429 and time.monotonic() < deadline
-                time.sleep(0.5)
+                time.sleep(0.5)  # polling a condition
         assert read_event(streams[-1])["type"] == "WATCHING"
     finally:
         for s in streams:
@@ -358,4 +358,4 @@ def test_connections_past_the_cap_are_closed_and_the_console_recovers(fed):
             break
         except (urllib.error.URLError, ConnectionError):
             assert time.monotonic() < deadline
-            time.sleep(0.2)
+            time.sleep(0.2)  # polling a condition

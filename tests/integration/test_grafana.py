@@ -142,7 +142,7 @@ def fleet(chdb_dir):
         deadline = time.monotonic() + 60
         while srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
             assert time.monotonic() < deadline, "the fleet's readings did not reach the store in 60 s"
-            time.sleep(0.05)
+            time.sleep(0.05)  # polling a condition
         episodes = srv.query.ListAnomalies(qpb.ListAnomaliesRequest(), timeout=10).anomalies
         assert episodes, "the simulated spikes opened no episode"
         srv.query.AcknowledgeAnomaly(

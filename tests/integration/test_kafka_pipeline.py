@@ -38,7 +38,7 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
         value = predicate()
         if value:
             return value
-        time.sleep(every)
+        time.sleep(every)  # polling a condition
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

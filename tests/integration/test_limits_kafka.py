@@ -86,6 +86,19 @@ def stream_until(srv: ServerThread, device: str, n: int, batches: int, held) -> 
     return reader, responses
 
 
+def later_batches_read(srv: ServerThread, held: int) -> tuple[threading.Thread, list]:
+    """The positive signal behind an absence: once a limit holds a stream, another device streams 3 batches
+    and the node reads (counts) all three; the held stream's next batch was sent before them, so a node that
+    were going to read it would have by now. Returns the probe's thread, which ends once the broker is back,
+    and the list its acks go to."""
+    call = srv.ingest.Stream(iter([batch("dev-probe", 1, seq=s) for s in (1, 2, 3)]), timeout=120)
+    acks: list = []
+    prober = threading.Thread(target=lambda: acks.extend(r.ack.seq for r in call))
+    prober.start()
+    poll(lambda: srv.server.counters.accepted >= held + 3, timeout=30, what="the probe's batches read")
+    return prober, acks
+
+
 def test_read_ahead_cap_stops_reading_a_stream(broker, ingest_node):
     srv = ingest_node()
     broker.pause()
@@ -94,11 +107,14 @@ def test_read_ahead_cap_stops_reading_a_stream(broker, ingest_node):
         reader, responses = stream_until(
             srv, "dev-ra", n, 100, lambda: srv.server.counters.accepted == MAX_INFLIGHT_PER_STREAM * n
         )
-        time.sleep(0.5)  # an absence: the stream is not read further while its acks wait
-        assert srv.server.counters.accepted == MAX_INFLIGHT_PER_STREAM * n and responses == []
+        prober, probe_acks = later_batches_read(srv, MAX_INFLIGHT_PER_STREAM * n)
+        # an absence: the stream is not read further while its acks wait
+        assert srv.server.counters.accepted == MAX_INFLIGHT_PER_STREAM * n + 3 and responses == []
     finally:
         broker.resume()
     reader.join(90)
+    prober.join(90)
+    assert probe_acks == [1, 2, 3]
     assert [r.ack.seq for r in responses] == list(range(1, 101))  # all acked, in order
     assert sorted(s for d, s in topic_batches(srv) if d == "dev-ra") == list(range(1, 101))
 
@@ -111,12 +127,15 @@ def test_bytes_in_flight_cap_holds_a_device_back(broker, ingest_node):
     try:
         n = 500  # about 5.5 kB a batch: the second one does not fit beside the first
         reader, responses = stream_until(srv, "dev-by", n, 10, lambda: srv.server.counters.accepted == 2 * n)
-        time.sleep(0.5)  # an absence: the second batch waits for room, the third is not read
-        assert srv.server.counters.accepted == 2 * n and responses == []
+        prober, probe_acks = later_batches_read(srv, 2 * n)
+        # an absence: the second batch waits for room, the third is not read
+        assert srv.server.counters.accepted == 2 * n + 3 and responses == []
         assert 0 < limiter.inflight["dev-by"].nbytes <= cap
     finally:
         broker.resume()
     reader.join(90)
+    prober.join(90)
+    assert probe_acks == [1, 2, 3]
     assert [r.ack.seq for r in responses] == list(range(1, 11))
     assert sorted(s for d, s in topic_batches(srv) if d == "dev-by") == list(range(1, 11))
 

@@ -38,7 +38,7 @@ def wait_for(predicate, timeout, what):
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling a condition
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

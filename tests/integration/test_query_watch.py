@@ -236,15 +236,32 @@ def wait_for(condition, timeout=30):
         time.sleep(0.01)  # polling a condition
 
 
-def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick):
+def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick, chdb_dir):
     store = quick.server.store
     counting = store.backend = CountingBackend(store.backend)
     signal = quick.server.episodes_written
     watches = [Watch(quick, timeout=60) for _ in range(5)]
     wait_for(lambda: len(signal._waiters) == len(watches))  # every stream has looked and now waits
     before = counting.episode_reads
-    time.sleep(1.5)  # idle for longer than the old 0.2 s poll and the default fallback (1 s)
-    assert counting.episode_reads == before
+    # The positive signal: a query node of its own on the same database polls at the default fallback
+    # (1 s); once its stream has looked twice, streams that polled (every 0.2 s before, or 1 s) would have.
+    poller = ServerThread(
+        Config(
+            port=0,
+            data_dir=chdb_dir,
+            database=quick.config.database,
+            roles=frozenset({QUERY}),  # default watch_poll_s
+        )
+    )
+    try:
+        polled = poller.server.store.backend = CountingBackend(poller.server.store.backend)
+        control = Watch(poller, timeout=60)
+        first = polled.episode_reads
+        wait_for(lambda: polled.episode_reads >= first + 2)
+        control.close()
+    finally:
+        poller.stop()
+    assert counting.episode_reads == before  # idle all along
     got: list = []
 
     def read(watch):

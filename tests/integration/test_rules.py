@@ -56,7 +56,7 @@ def test_threshold_from_rules_and_silence(ruled):
     assert kinds(ruled, "threshold") == [("dev-t", "temp", now - 999)]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and len(kinds(ruled, "silence")) < 2:
-        time.sleep(0.1)
+        time.sleep(0.1)  # polling a condition
     assert sorted(kinds(ruled, "silence")) == [("dev-t", "hum", now - 997), ("dev-t", "temp", now - 999)]
     progress = ruled.server.processor_loop.progress
     ticks = progress.silence_checks

@@ -126,7 +126,7 @@ async def ingest_then_sigterm(serve: Serve) -> tuple[dict, dict]:
         deadline = time.monotonic() + 60
         while sum(len(a) for a in acked.values()) < 300:  # busy: 60,000 readings acked, more in flight
             assert time.monotonic() < deadline, "ingest too slow to get busy"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # polling a condition
         serve.proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return acked, outcome
@@ -156,7 +156,7 @@ def poll_values(target: str, device: int, acked: set, timeout: float = 60) -> li
         values = stored_values(target, device)
         if want <= set(values) or time.monotonic() > deadline:
             return values
-        time.sleep(0.2)
+        time.sleep(0.2)  # polling a condition
 
 
 @pytest.mark.parametrize("queue", ["local", "kafka"])

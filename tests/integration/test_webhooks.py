@@ -145,7 +145,7 @@ def settle(srv, hook, result, n, timeout=10):
     deadline = time.monotonic() + timeout
     while deliveries(srv, hook, result) < n:
         assert time.monotonic() < deadline, f"{hook} {result}: {deliveries(srv, hook, result)} of {n}"
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling a condition
     return deliveries(srv, hook, result)
 
 

@@ -148,7 +148,7 @@ def test_bytes_in_flight_hold_a_device_back_until_acks_free_them():
         await lim.hold_bytes("d", 60)
         await lim.hold_bytes("other", 90)  # other devices are not held
         waiting = asyncio.create_task(lim.hold_bytes("d", 60))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the task now waits for room
         assert not waiting.done()  # 120 > 100
         lim.free_bytes("d", 60)
         await asyncio.wait_for(waiting, 1)

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 from iotstream.bus import local as queue
 from iotstream.bus.local import LocalLog
@@ -41,14 +42,32 @@ def test_offsets_reads_snapshot_truncation_and_restart(tmp_path, monkeypatch):
     log.close_reader()
 
 
-def age(ms: float) -> None:
-    """Let `ms` pass (the lag is a clock reading; nothing here waits for another thread)."""
-    until = time.monotonic() + ms / 1000
-    while time.monotonic() < until:
-        time.sleep(0.005)
+class Clock:
+    """bus.local's `time`, with a monotonic clock the test moves (the lag is a clock reading: no waiting)."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
 
 
-def test_lag_is_the_age_of_the_oldest_unprocessed_batch(tmp_path):
+def test_lag_is_the_age_of_the_oldest_unprocessed_batch(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(queue, "time", clock)
+
+    @dataclass
+    class Append(queue._Append):
+        at: float = field(default_factory=clock.monotonic)  # the hand-over time, on the same clock
+
+    monkeypatch.setattr(queue, "_Append", Append)
+
+    def age(ms: int) -> None:
+        clock.ms += ms
+
     log = LocalLog(str(tmp_path / "log.sqlite"))
     assert log.lag_ms() == 0  # empty
     append(log, [b"a"])

@@ -1,6 +1,8 @@
-"""The embedded engine answers reads on a connection of their own: a query issued while a big insert runs is
+"""The embedded engine answers reads on a connection of their own: a query issued while an insert runs is
 answered from what was committed before, without waiting for the insert, and parameters never cross."""
 
+import errno
+import os
 import threading
 import time
 import uuid
@@ -11,7 +13,7 @@ import pytest
 
 from iotstream.clickhouse import Store, open_backend
 
-ROWS = 1_000_000  # one insert block: its rows become visible together, when it commits
+ROWS = 100_000  # one insert block: its rows become visible together, when it commits
 
 
 def chunk(rows: int, device: str) -> pa.Table:
@@ -41,18 +43,48 @@ def stored(store: Store, device: str) -> int:
     ).to_pylist()[0]["n"]
 
 
-def test_a_read_during_a_big_insert_does_not_wait_for_it(store):
-    writing = store.backend._client._backend._handle.lock  # held while a write statement runs
-    data = chunk(ROWS, "big")
-    insert = threading.Thread(target=store.insert_readings, args=(data, "big-1"))
-    insert.start()
+# Rows from a named pipe: the insert is under way in the engine, holding the write connection, until the
+# test writes them (a condition, not a margin on how long a big insert takes).
+INSERT_FROM_PIPE = (
+    "INSERT INTO $db.readings (device_id, metric, time, value) "
+    "SELECT device_id, metric, fromUnixTimestamp64Milli(t), value "
+    "FROM file({path:String}, 'CSVWithNames', 'device_id String, metric String, t Int64, value Float64')"
+)
+
+
+def open_when_read(pipe: str, insert: threading.Thread) -> int:
+    """The pipe's write end, once the insert has opened it to read its rows."""
     deadline = time.monotonic() + 60
-    while not writing.locked() and time.monotonic() < deadline:
-        time.sleep(0.0005)  # polling a condition: the insert has the write connection
-    seen = stored(store, "big")
-    still_inserting = insert.is_alive()
+    while True:
+        try:
+            fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while no one reads it
+            os.set_blocking(fd, True)
+            return fd
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or not insert.is_alive() or time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)  # polling a condition: the insert has opened the pipe
+
+
+def test_a_read_during_an_insert_does_not_wait_for_it(store, tmp_path):
+    pipe = str(tmp_path / "rows.pipe")
+    os.mkfifo(pipe)
+    sql = INSERT_FROM_PIPE.replace("$db", store.backend.database)
+    insert = threading.Thread(target=store.backend.command, args=(sql, {"path": pipe}))
+    insert.start()
+    fd = open_when_read(pipe, insert)
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.append(stored(store, "big")))
+    reader.start()
+    reader.join(60)  # a read that waited for the insert would wait for ever: the rows come after it
+    answered, still_inserting = not reader.is_alive(), insert.is_alive()
+    now = time.time_ns() // 1_000_000
+    with os.fdopen(fd, "w") as rows:
+        rows.write("device_id,metric,t,value\n")
+        rows.writelines(f"big,temp,{now - 10 * i},{i}\n" for i in range(ROWS))
     insert.join(120)
-    assert (seen, still_inserting) == (0, True)  # answered before the insert committed, not after it
+    reader.join(120)
+    assert (answered, still_inserting, seen) == (True, True, [0])  # answered from before the insert
     assert stored(store, "big") == ROWS
 
 

@@ -71,7 +71,13 @@ class TcpProxy:
         self._loop.call_soon_threadsafe(abort_all)
 
     def close(self) -> None:
-        self.cut()
-        self._server.close()
+        async def shut() -> None:
+            # On the proxy's loop: an asyncio server is not thread-safe. Closed from the test's thread, it
+            # raced the loop's own end of the last connection (both woke the server's waiters: TypeError).
+            for transport in list(self._open):
+                transport.abort()
+            self._server.close()
+
+        self._run(shut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

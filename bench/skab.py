@@ -6,9 +6,7 @@ Each labelled CSV is one device, each sensor column one metric; all readings are
 through ``RollingStats()`` configured by ``RuleBook()`` (what the processor runs without a rules file;
 nothing is fitted to SKAB). A row is predicted anomalous when a reading of any of its metrics is flagged
 (``row``) or, as an operator sees it, while any of its metrics has an open episode (``episode``: from its
-first flagged reading until the last one, episodes ending after ``QUIET_S`` seconds without one;
-``hold``: the same with ``EpisodeTracker(hold=True)``, a reported change's episode also open while the
-change holds).
+first flagged reading until the last one, episodes ending after ``QUIET_S`` seconds without one).
 
 Scoring follows SOURCE.md (the leaderboard's ``core/metrics.py``): only rows from TRAIN_ROWS on count;
 outlier detection is F1 = TP / (TP + (FP + FN) / 2), FAR = FP / (FP + TN), MAR = FN / (FN + TP) over all
@@ -51,7 +49,7 @@ def read(path: Path) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.
     return t, sensors, vals, lab.get("anomaly", zeros), lab.get("changepoint", zeros)
 
 
-def detect(t: np.ndarray, sensors: list[str], vals: np.ndarray, hold: bool = False):
+def detect(t: np.ndarray, sensors: list[str], vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, list, int]:
     """Per row: any metric flagged, any metric's episode open; the episodes; the flagged readings."""
     n, m = vals.shape
     stats = RollingStats(capacity=m)
@@ -63,7 +61,7 @@ def detect(t: np.ndarray, sensors: list[str], vals: np.ndarray, hold: bool = Fal
     _, score, flags, dom = stats.update(slots, ts, vals.ravel(), dominant=True)
     hit = (flags & ANOMALY_FLAGS) != 0
     row = hit.reshape(n, m).any(axis=1)
-    tracker = EpisodeTracker(quiet_ms=QUIET_S * 1000, by_key=True, hold=hold)
+    tracker = EpisodeTracker(quiet_ms=QUIET_S * 1000, by_key=True)
     events = tracker.update(slots, ts, score, flags, dom) + tracker.close_idle(2**62)
     opened = [e.episode for e in events if e.action == "closed"]
     episode = np.zeros(n, dtype=bool)
@@ -119,12 +117,11 @@ def outlier(tp: int, tn: int, fp: int, fn: int) -> dict:
 def run(root: Path) -> dict:
     files = sorted(p for p in (root / "data").rglob("*.csv") if p.parent.name != "anomaly-free")
     out = {}
-    for mode in ("row", "episode", "hold"):
+    for mode in ("row", "episode"):
         out[mode] = {"cm": [0, 0, 0, 0], "nab": [0.0, 0.0, 0.0]}
     for path in files:
         t, sensors, vals, anomaly, cp = read(path)
         preds = dict(zip(("row", "episode"), detect(t, sensors, vals)[:2], strict=True))
-        preds["hold"] = detect(t, sensors, vals, hold=True)[1]
         test = slice(TRAIN_ROWS, None)
         for mode, pred in preds.items():
             p, y = pred[test], anomaly[test] == 1
@@ -154,7 +151,6 @@ def anomaly_free(path: Path) -> dict:
     kinds: dict[str, int] = {}
     for ep in opened:
         kinds[ep.kind] = kinds.get(ep.kind, 0) + 1
-    held = detect(t, sensors, vals, hold=True)[2]
     return {
         "rows": len(t),
         "metrics": len(sensors),
@@ -165,5 +161,4 @@ def anomaly_free(path: Path) -> dict:
         "episodes": len(opened),
         "episodes_per_metric_day": round(len(opened) / (metric_hours / 24), 2),
         "episodes_by_detector": kinds,
-        "episodes_per_metric_day_hold": round(len(held) / (metric_hours / 24), 2),
     }

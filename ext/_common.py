@@ -68,9 +68,6 @@ FLOAT_FIELDS = [
     *(f"prof{k}" for k in range(12)),
     "rsm",
     "rsv",
-    "hbase",
-    "hsize",
-    "hsince",
 ]
 INT_FIELDS = [
     "pos",
@@ -123,9 +120,6 @@ FLOAT_DEFAULTS = {
     **{f"prof{k}": 0.0 for k in range(12)},
     "rsm": 0.0,
     "rsv": 0.0,
-    "hbase": 0.0,
-    "hsize": 0.0,
-    "hsince": 0.0,
 }
 INT_DEFAULTS = {
     "pos": 0,
@@ -187,10 +181,6 @@ SMEAN_VAR_ALPHA = 0.001  # ... whose mean square is learnt slowly (about 1,000 r
 # reading as a running mean), only while both CUSUMs are below half the threshold, so a change does
 # not inflate it before it is reported
 SMEAN_SD = 4.0  # the short mean must exceed this many of its learnt sd for the CUSUM to fire
-# Once reported, a change is held (hbase: the level before it, hsize: its size, the short mean when it fired,
-# 0 = none held; hsince: when) while the readings' recent mean stays beyond half its size from hbase, at most:
-SHIFT_HOLD_MS = 3 * LEVEL_TAU_MS  # 10 minutes: by then the level has followed the change (95 %): it is the
-# key's new normal, and an episode of it closes
 # ----------------------------------------------------------------------
 # Calibrated score (see rolling.py "Calibrated score"): per key, the share of its readings whose evidence
 # (largest detector evidence over its threshold) exceeded each of CAL_LEVELS levels CAL_LEVEL0 * 2**k.

@@ -10,7 +10,7 @@ cdef extern from *:
 # into addresses; rolling.py takes the same values from _common by name and refuses to import when
 # the two disagree.
 cdef enum:
-    NF = 54
+    NF = 51
     NI = 15
     NP = 10
     F_SHIFT = 0
@@ -35,9 +35,6 @@ cdef enum:
     F_PROF0 = 37          # SEASON_BUCKETS values from here
     F_RSM = 49            # the change detector's residuals: short EW mean, and its learnt mean square
     F_RSV = 50
-    F_HBASE = 51          # a reported change held: the level before it, its size (0: none), since when
-    F_HSIZE = 52
-    F_HSINCE = 53
     I_POS = 0             # next ring position to write
     I_NFILL = 1           # ring positions in use
     I_NOBS = 2            # real values in the window

@@ -73,7 +73,6 @@ from ._common import (
     SEASON_DEPARTED_SHARE,
     SEASON_MIN_MS,
     SEASON_Z,
-    SHIFT_HOLD_MS,
     SMEAN_ALPHA,
     SMEAN_SD,
     SMEAN_VAR_ALPHA,
@@ -129,34 +128,33 @@ _LAYOUT = (
     len(FLOAT_FIELDS), len(INT_FIELDS), len(PARAM_FIELDS), _F["shift"], _F["prev"], _F["rprev"],
     _F["ewm_mean"], _F["ewm_var"], _F["tshift"], _F["res"], _F["level"], _F["rmean"], _F["rvar"], _F["rcov"],
     _F["dprev"], _F["cup"], _F["cdown"], _F["cal0"], _F["sm"], _F["sv"], _F["sarm"], _F["smean"], _F["prof0"],
-    _F["rsm"], _F["rsv"], _F["hbase"], _F["hsize"], _F["hsince"], _I["pos"], _I["nfill"], _I["nobs"],
-    _I["nsame"], _I["last_ts"], _I["prev_ts"], _I["run_ts"], _I["ewm_n"], _I["tnobs"], _I["tn"], _I["cn"],
-    _I["nup"], _I["ndown"], _I["first_ts"], _P["z_threshold"], _P["robust_threshold"], _P["lo"], _P["hi"],
-    _P["max_rate"], _P["stuck_count"], _P["stuck_ms"], _P["silence_ms"], _P["shift_threshold"],
-    _P["time_window_ms"], BLOCK.index("mean"), BLOCK.index("cmean"), BLOCK.index("ssqdm"),
-    BLOCK.index("cssq"), BLOCK.index("sabs"), BLOCK.index("prev"), 1, FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE,
-    FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT, FLAG_LATE, ANOMALY_FLAGS, 16, 8, int(1.0 / RVAR_ALPHA),
-    int(1.0 / RCOV_ALPHA), int(1.0 / SMEAN_VAR_ALPHA), COUNTER_UPS, COUNTER_RATIO, CAL_LEVELS, CAL_N,
-    CAL_PRIOR, SEASON_BUCKETS, DAY_MS, SEASON_MIN_MS,
+    _F["rsm"], _F["rsv"], _I["pos"], _I["nfill"], _I["nobs"], _I["nsame"], _I["last_ts"], _I["prev_ts"],
+    _I["run_ts"], _I["ewm_n"], _I["tnobs"], _I["tn"], _I["cn"], _I["nup"], _I["ndown"], _I["first_ts"],
+    _P["z_threshold"], _P["robust_threshold"], _P["lo"], _P["hi"], _P["max_rate"], _P["stuck_count"],
+    _P["stuck_ms"], _P["silence_ms"], _P["shift_threshold"], _P["time_window_ms"], BLOCK.index("mean"),
+    BLOCK.index("cmean"), BLOCK.index("ssqdm"), BLOCK.index("cssq"), BLOCK.index("sabs"), BLOCK.index("prev"),
+    1, FLAG_ZSCORE, FLAG_THRESHOLD, FLAG_RATE, FLAG_STUCK, FLAG_ROBUST, FLAG_SHIFT, FLAG_LATE, ANOMALY_FLAGS,
+    16, 8, int(1.0 / RVAR_ALPHA), int(1.0 / RCOV_ALPHA), int(1.0 / SMEAN_VAR_ALPHA), COUNTER_UPS,
+    COUNTER_RATIO, CAL_LEVELS, CAL_N, CAL_PRIOR, SEASON_BUCKETS, DAY_MS, SEASON_MIN_MS,
 )
 if not cython.compiled:
     (
         NF, NI, NP, F_SHIFT, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR, F_TSHIFT, F_RES, F_LEVEL, F_RMEAN,
         F_RVAR, F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, F_RSM, F_RSV,
-        F_HBASE, F_HSIZE, F_HSINCE, I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N,
-        I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN, I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N,
-        P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME,
-        Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR,
-        PF_NEAR, RVAR_N, RCOV_N, SMEAN_N, CTR_UPS, CTR_RATIO, NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
+        I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP,
+        I_NDOWN, I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS,
+        P_STHR, P_TWIN, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG,
+        RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N,
+        SMEAN_N, CTR_UPS, CTR_RATIO, NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
     ) = _LAYOUT
 if (
     NF, NI, NP, F_SHIFT, F_PREV, F_RPREV, F_EWM_MEAN, F_EWM_VAR, F_TSHIFT, F_RES, F_LEVEL, F_RMEAN, F_RVAR,
-    F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, F_RSM, F_RSV, F_HBASE,
-    F_HSIZE, F_HSINCE, I_POS, I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS,
-    I_TN, I_CN, I_NUP, I_NDOWN, I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS,
-    P_SILENCE_MS, P_STHR, P_TWIN, V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG,
-    THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG, ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR,
-    RVAR_N, RCOV_N, SMEAN_N, CTR_UPS, CTR_RATIO, NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
+    F_RCOV, F_DPREV, F_CUP, F_CDOWN, F_CAL0, F_SM, F_SV, F_SARM, F_SMEAN, F_PROF0, F_RSM, F_RSV, I_POS,
+    I_NFILL, I_NOBS, I_NSAME, I_LAST_TS, I_PREV_TS, I_RUN_TS, I_EWM_N, I_TNOBS, I_TN, I_CN, I_NUP, I_NDOWN,
+    I_FIRST_TS, P_ZTHR, P_RTHR, P_LO, P_HI, P_MAX_RATE, P_STUCK_N, P_STUCK_MS, P_SILENCE_MS, P_STHR, P_TWIN,
+    V_MEAN, V_CMEAN, V_SSQDM, V_CSSQ, V_SABS, V_PREV, C_NSAME, Z_FLAG, THRESHOLD_FLAG, RATE_FLAG, STUCK_FLAG,
+    ROBUST_FLAG, SHIFT_FLAG, LATE_FLAG, ANOMALY, PF_FAR, PF_NEAR, RVAR_N, RCOV_N, SMEAN_N, CTR_UPS, CTR_RATIO,
+    NCAL, CAL_NN, CAL_P, NBUCKET, DAY, SEASON_MIN,
 ) != _LAYOUT:
     raise ImportError("iotstream.ext.rolling was compiled with other constants than _common's")
 _BLOCKS = [FLOAT_FIELDS[F_SHIFT : F_SHIFT + 7], FLOAT_FIELDS[F_TSHIFT : F_TSHIFT + 7]]
@@ -208,7 +206,6 @@ SVAR_TAU = cython.declare(cython.double, SVAR_TAU_MS)
 SEASON_AMAX = cython.declare(cython.double, SEASON_ALPHA_MAX)
 DEPARTED = cython.declare(cython.double, SEASON_DEPARTED_SHARE)
 SEASON_ZC = cython.declare(cython.double, SEASON_Z)
-HOLD_MS = cython.declare(cython.double, SHIFT_HOLD_MS)
 
 # ----------------------------------------------------------------------
 # Rolling variance: Welford's method with Kahan-compensated mean and ssqdm,
@@ -793,9 +790,6 @@ def is_counter(g: cython.longlong[::1], go: cython.Py_ssize_t) -> cython.bint:
 # speaks at the onset of a change, once a CUSUM exceeds shift_threshold, and is then re-armed: both sums
 # restart at 0 and the level at the new value, so a lasting shift is one event, not a state. Noise and
 # single spikes (clipped) do not accumulate. A counter's increments take the place of its values.
-# A reported change is then *held* while the readings stay away from the level before it (see hold()):
-# the readings no detector flags meanwhile carry FLAG_SHIFT as their dominant flag, so an episode spans the
-# changed regime, with one flagged reading at its onset.
 
 
 @cython.cfunc
@@ -837,7 +831,6 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
         f[fo + F_CDOWN] = 0.0
         f[fo + F_RSM] = 0.0
         f[fo + F_RSV] = 0.0
-        f[fo + F_HSIZE] = 0.0
         return 0.0
     d = (val - f[fo + F_LEVEL]) - f[fo + F_RMEAN]
     sd = sqrt(f[fo + F_RVAR])
@@ -870,10 +863,6 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
             if x > 1.0 and f[fo + F_RSM] * f[fo + F_RSM] <= SMEAN_SD2 * f[fo + F_RSV]:
                 x = 1.0  # the short mean is within the key's usual range: wander, not a change
             elif x > 1.0:  # fired: re-armed at the new level
-                if f[fo + F_HSIZE] == 0.0:  # held from the level before the change (see hold())
-                    f[fo + F_HBASE] = f[fo + F_LEVEL] + f[fo + F_RMEAN]
-                    f[fo + F_HSIZE] = f[fo + F_RSM]
-                    f[fo + F_HSINCE] = ts
                 f[fo + F_LEVEL] = val
                 f[fo + F_RMEAN] = 0.0
                 f[fo + F_DPREV] = 0.0
@@ -897,23 +886,7 @@ def change(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
         f[fo + F_LEVEL] = f[fo + F_LEVEL] + a * (f[fo + F_RMEAN] + d)
         a = -expm1(-(ts - g[go + I_LAST_TS]) / RMEAN_TAU) if n >= RVAR_N else 1.0 / n
         f[fo + F_RMEAN] = f[fo + F_RMEAN] + a * d
-    if f[fo + F_HSIZE] != 0.0:
-        hold(ts, f, fo)
     return x
-
-
-@cython.cfunc
-@cython.inline
-@cython.nogil
-@cython.exceptval(check=False)
-def hold(ts: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t) -> cython.void:
-    """Release a reported change once the readings' recent mean (level + residual mean + short mean) is back
-    within half the change's size (the short mean when it fired) of the level before it, or after
-    SHIFT_HOLD_MS."""
-    size: cython.double = f[fo + F_HSIZE]
-    away = f[fo + F_LEVEL] + f[fo + F_RMEAN] + f[fo + F_RSM] - f[fo + F_HBASE]
-    if away * size <= 0.5 * size * size or ts - f[fo + F_HSINCE] > HOLD_MS:
-        f[fo + F_HSIZE] = 0.0
 
 
 # ----------------------------------------------------------------------
@@ -1224,8 +1197,6 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
         x = x + young_tail(e, p[po + P_ZTHR] if dom == Z_FLAG else p[po + P_RTHR], g[go + I_EWM_N])
     if real:
         learn_tail(e, f, fo + F_CAL0, g[go + I_EWM_N])
-    if not (flags & ANOMALY) and f[fo + F_HSIZE] != 0.0:
-        dom = SHIFT_FLAG  # nothing fired, but a change reported earlier still holds
     z_out[i] = z
     score_out[i] = calc_score(x)
     return flags | dom << 8
@@ -1374,9 +1345,7 @@ class RollingStats:
 
     def update(self, slots, ts_ms, values, dominant=False):
         """Score each reading against its slot's window, then add it; returns ``(z, score, flags)``, and
-        with ``dominant`` also the flag of the strongest detector that fired per reading; on a reading no
-        detector flagged, FLAG_SHIFT while a change reported earlier holds (the readings stay away from
-        the level before it: ``EpisodeTracker`` keeps its episode open), else 0."""
+        with ``dominant`` also the flag of the strongest detector that fired per reading (0 if none)."""
         sl, ts, vals = check_batch(slots, ts_ms, values)
         n: cython.Py_ssize_t = len(sl)
         if n and sl.max() >= self._n:

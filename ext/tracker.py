@@ -9,11 +9,7 @@ per reading. Severity is the largest combined score seen in the episode (0..1, c
 0.5 = evidence seen once in 10**4 readings of the key).
 With ``by_key`` an episode is per slot instead, whatever detectors fire, named after the dominant
 detector of its first reading (``RollingStats.update(..., dominant=True)``): one incident, one episode.
-A change (``shift``) is one flagged reading at its onset. With ``hold`` its episode stays open while the
-change holds (the kernel gives the unflagged readings after it a dominant FLAG_SHIFT until they return
-towards the level before it, at most ``SHIFT_HOLD_MS``), so one episode spans the changed regime; off by
-default, as on real sensors that wander it also holds their ordinary level changes (docs/detection.md).
-Pure Python: it only touches flagged (and held) readings, which are rare.
+Pure Python: it only touches flagged readings, which are rare.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._common import ANOMALY_FLAGS, FLAG_NAMES, FLAG_SHIFT
+from ._common import ANOMALY_FLAGS, FLAG_NAMES
 
 
 @dataclass
@@ -53,48 +49,32 @@ class EpisodeEvent:
 class EpisodeTracker:
     """Group flagged readings into episodes (see the module docstring)."""
 
-    def __init__(
-        self, quiet_ms: int = 60_000, kinds: int = ANOMALY_FLAGS, by_key: bool = False, hold: bool = False
-    ):
+    def __init__(self, quiet_ms: int = 60_000, kinds: int = ANOMALY_FLAGS, by_key: bool = False):
         if quiet_ms < 0:
             msg = f"quiet_ms must be >= 0, got {quiet_ms}"
             raise ValueError(msg)
         self.quiet_ms = int(quiet_ms)
         self.kinds = int(kinds)
         self.by_key = bool(by_key)
-        self.hold = bool(hold)
         self.open: dict[tuple[int, str], Episode] = {}
 
     def update(self, slots, ts_ms, scores, flags, dominant=None) -> list[EpisodeEvent]:
         """Feed one batch (the arrays given to and returned by ``RollingStats.update``, and with
-        ``by_key`` its ``dominant`` array: the flag that names an episode when it opens). With ``hold``
-        and ``dominant``, a reading no detector flagged whose dominant flag is FLAG_SHIFT (a change
-        reported earlier still holds) keeps its key's open shift episode (by key: its open episode) from
-        closing, without counting as a flagged reading or opening one."""
+        ``by_key`` its ``dominant`` array: the flag that names an episode when it opens)."""
         slots = np.asarray(slots, dtype=np.int64)
         ts_ms = np.asarray(ts_ms, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float64)
         flags = np.asarray(flags, dtype=np.uint8)
-        held = np.zeros(len(flags), dtype=bool)
-        if self.hold and dominant is not None and self.kinds & FLAG_SHIFT:
-            held = ((flags & self.kinds) == 0) & (np.asarray(dominant) == FLAG_SHIFT)
         if self.by_key:
             if dominant is None:
                 msg = "an EpisodeTracker(by_key=True) needs each reading's dominant flag"
                 raise TypeError(msg)
-            flags = np.where(flags & self.kinds, dominant, 0).astype(np.uint8)
+            flags = np.where(flags & self.kinds, np.asarray(dominant, dtype=np.uint8), 0).astype(np.uint8)
         events: list[EpisodeEvent] = []
         touched: dict[tuple[int, str], Episode] = {}
-        rows = np.flatnonzero((flags & self.kinds) | held)
+        rows = np.flatnonzero(flags & self.kinds)
         for i in rows.tolist():
             s, t, sc, fl = int(slots[i]), int(ts_ms[i]), float(scores[i]), int(flags[i])
-            if held[i]:
-                key = (s, "" if self.by_key else FLAG_NAMES[FLAG_SHIFT])
-                ep = self.open.get(key)
-                if ep is not None and 0 <= t - ep.end_ms <= self.quiet_ms:
-                    ep.end_ms = t
-                    touched[key] = ep
-                continue
             for bit, kind in FLAG_NAMES.items():
                 if not fl & bit & self.kinds:
                     continue
@@ -138,7 +118,6 @@ class EpisodeTracker:
                 "quiet_ms": self.quiet_ms,
                 "kinds": self.kinds,
                 "by_key": self.by_key,
-                "hold": self.hold,
                 "open": [asdict(ep) for ep in self.open.values()],
             }
         ).encode()
@@ -146,7 +125,7 @@ class EpisodeTracker:
     @classmethod
     def from_bytes(cls, data: bytes) -> EpisodeTracker:
         doc = json.loads(data)
-        self = cls(doc["quiet_ms"], doc["kinds"], doc.get("by_key", False), doc.get("hold", False))
+        self = cls(doc["quiet_ms"], doc["kinds"], doc.get("by_key", False))
         for d in doc["open"]:
             ep = Episode(**d)
             self.open[(ep.slot, "" if self.by_key else ep.kind)] = ep

@@ -9,7 +9,6 @@ import pytest
 
 from iotstream.ext import (
     FLAG_RATE,
-    FLAG_SHIFT,
     FLAG_STUCK,
     FLAG_THRESHOLD,
     FLAG_ZSCORE,
@@ -118,31 +117,6 @@ def test_episodes_group_flagged_readings():
     assert [e.action for e in back.close_idle(40_001)] == ["closed"] and not back.open
 
 
-def test_held_readings_keep_a_shift_episode_open():
-    """Readings no detector flagged but whose dominant flag is FLAG_SHIFT (a reported change holds) extend
-    an open episode with hold=True, and never open one or count as flagged readings."""
-    ts = np.arange(0, 200_001, 1000, dtype=np.int64)
-    flags = np.zeros(len(ts), np.uint8)
-    dom = np.full(len(ts), FLAG_SHIFT, np.uint8)
-    flags[0] = FLAG_SHIFT
-    score = np.where(flags > 0, 0.4, 0.0)
-    dom[150:] = 0  # the change is over at 150 s
-    for by_key in (False, True):
-        on, off = EpisodeTracker(by_key=by_key, hold=True), EpisodeTracker(by_key=by_key)
-        a = on.update(np.zeros(len(ts), np.int64), ts, score, flags, dom) + on.close_idle(10**9)
-        b = off.update(np.zeros(len(ts), np.int64), ts, score, flags, dom) + off.close_idle(10**9)
-        (ea,) = [e.episode for e in a if e.action == "closed"]
-        (eb,) = [e.episode for e in b if e.action == "closed"]
-        assert (ea.kind, ea.start_ms, ea.end_ms, ea.count) == ("shift", 0, 149_000, 1)
-        assert (eb.start_ms, eb.end_ms, eb.count) == (0, 0, 1)
-        assert EpisodeTracker.from_bytes(on.to_bytes()).hold
-    # a held reading with no open episode (after it closed) opens none
-    late = EpisodeTracker(hold=True, by_key=True)
-    ev = late.update([0, 0], [0, 100_000], [0.4, 0.0], np.array([FLAG_SHIFT, 0], np.uint8),
-                     np.array([FLAG_SHIFT, FLAG_SHIFT], np.uint8))
-    assert [e.action for e in ev] == ["opened", "closed"] and not late.open
-
-
 def test_one_incident_one_episode():
     """A level shift flags many readings; the tracker reports one episode per kind and edge, not one per
     row, and with each reading's dominant detector one episode per edge."""
@@ -151,8 +125,7 @@ def test_one_incident_one_episode():
     ts = np.arange(len(vals), dtype=np.int64) * 1000
     stats = RollingStats(window=50, min_count=20, z_threshold=5.0)
     tr, one = EpisodeTracker(quiet_ms=30_000), EpisodeTracker(quiet_ms=30_000, by_key=True)
-    spans = EpisodeTracker(quiet_ms=30_000, by_key=True, hold=True)
-    events, single, spanned = [], [], []
+    events, single = [], []
     for a in range(0, len(vals), 64):
         sl = slice(a, a + 64)
         _, score, flags, dom = stats.update(
@@ -160,9 +133,7 @@ def test_one_incident_one_episode():
         )
         events += tr.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags)
         single += one.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags, dom)
-        spanned += spans.update(np.zeros(len(vals[sl]), np.int64), ts[sl], score, flags, dom)
     events += tr.close_idle(10**9)
-    spanned += spans.close_idle(10**9)
     single += one.close_idle(10**9)
     opened = [e.episode for e in events if e.action == "opened"]
     # the onset and the return are the two edges: at most one episode per kind and edge
@@ -174,8 +145,5 @@ def test_one_incident_one_episode():
     assert all(300_000 <= e.start_ms <= 360_000 for e in opened)
     edges = sorted((e.episode.start_ms, e.episode.kind) for e in single if e.action == "opened")
     assert edges == [(300_000, "zscore"), (350_000, "zscore")]
-    # holding the change reported at onset, one episode spans the shifted readings and the return
-    whole = [e.episode for e in spanned if e.action == "closed"]
-    assert len(whole) == 1 and whole[0].start_ms == 300_000 and whole[0].end_ms >= 350_000
     assert one.from_bytes(one.to_bytes()).by_key
     assert not tr.open and not one.open

@@ -65,6 +65,7 @@ from ._common import (
     RCOV_ALPHA,
     RHO_MAX,
     RMEAN_TAU_MS,
+    ROBUST_IDR_SHARE,
     RVAR_ALPHA,
     SCORE_DECADES,
     SEASON_ALPHA_MAX,
@@ -175,6 +176,7 @@ DBL_MAX = cython.declare(cython.double, 1.7976931348623157e308)
 # Consistency constants of the robust scale for normal data: sigma = 1.4826 MAD = 1.2533 mean|x - median|.
 MAD_SCALE = cython.declare(cython.double, 1.4826)
 MEANAD_SCALE = cython.declare(cython.double, 1.2533)
+IDR_FLOOR = cython.declare(cython.double, ROBUST_IDR_SHARE / 2.5631)  # sigma = (q90 - q10) / 2.5631
 LEVEL_TAU = cython.declare(cython.double, LEVEL_TAU_MS)
 LEVEL_AMAX = cython.declare(cython.double, LEVEL_ALPHA_MAX)
 RVAR_A = cython.declare(cython.double, RVAR_ALPHA)
@@ -586,8 +588,10 @@ def calc_rz(val: cython.double, s: cython.double[::1], so: cython.Py_ssize_t, n:
     """Robust z of ``val`` against the window before it: (val - median) / (1.4826 MAD).
 
     When more than half the window is one value (MAD = 0) the scale falls back to 1.2533 times the mean
-    absolute deviation from the median; either is floored at the resolution ``res``; a constant window
-    of a slot that never moved gives 0 or +-inf like the plain z.
+    absolute deviation from the median; either is floored at ROBUST_IDR_SHARE of the interdecile range's
+    sd (a key that jitters around two levels has a tiny MAD: more than half the window sits in one tight
+    cluster, and the other level, common, would be tens of MADs away) and at the resolution ``res``; a
+    constant window of a slot that never moved gives 0 or +-inf like the plain z.
     """
     acc: cython.double = 0.0
     j: cython.Py_ssize_t
@@ -602,6 +606,9 @@ def calc_rz(val: cython.double, s: cython.double[::1], so: cython.Py_ssize_t, n:
         for j in range(n):
             acc += fabs(s[so + j] - med)
         mad = MEANAD_SCALE * (acc / n)
+    idr = IDR_FLOOR * (s[so + n - 1 - n // 10] - s[so + n // 10])
+    if mad < idr:
+        mad = idr
     if mad < res:
         mad = res
     if mad > 0.0:

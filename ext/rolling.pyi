@@ -49,7 +49,8 @@ class RollingStats:
         values: npt.ArrayLike,  # const float64_t[::1]
         dominant: bool = ...,
     ) -> tuple[npt.NDArray[np.float64], ...]:  # z, combined score in [0, 1), flags (uint8 FLAG_* bits),
-        ...  # and with dominant=True the flag of the strongest detector that fired (uint8, 0 if none)
+        ...  # and with dominant=True the flag of the strongest detector that fired (uint8; on an unflagged
+        # reading FLAG_SHIFT while a change reported earlier holds, else 0)
     def configure(
         self,
         slots: npt.ArrayLike,  # int64

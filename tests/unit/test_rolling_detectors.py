@@ -160,6 +160,74 @@ def test_robust_z_with_quantized_values(impl):
     assert score[2] > score[1] > 0.0
 
 
+def robust_oracle(values: np.ndarray, window: int, minp: int, thr: float, res: np.ndarray) -> np.ndarray:
+    """Per reading of one key: |robust z| > thr against the window before it, by numpy: scale 1.4826 MAD
+    (MAD 0: 1.2533 mean |x - median|), floored at ROBUST_IDR_SHARE of (q90 - q10) / 2.5631 (the 11th
+    smallest and largest of 100) and at the resolution so far; None where |robust z| is within 1e-9 of thr."""
+    out = []
+    for i, x in enumerate(values):
+        w = values[max(0, i - window) : i]
+        if len(w) < minp:
+            out.append(False)
+            continue
+        med = np.median(w)
+        mad = np.median(np.abs(w - med))
+        scale = 1.4826 * mad if mad > 0 else 1.2533 * np.mean(np.abs(w - med))
+        q = np.sort(w)
+        n = len(w)
+        scale = max(scale, _common.ROBUST_IDR_SHARE / 2.5631 * (q[n - 1 - n // 10] - q[n // 10]), res[i])
+        rz = (x - med) / scale if scale > 0 else (0.0 if x == med else math.inf)
+        out.append(None if abs(abs(rz) - thr) < 1e-9 * thr else abs(rz) > thr)
+    return np.array(out, dtype=object)
+
+
+ROBUST_STREAMS = ["two-level", "gaussian", "student-t", "quantized", "mostly-constant"]
+
+
+@pytest.mark.parametrize("kind", ROBUST_STREAMS)
+def test_robust_flags_match_numpy(impl, kind):
+    rng = np.random.default_rng(ROBUST_STREAMS.index(kind))
+    n = 3000
+    if kind == "two-level":  # SKAB's flow meter: two levels a unit apart, each with a jitter of 0.013
+        values = 32.0 + (rng.random(n) < 0.45) + rng.choice([0.0, 0.013, -0.013], n)
+    elif kind == "gaussian":
+        values = rng.standard_normal(n)
+    elif kind == "student-t":
+        values = rng.standard_t(3, n)
+    elif kind == "quantized":
+        values = np.round(20 + 0.3 * rng.standard_normal(n), 1)
+    else:
+        values = np.where(rng.random(n) < 0.9, 5.0, 5.0 + rng.integers(-3, 4, n))
+    values[rng.choice(n, 15, replace=False)] += rng.choice([-1, 1], 15) * rng.uniform(3, 60, 15)
+    res = np.zeros(n)
+    steps = np.abs(np.diff(values))
+    steps[steps == 0] = np.inf
+    res[1:] = np.minimum.accumulate(steps)
+    res[np.isinf(res)] = 0.0
+    stats = impl.RollingStats(window=100, min_count=20, z_threshold=1e9, robust_threshold=8.0)
+    _, _, flags = feed(stats, values)
+    want = robust_oracle(values, 100, 20, 8.0, res)
+    sure = np.array([w is not None for w in want])
+    got = (flags & FLAG_ROBUST) != 0
+    assert sure.mean() > 0.99
+    assert list(got[sure]) == list(want[sure].astype(bool))
+    assert want[sure].astype(bool).sum() >= 5  # the injected outliers are still found
+
+
+def test_robust_z_quiet_on_two_level_jitter(impl):
+    """More than half the window in one tight cluster (a flow meter at 32.0 +- 0.013, 45 % of the time
+    one unit up): the MAD is the jitter, and the other level, as common, would be ~50 MADs away. The
+    interdecile floor keeps both levels quiet; a fall to 29 is still flagged."""
+    rng = np.random.default_rng(7)
+    values = 32.0 + (rng.random(2000) < 0.45) + rng.choice([0.0, 0.013, -0.013], 2000)
+    stats = impl.RollingStats(window=100, min_count=20, z_threshold=1e9, robust_threshold=8.0)
+    _, _, flags = feed(stats, values)
+    assert 1.0 / (1.4826 * stats.mad(0)) > 20  # the other level, by the MAD alone
+    assert not (flags & FLAG_ROBUST).any()
+    _, _, flags = feed(stats, [29.0], ts=[10**7])
+    assert flags[0] & FLAG_ROBUST
+
+
 def test_late_readings(impl):
     stats = impl.RollingStats(window=5, min_count=2, robust_threshold=math.inf)
     _, _, flags = feed(stats, [1.0, 2.0, 3.0, 4.0], ts=[1000, 3000, 2000, 3000])

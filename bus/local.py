@@ -170,7 +170,8 @@ class LocalLog:
             self.bytes += len(payload)
             self.depth += readings
             self._pending.append(item)
-            self._cv.notify_all()
+            if len(self._pending) == 1:  # else the writer has been woken already and takes them all
+                self._cv.notify_all()
         return item.done
 
     def _write_loop(self) -> None:

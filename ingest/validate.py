@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import cast
 
 import numpy as np
@@ -72,8 +73,8 @@ class Verdict:
     rejections: list[pb.Rejection]
     counts: dict[str, int]  # rejected readings by reason name
 
-    @property
-    def n_accepted(self) -> int:
+    @cached_property
+    def n_accepted(self) -> int:  # asked for several times per batch
         return int(self.accepted.sum())
 
 

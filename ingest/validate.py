@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import cast
 
 import numpy as np
@@ -72,10 +71,20 @@ class Verdict:
     accepted: np.ndarray  # bool mask, one entry per reading
     rejections: list[pb.Rejection]
     counts: dict[str, int]  # rejected readings by reason name
+    n_accepted: int = -1  # counted from `accepted` when not given
 
-    @cached_property
-    def n_accepted(self) -> int:  # asked for several times per batch
-        return int(self.accepted.sum())
+    def __post_init__(self) -> None:
+        if self.n_accepted < 0:
+            self.n_accepted = int(self.accepted.sum())
+
+
+# The masks of small all-good batches, shared and read-only (numpy's own `ones` costs more than the check).
+def _read_only(mask: np.ndarray) -> np.ndarray:
+    mask.setflags(write=False)
+    return mask
+
+
+ALL_ACCEPTED = [_read_only(np.ones(n, dtype=bool)) for n in range(SMALL_BATCH + 1)]
 
 
 def _reject_all(n: int, reason: pb.RejectReason, detail: str) -> Verdict:
@@ -108,7 +117,7 @@ Admit = Callable[[str, list[str]], tuple[list[int], str]]
 def validate(batch: pb.ReadingBatch, now_ms: int, limits: Limits, admit: Admit | None = None) -> Verdict:
     n = len(batch.values)
     if n <= SMALL_BATCH and all_good(batch, now_ms, limits, admit):
-        return Verdict(np.ones(n, dtype=bool), [], {})
+        return Verdict(ALL_ACCEPTED[n], [], {}, n)
     return validate_columns(batch, now_ms, limits, admit)
 
 

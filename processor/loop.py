@@ -52,8 +52,8 @@ ITERATION_S = 0.5
 # chunk started (~10,000 readings: the fixed insert cost is then a few microseconds a reading).
 MIN_CHUNK_BYTES = 128 * 1024
 CHUNK_INTERVAL_S = 0.25
-# While a partition waits for its interval, the loop polls the source this often (a full chunk is noticed
-# within this), instead of at every group commit of the log.
+# While every buffer waits for its interval and the source has no more, the loop polls it this often (a full
+# chunk is noticed within this) instead of at every group commit of the log.
 PACING_POLL_S = 0.05
 
 
@@ -144,7 +144,7 @@ class ChunkLoop:
         ends it without a snapshot: the next start replays from the last one."""
         self.source.start(self)
         next_check = time.monotonic() + self.silence_every_s
-        clean = False
+        clean, drained = False, False
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_check:
@@ -154,11 +154,11 @@ class ChunkLoop:
                 # a poll takes one record at least, so the group's callbacks are serviced every iteration.
                 buffered = sum(len(run.buffer) for run in self.runs.values())
                 ready = any(self._ready(run) for run in self.runs.values())
-                if not ready and buffered:  # every buffer waits for its interval: let more arrive
+                if drained and buffered and not ready:  # each buffer waits for its interval: let more come
                     self.stopping.wait(PACING_POLL_S)
-                records = self.source.poll(
-                    max(1, self.max_chunk_messages - buffered), 0 if ready or buffered else 0.2
-                )
+                asked = max(1, self.max_chunk_messages - buffered)
+                records = self.source.poll(asked, 0 if ready or buffered else 0.2)
+                drained = len(records) < asked  # the source had no more for now
                 for msg in records:
                     run = self.runs.get(msg.partition())
                     if run is not None and msg.offset() >= max(run.next_offset, 0):
@@ -200,14 +200,15 @@ class ChunkLoop:
 
     def _ready(self, run: PartitionRun) -> bool:
         """Records to chunk, and all of the next recorded range to replay if there is one; a new chunk
-        also a full one, or its partition's interval since the last one passed, or the source draining."""
+        also needs MIN_CHUNK_BYTES, or a poll's worth of records buffered (over all partitions, so pacing
+        never caps a loop's rate), or its partition's interval since the last one, or the source draining."""
         if not run.buffer:
             return False
         if run.replay:
             return run.buffer[-1].offset() >= run.replay[0][1]
         return (
             run.buffered_bytes >= MIN_CHUNK_BYTES
-            or len(run.buffer) >= self.max_chunk_messages
+            or sum(len(r.buffer) for r in self.runs.values()) >= self.max_chunk_messages  # a poll's worth
             or time.monotonic() - run.chunked_at >= self.chunk_interval_s
             or self.finishing.is_set()
         )

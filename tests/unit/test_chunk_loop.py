@@ -87,13 +87,14 @@ def test_a_small_chunk_waits_for_its_interval_a_full_one_does_not():
     """Pacing (processor.loop CHUNK_INTERVAL_S): records less than a chunk wait until the partition's
     interval since its last chunk has passed; a full chunk, a replay and a draining source do not wait."""
     loop = ChunkLoop(Source([], 0), store=None, max_chunk_messages=3, chunk_interval_s=3600)
-    run = chunk_loop.PartitionRun(0, [], buffer=[Msg(0, 0)])
+    run = loop.runs[0] = chunk_loop.PartitionRun(0, [], buffer=[Msg(0, 0)])
     assert loop._ready(run)  # no chunk yet: at once
     run.chunked_at = chunk_loop.time.monotonic()
     assert not loop._ready(run)
-    run.buffer = [Msg(0, o) for o in range(3)]
-    assert loop._ready(run)  # max_chunk_messages
-    run.buffer, run.buffered_bytes = [Msg(0, 0)], chunk_loop.MIN_CHUNK_BYTES
+    loop.runs[1] = chunk_loop.PartitionRun(0, [], buffer=[Msg(1, 0), Msg(1, 1)])
+    assert loop._ready(run)  # max_chunk_messages buffered over all partitions: the loop's rate is not capped
+    del loop.runs[1]
+    run.buffered_bytes = chunk_loop.MIN_CHUNK_BYTES
     assert loop._ready(run)
     run.buffered_bytes = 0
     run.replay = [(0, 0)]

@@ -137,7 +137,11 @@ class LocalLog:
         )
         self.closed = False
         self._pending: list[_Append] = []
-        self._cv = threading.Condition()
+        # One lock, two waits: the writer's for appends, the processor's (`read`) for commits, so an append
+        # wakes only the writer.
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        self._durable = threading.Condition(lock)
         self._space = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = threading.Thread(target=self._write_loop, name="local-log-writer", daemon=True)
@@ -170,7 +174,8 @@ class LocalLog:
             self.bytes += len(payload)
             self.depth += readings
             self._pending.append(item)
-            self._cv.notify_all()
+            if len(self._pending) == 1:  # else the writer has been woken already and takes them all
+                self._cv.notify()
         return item.done
 
     def _write_loop(self) -> None:
@@ -225,7 +230,7 @@ class LocalLog:
             self.on_commit(self.durable_offset)
         self._settle(group, None)
         with self._cv:
-            self._cv.notify_all()  # wakes a processor waiting in `read`
+            self._durable.notify_all()  # wakes a processor waiting in `read`
 
     def _append(self, group: list[_Append]) -> None:
         try:
@@ -278,6 +283,7 @@ class LocalLog:
         with self._cv:
             self.closed = True
             self._cv.notify_all()
+            self._durable.notify_all()
         self._writer.join()
         self._w.close()
 
@@ -294,7 +300,7 @@ class LocalLog:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []
-                self._cv.wait(left)
+                self._durable.wait(left)
         rows = self._r.execute(
             "SELECT offset, payload FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
             (from_offset, max_records),

@@ -108,7 +108,8 @@ class Counters:
     def add(self, accepted: int, rejected: dict[str, int]) -> None:
         """`rejected`: reason name -> readings (Verdict.counts)."""
         self.accepted += accepted
-        self.rejected.update(rejected)
+        if rejected:  # Counter.update checks its argument's type even when it is empty
+            self.rejected.update(rejected)
         now = int(time.monotonic())
         if not self._per_second or self._per_second[-1][0] != now:
             self._per_second.append([now, 0])

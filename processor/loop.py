@@ -13,6 +13,12 @@ the recorded intents with exactly the same ranges: the state advances as it did 
 inserts carry the same tokens, so ClickHouse stores them once. The committed offsets only report progress
 (lag); the snapshot decides where reading resumes, and the local log is truncated behind it.
 
+Chunks are paced: a partition starts a chunk of less than MIN_CHUNK_BYTES at most every `chunk_interval_s`
+(CHUNK_INTERVAL_S). Each insert costs ClickHouse ~50 ms of CPU whatever its size (a part per table and per
+rollup view), so a stream of small messages chunked as it came (~10 chunks a second of ~40 one-reading
+messages) spent most of the server's core on inserts (bench/profile/README.md section 10). A full chunk, a
+replay and the drain at shutdown are not held back, and an idle partition's first chunk starts at once.
+
 Storage errors go through iotstream.common.retry: transient ones are retried with backoff a bounded number of
 times; a permanent one (or the last transient one) ends the loop, and the node turns NOT_SERVING and exits.
 """
@@ -42,6 +48,13 @@ PRESSED_SNAPSHOT_S = 0.5
 # services the group's rebalances only in a poll, and an iteration that chunked all it had polled made a
 # revoke wait for every partition's chunk (docs/scaling.md, "Why the pauses last a round").
 ITERATION_S = 0.5
+# A chunk this large starts at once; a smaller one waits until CHUNK_INTERVAL_S after the partition's last
+# chunk started (~10,000 readings: the fixed insert cost is then a few microseconds a reading).
+MIN_CHUNK_BYTES = 128 * 1024
+CHUNK_INTERVAL_S = 0.25
+# While every buffer waits for its interval and the source has no more, the loop polls it this often (a full
+# chunk is noticed within this) instead of at every group commit of the log.
+PACING_POLL_S = 0.05
 
 
 def transient(exc: Exception) -> bool:
@@ -56,6 +69,8 @@ class PartitionRun:
     replay: list[tuple[int, int]]  # ranges to re-process exactly as recorded
     intents: list[tuple[int, int]] = field(default_factory=list)  # ranges since the last snapshot
     buffer: list = field(default_factory=list)
+    buffered_bytes: int = 0  # of the values in `buffer`
+    chunked_at: float = float("-inf")  # monotonic time its last chunk started (pacing)
     snapshot_at: float = 0.0  # monotonic time of the last snapshot
     served_at: float = 0.0  # monotonic time of its last chunk: the least recently served goes first
     ahead: bool = False  # the state holds a chunk that is not stored yet: no snapshot may be taken
@@ -82,8 +97,10 @@ class ChunkLoop:
         silence_every_s: float = 10.0,
         max_keys: int = MAX_KEYS,
         idle_ms: int = IDLE_MS,
+        chunk_interval_s: float = CHUNK_INTERVAL_S,
     ):
         self.source = source
+        self.chunk_interval_s = chunk_interval_s
         self.processor = Processor(store, rules, max_keys, idle_ms)
         self.max_chunk_messages = max_chunk_messages
         self.snapshot_every_s = snapshot_every_s
@@ -127,7 +144,7 @@ class ChunkLoop:
         ends it without a snapshot: the next start replays from the last one."""
         self.source.start(self)
         next_check = time.monotonic() + self.silence_every_s
-        clean = False
+        clean, drained = False, False
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_check:
@@ -137,11 +154,16 @@ class ChunkLoop:
                 # a poll takes one record at least, so the group's callbacks are serviced every iteration.
                 buffered = sum(len(run.buffer) for run in self.runs.values())
                 ready = any(self._ready(run) for run in self.runs.values())
-                records = self.source.poll(max(1, self.max_chunk_messages - buffered), 0 if ready else 0.2)
+                if drained and buffered and not ready:  # each buffer waits for its interval: let more come
+                    self.stopping.wait(PACING_POLL_S)
+                asked = max(1, self.max_chunk_messages - buffered)
+                records = self.source.poll(asked, 0 if ready or buffered else 0.2)
+                drained = len(records) < asked  # the source had no more for now
                 for msg in records:
                     run = self.runs.get(msg.partition())
                     if run is not None and msg.offset() >= max(run.next_offset, 0):
                         run.buffer.append(msg)
+                        run.buffered_bytes += len(msg.value())
                 self._work(time.monotonic() + ITERATION_S)
                 for partition, run in list(self.runs.items()):
                     since = time.monotonic() - run.snapshot_at
@@ -176,12 +198,23 @@ class ChunkLoop:
             if time.monotonic() >= deadline:
                 return
 
-    @staticmethod
-    def _ready(run: PartitionRun) -> bool:
-        """Records to chunk, and all of the next recorded range to replay if there is one."""
-        return bool(run.buffer) and (not run.replay or run.buffer[-1].offset() >= run.replay[0][1])
+    def _ready(self, run: PartitionRun) -> bool:
+        """Records to chunk, and all of the next recorded range to replay if there is one; a new chunk
+        also needs MIN_CHUNK_BYTES, or a poll's worth of records buffered (over all partitions, so pacing
+        never caps a loop's rate), or its partition's interval since the last one, or the source draining."""
+        if not run.buffer:
+            return False
+        if run.replay:
+            return run.buffer[-1].offset() >= run.replay[0][1]
+        return (
+            run.buffered_bytes >= MIN_CHUNK_BYTES
+            or sum(len(r.buffer) for r in self.runs.values()) >= self.max_chunk_messages  # a poll's worth
+            or time.monotonic() - run.chunked_at >= self.chunk_interval_s
+            or self.finishing.is_set()
+        )
 
     def _chunk(self, partition: int, run: PartitionRun) -> None:
+        run.chunked_at = time.monotonic()
         if run.replay:
             first, last = run.replay.pop(0)
             count = sum(1 for m in run.buffer if m.offset() <= last)
@@ -196,6 +229,7 @@ class ChunkLoop:
             self.source.save_intents(partition, run.intents)
             self.source.flush()  # the intent is durable before the insert it describes
         chunk, run.buffer = run.buffer[:count], run.buffer[count:]
+        run.buffered_bytes -= sum(len(m.value()) for m in chunk)
         self._process(partition, run, chunk, f"{self.source.topic}:{partition}:{first}:{last}")
         run.next_offset, run.served_at = last + 1, time.monotonic()
         self.source.commit(partition, last + 1)

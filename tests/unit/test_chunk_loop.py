@@ -68,7 +68,7 @@ def test_a_spent_iteration_polls_between_chunks_least_recently_served_first(monk
     monkeypatch.setattr(chunk_loop, "ITERATION_S", 0.0)  # every chunk spends the iteration
     first = [Msg(p, o) for p in (0, 1, 2) for o in range(3)]
     source = Source([first, [], [], [Msg(0, 3), Msg(9, 0), Msg(9, 1)]], stop_after=5)
-    ChunkLoop(source, store=None, max_chunk_messages=10, snapshot_every_s=3600).run()
+    ChunkLoop(source, store=None, max_chunk_messages=10, snapshot_every_s=3600, chunk_interval_s=0).run()
     assert source.events == [
         ("poll", 10, 0.2),  # nothing buffered yet: a whole poll, waiting for it
         ("commit", 0, 3),
@@ -81,3 +81,25 @@ def test_a_spent_iteration_polls_between_chunks_least_recently_served_first(monk
         ("poll", 9, 0),
         ("commit", 0, 4),
     ]
+
+
+def test_a_small_chunk_waits_for_its_interval_a_full_one_does_not():
+    """Pacing (processor.loop CHUNK_INTERVAL_S): records less than a chunk wait until the partition's
+    interval since its last chunk has passed; a full chunk, a replay and a draining source do not wait."""
+    loop = ChunkLoop(Source([], 0), store=None, max_chunk_messages=3, chunk_interval_s=3600)
+    run = loop.runs[0] = chunk_loop.PartitionRun(0, [], buffer=[Msg(0, 0)])
+    assert loop._ready(run)  # no chunk yet: at once
+    run.chunked_at = chunk_loop.time.monotonic()
+    assert not loop._ready(run)
+    loop.runs[1] = chunk_loop.PartitionRun(0, [], buffer=[Msg(1, 0), Msg(1, 1)])
+    assert loop._ready(run)  # max_chunk_messages buffered over all partitions: the loop's rate is not capped
+    del loop.runs[1]
+    run.buffered_bytes = chunk_loop.MIN_CHUNK_BYTES
+    assert loop._ready(run)
+    run.buffered_bytes = 0
+    run.replay = [(0, 0)]
+    assert loop._ready(run)
+    run.replay = []
+    loop.finishing.set()
+    assert loop._ready(run)
+    assert not loop._ready(chunk_loop.PartitionRun(0, []))  # nothing buffered

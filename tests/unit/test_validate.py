@@ -96,3 +96,48 @@ def test_accepted_only_keeps_columns_aligned():
 def test_empty_batch():
     v = validate(batch([]), NOW, Limits())
     assert v.n_accepted == 0 and v.rejections == [] and isinstance(v.accepted, np.ndarray)
+
+
+def test_small_batch_path_gives_the_column_path_verdict():
+    """validate() takes a per-reading loop for small all-good batches; on random small batches, good and
+    bad, its verdict and what the metric book records equal the column path's alone."""
+    from iotstream.ingest.limits import MetricBook
+    from iotstream.ingest.validate import SMALL_BATCH, validate_columns
+
+    rng = np.random.default_rng(7)
+    limits = Limits(metrics=frozenset({"temp", "hum", "co2"}), max_readings=20)
+    pool = ["temp", "hum", "co2", "bad name", "unknown"]
+    specials = [math.nan, math.inf, 1.0, -2.5, 0.0]
+    fast_book, column_book = MetricBook(2, 3600.0), MetricBook(2, 3600.0)  # a third metric is refused
+    good, capped = 0, 0
+    for i in range(2000):
+        n = int(rng.integers(0, SMALL_BATCH + 1))
+        names = list(rng.choice(pool, size=int(rng.integers(0, 4)), replace=False))
+        clean = rng.random() < 0.5  # half the batches have nothing wrong but, sometimes, the metric cap
+        names = [x for x in names if x in limits.metrics] if clean else names
+        values = rng.normal(size=n).tolist() if clean else rng.choice(specials, size=n).tolist()
+        edges = [
+            0,
+            limits.max_future_ms,
+            limits.max_future_ms + 1,
+            -limits.max_past_ms,
+            -limits.max_past_ms - 1,
+        ]
+        b = batch(
+            values,
+            offsets=rng.choice(edges[:2] + edges[3:4] if clean else edges, size=n).tolist(),
+            index=rng.integers(0, max(len(names), 1) + (0 if clean else 1), size=n).tolist(),
+            names=names or ([] if n == 0 else ["temp"]),
+            device=f"dev-{i % 5}" if rng.random() < 0.95 else "bad device",
+        )
+        fast = validate(b, NOW, limits, fast_book.admit)
+        column = validate_columns(b, NOW, limits, column_book.admit)
+        assert fast.accepted.tolist() == column.accepted.tolist(), b
+        assert fast.rejections == column.rejections and fast.counts == column.counts, b
+        good += not column.rejections
+        capped += column.counts.get("TOO_MANY_METRICS", 0) > 0
+    assert fast_book.devices.keys() == column_book.devices.keys()
+    assert {d: e[0] for d, e in fast_book.devices.items()} == {
+        d: e[0] for d, e in column_book.devices.items()
+    }
+    assert 200 < good < 1800 and capped  # both paths were taken, and the cap

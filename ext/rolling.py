@@ -1255,8 +1255,6 @@ def run_batch(s_v: cython.const[cython.longlong][::1], t_v: cython.const[cython.
             if i + PF_NEAR < n:
                 s = s_v[i + PF_NEAR]
                 prefetch(cython.address(bs[s * window + gs[s * NI + I_POS]]))  # noqa: F821
-                for j in range(0, window, 8):
-                    prefetch(cython.address(ss[s * window + j]))  # noqa: F821
                 if has_t:
                     prefetch(cython.address(tr[s * window + gs[s * NI + I_POS]]))  # noqa: F821
                     # the time window's oldest reading, which expiry reads next
@@ -1270,6 +1268,12 @@ def run_batch(s_v: cython.const[cython.longlong][::1], t_v: cython.const[cython.
                    alpha, oma, z_v, sc_v, i)
         fl_v[i] = r & 255
         dm_v[i] = r >> 8
+        if cython.compiled and i + PF_NEAR < n:
+            # the sorted window of the reading PF_NEAR ahead, apart from its other lines (a burst of ~30
+            # misses at once fills the core's miss buffers, and the next prefetch waits for a free one)
+            s = s_v[i + PF_NEAR]
+            for j in range(0, window, 8):
+                prefetch(cython.address(ss[s * window + j]))  # noqa: F821
 
 
 # ----------------------------------------------------------------------

@@ -156,15 +156,30 @@ def bench_numpy(keys: int, budget_s: float) -> tuple[float, float]:
     return done / (time.thread_time() - c0), done / (time.perf_counter() - t0)
 
 
-def load_extension(path: str):
-    """A compiled kernel built elsewhere (e.g. main's, in a worktree of its own), to time beside this one."""
-    name = "iotstream.ext." + Path(path).name.split(".")[0]
+def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_extension(path: str):
+    """A compiled kernel built elsewhere (e.g. main's, in a worktree of its own), to time beside this one.
+
+    It imports against the ``_common`` and ``_snapshot`` beside it when there are (an older commit's state
+    layout differs from this one's); this build's modules are put back afterwards."""
+    here = Path(path).parent
+    helpers = [f"iotstream.ext.{stem}" for stem in ("_common", "_snapshot")]
+    saved = {m: sys.modules[m] for m in helpers if m in sys.modules}
+    try:
+        for m in helpers:
+            if (here / f"{m.rsplit('.', 1)[1]}.py").exists():
+                _load(m, here / f"{m.rsplit('.', 1)[1]}.py")
+        return _load("iotstream.ext." + Path(path).name.split(".")[0], Path(path))
+    finally:
+        sys.modules.update(saved)
 
 
 def ab(other_path: str, keys: int, rounds: int) -> dict:

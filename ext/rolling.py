@@ -398,9 +398,9 @@ def scaled_z(dev: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, n
 @cython.exceptval(check=False)
 def calc_z(val: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, g: cython.longlong[::1],
            go: cython.Py_ssize_t, b: cython.double[::1], bo: cython.Py_ssize_t, window: cython.Py_ssize_t,
-           minp: cython.Py_ssize_t) -> cython.double:
+           minp: cython.Py_ssize_t, sd: cython.double) -> cython.double:
     """z of ``val`` against the window before it is added, its sd floored at the slot's resolution;
-    NaN below ``minp`` real values.
+    NaN below ``minp`` real values. ``sd`` is the window's sd, ``sqrt(calc_var)`` (detect needs it too).
 
     A constant window gives 0 for the same value and (val - c) / resolution for any other, +-inf while
     the slot has never moved (no resolution learned: a stuck signal that moves).
@@ -420,7 +420,7 @@ def calc_z(val: cython.double, f: cython.double[::1], fo: cython.Py_ssize_t, g: 
     dev = (val - f[fo + F_SHIFT]) - (f[fo + F_SHIFT + V_MEAN] - f[fo + F_SHIFT + V_CMEAN])
     ssq = f[fo + F_SHIFT + V_SSQDM]
     if TINY_SSQDM <= ssq <= HUGE_SSQDM:
-        z = dev / sqrt(ssq / (nobs - 1))
+        z = dev / sd  # calc_var is ssq / (nobs - 1) here: nobs >= minp >= 2, not constant, ssq > 0
     else:
         z = scaled_z(dev, f, fo, nobs, b, bo, window)
     if res > 0.0:
@@ -509,10 +509,28 @@ def replace_sorted(old: cython.double, val: cython.double, s: cython.double[::1]
     The result is the same array, but only the entries between the two positions move (a window slid
     by one reading usually moves a few, not half of them twice). With old <= val, s[i] = old is counted
     by the right bisection, so val lands at j >= i once s[i] is gone and s[i+1..j] move left; otherwise
-    val lands at j <= i and s[j..i-1] move right. Written without a branch on which of the two it is."""
-    i: cython.Py_ssize_t = bisect(s, so, n, old, False)
+    val lands at j <= i and s[j..i-1] move right. Written without a branch on which of the two it is.
+
+    Compiled, the two bisections run in one loop (they take the same number of steps, ``bisect``'s): two
+    independent chains of loads overlap instead of following each other."""
+    i: cython.Py_ssize_t
+    j: cython.Py_ssize_t
+    m: cython.Py_ssize_t = n
+    half: cython.Py_ssize_t
     up: cython.Py_ssize_t = old <= val
-    j: cython.Py_ssize_t = bisect(s, so, n, val, True) - up
+    if cython.compiled:
+        i = so
+        j = so
+        while m > 1:
+            half = m >> 1
+            i = i + half if s[i + half] < old else i
+            j = j + half if s[j + half] <= val else j
+            m -= half
+        i = i - so + (s[i] < old)
+        j = j - so + (s[j] <= val) - up
+    else:
+        i = bisect(s, so, n, old, False)
+        j = bisect(s, so, n, val, True) - up
     lo: cython.Py_ssize_t = i if up else j
     ln: cython.Py_ssize_t = j - i if up else i - j
     move(s, so + lo + 1 - up, so + lo + up, ln)
@@ -796,16 +814,14 @@ def is_counter(g: cython.longlong[::1], go: cython.Py_ssize_t) -> cython.bint:
 @cython.inline
 @cython.nogil
 @cython.exceptval(check=False)
-def change_floor(f: cython.double[::1], fo: cython.Py_ssize_t, g: cython.longlong[::1],
-                 go: cython.Py_ssize_t) -> cython.double:
-    """Smallest residual sd: the resolution, and WINDOW_SD_SHARE of the count window's sd (a signal
-    that wanders smoothly with little noise is judged against its wandering, not its noise)."""
-    v: cython.double = calc_var(f, fo + F_SHIFT, g, go + I_NOBS)
-    lo: cython.double = f[fo + F_RES]
-    if v == v:
-        v = SD_SHARE * sqrt(v)
-        if v > lo:
-            lo = v
+def change_floor(sd: cython.double, res: cython.double) -> cython.double:
+    """Smallest residual sd: the resolution ``res``, and WINDOW_SD_SHARE of the count window's sd ``sd``
+    (a signal that wanders smoothly with little noise is judged against its wandering, not its noise)."""
+    lo: cython.double = res
+    if sd == sd:
+        sd = SD_SHARE * sd
+        if sd > lo:
+            lo = sd
     return lo
 
 
@@ -1119,12 +1135,14 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
     flags: cython.int = 0
     dom: cython.int = 0
     z: cython.double = NAN
+    sd: cython.double = NAN  # the count window's sd (not for a counter)
     rz: cython.double  # robust z, then rate of change
     e: cython.double = 0.0
     counter: cython.bint = is_counter(g, go)
     real: cython.bint = val == val
     if not counter:
-        z = calc_z(val, f, fo, g, go, b, bo, window, minp)
+        sd = sqrt(calc_var(f, fo + F_SHIFT, g, go + I_NOBS))  # the window before the reading, used twice
+        z = calc_z(val, f, fo, g, go, b, bo, window, minp, sd)
         x = fabs(z) / p[po + P_ZTHR]
         if x > e:
             e = x
@@ -1160,7 +1178,7 @@ def detect(val: cython.double, ts: cython.longlong, f: cython.double[::1], fo: c
             flags |= THRESHOLD_FLAG
         x = 0.0
         if not counter:
-            x = change(val, ts, f, fo, g, go, p[po + P_STHR], window, change_floor(f, fo, g, go))
+            x = change(val, ts, f, fo, g, go, p[po + P_STHR], window, change_floor(sd, f[fo + F_RES]))
         elif val >= f[fo + F_PREV]:  # a counter's increments, not its values; a reset is no evidence
             if g[go + I_NUP] == CTR_UPS:
                 g[go + I_CN] = 0  # just found to be a counter: the detector starts afresh on increments
@@ -1231,20 +1249,31 @@ def run_batch(s_v: cython.const[cython.longlong][::1], t_v: cython.const[cython.
                 prefetch(cython.address(fs[s * NF + NF - 1]))  # noqa: F821
                 for j in range(0, NI, 8):
                     prefetch(cython.address(gs[s * NI + j]))  # noqa: F821
+                prefetch(cython.address(gs[s * NI + NI - 1]))  # noqa: F821 (a row can straddle 3 lines)
                 for j in range(0, NP, 8):
                     prefetch(cython.address(ps[s * NP + j]))  # noqa: F821
             if i + PF_NEAR < n:
                 s = s_v[i + PF_NEAR]
                 prefetch(cython.address(bs[s * window + gs[s * NI + I_POS]]))  # noqa: F821
-                for j in range(0, window, 8):
-                    prefetch(cython.address(ss[s * window + j]))  # noqa: F821
                 if has_t:
                     prefetch(cython.address(tr[s * window + gs[s * NI + I_POS]]))  # noqa: F821
+                    # the time window's oldest reading, which expiry reads next
+                    j = gs[s * NI + I_POS] - gs[s * NI + I_TN]
+                    if j < 0:
+                        j += window
+                    prefetch(cython.address(tr[s * window + j]))  # noqa: F821
+                    prefetch(cython.address(bs[s * window + j]))  # noqa: F821
         s = s_v[i]
         r = detect(x_v[i], t_v[i], fs, s * NF, gs, s * NI, bs, ss, tr, s * window, ps, s * NP, window, minp,
                    alpha, oma, z_v, sc_v, i)
         fl_v[i] = r & 255
         dm_v[i] = r >> 8
+        if cython.compiled and i + PF_NEAR < n:
+            # the sorted window of the reading PF_NEAR ahead, apart from its other lines (a burst of ~30
+            # misses at once fills the core's miss buffers, and the next prefetch waits for a free one)
+            s = s_v[i + PF_NEAR]
+            for j in range(0, window, 8):
+                prefetch(cython.address(ss[s * window + j]))  # noqa: F821
 
 
 # ----------------------------------------------------------------------

@@ -21,36 +21,31 @@ import sys
 import time
 from pathlib import Path
 
-from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, taskset, write_result
+from iotstream.bench.harness import (
+    RESULTS,
+    ROOT,
+    ServerProcess,
+    loadgen_cmd,
+    machine,
+    write_result,
+)
 
 KEEP_UP = 0.95
 
 
 def step(server: ServerProcess, rate: float, args) -> dict:
-    cmd = [
-        *taskset(args.loadgen_cpus),
-        PYTHON,
-        "-m",
-        "iotstream.bench.loadgen",
-        "--target",
-        f"grpc://{server.target}",
-        "--readings",
-        str(args.batch),
-        "--streams",
-        str(args.streams),
-        "--window",
-        str(args.window),
-        "--duration",
-        str(args.step_seconds),
-        "--warmup",
-        str(args.warmup),
-        "--rate",
-        str(rate / args.batch),
-        "--prefix",
-        f"ceil{int(rate)}",
-        "--drain-timeout",
-        "20",
-    ]
+    cmd = loadgen_cmd(
+        server.target,
+        args.loadgen_cpus,
+        readings=args.batch,
+        streams=args.streams,
+        window=args.window,
+        duration=args.step_seconds,
+        warmup=args.warmup,
+        rate=rate / args.batch,
+        prefix=f"ceil{int(rate)}",
+        drain_timeout=20,
+    )
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.step_seconds + 120)
     wall = time.perf_counter() - t0

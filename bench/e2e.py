@@ -41,10 +41,10 @@ from iotstream.bench.harness import (
     ROOT,
     ServerProcess,
     cpu_seconds,
+    loadgen_cmd,
     machine,
     pct,
     self_cpu_seconds,
-    taskset,
     write_result,
 )
 
@@ -287,28 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     lg = None
     try:
         broker = broker_pid(args.kafka)
-        cmd = [
-            *taskset(args.loadgen_cpus),
-            PYTHON,
-            "-m",
-            "iotstream.bench.loadgen",
-            "--target",
-            f"grpc://{server.target}",
-            "--readings",
-            str(args.batch),
-            "--streams",
-            str(args.streams),
-            "--window",
-            str(args.window),
-            "--duration",
-            str(args.duration),
-            "--warmup",
-            str(args.warmup),
-            "--prefix",
-            "e2e",
-        ]
-        if args.rate:
-            cmd += ["--rate", str(args.rate / args.batch)]
+        cmd = loadgen_cmd(
+            server.target,
+            args.loadgen_cpus,
+            readings=args.batch,
+            streams=args.streams,
+            window=args.window,
+            duration=args.duration,
+            warmup=args.warmup,
+            prefix="e2e",
+            rate=args.rate / args.batch if args.rate else None,
+        )
         t_start = time.perf_counter()
         m0 = t_start + args.warmup
         m1 = m0 + args.duration

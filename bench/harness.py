@@ -54,6 +54,16 @@ def taskset(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus]
 
 
+def loadgen_cmd(target: str, cpus: str | None = None, **options) -> list[str]:
+    """The command that runs bench/loadgen.py against the server at `target` (HOST:PORT), pinned to `cpus`;
+    each keyword is one of its options (`drain_timeout=20` is `--drain-timeout 20`; None leaves it out)."""
+    cmd = [*taskset(cpus), PYTHON, "-m", "iotstream.bench.loadgen", "--target", f"grpc://{target}"]
+    for name, value in options.items():
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    return cmd
+
+
 def serve_supports_kafka() -> bool:
     out = subprocess.run(
         [PYTHON, "-m", "iotstream.cli", "serve", "--help"], capture_output=True, text=True, cwd=ROOT

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from iotstream.bench.harness import PYTHON, RESULTS, ROOT, ServerProcess, machine, write_result
+from iotstream.bench.harness import RESULTS, ROOT, ServerProcess, loadgen_cmd, machine, write_result
 
 MB = 1024 * 1024
 
@@ -90,27 +90,16 @@ def main(argv=None) -> int:
     server = ServerProcess(kafka=args.kafka).start()
     started = time.monotonic()
     try:
-        cmd = [
-            PYTHON,
-            "-m",
-            "iotstream.bench.loadgen",
-            "--target",
-            f"grpc://{server.target}",
-            "--readings",
-            str(batch),
-            "--streams",
-            str(streams),
-            "--window",
-            str(window),
-            "--rate",
-            str(rate / batch),
-            "--duration",
-            str(seconds),
-            "--warmup",
-            "0",
-            "--prefix",
-            "soak",
-        ]
+        cmd = loadgen_cmd(
+            server.target,
+            readings=batch,
+            streams=streams,
+            window=window,
+            rate=rate / batch,
+            duration=seconds,
+            warmup=0,
+            prefix="soak",
+        )
         loadgen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs = {"server": psutil.Process(server.proc.pid), "loadgen": psutil.Process(loadgen.pid)}
         samples = []

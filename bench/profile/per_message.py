@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 
-from iotstream.bench.harness import PYTHON, ROOT, ServerProcess, free_port, taskset
+from iotstream.bench.harness import ROOT, ServerProcess, free_port, loadgen_cmd
 
 from .sched import sample
 
@@ -52,22 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     with ServerProcess(cpus="0", extra_args=["--metrics-port", str(metrics)]) as server:
         pid = server.proc.pid
         load = subprocess.Popen(
-            [
-                *taskset("1"),
-                PYTHON,
-                "-m",
-                "iotstream.bench.loadgen",
-                "--target",
-                f"grpc://{server.target}",
-                "--readings",
-                str(args.readings),
-                "--duration",
-                str(args.warmup + args.seconds + 1),
-                "--warmup",
-                "0",
-                "--prefix",
-                "permsg",
-            ],
+            loadgen_cmd(
+                server.target,
+                "1",
+                readings=args.readings,
+                duration=args.warmup + args.seconds + 1,
+                warmup=0,
+                prefix="permsg",
+            ),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -46,18 +46,6 @@ def code_of(fn, *args, **kwargs) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def poll(check, timeout: float = 20.0, every: float = 0.05, what: str = "condition"):
-    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {value!r})")
-        time.sleep(every)  # polling a condition
-
-
 def database() -> str:
     return "t_" + uuid.uuid4().hex[:12]
 

@@ -13,6 +13,7 @@ import time
 
 import pyarrow as pa
 import pytest
+from waiting import poll
 
 from iotstream.client.simulate import run_fleet
 from iotstream.v1 import query_pb2 as qpb
@@ -98,10 +99,11 @@ def piped(*args) -> str:
 @pytest.fixture
 def fed(server):
     summary, data = asyncio.run(run_fleet(server.target, DEVICES, READINGS, batch=60, anomalies=0.0, seed=2))
-    deadline = time.monotonic() + 60
-    while server.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
-        assert time.monotonic() < deadline, "readings did not reach the store"
-        time.sleep(0.05)  # polling a condition
+    poll(
+        lambda: server.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings >= DEVICES * READINGS,
+        60,
+        "readings in the store",
+    )
     return server, data
 
 

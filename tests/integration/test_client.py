@@ -11,8 +11,9 @@ import time
 
 import pytest
 from conftest import ServerThread
-from security_fixtures import database, poll
+from security_fixtures import database
 from tcp_proxy import TcpProxy
+from waiting import poll
 
 from iotstream.client.device import BlockingDeviceClient
 from iotstream.ingest import Limits

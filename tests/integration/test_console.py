@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
+from waiting import poll
 
 from iotstream.auth import ClickHouseTokens
 from iotstream.client.simulate import METRICS, run_fleet
@@ -38,10 +39,11 @@ def fed(chdb_dir):
             run_fleet(srv.target, DEVICES, READINGS, batch=100, anomalies=0.003, seed=7)
         )
         assert summary["acked"] == DEVICES * READINGS
-        deadline = time.monotonic() + 60
-        while srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
-            assert time.monotonic() < deadline, "readings did not reach the store"
-            time.sleep(0.05)  # polling a condition
+        poll(
+            lambda: srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings >= DEVICES * READINGS,
+            60,
+            "readings in the store",
+        )
         srv.http = f"http://127.0.0.1:{srv.server.console.port}"
         yield srv, data
     finally:
@@ -245,10 +247,8 @@ def test_live_feeds_are_capped(fed):
 
     srv, _ = fed
     streams = []
-    deadline = time.monotonic() + 10  # feeds of earlier tests, closed by their clients, free their slots
-    while srv.server.console.feeds:
-        assert time.monotonic() < deadline, f"{len(srv.server.console.feeds)} feeds still open"
-        time.sleep(0.1)  # polling a condition
+    # feeds of earlier tests, closed by their clients, free their slots
+    poll(lambda: not srv.server.console.feeds, 10, "earlier tests' feeds closed")
     try:
         for _ in range(MAX_STREAMS):
             streams.append(urllib.request.urlopen(srv.http + "/api/events", timeout=30))

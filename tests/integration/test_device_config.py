@@ -12,8 +12,9 @@ import time
 import grpc
 import pytest
 from conftest import ServerThread
-from security_fixtures import bearer, database, poll
+from security_fixtures import bearer, database
 from tcp_proxy import TcpProxy
+from waiting import poll
 
 from iotstream.auth import ClickHouseTokens
 from iotstream.cli.main import main as cli

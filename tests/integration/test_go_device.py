@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from security_fixtures import poll
 from tcp_proxy import TcpProxy
+from waiting import poll
 
 from iotstream.v1 import admin_pb2, admin_pb2_grpc
 from iotstream.v1 import ingest_pb2 as pb

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import poll
 
 from iotstream.client.simulate import METRICS, run_fleet
 from iotstream.v1 import query_pb2 as qpb
@@ -139,10 +140,11 @@ def fleet(chdb_dir):
             run_fleet(srv.target, DEVICES, READINGS, batch=60, anomalies=0.01, seed=11)
         )
         assert summary["acked"] == DEVICES * READINGS
-        deadline = time.monotonic() + 60
-        while srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < DEVICES * READINGS:
-            assert time.monotonic() < deadline, "the fleet's readings did not reach the store in 60 s"
-            time.sleep(0.05)  # polling a condition
+        poll(
+            lambda: srv.query.GetStats(qpb.GetStatsRequest(), timeout=10).readings >= DEVICES * READINGS,
+            60,
+            "the fleet's readings in the store",
+        )
         episodes = srv.query.ListAnomalies(qpb.ListAnomaliesRequest(), timeout=10).anomalies
         assert episodes, "the simulated spikes opened no episode"
         srv.query.AcknowledgeAnomaly(

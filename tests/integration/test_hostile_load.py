@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from security_fixtures import batch, bearer, code_of, database, now_ms, poll
+from security_fixtures import batch, bearer, code_of, database, now_ms
+from waiting import poll
 
 from iotstream.auth import ClickHouseTokens
 from iotstream.ingest import Limits

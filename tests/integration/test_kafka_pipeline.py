@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import ServerThread
+from waiting import poll
 
 from iotstream.bus.kafka import KafkaConfig, ensure_topics
 from iotstream.client.simulate import batches, device_signal, run_fleet
@@ -30,16 +31,6 @@ from iotstream.v1 import query_pb2_grpc
 
 DEVICES, READINGS = 100, 1000
 ANOMALY_COLUMNS = "device_id, metric, toUnixTimestamp64Milli(time) AS t, kind, score"
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)  # polling a condition
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def lag(cfg: KafkaConfig) -> tuple[int, int]:
@@ -101,7 +92,7 @@ def devices(node: ServerThread) -> set:
 
 
 def wait_caught_up(cfg: KafkaConfig, timeout: float = 120) -> None:
-    wait_for(lambda: lag(cfg)[0] == 0, timeout, "the processor group to commit every message")
+    poll(lambda: lag(cfg)[0] == 0, timeout, "the processor group to commit every message")
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +139,7 @@ def test_two_processors_share_the_work_exactly(kafka_broker, chdb_dir):
         a = processor_node(cfg, chdb_dir)
         wait_caught_up(cfg)
         b = processor_node(cfg, chdb_dir)
-        wait_for(lambda: len(a.server.processor_loop.runs) < 4, 60, "the group to rebalance")
+        poll(lambda: len(a.server.processor_loop.runs) < 4, 60, "the group to rebalance")
         assert all(ingest.ingest.Send(x, timeout=30).accepted == 100 for x in halves[1])
         wait_caught_up(cfg)
         reference = processor_node(
@@ -227,7 +218,7 @@ def test_kill_9_mid_stream_then_restart(ingested, tmp_path):
     cfg = KafkaConfig(bootstrap=cfg.bootstrap, namespace=cfg.namespace, group="k" + uuid.uuid4().hex[:8])
     proc = start_process(cfg, tmp_path, "--chunk-messages", "5", "--snapshot-every", "0.5")
     total = DEVICES * READINGS // 100
-    wait_for(
+    poll(
         lambda: total * 0.2 <= total - lag(cfg)[0] < total * 0.8, 120, "the processor to be mid-stream", 0.02
     )
     proc.kill()  # SIGKILL: no snapshot, no commit, no goodbye
@@ -274,7 +265,7 @@ def test_poison_message_goes_to_dead_letters(kafka_broker, chdb_dir):
     )
     reader.subscribe([cfg.deadletter_topic])
     try:
-        msg = wait_for(
+        msg = poll(
             lambda: next((m for m in [reader.poll(0.5)] if m is not None and not m.error()), None),
             30,
             "the dead letter",
@@ -329,7 +320,7 @@ def test_broker_outage_slows_acks_loses_nothing(private_kafka_broker, chdb_dir):
     sender.start()
     try:
         # the fleet is going (some batches acked) before the outage
-        wait_for(lambda: ingest.server.counters.accepted >= 500, 60, "the first acks", 0.05)
+        poll(lambda: ingest.server.counters.accepted >= 500, 60, "the first acks", 0.05)
         broker.restart(down=10)
         sender.join(180)
         assert not sender.is_alive()
@@ -358,9 +349,9 @@ def test_dead_processor_thread_turns_the_node_not_serving(kafka_broker, chdb_dir
             == health_pb2.HealthCheckResponse.SERVING
         )
         node.server.processor_loop.source.consumer.close()  # its next consume() raises: the thread dies
-        wait_for(lambda: node.server.failed.is_set(), 30, "the node to notice")
+        poll(lambda: node.server.failed.is_set(), 30, "the node to notice")
         assert "processor stopped" in node.server.failure
-        wait_for(
+        poll(
             lambda: (
                 health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
                 == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -10,7 +10,8 @@ import time
 import grpc
 import pytest
 from conftest import ServerThread
-from security_fixtures import batch, code_of, database, poll
+from security_fixtures import batch, code_of, database
+from waiting import poll
 
 from iotstream.ingest import Limits
 from iotstream.node import Config

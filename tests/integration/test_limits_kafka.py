@@ -15,7 +15,8 @@ import pytest
 from confluent_kafka import Consumer
 from conftest import ServerThread
 from kafka_fixture import load_kafka_local
-from security_fixtures import batch, poll
+from security_fixtures import batch
+from waiting import poll
 
 from iotstream.bus.kafka import KafkaConfig
 from iotstream.ingest import Limits

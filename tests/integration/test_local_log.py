@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import poll
 
 from iotstream.bus import local
 from iotstream.clickhouse import StorageError
@@ -55,15 +56,6 @@ def log_offsets(srv: ServerThread) -> dict[tuple[str, int], int]:
 
 def health(srv: ServerThread) -> int:
     return health_pb2_grpc.HealthStub(srv.channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)  # polling a condition
-    return value
 
 
 class Gate:
@@ -181,9 +173,9 @@ def test_dropped_table_turns_health_not_serving_and_keeps_the_log(chdb_dir):
         store = srv.server.store
         store.backend.command(store._sql("DROP TABLE $db.readings"))  # permanent: an operator has to act
         assert srv.ingest.Send(data[1], timeout=30).accepted == 50  # acked: durable in the log
-        wait_for(srv.server.failed.is_set, 30, "the node to fail")
+        poll(srv.server.failed.is_set, 30, "the node to fail")
         assert "UNKNOWN_TABLE" in srv.server.failure
-        wait_for(lambda: health(srv) == health_pb2.HealthCheckResponse.NOT_SERVING, 30, "NOT_SERVING")
+        poll(lambda: health(srv) == health_pb2.HealthCheckResponse.NOT_SERVING, 30, "NOT_SERVING")
         with pytest.raises(grpc.RpcError) as refused:  # it stops taking data
             srv.ingest.Send(data[2], timeout=30)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -207,7 +199,7 @@ def test_stop_ends_a_storage_retry_and_the_next_start_stores_the_batch(chdb_dir)
     data = fleet(1, 100, 100, seed=5)[0]
     try:
         assert srv.ingest.Send(data[0], timeout=30).accepted == 100
-        wait_for(lambda: faulty.raised >= 2, 30, "the insert to be retried")
+        poll(lambda: faulty.raised >= 2, 30, "the insert to be retried")
     finally:
         srv.stop()
     assert not srv.server.failed.is_set()  # a stop, not a failure

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
+from waiting import poll
 
 from iotstream.node import Config
 from iotstream.v1 import query_pb2 as qpb
@@ -30,16 +31,6 @@ def readings(device, rows) -> pa.Table:
             "value": [float(r[2]) for r in rows],
         }
     )
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling a condition
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
@@ -74,7 +65,7 @@ def test_latest_is_by_reading_time_not_arrival(server):
 def test_silence_turns_a_device_offline(quick):
     store = quick.server.store
     store.insert_readings(readings("quiet-1", [("temp", now_ms(), 1.0)]))
-    wait_for(
+    poll(
         lambda: (
             quick.query.GetDevice(qpb.GetDeviceRequest(device_id="quiet-1"), timeout=10).status == qpb.OFFLINE
         ),

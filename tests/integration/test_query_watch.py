@@ -15,6 +15,7 @@ import grpc
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
+from waiting import poll
 
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.node import Config
@@ -229,19 +230,12 @@ class CountingBackend:
         return getattr(self.backend, name)
 
 
-def wait_for(condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)  # polling a condition
-
-
 def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick, chdb_dir):
     store = quick.server.store
     counting = store.backend = CountingBackend(store.backend)
     signal = quick.server.episodes_written
     watches = [Watch(quick, timeout=60) for _ in range(5)]
-    wait_for(lambda: len(signal._waiters) == len(watches))  # every stream has looked and now waits
+    poll(lambda: len(signal._waiters) == len(watches))  # every stream has looked and now waits
     before = counting.episode_reads
     # The positive signal: a query node of its own on the same database polls at the default fallback
     # (1 s); once its stream has looked twice, streams that polled (every 0.2 s before, or 1 s) would have.
@@ -257,7 +251,7 @@ def test_idle_watchers_cost_no_queries_and_wake_on_a_write(quick, chdb_dir):
         polled = poller.server.store.backend = CountingBackend(poller.server.store.backend)
         control = Watch(poller, timeout=60)
         first = polled.episode_reads
-        wait_for(lambda: polled.episode_reads >= first + 2)
+        poll(lambda: polled.episode_reads >= first + 2)
         control.close()
     finally:
         poller.stop()

@@ -4,6 +4,7 @@ import time
 
 import pytest
 from conftest import ServerThread
+from waiting import poll
 
 from iotstream.node import Config
 from iotstream.v1 import ingest_pb2 as pb
@@ -54,14 +55,10 @@ def test_threshold_from_rules_and_silence(ruled):
     assert ruled.ingest.Send(batch, timeout=10).accepted == 4
     # hi = 50 holds for temp only: hum's 60 is not above any of its limits.
     assert kinds(ruled, "threshold") == [("dev-t", "temp", now - 999)]
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and len(kinds(ruled, "silence")) < 2:
-        time.sleep(0.1)  # polling a condition
+    poll(lambda: len(kinds(ruled, "silence")) >= 2, 20, "both silences reported", 0.1)
     assert sorted(kinds(ruled, "silence")) == [("dev-t", "hum", now - 997), ("dev-t", "temp", now - 999)]
     progress = ruled.server.processor_loop.progress
     ticks = progress.silence_checks
-    deadline = time.monotonic() + 20
-    while progress.silence_checks < ticks + 3 and time.monotonic() < deadline:  # more timer ticks pass
-        time.sleep(0.05)  # polling a condition
-    assert progress.silence_checks >= ticks + 3  # ...and each silence is still reported once:
+    poll(lambda: progress.silence_checks >= ticks + 3, 20, "three more timer ticks")
+    # ...and each silence is still reported once:
     assert len(kinds(ruled, "silence")) == 2

@@ -8,7 +8,8 @@ import grpc
 import pytest
 from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from security_fixtures import batch, bearer, code_of, database, poll
+from security_fixtures import batch, bearer, code_of, database
+from waiting import poll
 
 from iotstream.auth import ClickHouseTokens
 from iotstream.node import Config

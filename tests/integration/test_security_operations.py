@@ -14,7 +14,8 @@ import pytest
 from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from security_fixtures import batch, database, poll
+from security_fixtures import batch, database
+from waiting import poll
 
 from iotstream.bus.kafka import KafkaConfig
 from iotstream.client.simulate import run_fleet

@@ -15,6 +15,7 @@ import uuid
 
 import grpc
 import pytest
+from waiting import poll
 
 from iotstream.v1 import ingest_pb2 as pb
 from iotstream.v1 import ingest_pb2_grpc, query_pb2_grpc
@@ -228,11 +229,12 @@ def test_sigterm_with_the_broker_gone_ends_within_the_bound_and_says_what_is_los
             )
             assert ingest_pb2_grpc.IngestStub(ch).Send(sent, timeout=30).accepted == 2
             query = query_pb2_grpc.QueryStub(ch)
-            deadline = time.monotonic() + 60
             # The processor holds the partition's state now: its stop has a snapshot to write.
-            while query.GetStats(qpb.GetStatsRequest(), timeout=10).readings < 2:
-                assert time.monotonic() < deadline, "the batch was not stored"
-                time.sleep(0.05)  # polling a condition
+            poll(
+                lambda: query.GetStats(qpb.GetStatsRequest(), timeout=10).readings >= 2,
+                60,
+                "the batch stored",
+            )
         private_kafka_broker.kill()
         started = time.monotonic()
         serve.proc.send_signal(signal.SIGTERM)

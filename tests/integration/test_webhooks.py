@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 from conftest import ServerThread
+from waiting import poll
 
 from iotstream.clickhouse.store import StoreConfig
 from iotstream.node import Config
@@ -142,10 +143,7 @@ def deliveries(srv, hook, result):
 
 def settle(srv, hook, result, n, timeout=10):
     """Wait for a delivery counter to reach n: it moves just after the receiver has answered."""
-    deadline = time.monotonic() + timeout
-    while deliveries(srv, hook, result) < n:
-        assert time.monotonic() < deadline, f"{hook} {result}: {deliveries(srv, hook, result)} of {n}"
-        time.sleep(0.02)  # polling a condition
+    poll(lambda: deliveries(srv, hook, result) >= n, timeout, f"{hook} {result}: {n} deliveries", 0.02)
     return deliveries(srv, hook, result)
 
 

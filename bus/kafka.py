@@ -16,10 +16,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from iotstream.bus.local import QueueUnavailable
+from iotstream.common.logs import Repeats
 
 log = logging.getLogger(__name__)
 # librdkafka's own lines go through Python logging (and so JSON logs), not raw to stderr.
+# A broker that is away makes every client repeat its connect failure many times a second: once per 10 s.
 RDKAFKA_LOG = logging.getLogger("iotstream.rdkafka")
+RDKAFKA_LOG.addFilter(Repeats(10.0))
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,27 @@ def setup(level: int = logging.INFO, fmt: str = "text", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Repeats(logging.Filter):
+    """Lets a message through once per `window_s`: a client library retrying a dead peer says the same line
+    dozens of times a second. The next one let through says how many were held back."""
+
+    def __init__(self, window_s: float = 10.0, remember: int = 256):
+        super().__init__()
+        self.window_s = window_s
+        self.remember = remember
+        self.seen: dict[str, tuple[float, int]] = {}  # message -> (when last let through, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        last = self.seen.get(text)
+        if last is not None and record.created - last[0] < self.window_s:
+            self.seen[text] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.msg, record.args = f"{text} ({last[1]} more like it held back)", None
+        if len(self.seen) >= self.remember and last is None:
+            self.seen.clear()  # bounded: a flood of distinct lines forgets, and lets each through once again
+        self.seen[text] = (record.created, 0)
+        return True

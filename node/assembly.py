@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 
 INGEST, PROCESS, QUERY = "ingest", "process", "query"
 # Over Kafka a stop ends within shutdown_grace_s + STOP_ALLOWANCE_S, broker or not: waits on the broker
-# give up FLUSH_ALLOWANCE_S after the grace; the rest is for closing clients and the store
-# (docs/operations.md).
+# give up FLUSH_ALLOWANCE_S after the grace; a processor still in a client's close (librdkafka's consumer
+# close has no timeout) is left behind EXIT_ALLOWANCE_S before the bound, so the store closes and the
+# process exits within it (docs/operations.md).
 STOP_ALLOWANCE_S = 5.0
 FLUSH_ALLOWANCE_S = 2.0
+EXIT_ALLOWANCE_S = 1.5
 ALL_ROLES = frozenset({INGEST, PROCESS, QUERY})
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["Query"].full_name
@@ -533,10 +535,11 @@ class Node:
             self.processor_loop.finishing.set()  # over the local log: store what it holds first
         for task in self._tasks:
             if over_kafka:
-                await asyncio.to_thread(task.join, max(0.0, stop_by - time.monotonic()))
+                leave_by = stop_by - EXIT_ALLOWANCE_S
+                await asyncio.to_thread(task.join, max(0.0, leave_by - time.monotonic()))
                 if task.is_alive():  # a daemon thread: it does not hold the process's exit
                     self._stop_failed(
-                        f"the processor did not stop within {stop_by - started:.0f} s (broker away?): its "
+                        f"the processor did not stop within {leave_by - started:.1f} s (broker away?): its "
                         "last state is not saved; the next owner resumes from the last snapshot"
                     )
                 continue

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import struct
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -340,4 +341,16 @@ class KafkaSource:
                     f"{self.cfg.anomalies_topic} (broker away?); the readings and anomalies are stored"
                 )
         finally:
-            self.consumer.close()  # leaves the group: the others take over now, not after a session timeout
+            self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        """Leaves the group: the others take over now, not after a session timeout. librdkafka's close has no
+        timeout and can hang while the broker is away: once a stop has a deadline, it is left behind then."""
+        if self.budget.stop_at is None:
+            self.consumer.close()
+            return
+        closer = threading.Thread(target=self.consumer.close, name="kafka-consumer-close", daemon=True)
+        closer.start()
+        closer.join(self.budget.left(self.budget.stop_at))
+        if closer.is_alive():
+            log.warning("the Kafka consumer's close did not end by the stop's deadline (broker away?): left")

@@ -2,7 +2,7 @@
 one server process.
 
     python -m iotstream.bench.fleet [--streams 10000] [--per-connection 100] [--interval 10] [--batch 10]
-                          [--duration 30] [--kafka BOOTSTRAP] [--no-floor] [--json]
+                          [--duration 30] [--kafka BOOTSTRAP] [--serve-arg ARG] [--no-floor] [--json]
 
 Real fleets keep a stream open per device and trickle a small batch every few seconds; a gateway runs many
 devices in one process. This runs --streams DeviceClients in this process, sharing ceil(streams /
@@ -239,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --echo: extra server channel argument, e.g. grpc.server.max_pending_requests=20000",
     )
     ap.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `iotstream serve`, e.g. --serve-arg=--max-keys-per-partition=1 (no rolling "
+        "state: what the detector's per-device state costs)",
+    )
+    ap.add_argument(
         "--no-floor",
         action="store_true",
         help="skip the floor: by default the same fleet then runs against bench/echo_server.py",
@@ -252,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
 
+    echo_args = [a for o in args.grpc_option for a in ("--grpc-option", o)]
     with ServerProcess(
         kafka=args.kafka,
         cpus=args.server_cpus,
         module="iotstream.bench.echo_server" if args.echo else None,
-        extra_args=[a for o in args.grpc_option for a in ("--grpc-option", o)] if args.echo else [],
+        extra_args=echo_args if args.echo else args.serve_arg,
     ) as server:
         result = asyncio.run(run(args, server, args.echo))
     if not args.echo and not args.no_floor:

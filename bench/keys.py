@@ -14,6 +14,8 @@ insert is left out, as it does not depend on the key count):
   random over all keys, in calls of 200,000 readings as the embedded loop takes them; readings per CPU
   second of this thread (the machine is shared) and per wall second;
 * snapshot: PartitionState.to_bytes size and time;
+* resend window: each device's last RECENT_BATCHES (seq, fingerprint) pairs, filled after the timed part:
+  resident-set growth per device and CPU microseconds per batch checked;
 * eviction: the time to evict half the keys as idle (compaction copies every live key's state), up to
   `--compact-max` keys (it needs about three times the state's memory at its peak).
 
@@ -44,6 +46,7 @@ from confluent_kafka.admin import ConfigResource
 from iotstream.bus.kafka import STATE_CHUNK_BYTES, KafkaConfig, ensure_topics
 from iotstream.processor import Processor
 from iotstream.processor.kafka_loop import StateLog
+from iotstream.processor.state import RECENT_BATCHES
 from iotstream.v1 import ingest_pb2 as pb
 
 METRICS = [f"m{j}" for j in range(10)]
@@ -165,6 +168,7 @@ def run(keys: int, readings: int, compact_max: int, kafka: KafkaConfig | None, r
         "snapshot_s": snap_s,
         "warm_s": warm_s,
     }
+    result.update(resend_window(state))
     if kafka is not None:
         result.update(kafka_snapshot(kafka, state, feed.offset, keys <= restore_max))
     if keys <= compact_max:
@@ -174,6 +178,20 @@ def run(keys: int, readings: int, compact_max: int, kafka: KafkaConfig | None, r
         evicted = state.evict_idle(time.time_ns() // 1_000_000, at_cap=True)
         result.update(evicted=evicted, evict_s=time.perf_counter() - start)
     return result
+
+
+def resend_window(state) -> dict:
+    """Every device's resend window filled (RECENT_BATCHES batches each, as a long-lived device's is)."""
+    devices = sorted({d for d, _ in state.slots})
+    base, cpu0 = rss_bytes(), time.thread_time()
+    for seq in range(2, 2 + RECENT_BATCHES):
+        for i, device in enumerate(devices):
+            state.is_resend(device, seq, (i * 0x9E3779B97F4A7C15 + seq) % 2**64)
+    cpu = time.thread_time() - cpu0
+    return {
+        "resend_window_bytes_per_device": (rss_bytes() - base) / len(devices),
+        "resend_check_us": 1e6 * cpu / (len(devices) * RECENT_BATCHES),
+    }
 
 
 def kafka_snapshot(cfg: KafkaConfig, state, offset: int, restore: bool) -> dict:
@@ -264,7 +282,8 @@ def report(r: dict, quiet: bool) -> None:
         f"({r['readings_per_wall_s'] / 1e6:.2f} M/wall s), "
         f"{r['rss_bytes_per_key']:7.0f} B/key RSS, "
         f"kernel {r['kernel_bytes_per_slot']:.0f} B/slot x {r['nslots']} slots, snapshot "
-        f"{r['snapshot_bytes'] / 1e6:.1f} MB in {r['snapshot_s']:.2f} s"
+        f"{r['snapshot_bytes'] / 1e6:.1f} MB in {r['snapshot_s']:.2f} s, resend window "
+        f"{r['resend_window_bytes_per_device']:.0f} B/device ({r['resend_check_us']:.2f} us a batch)"
         + (f", evict {r['evicted']} in {r['evict_s']:.2f} s" if "evicted" in r else "")
         + (
             f"; Kafka snapshot {r['kafka_snapshot_messages']} messages of at most "

@@ -12,7 +12,6 @@ at that moment (the snapshot does not carry last-seen times).
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import struct
@@ -32,6 +31,9 @@ MAGIC = b"IOTSPS\x00\x02"
 MAGIC_V1 = b"IOTSPS\x00\x01"
 _LEN = struct.Struct("<I")
 RECENT_BATCHES = 64  # per device: a reconnecting device resends at most its unacked in-flight batches
+# One resend-window record, (seq, fingerprint), packed: a device's window is one bytearray of at most
+# RECENT_BATCHES records (~1.1 KB), where a deque of tuples of ints held ~9.8 KB once full.
+_RECORD = struct.Struct("<QQ")
 MAX_KEYS = 2_000_000  # per partition
 IDLE_MS = 24 * 3_600_000
 SWEEP_SHARE = 8  # a timed sweep compacts once 1/8 of the keys are idle (compaction copies every key's state)
@@ -50,13 +52,13 @@ class PartitionState:
         self,
         stats: RollingStats | None = None,
         slots: dict | None = None,
-        recent: dict | None = None,
+        recent: dict[str, bytearray] | None = None,
         max_keys: int = MAX_KEYS,
         idle_ms: int = IDLE_MS,
     ):
         self.stats = stats or RollingStats()
         self.slots: dict[tuple[str, str], int] = slots or {}
-        self.recent: dict[str, collections.deque] = recent or {}
+        self.recent: dict[str, bytearray] = recent or {}  # device -> its resend window (_RECORD records)
         self.silenced: set[int] = set()  # slots already reported silent (wall-clock driven, not snapshotted)
         self.max_keys, self.idle_ms = max_keys, idle_ms
         self.seen = np.full(len(self.slots), now_ms(), dtype=np.int64)  # per slot: last batch, wall clock ms
@@ -121,11 +123,19 @@ class PartitionState:
 
     def is_resend(self, device_id: str, seq: int, fingerprint: int) -> bool:
         """True when this (seq, fingerprint) was already seen for the device; else remember it."""
-        key = (seq, fingerprint)
-        seen = self.recent.setdefault(device_id, collections.deque(maxlen=RECENT_BATCHES))
-        if key in seen:
-            return True
-        seen.append(key)
+        record = _RECORD.pack(seq, fingerprint)
+        seen = self.recent.get(device_id)
+        if seen is None:
+            self.recent[device_id] = bytearray(record)
+            return False
+        at = seen.find(record)
+        while at >= 0:  # find() may match across two records: only a match at a record's start counts
+            if at % _RECORD.size == 0:
+                return True
+            at = seen.find(record, at + 1)
+        if len(seen) >= RECENT_BATCHES * _RECORD.size:
+            del seen[: _RECORD.size]
+        seen += record
         return False
 
     def to_bytes(self) -> bytes:
@@ -140,7 +150,7 @@ class PartitionState:
                 "metric": [metrics.setdefault(m, len(metrics)) for _, m in by_slot],
                 "devices": list(devices),
                 "metrics": list(metrics),
-                "recent": {d: list(q) for d, q in self.recent.items()},
+                "recent": {d: list(_RECORD.iter_unpack(w)) for d, w in self.recent.items()},
             }
         ).encode()
         return MAGIC + _LEN.pack(len(header)) + header + self.stats.to_bytes()
@@ -163,7 +173,7 @@ class PartitionState:
                 for s, (d, m) in enumerate(zip(header["device"], header["metric"], strict=True))
             }
         recent = {
-            d: collections.deque((tuple(k) for k in keys), maxlen=RECENT_BATCHES)
+            d: bytearray(b"".join(_RECORD.pack(*k) for k in keys[-RECENT_BATCHES:]))
             for d, keys in header["recent"].items()
         }
         return cls(RollingStats.from_bytes(data[start + n :]), slots, recent)

@@ -1,5 +1,6 @@
 """Partition state: resend detection and the snapshot round trip."""
 
+import collections
 import json
 
 import numpy as np
@@ -18,6 +19,27 @@ def test_resend_window():
     for seq in range(2, 2 + RECENT_BATCHES):
         s.is_resend("d", seq, seq)
     assert not s.is_resend("d", 1, 111)  # fell out of the window
+
+
+def test_resend_window_answers_as_a_deque_of_the_last_pairs_does():
+    """Oracle: the window as a deque of (seq, fingerprint) tuples, over random streams with many repeats
+    and 64-bit values, and queries built to match the packed window across a record boundary."""
+    rng = np.random.default_rng(7)
+    s, oracle = PartitionState(), {}
+    for _ in range(20_000):
+        device = f"d{rng.integers(3)}"
+        window = oracle.setdefault(device, collections.deque(maxlen=RECENT_BATCHES))
+        if window and rng.random() < 0.3:  # straddles two records: one's fingerprint, the next one's seq
+            i = int(rng.integers(len(window) - 1)) if len(window) > 1 else 0
+            key = (window[i][1], window[min(i + 1, len(window) - 1)][0])
+        else:
+            small = rng.random() < 0.5  # few fingerprints: many repeats; or any 64-bit one
+            fp = int(rng.integers(4)) if small else int(rng.integers(2**64, dtype=np.uint64))
+            key = (int(rng.integers(200)), fp)
+        expected = key in window
+        if not expected:
+            window.append(key)
+        assert s.is_resend(device, *key) == expected, key
 
 
 def test_snapshot_round_trip_continues_identically():

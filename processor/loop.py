@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from iotstream.bus.local import LocalLog
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 # A source short of room (the local log over half full) gets snapshots, which truncate it, this often.
 PRESSED_SNAPSHOT_S = 0.5
+# Snapshots take at most about this share of a loop's time: a state whose snapshot takes over a tenth of
+# snapshot_every_s (~10^6 keys: 12 s to serialize) is saved less often, not all the time. Under pressure, at
+# most half of it.
+SNAPSHOT_SHARE = 0.1
 # One loop iteration stops starting chunks after this long and polls the source again: a Kafka member
 # services the group's rebalances only in a poll, and an iteration that chunked all it had polled made a
 # revoke wait for every partition's chunk (docs/scaling.md, "Why the pauses last a round").
@@ -55,6 +60,14 @@ CHUNK_INTERVAL_S = 0.25
 # While every buffer waits for its interval and the source has no more, the loop polls it this often (a full
 # chunk is noticed within this) instead of at every group commit of the log.
 PACING_POLL_S = 0.05
+
+
+def snapshot_due(since: float, every: float, cost: float, pressed: Callable[[], bool]) -> bool:
+    """`since` s after the last snapshot, which took `cost` s: due at `every`, or at PRESSED_SNAPSHOT_S when
+    the source is `pressed()` for room; a costly one waits till it is SNAPSHOT_SHARE of the time (or half)."""
+    if since >= max(every, cost / SNAPSHOT_SHARE):
+        return True
+    return since >= max(PRESSED_SNAPSHOT_S, cost) and pressed()
 
 
 def transient(exc: Exception) -> bool:
@@ -72,6 +85,7 @@ class PartitionRun:
     buffered_bytes: int = 0  # of the values in `buffer`
     chunked_at: float = float("-inf")  # monotonic time its last chunk started (pacing)
     snapshot_at: float = 0.0  # monotonic time of the last snapshot
+    snapshot_cost: float = 0.0  # seconds the last one took, saved and flushed
     served_at: float = 0.0  # monotonic time of its last chunk: the least recently served goes first
     ahead: bool = False  # the state holds a chunk that is not stored yet: no snapshot may be taken
 
@@ -167,12 +181,12 @@ class ChunkLoop:
                 self._work(time.monotonic() + ITERATION_S)
                 for partition, run in list(self.runs.items()):
                     since = time.monotonic() - run.snapshot_at
-                    due = since >= self.snapshot_every_s or (
-                        since >= PRESSED_SNAPSHOT_S and self.source.pressed()
-                    )
+                    due = snapshot_due(since, self.snapshot_every_s, run.snapshot_cost, self.source.pressed)
                     if run.intents and due:
+                        started = time.monotonic()
                         self._snapshot(partition, run)
                         self.source.flush()
+                        run.snapshot_cost = time.monotonic() - started
                 if (
                     not records
                     and self.finishing.is_set()

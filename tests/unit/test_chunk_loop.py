@@ -103,3 +103,17 @@ def test_a_small_chunk_waits_for_its_interval_a_full_one_does_not():
     loop.finishing.set()
     assert loop._ready(run)
     assert not loop._ready(chunk_loop.PartitionRun(0, []))  # nothing buffered
+
+
+def test_a_costly_snapshot_is_taken_less_often_so_it_stays_a_tenth_of_the_time():
+    """processor.loop.snapshot_due: cheap snapshots every `snapshot_every_s` as always; one that took 12 s
+    (10^6 keys) waits until it is SNAPSHOT_SHARE of the time, or half of it while the source is pressed."""
+    due, calm = chunk_loop.snapshot_due, lambda: False
+    assert not due(4.9, 5.0, 0.01, calm) and due(5.0, 5.0, 0.01, calm)
+    assert not due(119.0, 5.0, 12.0, calm) and due(120.0, 5.0, 12.0, calm)
+    pressed = lambda: True  # noqa: E731
+    assert not due(0.4, 5.0, 0.01, pressed) and due(0.5, 5.0, 0.01, pressed)
+    assert not due(11.0, 5.0, 12.0, pressed) and due(12.0, 5.0, 12.0, pressed)
+    asked: list[int] = []
+    assert not due(0.1, 5.0, 0.0, lambda: asked.append(1) or True)
+    assert not asked  # the source (a query of the log) is not asked before its answer could matter

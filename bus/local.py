@@ -5,8 +5,11 @@ new file format). Tables:
 
 * `log(offset INTEGER PRIMARY KEY AUTOINCREMENT, readings, payload)`: one row per accepted batch, the
   serialized ReadingBatch; offsets only grow, even across truncation and restarts;
-* `state(key, value)`: the processor's chunk intents and snapshot chunks (processor.loop), written with
-  the truncation they allow in one transaction;
+* `state(key, value)`: the processor's chunk intents and snapshots (processor.loop). A snapshot's chunks
+  are written under a new generation, one short transaction each, so the appends' group commits go on
+  between them; then one transaction points `<p>/snapshot` at that generation, clears the intents and
+  deletes the rows it covers; then the former generation's chunks are deleted, a chunk a transaction. A
+  crash at any point leaves one whole snapshot: the former one until the pointer moves, then the new one;
 * `dead_letters(offset, reason, payload)` and `meta(key, value)` (the log's id, which names the
   deduplication tokens so a recreated log never reuses a token of an old one).
 
@@ -44,7 +47,9 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 512 * 1024 * 1024
 UNAVAILABLE_AFTER_S = 30.0
 MAX_GROUP_BYTES = 16 * 1024 * 1024  # one commit's worth: bounds the time a transaction holds the lock
-SNAPSHOT_CHUNK_BYTES = 64 * 1024 * 1024  # SQLite caps a value at 1 GB; a state of any size is split
+# A snapshot chunk, one transaction (~50 ms to write and fsync): the longest an append waits behind a
+# snapshot, whatever its size (a whole 300 MB state in one transaction held appends for 2 s).
+SNAPSHOT_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class QueueUnavailable(Exception):
@@ -137,6 +142,8 @@ class LocalLog:
         )
         self.closed = False
         self._pending: list[_Append] = []
+        self._committing = False  # the writer holds a group taken from _pending
+        self._commits = 0  # groups the writer has finished
         # One lock, two waits: the writer's for appends, the processor's (`read`) for commits, so an append
         # wakes only the writer.
         lock = threading.RLock()
@@ -193,7 +200,14 @@ class LocalLog:
                     ):
                         group.append(self._pending.pop(0))
                         size += len(group[-1].payload)
-                self._commit(group)
+                    self._committing = True
+                try:
+                    self._commit(group)
+                finally:
+                    with self._cv:
+                        self._committing = False
+                        self._commits += 1
+                        self._durable.notify_all()
         except Exception as exc:
             log.exception("the local log's writer died")
             self._fail_all(exc)
@@ -341,24 +355,28 @@ class LocalLog:
 
     def save_snapshot(self, partition: int, next_offset: int, data: bytes) -> None:
         """Store a state snapshot covering the rows before `next_offset`, clear the intents, and delete
-        those rows, in one transaction: the log never lacks a row the snapshot does not cover."""
-        chunks = [
-            data[i : i + SNAPSHOT_CHUNK_BYTES] for i in range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES)
-        ]
-        prefix = f"{partition}/snapshot"
+        those rows. The pointer to the new generation, the intents and the deletion share one transaction:
+        the log never lacks a row the snapshot in force does not cover."""
+        prefix, generation = f"{partition}/snapshot", uuid.uuid4().hex[:12]
+        starts = range(0, max(len(data), 1), SNAPSHOT_CHUNK_BYTES)
+        view = memoryview(data)  # chunks without copying the state
         db = self._r
+        for i, at in enumerate(starts):
+            self._let_appends_first()
+            with self._writing:
+                db.execute(
+                    "INSERT INTO state VALUES (?, ?)",
+                    (f"{prefix}/{generation}/{i:06d}", view[at : at + SNAPSHOT_CHUNK_BYTES]),
+                )
+        self._let_appends_first()
         with self._writing:
             db.execute("BEGIN IMMEDIATE")
             try:
                 (freed,) = db.execute(
                     "SELECT COALESCE(SUM(length(payload)), 0) FROM log WHERE offset < ?", (next_offset,)
                 ).fetchone()
-                db.execute("DELETE FROM state WHERE key LIKE ?", (prefix + "/%",))
-                db.executemany(
-                    "INSERT INTO state VALUES (?, ?)",
-                    [(f"{prefix}/{i:06d}", c) for i, c in enumerate(chunks)],
-                )
-                db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (prefix, str(next_offset).encode()))
+                pointer = f"{next_offset} {generation} {len(starts)}".encode()
+                db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (prefix, pointer))
                 db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (f"{partition}/intents", b"[]"))
                 db.execute("DELETE FROM log WHERE offset < ?", (next_offset,))
                 db.execute("COMMIT")
@@ -369,6 +387,22 @@ class LocalLog:
         with self._cv:
             self.bytes -= freed
         self._wake_putters()
+        stale = db.execute(
+            "SELECT key FROM state WHERE key LIKE ? AND key NOT LIKE ?",
+            (prefix + "/%", f"{prefix}/{generation}/%"),
+        ).fetchall()
+        for (key,) in stale:  # former generations, and chunks of a save that a crash cut short
+            with self._writing:
+                db.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    def _let_appends_first(self) -> None:
+        """Between a snapshot's transactions: a group of appends waiting commits first. The lock is not fair
+        (the thread that released it takes it again first), so without this the appends could wait out
+        the whole snapshot. Bounded: a writer stuck on a full disk does not hold the snapshot for long."""
+        with self._cv:
+            if self._pending or self._committing:
+                done = self._commits
+                self._durable.wait_for(lambda: self._commits != done or self.closed, timeout=1.0)
 
     def save_intents(self, partition: int, intents: bytes) -> None:
         with self._writing:
@@ -376,14 +410,30 @@ class LocalLog:
 
     def load_state(self, partition: int) -> tuple[bytes | None, int, bytes | None]:
         """(snapshot bytes or None, the offset it covers or -1, the intents as saved or None)."""
-        rows = dict(
-            self._r.execute("SELECT key, value FROM state WHERE key LIKE ?", (f"{partition}/%",)).fetchall()
-        )
-        intents = rows.pop(f"{partition}/intents", None)
-        offset = rows.pop(f"{partition}/snapshot", None)
-        if offset is None:
+        prefix = f"{partition}/snapshot"
+        intents, pointer = (self._state(key) for key in (f"{partition}/intents", prefix))
+        if pointer is None:
             return None, -1, intents
-        return b"".join(rows[k] for k in sorted(rows)), int(offset), intents
+        offset, *generation = pointer.split()
+        if generation:
+            name, count = generation[0].decode(), int(generation[1])
+            start = f"{prefix}/{name}/"  # its chunks are the keys from `start` up to `start` with '/' -> '0'
+            rows = self._r.execute(
+                "SELECT value FROM state WHERE key >= ? AND key < ? ORDER BY key", (start, start[:-1] + "0")
+            ).fetchall()
+            if len(rows) != count:
+                raise RuntimeError(
+                    f"local log {self.path}: snapshot {name} has {len(rows)} of {count} chunks"
+                )
+        else:  # written before generations: its chunks are `<p>/snapshot/NNNNNN`
+            rows = self._r.execute(
+                "SELECT value FROM state WHERE key GLOB ? ORDER BY key", (prefix + "/" + "[0-9]" * 6,)
+            ).fetchall()
+        return b"".join(value for (value,) in rows), int(offset), intents
+
+    def _state(self, key: str) -> bytes | None:
+        row = self._r.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     def dead_letter(self, offset: int, reason: str, payload: bytes) -> None:
         with self._writing:

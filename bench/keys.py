@@ -15,7 +15,7 @@ insert is left out, as it does not depend on the key count):
   second of this thread (the machine is shared) and per wall second;
 * snapshot: PartitionState.to_bytes size and time;
 * resend window: each device's last RECENT_BATCHES (seq, fingerprint) pairs, filled after the timed part:
-  resident-set growth per device and CPU microseconds per batch checked;
+  resident-set growth per device, CPU microseconds per batch checked, and the snapshot's size and time then;
 * eviction: the time to evict half the keys as idle (compaction copies every live key's state), up to
   `--compact-max` keys (it needs about three times the state's memory at its peak).
 
@@ -188,9 +188,14 @@ def resend_window(state) -> dict:
         for i, device in enumerate(devices):
             state.is_resend(device, seq, (i * 0x9E3779B97F4A7C15 + seq) % 2**64)
     cpu = time.thread_time() - cpu0
+    grown = rss_bytes() - base
+    started = time.perf_counter()
+    snapshot = state.to_bytes()
     return {
-        "resend_window_bytes_per_device": (rss_bytes() - base) / len(devices),
+        "resend_window_bytes_per_device": grown / len(devices),
         "resend_check_us": 1e6 * cpu / (len(devices) * RECENT_BATCHES),
+        "snapshot_full_windows_bytes": len(snapshot),
+        "snapshot_full_windows_s": time.perf_counter() - started,
     }
 
 
@@ -283,7 +288,9 @@ def report(r: dict, quiet: bool) -> None:
         f"{r['rss_bytes_per_key']:7.0f} B/key RSS, "
         f"kernel {r['kernel_bytes_per_slot']:.0f} B/slot x {r['nslots']} slots, snapshot "
         f"{r['snapshot_bytes'] / 1e6:.1f} MB in {r['snapshot_s']:.2f} s, resend window "
-        f"{r['resend_window_bytes_per_device']:.0f} B/device ({r['resend_check_us']:.2f} us a batch)"
+        f"{r['resend_window_bytes_per_device']:.0f} B/device ({r['resend_check_us']:.2f} us a batch; "
+        f"snapshot then {r['snapshot_full_windows_bytes'] / 1e6:.1f} MB "
+        f"in {r['snapshot_full_windows_s']:.2f} s)"
         + (f", evict {r['evicted']} in {r['evict_s']:.2f} s" if "evicted" in r else "")
         + (
             f"; Kafka snapshot {r['kafka_snapshot_messages']} messages of at most "

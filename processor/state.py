@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 
 # v2 names each device and metric once and gives every slot, in slot order, the index of its device and
 # metric: at 10^6 keys the header is a quarter of the size, and a restored key shares its strings as a live
-# one does. v1 (a [device, metric, slot] list per key) is still read.
-MAGIC = b"IOTSPS\x00\x02"
+# one does. v3 keeps the resend windows as they are in memory, packed records after the header, where v2 had
+# them as JSON pairs (10^5 devices: 5 s of json holding the GIL, and so ingest's event loop). v1 (a [device,
+# metric, slot] list per key) and v2 are still read.
+MAGIC = b"IOTSPS\x00\x03"
+MAGIC_V2 = b"IOTSPS\x00\x02"
 MAGIC_V1 = b"IOTSPS\x00\x01"
 _LEN = struct.Struct("<I")
+_BLOB_LEN = struct.Struct("<Q")
 RECENT_BATCHES = 64  # per device: a reconnecting device resends at most its unacked in-flight batches
 # One resend-window record, (seq, fingerprint), packed: a device's window is one bytearray of at most
 # RECENT_BATCHES records (~1.1 KB), where a deque of tuples of ints held ~9.8 KB once full.
@@ -150,15 +154,25 @@ class PartitionState:
                 "metric": [metrics.setdefault(m, len(metrics)) for _, m in by_slot],
                 "devices": list(devices),
                 "metrics": list(metrics),
-                "recent": {d: list(_RECORD.iter_unpack(w)) for d, w in self.recent.items()},
+                "recent": {d: len(w) // _RECORD.size for d, w in self.recent.items()},  # records each
             }
         ).encode()
-        return MAGIC + _LEN.pack(len(header)) + header + self.stats.to_bytes()
+        windows = b"".join(self.recent.values())
+        return b"".join(
+            (
+                MAGIC,
+                _LEN.pack(len(header)),
+                header,
+                _BLOB_LEN.pack(len(windows)),
+                windows,
+                self.stats.to_bytes(),
+            )
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PartitionState:
         magic = data[: len(MAGIC)]
-        if magic not in (MAGIC, MAGIC_V1):
+        if magic not in (MAGIC, MAGIC_V2, MAGIC_V1):
             raise ValueError(f"not a partition-state snapshot (starts {data[:8]!r})")
         (n,) = _LEN.unpack_from(data, len(MAGIC))
         start = len(MAGIC) + _LEN.size
@@ -172,11 +186,23 @@ class PartitionState:
                 (devices[d], metrics[m]): s
                 for s, (d, m) in enumerate(zip(header["device"], header["metric"], strict=True))
             }
-        recent = {
-            d: bytearray(b"".join(_RECORD.pack(*k) for k in keys[-RECENT_BATCHES:]))
-            for d, keys in header["recent"].items()
-        }
-        return cls(RollingStats.from_bytes(data[start + n :]), slots, recent)
+        start += n
+        if magic == MAGIC:
+            (size,) = _BLOB_LEN.unpack_from(data, start)
+            start += _BLOB_LEN.size
+            recent, at = {}, start
+            for d, count in header["recent"].items():
+                recent[d] = bytearray(data[at : at + count * _RECORD.size])
+                at += count * _RECORD.size
+            if at != start + size:
+                raise ValueError(f"partition-state snapshot: resend windows of {at - start} of {size} bytes")
+            start += size
+        else:
+            recent = {
+                d: bytearray(b"".join(_RECORD.pack(*k) for k in keys[-RECENT_BATCHES:]))
+                for d, keys in header["recent"].items()
+            }
+        return cls(RollingStats.from_bytes(data[start:]), slots, recent)
 
 
 def _compact(stats: RollingStats, keep: np.ndarray) -> RollingStats:

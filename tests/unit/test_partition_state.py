@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iotstream.processor import PartitionState
-from iotstream.processor.state import _LEN, MAGIC_V1, RECENT_BATCHES
+from iotstream.processor.state import _LEN, MAGIC_V1, MAGIC_V2, RECENT_BATCHES
 
 
 def test_resend_window():
@@ -76,6 +76,29 @@ def test_a_version_1_snapshot_still_restores():
     b = PartitionState.from_bytes(MAGIC_V1 + _LEN.pack(len(header)) + header + a.stats.to_bytes())
     assert b.slots == a.slots and b.is_resend("d2", 7, 42)
     assert b.to_bytes() == a.to_bytes()  # written again in the current form, the same
+
+
+def test_reads_v2_snapshots_with_resend_windows_as_json_pairs():
+    a = PartitionState()
+    a.assign([("d1", "temp"), ("d2", "hum")])
+    for seq in range(1, RECENT_BATCHES + 3):  # a full window: its oldest pairs are gone
+        a.is_resend("d2", seq, 2**64 - seq)
+    a.is_resend("d3", 9, 1)  # a device with a window and no key (its keys found no room)
+    pairs = {"d2": [[seq, 2**64 - seq] for seq in range(3, RECENT_BATCHES + 3)], "d3": [[9, 1]]}
+    header = json.dumps(
+        {
+            "device": [0, 1],
+            "metric": [0, 1],
+            "devices": ["d1", "d2"],
+            "metrics": ["temp", "hum"],
+            "recent": pairs,
+        }
+    ).encode()
+    b = PartitionState.from_bytes(MAGIC_V2 + _LEN.pack(len(header)) + header + a.stats.to_bytes())
+    assert b.slots == a.slots and b.recent == a.recent
+    assert b.to_bytes() == a.to_bytes()  # written again in the current form, the same
+    assert PartitionState.from_bytes(b.to_bytes()).recent == a.recent  # v3: the windows as packed records
+    assert b.is_resend("d2", 3, 2**64 - 3) and not b.is_resend("d2", 2, 2**64 - 2)
 
 
 def test_rejects_foreign_bytes():

@@ -36,7 +36,7 @@ _LEN = struct.Struct("<I")
 _BLOB_LEN = struct.Struct("<Q")
 RECENT_BATCHES = 64  # per device: a reconnecting device resends at most its unacked in-flight batches
 # One resend-window record, (seq, fingerprint), packed: a device's window is one bytearray of at most
-# RECENT_BATCHES records (~1.1 KB), where a deque of tuples of ints held ~9.8 KB once full.
+# RECENT_BATCHES records (~1 KB), where a deque of tuples of ints held ~8 KB once full.
 _RECORD = struct.Struct("<QQ")
 MAX_KEYS = 2_000_000  # per partition
 IDLE_MS = 24 * 3_600_000

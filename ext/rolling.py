@@ -1288,8 +1288,10 @@ def _flat(a: np.ndarray):
 
 
 def _rows(a, dtype: type, width: int) -> np.ndarray:
-    """A copy of a state array as rows of ``width`` (for snapshots and the accessors over all slots)."""
-    return np.array(a, dtype=dtype).reshape(-1, width)
+    """A state array as rows of ``width``, for snapshots and the reads over all slots: a view of the compiled
+    kernel's array (a snapshot of 10^6 keys is 2.3 GB; each copy of it costs seconds), a new array of the
+    uncompiled one's list. Read it before the state changes again."""
+    return np.asarray(a, dtype=dtype).reshape(-1, width)
 
 
 class RollingStats:
@@ -1353,7 +1355,7 @@ class RollingStats:
         self._fs, self._gs, self._ps, self._bs, self._ss, self._tr = state
 
     def _state(self) -> tuple[np.ndarray, ...]:
-        """Copies of the state as 2-D arrays (float, int, settings, ring, sorted, timestamp ring)."""
+        """The state as 2-D arrays (float, int, settings, ring, sorted, timestamp ring), views (_rows)."""
         w = self.window
         f8, i8 = np.float64, np.int64
         tsr = _rows(self._tr, i8, w) if len(self._tr) else new_tsring(self._n, 0)

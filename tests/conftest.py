@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 
 import grpc
 import pytest
+from waiting import poll
 
 from iotstream.bus.local import LocalLog
 from iotstream.node import Config, Node
@@ -40,11 +40,12 @@ class ServerThread:
         """Wait until the processor has stored every acked batch (an Ack means durable in the log, not
         stored)."""
         log = self.server.queue
-        deadline = time.monotonic() + timeout
-        while isinstance(log, LocalLog) and log.depth and not self.server.failed.is_set():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"acked readings still not stored after {timeout} s")
-            time.sleep(0.02)  # polling a condition, not waiting for time to pass
+        poll(
+            lambda: not (isinstance(log, LocalLog) and log.depth) or self.server.failed.is_set(),
+            timeout,
+            "every acked reading stored",
+            every=0.02,
+        )
 
     def sql(self, text: str, params: dict | None = None) -> list[dict]:
         """Rows of a query on this server's store, once what was acked is stored; `$db` names its database."""
@@ -81,11 +82,11 @@ def wait_stored(query_stub, timeout: float = 60) -> None:
     """Poll GetStats until no acked reading waits in the queue/log (the processor caught up)."""
     from iotstream.v1 import query_pb2 as qpb
 
-    deadline = time.monotonic() + timeout
-    while query_stub.GetStats(qpb.GetStatsRequest(), timeout=30).queue_readings:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"acked readings still not stored after {timeout} s")
-        time.sleep(0.05)  # polling a condition, not waiting for time to pass
+    poll(
+        lambda: not query_stub.GetStats(qpb.GetStatsRequest(), timeout=30).queue_readings,
+        timeout,
+        "every acked reading stored",
+    )
 
 
 @pytest.fixture(scope="session")

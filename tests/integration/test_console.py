@@ -257,14 +257,16 @@ def test_live_feeds_are_capped(fed):
         assert status == 429 and refused["code"] == "RESOURCE_EXHAUSTED"
         assert get(srv.http + "/api/stats")[0] == 200  # the rest of the console still answers
         streams.pop().close()
-        deadline = time.monotonic() + 10  # the closed feed's slot frees within a second (GONE_CHECK_S)
-        while True:
+
+        def reopened():
             try:
-                streams.append(urllib.request.urlopen(srv.http + "/api/events", timeout=30))
-                break
+                return urllib.request.urlopen(srv.http + "/api/events", timeout=30)
             except urllib.error.HTTPError as exc:
-                assert exc.code == 429 and time.monotonic() < deadline
-                time.sleep(0.5)  # polling a condition
+                assert exc.code == 429
+                return None
+
+        # the closed feed's slot frees within a second (GONE_CHECK_S)
+        streams.append(poll(reopened, 10, "the closed feed's slot freed", every=0.5))
         assert read_event(streams[-1])["type"] == "WATCHING"
     finally:
         for s in streams:
@@ -351,11 +353,14 @@ def test_connections_past_the_cap_are_closed_and_the_console_recovers(fed):
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 40  # each held connection's thread ends at its read timeout or its close
-    while True:
+
+    def answers() -> bool:
         try:
-            assert get(srv.http + "/api/stats")[0] == 200
-            break
+            status = get(srv.http + "/api/stats")[0]
         except (urllib.error.URLError, ConnectionError):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)  # polling a condition
+            return False
+        assert status == 200
+        return True
+
+    # each held connection's thread ends at its read timeout or its close
+    poll(answers, 40, "the console answering again", every=0.2)

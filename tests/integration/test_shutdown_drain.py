@@ -75,7 +75,7 @@ def values_of(device: int, seq: int) -> list[float]:
     return [device * 1e9 + seq * 1000.0 + i for i in range(BATCH)]
 
 
-async def busy_device(stub, device: int, acked: set, outcome: dict, started_ms: int) -> None:
+async def busy_device(stub, device: int, acked: set, outcome: dict, started_ms: int, on_ack) -> None:
     """Send batches without end, WINDOW ahead of the acks, until the server ends the call."""
     call = stub.Stream()
     window = asyncio.Semaphore(WINDOW)
@@ -103,6 +103,7 @@ async def busy_device(stub, device: int, acked: set, outcome: dict, started_ms: 
             ack = r.ack
             assert ack.accepted == BATCH, ack
             acked.add(ack.seq)
+            on_ack()
             window.release()
         outcome[device] = "OK"
     except grpc.aio.AioRpcError as exc:
@@ -119,15 +120,22 @@ async def ingest_then_sigterm(serve: Serve) -> tuple[dict, dict]:
     acked = {d: set() for d in range(DEVICES)}
     outcome: dict = {}
     started_ms = time.time_ns() // 1_000_000 - 3_600_000
+    busy = asyncio.Event()
+
+    def on_ack() -> None:
+        if sum(len(a) for a in acked.values()) >= 300:  # busy: 60,000 readings acked, more in flight
+            busy.set()
+
     async with grpc.aio.insecure_channel(serve.target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         tasks = [
-            asyncio.create_task(busy_device(stub, d, acked[d], outcome, started_ms)) for d in range(DEVICES)
+            asyncio.create_task(busy_device(stub, d, acked[d], outcome, started_ms, on_ack))
+            for d in range(DEVICES)
         ]
-        deadline = time.monotonic() + 60
-        while sum(len(a) for a in acked.values()) < 300:  # busy: 60,000 readings acked, more in flight
-            assert time.monotonic() < deadline, "ingest too slow to get busy"
-            await asyncio.sleep(0.05)  # polling a condition
+        try:
+            await asyncio.wait_for(busy.wait(), 60)
+        except TimeoutError:
+            raise AssertionError("ingest too slow to get busy") from None
         serve.proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return acked, outcome
@@ -151,13 +159,18 @@ def stored_values(target: str, device: int) -> list[float]:
 
 
 def poll_values(target: str, device: int, acked: set, timeout: float = 60) -> list[float]:
+    """The device's stored values once every acked one is among them; after `timeout`, as they are (the
+    caller's assertions say what is missing)."""
     want = {v for seq in acked for v in values_of(device, seq)}
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def complete():
         values = stored_values(target, device)
-        if want <= set(values) or time.monotonic() > deadline:
-            return values
-        time.sleep(0.2)  # polling a condition
+        return (values,) if want <= set(values) else None
+
+    try:
+        return poll(complete, timeout, f"device {device}'s acked values stored", every=0.2)[0]
+    except AssertionError:
+        return stored_values(target, device)
 
 
 @pytest.mark.parametrize("queue", ["local", "kafka"])

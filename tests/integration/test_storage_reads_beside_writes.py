@@ -10,6 +10,7 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pytest
+from waiting import poll
 
 from iotstream.clickhouse import Store, open_backend
 
@@ -54,16 +55,18 @@ INSERT_FROM_PIPE = (
 
 def open_when_read(pipe: str, insert: threading.Thread) -> int:
     """The pipe's write end, once the insert has opened it to read its rows."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def opened() -> int | None:
         try:
             fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while no one reads it
-            os.set_blocking(fd, True)
-            return fd
         except OSError as exc:
-            if exc.errno != errno.ENXIO or not insert.is_alive() or time.monotonic() > deadline:
+            if exc.errno != errno.ENXIO or not insert.is_alive():
                 raise
-        time.sleep(0.005)  # polling a condition: the insert has opened the pipe
+            return None
+        os.set_blocking(fd, True)
+        return fd
+
+    return poll(opened, 60, "the insert reading the pipe", every=0.005)
 
 
 def test_a_read_during_an_insert_does_not_wait_for_it(store, tmp_path):

@@ -41,6 +41,7 @@ from iotstream.bench.harness import (
     ROOT,
     ServerProcess,
     cpu_seconds,
+    load_shape,
     loadgen_cmd,
     machine,
     pct,
@@ -290,11 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = loadgen_cmd(
             server.target,
             args.loadgen_cpus,
-            readings=args.batch,
-            streams=args.streams,
-            window=args.window,
+            **load_shape(args),
             duration=args.duration,
-            warmup=args.warmup,
             prefix="e2e",
             rate=args.rate / args.batch if args.rate else None,
         )

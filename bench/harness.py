@@ -64,6 +64,11 @@ def loadgen_cmd(target: str, cpus: str | None = None, **options) -> list[str]:
     return cmd
 
 
+def load_shape(args) -> dict:
+    """loadgen_cmd's options from a benchmark's own --batch, --streams, --window and --warmup."""
+    return {"readings": args.batch, "streams": args.streams, "window": args.window, "warmup": args.warmup}
+
+
 def serve_supports_kafka() -> bool:
     out = subprocess.run(
         [PYTHON, "-m", "iotstream.cli", "serve", "--help"], capture_output=True, text=True, cwd=ROOT
